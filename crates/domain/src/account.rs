@@ -1,0 +1,254 @@
+//! Accounts and the decisions a command makes about them. Each function takes
+//! the current state and returns what changes, or the rule that refuses it.
+
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::{Currency, DomainError, Money};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Checking,
+    Savings,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Checking => "CHECKING",
+            AccountKind::Savings => "SAVINGS",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "CHECKING" => Some(AccountKind::Checking),
+            "SAVINGS" => Some(AccountKind::Savings),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "ACTIVE",
+            AccountStatus::Frozen => "FROZEN",
+            AccountStatus::Closed => "CLOSED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ACTIVE" => Some(AccountStatus::Active),
+            "FROZEN" => Some(AccountStatus::Frozen),
+            "CLOSED" => Some(AccountStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// The write-model state of one account, as locked by a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub currency: Currency,
+    pub balance: Decimal,
+    pub status: AccountStatus,
+    pub version: i64,
+}
+
+/// A balance before and after one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceChange {
+    pub before: Decimal,
+    pub after: Decimal,
+}
+
+impl Account {
+    fn ensure_open_for_money(&self) -> Result<(), DomainError> {
+        match self.status {
+            AccountStatus::Active => Ok(()),
+            AccountStatus::Frozen => Err(DomainError::AccountFrozen),
+            AccountStatus::Closed => Err(DomainError::AccountClosed),
+        }
+    }
+
+    fn ensure_currency(&self, money: &Money) -> Result<(), DomainError> {
+        if self.currency == money.currency {
+            Ok(())
+        } else {
+            Err(DomainError::CurrencyMismatch {
+                account: self.currency.code().to_owned(),
+                requested: money.currency.code().to_owned(),
+            })
+        }
+    }
+
+    /// Money in. `max_balance` keeps balances inside what the schema stores.
+    pub fn deposit(&self, money: &Money, max_balance: Decimal) -> Result<BalanceChange, DomainError> {
+        self.ensure_open_for_money()?;
+        self.ensure_currency(money)?;
+        let after = self.balance + money.amount;
+        if after > max_balance {
+            return Err(DomainError::BalanceLimitExceeded);
+        }
+        Ok(BalanceChange { before: self.balance, after })
+    }
+
+    /// Money out; never below zero.
+    pub fn withdraw(&self, money: &Money) -> Result<BalanceChange, DomainError> {
+        self.ensure_open_for_money()?;
+        self.ensure_currency(money)?;
+        if money.amount > self.balance {
+            return Err(DomainError::InsufficientFunds);
+        }
+        Ok(BalanceChange { before: self.balance, after: self.balance - money.amount })
+    }
+
+    pub fn freeze(&self) -> Result<(), DomainError> {
+        match self.status {
+            AccountStatus::Active => Ok(()),
+            AccountStatus::Frozen => Err(DomainError::AccountFrozen),
+            AccountStatus::Closed => Err(DomainError::AccountClosed),
+        }
+    }
+
+    pub fn unfreeze(&self) -> Result<(), DomainError> {
+        match self.status {
+            AccountStatus::Frozen => Ok(()),
+            AccountStatus::Active => Err(DomainError::AccountNotFrozen),
+            AccountStatus::Closed => Err(DomainError::AccountClosed),
+        }
+    }
+
+    /// Closing is final and only at a zero balance, so no money is stranded.
+    pub fn close(&self) -> Result<(), DomainError> {
+        self.ensure_open_for_money()?;
+        if !self.balance.is_zero() {
+            return Err(DomainError::BalanceNotZero);
+        }
+        Ok(())
+    }
+}
+
+/// Decides a transfer: both sides checked before either changes.
+pub fn transfer(
+    from: &Account,
+    to: &Account,
+    money: &Money,
+    max_balance: Decimal,
+) -> Result<(BalanceChange, BalanceChange), DomainError> {
+    if from.id == to.id {
+        return Err(DomainError::SameAccount);
+    }
+    to.ensure_open_for_money()?;
+    to.ensure_currency(money)?;
+    let debit = from.withdraw(money)?;
+    let credit = to.deposit(money, max_balance)?;
+    Ok((debit, credit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").unwrap()
+    }
+
+    fn account(balance: i64, status: AccountStatus) -> Account {
+        Account {
+            id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            currency: usd(),
+            balance: Decimal::from(balance),
+            status,
+            version: 1,
+        }
+    }
+
+    fn usd_amount(n: i64) -> Money {
+        Money::new(usd(), Decimal::from(n))
+    }
+
+    const MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+    #[test]
+    fn deposit_adds_to_the_balance() {
+        let change = account(5, AccountStatus::Active).deposit(&usd_amount(10), MAX).unwrap();
+        assert_eq!((change.before, change.after), (Decimal::from(5), Decimal::from(15)));
+    }
+
+    #[test]
+    fn withdrawal_beyond_the_balance_is_insufficient_funds() {
+        let acc = account(10, AccountStatus::Active);
+        assert_eq!(acc.withdraw(&usd_amount(11)), Err(DomainError::InsufficientFunds));
+        assert_eq!(acc.withdraw(&usd_amount(10)).unwrap().after, Decimal::ZERO);
+    }
+
+    #[test]
+    fn frozen_and_closed_accounts_move_no_money() {
+        let frozen = account(10, AccountStatus::Frozen);
+        assert_eq!(frozen.deposit(&usd_amount(1), MAX), Err(DomainError::AccountFrozen));
+        assert_eq!(frozen.withdraw(&usd_amount(1)), Err(DomainError::AccountFrozen));
+        let closed = account(0, AccountStatus::Closed);
+        assert_eq!(closed.deposit(&usd_amount(1), MAX), Err(DomainError::AccountClosed));
+    }
+
+    #[test]
+    fn another_currency_is_a_mismatch() {
+        let eur = Money::new(Currency::from_code("EUR").unwrap(), Decimal::ONE);
+        let err = account(10, AccountStatus::Active).deposit(&eur, MAX).unwrap_err();
+        assert_eq!(err.reason(), "CURRENCY_MISMATCH");
+    }
+
+    #[test]
+    fn transfer_to_the_same_account_is_refused() {
+        let a = account(10, AccountStatus::Active);
+        assert_eq!(transfer(&a, &a, &usd_amount(1), MAX), Err(DomainError::SameAccount));
+    }
+
+    #[test]
+    fn transfer_checks_the_destination_too() {
+        let from = account(10, AccountStatus::Active);
+        let to = account(0, AccountStatus::Frozen);
+        assert_eq!(transfer(&from, &to, &usd_amount(1), MAX), Err(DomainError::AccountFrozen));
+    }
+
+    #[test]
+    fn transfer_moves_exactly_the_amount() {
+        let from = account(10, AccountStatus::Active);
+        let to = account(3, AccountStatus::Active);
+        let (d, c) = transfer(&from, &to, &usd_amount(4), MAX).unwrap();
+        assert_eq!((d.after, c.after), (Decimal::from(6), Decimal::from(7)));
+    }
+
+    #[test]
+    fn deposit_over_the_balance_limit_is_refused() {
+        let acc = account(999_999_999, AccountStatus::Active);
+        assert_eq!(acc.deposit(&usd_amount(2), MAX), Err(DomainError::BalanceLimitExceeded));
+    }
+
+    #[test]
+    fn close_needs_a_zero_balance() {
+        assert_eq!(account(1, AccountStatus::Active).close(), Err(DomainError::BalanceNotZero));
+        assert!(account(0, AccountStatus::Active).close().is_ok());
+    }
+
+    #[test]
+    fn freeze_and_unfreeze_follow_the_status() {
+        assert!(account(0, AccountStatus::Active).freeze().is_ok());
+        assert_eq!(account(0, AccountStatus::Frozen).freeze(), Err(DomainError::AccountFrozen));
+        assert!(account(0, AccountStatus::Frozen).unfreeze().is_ok());
+        assert_eq!(account(0, AccountStatus::Active).unfreeze(), Err(DomainError::AccountNotFrozen));
+    }
+}

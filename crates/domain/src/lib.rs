@@ -1,0 +1,11 @@
+//! The bank's domain: money, accounts and the rules that decide what a command
+//! may do. Pure functions and types, no I/O, so every rule is unit-tested
+//! without servers.
+
+pub mod account;
+pub mod error;
+pub mod money;
+
+pub use account::{Account, AccountKind, AccountStatus, BalanceChange, transfer};
+pub use error::{DomainError, InputError};
+pub use money::{Currency, Money, format_amount, parse_amount};
