@@ -1,0 +1,482 @@
+//! Access tokens: EdDSA JWTs with `kid`, checked by every service itself
+//! (defense in depth). `TokenSigner` is what auth-service signs with;
+//! `TokenVerifier` checks signature (JWKS, cached, refreshed on an unknown
+//! `kid`), `exp`, `nbf`, `iss` and `aud`; `AuthLayer` runs it in front of every
+//! gRPC method that is not public and puts the `Caller` into request extensions.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{SigningKey, pkcs8::{DecodePrivateKey, EncodePrivateKey}};
+use futures::future::BoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tower::{Layer, Service};
+use uuid::Uuid;
+
+pub const ROLE_CUSTOMER: &str = "customer";
+pub const ROLE_ADMIN: &str = "admin";
+/// The user status that may move money (KYC approved).
+pub const STATUS_ACTIVE: &str = "ACTIVE";
+
+/// The claims of a bankmesh access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub roles: Vec<String>,
+    /// The user's status when the token was issued (PENDING_KYC, ACTIVE, SUSPENDED).
+    pub status: String,
+}
+
+/// Who is calling, from a verified token. Never from a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub roles: Vec<String>,
+    pub status: String,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == ROLE_ADMIN)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == STATUS_ACTIVE
+    }
+}
+
+/// The verified caller of a request that passed the `AuthLayer`.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| crate::status::unauthenticated("missing access token"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing access token")]
+    Missing,
+    #[error("malformed access token")]
+    Malformed,
+    #[error("access token algorithm not accepted")]
+    AlgorithmNotAccepted,
+    #[error("access token signed by an unknown key")]
+    UnknownKey,
+    #[error("access token signature is invalid")]
+    BadSignature,
+    #[error("access token expired")]
+    Expired,
+    #[error("access token not yet valid")]
+    NotYetValid,
+    #[error("access token issuer or audience not accepted")]
+    WrongIssuerOrAudience,
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        crate::status::unauthenticated(e.to_string())
+    }
+}
+
+/// An Ed25519 signing key with its key id.
+#[derive(Clone)]
+pub struct TokenSigner {
+    kid: String,
+    signing: SigningKey,
+    encoding: EncodingKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A fresh random key (dev, tests, or when no key file is configured).
+    pub fn generate() -> Self {
+        Self::from_signing_key(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// A PKCS#8 PEM private key, as written by `openssl genpkey -algorithm ed25519`.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        let key = SigningKey::from_pkcs8_pem(pem).context("not an Ed25519 PKCS#8 PEM key")?;
+        Ok(Self::from_signing_key(key))
+    }
+
+    fn from_signing_key(signing: SigningKey) -> Self {
+        let public = signing.verifying_key().to_bytes();
+        // kid = a digest of the public key: stable across restarts for a given key.
+        let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
+        let der = signing.to_pkcs8_der().expect("ed25519 keys encode as PKCS#8");
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        Self { kid, signing, encoding }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn sign(&self, claims: &Claims) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).context("failed to sign token")
+    }
+
+    /// The public half as a JWK (kty OKP, crv Ed25519).
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes()),
+        })
+    }
+}
+
+/// A JWKS document for a set of signers (all live keys, for rotation).
+pub fn jwks(signers: &[TokenSigner]) -> serde_json::Value {
+    serde_json::json!({ "keys": signers.iter().map(TokenSigner::jwk).collect::<Vec<_>>() })
+}
+
+/// Public keys by `kid`: fixed, or fetched from a JWKS URL and refreshed when
+/// a token names a `kid` we have not seen (key rotation), at most once a second.
+pub struct KeyCache {
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    jwks_url: Option<String>,
+    http: reqwest::Client,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl KeyCache {
+    pub fn fixed(signers: &[TokenSigner]) -> Result<Self> {
+        let cache = Self::new(None);
+        cache.load(&serde_json::from_value(jwks(signers))?);
+        Ok(cache)
+    }
+
+    pub fn from_jwks_url(url: impl Into<String>) -> Self {
+        Self::new(Some(url.into()))
+    }
+
+    fn new(jwks_url: Option<String>) -> Self {
+        Self {
+            keys: RwLock::new(HashMap::new()),
+            jwks_url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("http client builds"),
+            last_refresh: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Replaces the key set with the Ed25519 keys of `set`; other key types are ignored.
+    fn load(&self, set: &JwkSet) {
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(okp) = &jwk.algorithm else { continue };
+            // jsonwebtoken indexes the first 32 bytes: refuse anything shorter.
+            if URL_SAFE_NO_PAD.decode(&okp.x).map(|x| x.len()) != Ok(32) {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, key);
+            }
+        }
+        *self.keys.write().expect("key cache lock") = keys;
+    }
+
+    fn cached(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys.read().expect("key cache lock").get(kid).cloned()
+    }
+
+    /// Fetches the JWKS now (also used at start-up to warm the cache).
+    pub async fn refresh(&self) -> Result<()> {
+        let Some(url) = &self.jwks_url else { return Ok(()) };
+        let set: JwkSet = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("failed to fetch JWKS")?
+            .json()
+            .await
+            .context("JWKS is not valid JSON")?;
+        self.load(&set);
+        Ok(())
+    }
+
+    async fn get(&self, kid: &str) -> Option<DecodingKey> {
+        if let Some(key) = self.cached(kid) {
+            return Some(key);
+        }
+        self.jwks_url.as_ref()?;
+        let mut last = self.last_refresh.lock().await;
+        // Someone else may have refreshed while we waited for the lock.
+        if let Some(key) = self.cached(kid) {
+            return Some(key);
+        }
+        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %format!("{e:#}"), "JWKS refresh failed");
+        }
+        self.cached(kid)
+    }
+}
+
+/// Checks access tokens against a `KeyCache`, an issuer and an audience.
+pub struct TokenVerifier {
+    keys: Arc<KeyCache>,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(keys: Arc<KeyCache>, issuer: &str, audience: &str) -> Self {
+        // Only EdDSA: `alg: none`, HS256 with a public key as secret and
+        // every other algorithm are refused before any key is looked at.
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Self { keys, validation }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<(Caller, Claims), TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::AlgorithmNotAccepted);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self.keys.get(&kid).await.ok_or(TokenError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidSignature | ErrorKind::InvalidEddsaKey => TokenError::BadSignature,
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::WrongIssuerOrAudience,
+            ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAccepted,
+            _ => TokenError::Malformed,
+        })?;
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::Malformed)?;
+        let caller = Caller {
+            user_id,
+            roles: data.claims.roles.clone(),
+            status: data.claims.status.clone(),
+        };
+        Ok((caller, data.claims))
+    }
+
+    /// Verifies the `authorization: Bearer …` value of a request.
+    pub async fn verify_header(&self, value: Option<&str>) -> Result<(Caller, Claims), TokenError> {
+        let value = value.ok_or(TokenError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(TokenError::Malformed)?;
+        self.verify(token.trim()).await
+    }
+}
+
+/// Methods reachable without a token, in addition to health and reflection.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<TokenVerifier>,
+    public_methods: Arc<[&'static str]>,
+}
+
+impl AuthLayer {
+    /// `public_methods` are full gRPC paths such as `/bank.v1.AuthService/Login`.
+    pub fn new(verifier: Arc<TokenVerifier>, public_methods: &[&'static str]) -> Self {
+        Self { verifier, public_methods: public_methods.into() }
+    }
+
+    fn is_public(&self, path: &str) -> bool {
+        path.starts_with("/grpc.health.v1.Health/")
+            || path.starts_with("/grpc.reflection.")
+            || self.public_methods.contains(&path)
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, auth: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: AuthLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        // The ready service goes into the future; a fresh clone stays here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            if auth.is_public(req.uri().path()) {
+                return inner.call(req).await;
+            }
+            let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match auth.verifier.verify_header(header).await {
+                Ok((caller, _)) => {
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(Status::from(e).into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "bankmesh-auth";
+    const AUD: &str = "bankmesh";
+
+    fn claims(offset_exp: i64, offset_nbf: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: Uuid::now_v7().to_string(),
+            iss: ISS.into(),
+            aud: AUD.into(),
+            exp: now + offset_exp,
+            nbf: now + offset_nbf,
+            iat: now,
+            jti: Uuid::now_v7().to_string(),
+            roles: vec![ROLE_CUSTOMER.into()],
+            status: STATUS_ACTIVE.into(),
+        }
+    }
+
+    fn verifier(signers: &[TokenSigner]) -> TokenVerifier {
+        TokenVerifier::new(Arc::new(KeyCache::fixed(signers).unwrap()), ISS, AUD)
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_yields_its_caller() {
+        let signer = TokenSigner::generate();
+        let c = claims(60, 0);
+        let token = signer.sign(&c).unwrap();
+        let (caller, got) = verifier(&[signer]).verify(&token).await.unwrap();
+        assert_eq!(caller.user_id.to_string(), c.sub);
+        assert_eq!(got, c);
+    }
+
+    #[tokio::test]
+    async fn expired_and_not_yet_valid_tokens_are_refused() {
+        let signer = TokenSigner::generate();
+        let v = verifier(std::slice::from_ref(&signer));
+        let expired = signer.sign(&claims(-60, -120)).unwrap();
+        assert_eq!(v.verify(&expired).await.unwrap_err(), TokenError::Expired);
+        let future = signer.sign(&claims(600, 300)).unwrap();
+        assert_eq!(v.verify(&future).await.unwrap_err(), TokenError::NotYetValid);
+    }
+
+    #[tokio::test]
+    async fn tampered_payload_fails_the_signature() {
+        let signer = TokenSigner::generate();
+        let token = signer.sign(&claims(60, 0)).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut c = claims(60, 0);
+        c.roles = vec![ROLE_ADMIN.into()];
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
+        let forged = parts.join(".");
+        assert_eq!(verifier(&[signer]).verify(&forged).await.unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_hs256_confusion_are_refused() {
+        let signer = TokenSigner::generate();
+        let v = verifier(std::slice::from_ref(&signer));
+        let c = claims(60, 0);
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
+        let none_header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#, signer.kid()));
+        assert!(v.verify(&format!("{none_header}.{body}.")).await.is_err());
+
+        // HS256 "signed" with the public key bytes as the HMAC secret.
+        let public = URL_SAFE_NO_PAD.decode(signer.jwk()["x"].as_str().unwrap()).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(signer.kid().to_owned());
+        let hs = jsonwebtoken::encode(&header, &c, &EncodingKey::from_secret(&public)).unwrap();
+        assert_eq!(v.verify(&hs).await.unwrap_err(), TokenError::AlgorithmNotAccepted);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_and_wrong_audience_are_refused() {
+        let trusted = TokenSigner::generate();
+        let stranger = TokenSigner::generate();
+        let v = verifier(&[trusted.clone()]);
+        let token = stranger.sign(&claims(60, 0)).unwrap();
+        assert_eq!(v.verify(&token).await.unwrap_err(), TokenError::UnknownKey);
+        let mut c = claims(60, 0);
+        c.aud = "someone-else".into();
+        let token = trusted.sign(&c).unwrap();
+        assert_eq!(v.verify(&token).await.unwrap_err(), TokenError::WrongIssuerOrAudience);
+    }
+
+    #[tokio::test]
+    async fn several_live_keys_verify_for_rotation() {
+        let old = TokenSigner::generate();
+        let new = TokenSigner::generate();
+        let v = verifier(&[old.clone(), new.clone()]);
+        assert!(v.verify(&old.sign(&claims(60, 0)).unwrap()).await.is_ok());
+        assert!(v.verify(&new.sign(&claims(60, 0)).unwrap()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_not_a_panic() {
+        let v = verifier(&[TokenSigner::generate()]);
+        for junk in ["", "a.b.c", "....", "eyJhbGciOiJFZERTQSJ9", "Bearer x"] {
+            assert!(v.verify(junk).await.is_err());
+        }
+        assert_eq!(v.verify_header(None).await.unwrap_err(), TokenError::Missing);
+        assert_eq!(v.verify_header(Some("Basic abc")).await.unwrap_err(), TokenError::Malformed);
+    }
+}

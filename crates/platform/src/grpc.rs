@@ -1,0 +1,66 @@
+//! The gRPC server every service runs: its own routes plus health checking and
+//! server reflection (v1 and v1alpha, health proto included, so grpcurl 1.8
+//! works without proto files), RPC metrics and the token check.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::{auth::AuthLayer, metrics::RpcMetricsLayer};
+
+/// Largest request a service decodes: far above any valid bank request,
+/// far below what could exhaust memory.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Binds a listener; port 0 picks a free port (tests).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))
+}
+
+/// Serves `routes` (whose gRPC service names are `service_names`) with
+/// health, reflection, metrics and `auth` until `shutdown` is cancelled; then
+/// stops accepting and lets in-flight calls finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    auth: AuthLayer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names {
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(bank_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let layers = tower::ServiceBuilder::new().layer(RpcMetricsLayer).layer(auth);
+    let shutting_down = {
+        let reporter = reporter.clone();
+        let names: Vec<String> = service_names.iter().map(|s| s.to_string()).collect();
+        async move {
+            shutdown.cancelled().await;
+            for name in names {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        }
+    };
+    tonic::transport::Server::builder()
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutting_down)
+        .await
+        .context("gRPC server failed")
+}

@@ -1,0 +1,16 @@
+//! What every bankmesh service shares, set up once: configuration from the
+//! environment, telemetry, the gRPC server (health, reflection, metrics, the
+//! token check), JWT verification, Status mapping and Postgres connections.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;

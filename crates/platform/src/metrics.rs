@@ -1,0 +1,90 @@
+//! Prometheus metrics: every service registers into the default registry, and
+//! the HTTP port serves it at /metrics. RPC counts and latency come from one
+//! tower layer on the gRPC server.
+
+use std::{
+    sync::LazyLock,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures::future::BoxFuture;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, register_histogram_vec, register_int_counter_vec};
+use tower::{Layer, Service};
+
+static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new("rpc_requests_total", "gRPC requests by method and status code"),
+        &["method", "code"]
+    )
+    .expect("metric registers once")
+});
+
+static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        HistogramOpts::new("rpc_duration_seconds", "gRPC latency until response headers").buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+        ]),
+        &["method"]
+    )
+    .expect("metric registers once")
+});
+
+/// Renders the default registry in the Prometheus text format.
+pub fn render() -> String {
+    let encoder = prometheus::TextEncoder::new();
+    encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            // Errors travel as trailers-only responses (grpc-status in the
+            // headers); a success carries its status in trailers later.
+            let code = match &res {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|c| tonic::Code::from_bytes(c.as_bytes()))
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unknown,
+            };
+            RPC_DURATION.with_label_values(&[&method]).observe(started.elapsed().as_secs_f64());
+            RPC_REQUESTS.with_label_values(&[&method, &format!("{code:?}")]).inc();
+            res
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Test support shared by the integration tests. The real servers (Postgres,
+//! NATS JetStream, Redis) are started by `scripts/test`; each test gets its own
+//! database, stream and key prefix from here so tests run in parallel.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bank_platform::{
+    CancellationToken,
+    auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, STATUS_ACTIVE, TokenSigner},
+};
+use uuid::Uuid;
+
+pub const ISSUER: &str = "bankmesh-auth";
+pub const AUDIENCE: &str = "bankmesh";
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+/// The admin URL of the test Postgres (database `postgres`).
+pub fn admin_database_url() -> String {
+    env_or("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+}
+
+/// A URL naming a database no other test uses (services create it on connect).
+pub fn fresh_database_url(tag: &str) -> String {
+    let admin = admin_database_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/t_{tag}_{}", Uuid::new_v4().simple())
+}
+
+pub fn nats_url() -> String {
+    env_or("NATS_URL", "nats://127.0.0.1:4222")
+}
+
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// A short prefix unique to one test, for stream names and Redis keys.
+pub fn unique_prefix(tag: &str) -> String {
+    format!("t{}{}", tag, &Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Retries `$check` (an expression returning bool, may `.await`) until it holds
+/// or `$timeout` passes, then panics with `$msg`.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($check:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = ::std::time::Instant::now() + $timeout;
+        loop {
+            if $check {
+                break;
+            }
+            if ::std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// Issues access tokens with its own key and serves the JWKS over HTTP, the
+/// way auth-service does, for tests of the other services.
+pub struct TestIssuer {
+    signer: TokenSigner,
+    pub jwks_url: String,
+    shutdown: CancellationToken,
+}
+
+impl TestIssuer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let signer = TokenSigner::generate();
+        let jwks = bank_platform::auth::jwks(std::slice::from_ref(&signer));
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let router = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        );
+        tokio::spawn(bank_platform::http::serve(listener, router, shutdown.clone()));
+        Ok(Self { signer, jwks_url: format!("http://{addr}/.well-known/jwks.json"), shutdown })
+    }
+
+    pub fn token_for(&self, user_id: Uuid, roles: &[&str], status: &str, ttl: Duration) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            exp: now + ttl.as_secs() as i64,
+            nbf: now,
+            iat: now,
+            jti: Uuid::now_v7().to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            status: status.into(),
+        };
+        self.signer.sign(&claims).expect("test token signs")
+    }
+
+    /// A KYC-active customer's token.
+    pub fn customer(&self, user_id: Uuid) -> String {
+        self.token_for(user_id, &[ROLE_CUSTOMER], STATUS_ACTIVE, Duration::from_secs(900))
+    }
+
+    pub fn admin(&self, user_id: Uuid) -> String {
+        self.token_for(user_id, &[ROLE_ADMIN], STATUS_ACTIVE, Duration::from_secs(900))
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Puts `authorization: Bearer <token>` on a request.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    req
+}
