@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("bank_descriptor.bin"))
+        // Deterministic encoding: event hashes are computed over encoded bytes.
+        .btree_map(".")
         .compile_with_config(config, &protos, &[PathBuf::from("."), wkt])?;
     Ok(())
 }

@@ -150,9 +150,10 @@ pub fn transfer(
     if from.id == to.id {
         return Err(DomainError::SameAccount);
     }
+    // The source is checked first: its state is what the caller controls.
+    let debit = from.withdraw(money)?;
     to.ensure_open_for_money()?;
     to.ensure_currency(money)?;
-    let debit = from.withdraw(money)?;
     let credit = to.deposit(money, max_balance)?;
     Ok((debit, credit))
 }

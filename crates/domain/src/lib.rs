@@ -3,6 +3,7 @@
 //! without servers.
 
 pub mod account;
+pub mod consistency;
 pub mod error;
 pub mod money;
 

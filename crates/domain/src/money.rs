@@ -17,12 +17,41 @@ pub struct Currency {
 /// Supported currencies and their ISO 4217 minor units. Deliberately a closed
 /// list: an unknown code is refused rather than guessed at two decimals.
 const CURRENCIES: &[(&str, u32)] = &[
-    ("AED", 2), ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2),
-    ("CLP", 0), ("CNY", 2), ("CZK", 2), ("DKK", 2), ("EUR", 2), ("GBP", 2),
-    ("HKD", 2), ("HUF", 2), ("IDR", 2), ("ILS", 2), ("INR", 2), ("ISK", 0),
-    ("JOD", 3), ("JPY", 0), ("KRW", 0), ("KWD", 3), ("MXN", 2), ("NOK", 2),
-    ("NZD", 2), ("OMR", 3), ("PLN", 2), ("SEK", 2), ("SGD", 2), ("THB", 2),
-    ("TND", 3), ("TRY", 2), ("USD", 2), ("VND", 0), ("ZAR", 2),
+    ("AED", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PLN", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("USD", 2),
+    ("VND", 0),
+    ("ZAR", 2),
 ];
 
 impl Currency {
@@ -32,9 +61,7 @@ impl Currency {
             .iter()
             .find(|(c, _)| *c == code)
             .map(|&(code, minor_unit)| Currency { code, minor_unit })
-            .ok_or_else(|| {
-                InputError::new("currency_code", "must be a supported ISO 4217 code such as USD")
-            })
+            .ok_or_else(|| InputError::new("currency_code", "must be a supported ISO 4217 code such as USD"))
     }
 
     pub fn code(&self) -> &'static str {
@@ -55,12 +82,7 @@ impl fmt::Display for Currency {
 /// Parses a client-supplied amount strictly: digits, an optional dot and at
 /// most `currency.minor_unit()` decimals; > 0 and <= `max`. Rejects signs,
 /// exponents, NaN, whitespace and anything `Decimal` would round.
-pub fn parse_amount(
-    field: &str,
-    text: &str,
-    currency: Currency,
-    max: Decimal,
-) -> Result<Decimal, InputError> {
+pub fn parse_amount(field: &str, text: &str, currency: Currency, max: Decimal) -> Result<Decimal, InputError> {
     let bad = |why: &str| InputError::new(field, why);
     let (int_part, frac_part) = match text.split_once('.') {
         Some((i, f)) => (i, Some(f)),
@@ -77,11 +99,7 @@ pub fn parse_amount(
     }
     let scale = frac_part.map_or(0, str::len) as u32;
     if scale > currency.minor_unit() {
-        return Err(bad(&format!(
-            "{} allows at most {} decimal places",
-            currency.code(),
-            currency.minor_unit()
-        )));
+        return Err(bad(&format!("{} allows at most {} decimal places", currency.code(), currency.minor_unit())));
     }
     let amount = Decimal::from_str(text).map_err(|_| bad("is not a valid decimal"))?;
     if amount <= Decimal::ZERO {
@@ -149,8 +167,24 @@ mod tests {
     #[test]
     fn refuses_hostile_amounts() {
         for bad in [
-            "", "0", "0.00", "-1", "+1", "1e3", "NaN", "inf", " 1", "1 ", "1.", ".5", "0.001",
-            "1,5", "0x10", "１", "1.2.3", "1_000",
+            "",
+            "0",
+            "0.00",
+            "-1",
+            "+1",
+            "1e3",
+            "NaN",
+            "inf",
+            " 1",
+            "1 ",
+            "1.",
+            ".5",
+            "0.001",
+            "1,5",
+            "0x10",
+            "１",
+            "1.2.3",
+            "1_000",
             "1234567890123456789012345678901234567890",
         ] {
             assert!(parse_amount("amount", bad, usd(), max()).is_err(), "{bad:?} accepted");

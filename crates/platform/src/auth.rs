@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ed25519_dalek::{SigningKey, pkcs8::{DecodePrivateKey, EncodePrivateKey}};
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{DecodePrivateKey, EncodePrivateKey},
+};
 use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet};
 use serde::{Deserialize, Serialize};
@@ -62,10 +65,7 @@ impl Caller {
 
 /// The verified caller of a request that passed the `AuthLayer`.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| crate::status::unauthenticated("missing access token"))
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| crate::status::unauthenticated("missing access token"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -183,10 +183,7 @@ impl KeyCache {
         Self {
             keys: RwLock::new(HashMap::new()),
             jwks_url,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .expect("http client builds"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("http client builds"),
             last_refresh: tokio::sync::Mutex::new(None),
         }
     }
@@ -285,21 +282,15 @@ impl TokenVerifier {
             _ => TokenError::Malformed,
         })?;
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::Malformed)?;
-        let caller = Caller {
-            user_id,
-            roles: data.claims.roles.clone(),
-            status: data.claims.status.clone(),
-        };
+        let caller = Caller { user_id, roles: data.claims.roles.clone(), status: data.claims.status.clone() };
         Ok((caller, data.claims))
     }
 
     /// Verifies the `authorization: Bearer …` value of a request.
     pub async fn verify_header(&self, value: Option<&str>) -> Result<(Caller, Claims), TokenError> {
         let value = value.ok_or(TokenError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(TokenError::Malformed)?;
+        let token =
+            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(TokenError::Malformed)?;
         self.verify(token.trim()).await
     }
 }
@@ -452,7 +443,7 @@ mod tests {
     async fn unknown_keys_and_wrong_audience_are_refused() {
         let trusted = TokenSigner::generate();
         let stranger = TokenSigner::generate();
-        let v = verifier(&[trusted.clone()]);
+        let v = verifier(std::slice::from_ref(&trusted));
         let token = stranger.sign(&claims(60, 0)).unwrap();
         assert_eq!(v.verify(&token).await.unwrap_err(), TokenError::UnknownKey);
         let mut c = claims(60, 0);

@@ -41,10 +41,8 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(bank_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let routes = routes
-        .add_service(health)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+    let routes =
+        routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
 
     let layers = tower::ServiceBuilder::new().layer(RpcMetricsLayer).layer(auth);
     let shutting_down = {

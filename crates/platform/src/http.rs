@@ -8,11 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Serves `extra` routes plus `/metrics` and `/healthz` until `shutdown`.
 pub async fn serve(listener: TcpListener, extra: Router, shutdown: CancellationToken) -> Result<()> {
-    let app = extra
-        .route("/metrics", get(|| async { crate::metrics::render() }))
-        .route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let app =
+        extra.route("/metrics", get(|| async { crate::metrics::render() })).route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -22,9 +22,8 @@ static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
-        HistogramOpts::new("rpc_duration_seconds", "gRPC latency until response headers").buckets(vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
-        ]),
+        HistogramOpts::new("rpc_duration_seconds", "gRPC latency until response headers")
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         &["method"]
     )
     .expect("metric registers once")

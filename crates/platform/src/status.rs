@@ -18,11 +18,7 @@ pub fn invalid_argument(violations: &[InputError]) -> Status {
         details.add_bad_request_violation(v.field.clone(), v.description.clone());
     }
     let summary: Vec<String> = violations.iter().map(ToString::to_string).collect();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid request: {}", summary.join("; ")),
-        details,
-    )
+    Status::with_error_details(Code::InvalidArgument, format!("invalid request: {}", summary.join("; ")), details)
 }
 
 /// A status with an ErrorInfo reason such as `INSUFFICIENT_FUNDS`.
@@ -75,9 +71,9 @@ pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
         // 40001 serialization, 40P01 deadlock, 57P01 admin shutdown, 08xxx connection.
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|c| c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08")),
+        sqlx::Error::Database(e) => {
+            e.code().is_some_and(|c| c == "40001" || c == "40P01" || c.starts_with("57P") || c.starts_with("08"))
+        }
         _ => false,
     }
 }

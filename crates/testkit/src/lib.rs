@@ -121,7 +121,61 @@ impl Drop for TestIssuer {
 /// Puts `authorization: Bearer <token>` on a request.
 pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
     req
+}
+
+/// A NATS JetStream server of one test's own, as a real child process, for
+/// tests that stop and restart the broker without disturbing other tests.
+pub struct NatsProcess {
+    pub port: u16,
+    store: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl NatsProcess {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let store = std::env::temp_dir().join(format!("bankmesh-nats-{}", Uuid::new_v4().simple()));
+        let mut me = Self { port, store, child: None };
+        me.resume().await?;
+        Ok(me)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("failed to start nats-server (is it on PATH?): {e}"))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL): a broker outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
 }

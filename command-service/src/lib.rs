@@ -1,0 +1,125 @@
+//! command-service: the money path. See `ledger` for the transaction each
+//! command runs in and `relay` for how committed events reach JetStream.
+
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod ledger;
+pub mod relay;
+pub mod store;
+
+use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use bank_platform::{
+    CancellationToken,
+    auth::{AuthLayer, KeyCache, TokenVerifier},
+    config::{self, Env},
+    db, grpc as server, http,
+    service::Running,
+};
+use bank_proto::v1::account_command_service_server::AccountCommandServiceServer;
+use rust_decimal::Decimal;
+use tokio::sync::Notify;
+
+use crate::{
+    grpc::CommandApi,
+    ledger::{Ledger, Limits},
+    relay::{OutboxRelay, RelayConfig},
+};
+
+#[derive(Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub jwks_url: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub limits: Limits,
+    pub relay: RelayConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &config::redact_url(&self.database_url))
+            .field("db_max_connections", &self.db_max_connections)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("limits", &self.limits)
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self> {
+        let decimal = |key: &str, default: &str| -> Result<Decimal> {
+            let raw = config::string(env, key, default);
+            Decimal::from_str(&raw).map_err(|e| anyhow::anyhow!("invalid value for {key}: {e}"))
+        };
+        Ok(Self {
+            grpc_addr: config::parse(env, "COMMAND_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052)))?,
+            http_addr: config::parse(env, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9092)))?,
+            database_url: config::string(
+                env,
+                "COMMAND_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/bank_command",
+            ),
+            db_max_connections: config::parse(env, "DB_MAX_CONNECTIONS", 16)?,
+            jwks_url: config::string(env, "JWKS_URL", "http://127.0.0.1:9091/.well-known/jwks.json"),
+            jwt_issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
+            jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
+            limits: Limits {
+                max_amount: decimal("MAX_AMOUNT", "1000000000")?,
+                max_balance: decimal("MAX_BALANCE", "1000000000000000")?,
+            },
+            relay: RelayConfig {
+                nats_url: config::string(env, "NATS_URL", "nats://127.0.0.1:4222"),
+                stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
+                subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
+                batch: config::parse(env, "OUTBOX_BATCH", 256)?,
+                poll: Duration::from_millis(config::parse(env, "OUTBOX_POLL_MS", 100)?),
+            },
+        })
+    }
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
+    let pool = db::connect(&config.database_url, config.db_max_connections).await?;
+    MIGRATOR.run(&pool).await?;
+    let grpc_listener = server::bind(config.grpc_addr).await?;
+    let http_listener = server::bind(config.http_addr).await?;
+    let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
+
+    let keys = Arc::new(KeyCache::from_jwks_url(config.jwks_url.clone()));
+    if let Err(e) = keys.refresh().await {
+        // Not fatal: auth-service may start later; unknown kids refresh on demand.
+        tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
+    }
+    let verifier = Arc::new(TokenVerifier::new(keys, &config.jwt_issuer, &config.jwt_audience));
+
+    let wake = Arc::new(Notify::new());
+    let ledger =
+        Arc::new(Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone()));
+    let api =
+        AccountCommandServiceServer::new(CommandApi::new(ledger)).max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let routes = tonic::service::Routes::new(api);
+    running.spawn(server::serve(
+        grpc_listener,
+        routes,
+        &["bank.v1.AccountCommandService"],
+        AuthLayer::new(verifier, &[]),
+        shutdown.clone(),
+    ));
+    running.spawn(OutboxRelay::new(pool, config.relay, wake).run(shutdown.clone()));
+    running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
+    Ok(running)
+}

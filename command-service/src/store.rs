@@ -1,0 +1,246 @@
+//! The Postgres adapter of the write model: idempotency claims, row locks,
+//! and one statement that applies a decided plan. No business rules here.
+
+use bank_domain::{Account, AccountKind, AccountStatus, Currency};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::{error::CommandError, events::NewEvent};
+
+/// An account row as the write model holds it.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub account: Account,
+    pub kind: AccountKind,
+    pub last_hash: Vec<u8>,
+    pub opened_at: DateTime<Utc>,
+}
+
+/// The first outcome stored under an idempotency key.
+pub enum PriorOutcome {
+    Response(Vec<u8>),
+    Refusal { reason: String, message: String },
+}
+
+pub enum Claim {
+    /// The key is ours now; our transaction decides its outcome.
+    New,
+    Existing {
+        request_hash: Vec<u8>,
+        outcome: PriorOutcome,
+    },
+}
+
+/// Claims `(caller, key)`. A concurrent duplicate blocks on the primary key
+/// until the first transaction ends, then sees its committed outcome: one
+/// effect, the same answer for all.
+pub async fn claim_key(
+    conn: &mut PgConnection,
+    caller: Uuid,
+    key: &str,
+    request_hash: &[u8],
+) -> Result<Claim, CommandError> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency (caller_id, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(caller)
+    .bind(key)
+    .bind(request_hash)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::New);
+    }
+    let row = sqlx::query(
+        "SELECT request_hash, response, refusal_reason, refusal_message FROM idempotency WHERE caller_id = $1 AND key = $2",
+    )
+    .bind(caller)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let outcome = match row.try_get::<Option<Vec<u8>>, _>("response")? {
+        Some(bytes) => PriorOutcome::Response(bytes),
+        None => PriorOutcome::Refusal {
+            reason: row.try_get::<Option<String>, _>("refusal_reason")?.unwrap_or_default(),
+            message: row.try_get::<Option<String>, _>("refusal_message")?.unwrap_or_default(),
+        },
+    };
+    Ok(Claim::Existing { request_hash: row.try_get("request_hash")?, outcome })
+}
+
+pub async fn save_refusal(
+    conn: &mut PgConnection,
+    caller: Uuid,
+    key: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), CommandError> {
+    sqlx::query("UPDATE idempotency SET refusal_reason = $3, refusal_message = $4 WHERE caller_id = $1 AND key = $2")
+        .bind(caller)
+        .bind(key)
+        .bind(reason)
+        .bind(message)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn audit(
+    conn: &mut PgConnection,
+    actor: Uuid,
+    command: &str,
+    account_id: Option<Uuid>,
+    reason: &str,
+    detail: &str,
+) -> Result<(), CommandError> {
+    sqlx::query("INSERT INTO audit_log (actor, command, account_id, reason, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(actor)
+        .bind(command)
+        .bind(account_id)
+        .bind(reason)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn account_from_row(row: &sqlx::postgres::PgRow) -> Result<AccountRow, CommandError> {
+    let bad = |what: &str| CommandError::Internal(anyhow::anyhow!("corrupt account row: {what}"));
+    let currency: String = row.try_get("currency")?;
+    let status: String = row.try_get("status")?;
+    let kind: String = row.try_get("kind")?;
+    Ok(AccountRow {
+        account: Account {
+            id: row.try_get("id")?,
+            owner_id: row.try_get("owner_id")?,
+            currency: Currency::from_code(currency.trim()).map_err(|_| bad("currency"))?,
+            balance: row.try_get("balance")?,
+            status: AccountStatus::parse(&status).ok_or_else(|| bad("status"))?,
+            version: row.try_get("version")?,
+        },
+        kind: AccountKind::parse(&kind).ok_or_else(|| bad("kind"))?,
+        last_hash: row.try_get("last_hash")?,
+        opened_at: row.try_get("opened_at")?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "id, owner_id, kind, currency, balance, status, version, last_hash, opened_at";
+
+/// Locks the rows in ascending id order (Sort runs below LockRows), so two
+/// opposite transfers cannot deadlock. Missing ids are simply absent.
+pub async fn lock_accounts(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<AccountRow>, CommandError> {
+    let rows =
+        sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"))
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    rows.iter().map(account_from_row).collect()
+}
+
+/// What a decided command writes, all at once.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub new_accounts: Vec<AccountRow>,
+    pub changed_accounts: Vec<AccountRow>,
+    pub events: Vec<NewEvent>,
+}
+
+/// Account rows as column arrays, for UNNEST.
+#[derive(Default)]
+struct AccountColumns {
+    id: Vec<Uuid>,
+    owner_id: Vec<Uuid>,
+    kind: Vec<&'static str>,
+    currency: Vec<&'static str>,
+    balance: Vec<Decimal>,
+    status: Vec<&'static str>,
+    version: Vec<i64>,
+    last_hash: Vec<Vec<u8>>,
+    opened_at: Vec<DateTime<Utc>>,
+}
+
+impl AccountColumns {
+    fn of(rows: &[AccountRow]) -> Self {
+        let mut c = Self::default();
+        for r in rows {
+            c.id.push(r.account.id);
+            c.owner_id.push(r.account.owner_id);
+            c.kind.push(r.kind.as_str());
+            c.currency.push(r.account.currency.code());
+            c.balance.push(r.account.balance);
+            c.status.push(r.account.status.as_str());
+            c.version.push(r.account.version);
+            c.last_hash.push(r.last_hash.clone());
+            c.opened_at.push(r.opened_at);
+        }
+        c
+    }
+}
+
+/// Applies `writes` and stores `response` under the key, in one statement
+/// (data-modifying CTEs), so the locks are held for as few round trips as possible.
+pub async fn apply(
+    conn: &mut PgConnection,
+    caller: Uuid,
+    key: &str,
+    subject_prefix: &str,
+    writes: &Writes,
+    response: &[u8],
+) -> Result<(), CommandError> {
+    let n = AccountColumns::of(&writes.new_accounts);
+    let u = AccountColumns::of(&writes.changed_accounts);
+    let ev = &writes.events;
+    sqlx::query(
+        "WITH new_accounts AS (
+            INSERT INTO accounts (id, owner_id, kind, currency, balance, status, version, last_hash, opened_at)
+            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::int8[], $8::bytea[], $9::timestamptz[])
+        ), changed AS (
+            UPDATE accounts a SET balance = u.balance, status = u.status, version = u.version, last_hash = u.last_hash
+            FROM UNNEST($10::uuid[], $11::numeric[], $12::text[], $13::int8[], $14::bytea[]) AS u(id, balance, status, version, last_hash)
+            WHERE a.id = u.id
+        ), new_events AS (
+            INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash)
+            SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::int8[], $18::uuid[], $19::text[], $20::uuid[], $21::timestamptz[], $22::numeric[], $23::numeric[], $24::bytea[], $25::bytea[])
+        ), new_outbox AS (
+            INSERT INTO outbox (event_id, subject, envelope)
+            SELECT e.id, $26 || '.' || e.account_id::text, e.envelope
+            FROM UNNEST($15::uuid[], $16::uuid[], $24::bytea[]) AS e(id, account_id, envelope)
+        )
+        UPDATE idempotency SET response = $27 WHERE caller_id = $28 AND key = $29",
+    )
+    .bind(&n.id)
+    .bind(&n.owner_id)
+    .bind(&n.kind)
+    .bind(&n.currency)
+    .bind(&n.balance)
+    .bind(&n.status)
+    .bind(&n.version)
+    .bind(&n.last_hash)
+    .bind(&n.opened_at)
+    .bind(&u.id)
+    .bind(&u.balance)
+    .bind(&u.status)
+    .bind(&u.version)
+    .bind(&u.last_hash)
+    .bind(ev.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.account_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.version).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.transaction_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.kind.to_owned()).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.actor).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.delta).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.balance_after).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+    .bind(subject_prefix)
+    .bind(response)
+    .bind(caller)
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! A command-service per test: its own database, its own JetStream stream and
+//! subject prefix, tokens from a test issuer verified through a real JWKS.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bank_platform::{CancellationToken, auth::STATUS_ACTIVE, config::ProcessEnv, service::Running};
+use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
+use bank_testkit::{TestIssuer, authed};
+use prost::Message;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub struct Harness {
+    pub issuer: TestIssuer,
+    pub running: Option<Running>,
+    pub client: AccountCommandServiceClient<Channel>,
+    pub db: PgPool,
+    pub config: command_service::Config,
+}
+
+pub fn usd(amount: &str) -> Option<pb::Money> {
+    Some(pb::Money { currency_code: "USD".into(), amount: amount.into() })
+}
+
+pub fn key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with_nats(&bank_testkit::nats_url()).await
+    }
+
+    pub async fn start_with_nats(nats_url: &str) -> Self {
+        bank_platform::telemetry::init_for_tests();
+        let issuer = TestIssuer::start().await.unwrap();
+        let prefix = bank_testkit::unique_prefix("cmd");
+        let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
+        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.database_url = bank_testkit::fresh_database_url("cmd");
+        config.db_max_connections = 10;
+        config.jwks_url = issuer.jwks_url.clone();
+        config.jwt_issuer = bank_testkit::ISSUER.into();
+        config.jwt_audience = bank_testkit::AUDIENCE.into();
+        config.relay.nats_url = nats_url.to_owned();
+        config.relay.stream = prefix.to_uppercase();
+        config.relay.subject_prefix = format!("{prefix}.events");
+        let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
+        let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
+        let db = bank_platform::db::connect(&config.database_url, 4).await.unwrap();
+        Self { issuer, running: Some(running), client, db, config }
+    }
+
+    /// A new KYC-active customer: (user id, access token).
+    pub fn customer(&self) -> (Uuid, String) {
+        let id = Uuid::now_v7();
+        (id, self.issuer.customer(id))
+    }
+
+    pub fn pending_customer(&self) -> (Uuid, String) {
+        let id = Uuid::now_v7();
+        (id, self.issuer.token_for(id, &["customer"], "PENDING_KYC", Duration::from_secs(600)))
+    }
+
+    pub fn admin(&self) -> String {
+        self.issuer.admin(Uuid::now_v7())
+    }
+
+    pub async fn open(&self, token: &str, currency: &str) -> String {
+        let req = pb::OpenAccountRequest {
+            r#type: pb::AccountType::Checking as i32,
+            currency_code: currency.into(),
+            idempotency_key: key(),
+        };
+        let res = self.client.clone().open_account(authed(req, token)).await.unwrap().into_inner();
+        res.account.unwrap().account_id
+    }
+
+    pub async fn deposit(
+        &self,
+        token: &str,
+        account: &str,
+        amount: &str,
+    ) -> Result<pb::MoneyMovementResponse, tonic::Status> {
+        let req = pb::DepositRequest {
+            account_id: account.into(),
+            money: usd(amount),
+            idempotency_key: key(),
+            description: "test".into(),
+        };
+        self.client.clone().deposit(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    pub async fn withdraw(
+        &self,
+        token: &str,
+        account: &str,
+        amount: &str,
+    ) -> Result<pb::MoneyMovementResponse, tonic::Status> {
+        let req = pb::WithdrawRequest {
+            account_id: account.into(),
+            money: usd(amount),
+            idempotency_key: key(),
+            description: String::new(),
+        };
+        self.client.clone().withdraw(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    pub async fn transfer(
+        &self,
+        token: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+    ) -> Result<pb::MoneyMovementResponse, tonic::Status> {
+        let req = pb::TransferRequest {
+            from_account_id: from.into(),
+            to_account_id: to.into(),
+            money: usd(amount),
+            idempotency_key: key(),
+            description: String::new(),
+        };
+        self.client.clone().transfer(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    /// The write-model balance, as text at scale 2.
+    pub async fn balance(&self, account: &str) -> String {
+        let b: rust_decimal::Decimal = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1::uuid")
+            .bind(account)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        format!("{:.2}", b)
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// Every envelope on this test's stream, in stream order.
+    pub async fn published(&self, nats_url: &str) -> Vec<pb::EventEnvelope> {
+        let client = async_nats::connect(nats_url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(&self.config.relay.stream).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(msg) = stream.get_raw_message(seq).await {
+                out.push(pb::EventEnvelope::decode(msg.payload).unwrap());
+            }
+        }
+        out
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+}
+
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+pub const ACTIVE: &str = STATUS_ACTIVE;

