@@ -1,0 +1,171 @@
+//! The read side's shared vocabulary. The projector writes these models and
+//! query-service reads them; neither touches the write model.
+//!
+//! - Postgres (`MIGRATOR`): `account_view`, `transaction_history`,
+//!   `dead_letters`, all rows tagged with a generation (see `active_generation`).
+//! - Redis (`CacheKeys`): one hash per account (balance, status, version…),
+//!   written only through `UPSERT_SCRIPT`, which never moves a version backwards.
+//! - Change notifications (`AccountChange`) on the Redis channel
+//!   `CacheKeys::changes_channel`, for WatchBalance and read-your-writes waits.
+
+pub mod page_token;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The generation readers use now.
+pub async fn active_generation(db: impl sqlx::PgExecutor<'_>) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
+}
+
+/// One account as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AccountView {
+    pub account_id: Uuid,
+    pub owner_id: Uuid,
+    pub kind: String,
+    pub currency: String,
+    pub balance: Decimal,
+    pub status: String,
+    pub version: i64,
+    pub opened_at: DateTime<Utc>,
+}
+
+pub const ACCOUNT_VIEW_COLUMNS: &str = "account_id, owner_id, kind, currency, balance, status, version, opened_at";
+
+/// One line of history.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HistoryEntry {
+    pub account_id: Uuid,
+    pub version: i64,
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub amount: Decimal,
+    pub balance_before: Decimal,
+    pub balance_after: Decimal,
+    pub counterparty_account_id: Option<Uuid>,
+    pub description: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub const HISTORY_COLUMNS: &str = "account_id, version, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at";
+
+/// History kinds as stored (and as the proto's TransactionKind names them).
+pub mod kind {
+    pub const DEPOSIT: &str = "DEPOSIT";
+    pub const WITHDRAWAL: &str = "WITHDRAWAL";
+    pub const TRANSFER_OUT: &str = "TRANSFER_OUT";
+    pub const TRANSFER_IN: &str = "TRANSFER_IN";
+}
+
+/// What the projector announces after applying an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountChange {
+    pub account: AccountView,
+    /// Empty for status-only events.
+    pub transaction_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Redis key layout under a prefix (tests use a unique prefix each).
+#[derive(Debug, Clone)]
+pub struct CacheKeys {
+    prefix: String,
+}
+
+impl CacheKeys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn account(&self, generation: i32, id: Uuid) -> String {
+        format!("{}g{generation}:acct:{id}", self.prefix)
+    }
+
+    pub fn changes_channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+}
+
+/// Writes an account hash unless the cache already holds that version or a
+/// newer one, so late or duplicate writers never move it backwards.
+/// KEYS[1] = account key; ARGV = version, then field/value pairs.
+pub const UPSERT_SCRIPT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'version')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 2))
+return 1
+";
+
+/// The account as Redis hash fields (version excluded; it is ARGV[1]).
+pub fn cache_fields(a: &AccountView) -> Vec<(String, String)> {
+    vec![
+        ("owner_id".into(), a.owner_id.to_string()),
+        ("kind".into(), a.kind.clone()),
+        ("currency".into(), a.currency.clone()),
+        ("balance".into(), a.balance.to_string()),
+        ("status".into(), a.status.clone()),
+        ("opened_at".into(), a.opened_at.to_rfc3339()),
+    ]
+}
+
+/// Builds an account from its Redis hash; None if incomplete or malformed.
+pub fn from_cache(id: Uuid, h: &HashMap<String, String>) -> Option<AccountView> {
+    Some(AccountView {
+        account_id: id,
+        owner_id: h.get("owner_id")?.parse().ok()?,
+        kind: h.get("kind")?.clone(),
+        currency: h.get("currency")?.clone(),
+        balance: h.get("balance")?.parse().ok()?,
+        status: h.get("status")?.clone(),
+        version: h.get("version")?.parse().ok()?,
+        opened_at: DateTime::parse_from_rfc3339(h.get("opened_at")?).ok()?.with_timezone(&Utc),
+    })
+}
+
+/// Writes `account` to the cache through the version guard.
+pub async fn cache_upsert(
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &CacheKeys,
+    generation: i32,
+    account: &AccountView,
+) -> redis::RedisResult<()> {
+    let script = redis::Script::new(UPSERT_SCRIPT);
+    let mut call = script.key(keys.account(generation, account.account_id));
+    call.arg(account.version);
+    for (k, v) in cache_fields(account) {
+        call.arg(k).arg(v);
+    }
+    let _: i64 = call.invoke_async(redis).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_fields_round_trip() {
+        let a = AccountView {
+            account_id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            kind: "CHECKING".into(),
+            currency: "USD".into(),
+            balance: "12.50".parse().unwrap(),
+            status: "ACTIVE".into(),
+            version: 3,
+            opened_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let mut h: HashMap<String, String> = cache_fields(&a).into_iter().collect();
+        h.insert("version".into(), "3".into());
+        assert_eq!(from_cache(a.account_id, &h), Some(a.clone()));
+        h.remove("balance");
+        assert_eq!(from_cache(a.account_id, &h), None);
+    }
+}
