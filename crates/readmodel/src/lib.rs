@@ -95,13 +95,19 @@ impl CacheKeys {
 
 /// Writes an account hash unless the cache already holds that version or a
 /// newer one, so late or duplicate writers never move it backwards.
-/// KEYS[1] = account key; ARGV = version, then field/value pairs.
+/// Entries also expire, which bounds how long a missed update (Redis briefly
+/// unreachable for the projector) can leave a stale balance behind.
+/// KEYS[1] = account key; ARGV = version, ttl seconds, then field/value pairs.
 pub const UPSERT_SCRIPT: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
+
+/// Lifetime of a cached account without updates.
+pub const CACHE_TTL_SECS: u64 = 300;
 
 /// The account as Redis hash fields (version excluded; it is ARGV[1]).
 pub fn cache_fields(a: &AccountView) -> Vec<(String, String)> {
@@ -138,7 +144,7 @@ pub async fn cache_upsert(
 ) -> redis::RedisResult<()> {
     let script = redis::Script::new(UPSERT_SCRIPT);
     let mut call = script.key(keys.account(generation, account.account_id));
-    call.arg(account.version);
+    call.arg(account.version).arg(CACHE_TTL_SECS);
     for (k, v) in cache_fields(account) {
         call.arg(k).arg(v);
     }

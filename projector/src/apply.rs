@@ -1,0 +1,258 @@
+//! Applies a batch of messages in one Postgres transaction (one fsync for the
+//! batch), then refreshes Redis and announces the changes. Each message gets
+//! its own outcome: ack (applied or duplicate), nak with delay (gap), or term
+//! after it went to the dead letters.
+
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
+
+use anyhow::Result;
+use bank_proto::v1 as pb;
+use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert};
+use chrono::Utc;
+use prometheus::{Histogram, HistogramOpts, IntCounter, register_histogram, register_int_counter};
+use prost::Message;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::fold::{self, Decision};
+
+static APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("projector_events_applied_total", "events applied").expect("registers once")
+});
+static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("projector_duplicates_total", "duplicate events skipped").expect("registers once")
+});
+static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("projector_dead_letters_total", "messages sent to the dead letters").expect("registers once")
+});
+static GAPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("projector_gaps_total", "events naked because an earlier version is missing")
+        .expect("registers once")
+});
+static LAG: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new("projection_lag_seconds", "event time to applied in the read model")
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    )
+    .expect("registers once")
+});
+
+/// A message as the batch sees it, independent of the JetStream client.
+pub struct Incoming {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub stream_sequence: u64,
+    pub delivered: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ack,
+    /// Redeliver after a delay (a gap that may still fill).
+    Retry,
+    /// Dead-lettered: never redeliver.
+    Terminate,
+}
+
+pub struct Applier {
+    pub pool: PgPool,
+    /// None while Redis was unreachable at start; retried every few seconds.
+    /// (Once connected, the manager reconnects by itself.)
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis_url: String,
+    pub last_redis_attempt: std::time::Instant,
+    pub keys: CacheKeys,
+    /// After this many deliveries a gap is treated as permanent.
+    pub max_deliveries: i64,
+}
+
+/// Delay before a gap is retried.
+pub const GAP_RETRY: Duration = Duration::from_millis(200);
+
+impl Applier {
+    pub async fn reconnect_cache_if_due(&mut self) {
+        if self.redis.is_none() && self.last_redis_attempt.elapsed() > Duration::from_secs(5) {
+            self.last_redis_attempt = std::time::Instant::now();
+            self.redis = crate::connect_redis(&self.redis_url).await;
+        }
+    }
+
+    /// Applies `batch` to generation `generation` (None: the active one).
+    pub async fn apply(&mut self, batch: &[Incoming], generation: Option<i32>) -> Result<Vec<Outcome>> {
+        let mut tx = self.pool.begin().await?;
+        // FOR SHARE: a rebuild's switch waits for in-flight batches, so none
+        // commits to the old generation after the switch.
+        let generation = match generation {
+            Some(g) => g,
+            None => {
+                sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1 FOR SHARE")
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+        let decoded: Vec<Result<(pb::EventEnvelope, Uuid), String>> = batch
+            .iter()
+            .map(|m| {
+                let env = pb::EventEnvelope::decode(m.payload.as_slice())
+                    .map_err(|e| format!("undecodable envelope: {e}"))?;
+                let (id, _) = fold::account_of(&env)?;
+                Ok((env, id))
+            })
+            .collect();
+        let ids: Vec<Uuid> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, id)| *id)).collect();
+        let rows: Vec<AccountView> = sqlx::query_as(&format!(
+            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND account_id = ANY($2) ORDER BY account_id FOR UPDATE"
+        ))
+        .bind(generation)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut views: HashMap<Uuid, AccountView> = rows.into_iter().map(|v| (v.account_id, v)).collect();
+        let mut changed: Vec<Uuid> = Vec::new();
+        let mut entries: Vec<(Uuid, HistoryEntry)> = Vec::new();
+        let mut changes: Vec<AccountChange> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+
+        for (msg, d) in batch.iter().zip(decoded) {
+            let decision = match &d {
+                Ok((env, id)) => fold::decide(env, views.get(id)),
+                Err(reason) => Decision::Poison(reason.clone()),
+            };
+            let outcome = match decision {
+                Decision::Duplicate => {
+                    DUPLICATES.inc();
+                    Outcome::Ack
+                }
+                Decision::Apply { view, entry } => {
+                    let (env, id) = d.as_ref().expect("applied events decoded");
+                    if let Some(at) = fold::occurred_at(env) {
+                        LAG.observe((Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                    }
+                    changes.push(AccountChange {
+                        account: view.clone(),
+                        transaction_id: entry.as_ref().map(|e| e.transaction_id),
+                        occurred_at: fold::occurred_at(env).unwrap_or_else(Utc::now),
+                    });
+                    if !changed.contains(id) {
+                        changed.push(*id);
+                    }
+                    let event_id = Uuid::try_parse(&env.event_id).unwrap_or_else(|_| Uuid::now_v7());
+                    entries.extend(entry.map(|e| (event_id, e)));
+                    views.insert(*id, view);
+                    APPLIED.inc();
+                    Outcome::Ack
+                }
+                Decision::Gap { stored } if msg.delivered < self.max_deliveries => {
+                    GAPS.inc();
+                    tracing::debug!(stored, seq = msg.stream_sequence, "gap: will retry");
+                    Outcome::Retry
+                }
+                Decision::Gap { stored } => {
+                    self.dead_letter(&mut tx, msg, &format!("version gap never filled (read model at {stored})"))
+                        .await?;
+                    Outcome::Terminate
+                }
+                Decision::Poison(reason) => {
+                    self.dead_letter(&mut tx, msg, &reason).await?;
+                    Outcome::Terminate
+                }
+            };
+            outcomes.push(outcome);
+        }
+
+        let changed_views: Vec<&AccountView> = changed.iter().filter_map(|id| views.get(id)).collect();
+        write_views(&mut tx, generation, &changed_views).await?;
+        write_history(&mut tx, generation, &entries).await?;
+        tx.commit().await?;
+
+        self.refresh_cache(generation, &changed_views, &changes).await;
+        Ok(outcomes)
+    }
+
+    async fn dead_letter(&self, tx: &mut sqlx::PgConnection, msg: &Incoming, reason: &str) -> Result<()> {
+        tracing::warn!(seq = msg.stream_sequence, subject = %msg.subject, reason, "dead letter");
+        DEAD_LETTERS.inc();
+        sqlx::query("INSERT INTO dead_letters (stream_sequence, subject, reason, payload) VALUES ($1, $2, $3, $4)")
+            .bind(msg.stream_sequence as i64)
+            .bind(&msg.subject)
+            .bind(reason)
+            .bind(&msg.payload)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Best effort: Redis is a cache. A failure leaves entries to expire or
+    /// to be refilled by readers from Postgres; it never blocks projection.
+    async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
+        let Some(redis) = self.redis.as_mut() else { return };
+        for v in views {
+            if let Err(e) = cache_upsert(redis, &self.keys, generation, v).await {
+                tracing::warn!(error = %e, "cache update failed");
+                return;
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for c in changes {
+            pipe.publish(self.keys.changes_channel(), serde_json::to_string(c).unwrap_or_default()).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(redis).await {
+            tracing::warn!(error = %e, "change notification failed");
+        }
+    }
+}
+
+async fn write_views(tx: &mut sqlx::PgConnection, generation: i32, views: &[&AccountView]) -> Result<()> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, updated_at)
+         SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[])
+         ON CONFLICT (generation, account_id) DO UPDATE SET balance = EXCLUDED.balance, status = EXCLUDED.status,
+             version = EXCLUDED.version, updated_at = now()",
+    )
+    .bind(generation)
+    .bind(views.iter().map(|v| v.account_id).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.owner_id).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.kind.clone()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.currency.clone()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.balance).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.status.clone()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.opened_at).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[(Uuid, HistoryEntry)]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO transaction_history (generation, account_id, version, event_id, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at)
+         SELECT $1, a, v, ev, t, k, am, bb, ba, c, d, o
+         FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[])
+              AS x(a, v, t, k, am, bb, ba, c, d, o, ev)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(generation)
+    .bind(entries.iter().map(|(_, e)| e.account_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.version).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.transaction_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.kind.clone()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.amount).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.balance_before).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.balance_after).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.counterparty_account_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.description.clone()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.occurred_at).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! How one event changes an account's read model: a pure function of the
+//! current view and the event, so the version guard and every payload rule
+//! are unit-tested without servers.
+
+use std::str::FromStr;
+
+use bank_proto::v1::{self as pb, event_envelope::Payload};
+use bank_readmodel::{AccountView, HistoryEntry, kind};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per message
+pub enum Decision {
+    /// Already applied (version ≤ stored): acknowledge and skip.
+    Duplicate,
+    /// An earlier version is missing: retry later.
+    Gap { stored: i64 },
+    /// The next version: the account after it, and its history line if it moved money.
+    Apply { view: AccountView, entry: Option<HistoryEntry> },
+    /// Can never be applied; goes to the dead letters.
+    Poison(String),
+}
+
+/// Identity fields of an envelope, needed before deciding.
+pub fn account_of(env: &pb::EventEnvelope) -> Result<(Uuid, i64), String> {
+    let id = Uuid::try_parse(&env.account_id).map_err(|_| "account_id is not a UUID".to_owned())?;
+    if env.version < 1 {
+        return Err("version must be >= 1".into());
+    }
+    Ok((id, env.version))
+}
+
+pub fn occurred_at(env: &pb::EventEnvelope) -> Option<DateTime<Utc>> {
+    env.occurred_at.as_ref().and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
+fn amount(m: &Option<pb::Money>, what: &str) -> Result<Decimal, String> {
+    let m = m.as_ref().ok_or_else(|| format!("{what} missing"))?;
+    Decimal::from_str(&m.amount).map_err(|_| format!("{what} is not a decimal"))
+}
+
+pub fn decide(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Decision {
+    match decide_inner(env, current) {
+        Ok(d) => d,
+        Err(reason) => Decision::Poison(reason),
+    }
+}
+
+fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Result<Decision, String> {
+    let (account_id, version) = account_of(env)?;
+    let stored = current.map_or(0, |c| c.version);
+    if version <= stored {
+        return Ok(Decision::Duplicate);
+    }
+    if version > stored + 1 {
+        return Ok(Decision::Gap { stored });
+    }
+    let at = occurred_at(env).ok_or("occurred_at missing")?;
+    let transaction_id = Uuid::try_parse(&env.transaction_id).map_err(|_| "transaction_id is not a UUID")?;
+    let payload = env.payload.as_ref().ok_or("unknown or missing payload")?;
+
+    if let Payload::AccountOpened(o) = payload {
+        if current.is_some() || version != 1 {
+            return Err("AccountOpened must be version 1 of a new account".into());
+        }
+        let kind = match pb::AccountType::try_from(o.r#type) {
+            Ok(pb::AccountType::Checking) => "CHECKING",
+            Ok(pb::AccountType::Savings) => "SAVINGS",
+            _ => return Err("unknown account type".into()),
+        };
+        let view = AccountView {
+            account_id,
+            owner_id: Uuid::try_parse(&o.owner_id).map_err(|_| "owner_id is not a UUID")?,
+            kind: kind.into(),
+            currency: o.currency_code.clone(),
+            balance: Decimal::ZERO,
+            status: "ACTIVE".into(),
+            version: 1,
+            opened_at: at,
+        };
+        return Ok(Decision::Apply { view, entry: None });
+    }
+
+    let current = current.ok_or("event for an account that was never opened")?;
+    let mut view = current.clone();
+    view.version = version;
+    let mut money = |kind: &str,
+                     m: &Option<pb::Money>,
+                     before: &Option<pb::Money>,
+                     after: &Option<pb::Money>,
+                     other: Option<&str>,
+                     description: &str|
+     -> Result<Option<HistoryEntry>, String> {
+        let before = amount(before, "balance_before")?;
+        if before != current.balance {
+            return Err(format!("balance_before {before} does not match the read model's {}", current.balance));
+        }
+        let after = amount(after, "balance_after")?;
+        view.balance = after;
+        let counterparty = match other {
+            Some(o) => Some(Uuid::try_parse(o).map_err(|_| "counterparty is not a UUID")?),
+            None => None,
+        };
+        Ok(Some(HistoryEntry {
+            account_id,
+            version,
+            transaction_id,
+            kind: kind.into(),
+            amount: amount(m, "amount")?,
+            balance_before: before,
+            balance_after: after,
+            counterparty_account_id: counterparty,
+            description: description.into(),
+            occurred_at: at,
+        }))
+    };
+    let entry = match payload {
+        Payload::MoneyDeposited(e) => {
+            money(kind::DEPOSIT, &e.amount, &e.balance_before, &e.balance_after, None, &e.description)?
+        }
+        Payload::MoneyWithdrawn(e) => {
+            money(kind::WITHDRAWAL, &e.amount, &e.balance_before, &e.balance_after, None, &e.description)?
+        }
+        Payload::TransferDebited(e) => money(
+            kind::TRANSFER_OUT,
+            &e.amount,
+            &e.balance_before,
+            &e.balance_after,
+            Some(&e.to_account_id),
+            &e.description,
+        )?,
+        Payload::TransferCredited(e) => money(
+            kind::TRANSFER_IN,
+            &e.amount,
+            &e.balance_before,
+            &e.balance_after,
+            Some(&e.from_account_id),
+            &e.description,
+        )?,
+        Payload::AccountFrozen(_) => {
+            view.status = "FROZEN".into();
+            None
+        }
+        Payload::AccountUnfrozen(_) => {
+            view.status = "ACTIVE".into();
+            None
+        }
+        Payload::AccountClosed(_) => {
+            view.status = "CLOSED".into();
+            None
+        }
+        Payload::AccountOpened(_) => unreachable!("handled above"),
+    };
+    Ok(Decision::Apply { view, entry })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(a: &str) -> Option<pb::Money> {
+        Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
+    }
+
+    fn envelope(account: Uuid, version: i64, payload: Payload) -> pb::EventEnvelope {
+        pb::EventEnvelope {
+            event_id: Uuid::now_v7().to_string(),
+            account_id: account.to_string(),
+            version,
+            transaction_id: Uuid::now_v7().to_string(),
+            occurred_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    fn opened(account: Uuid) -> AccountView {
+        let e = envelope(
+            account,
+            1,
+            Payload::AccountOpened(pb::AccountOpened {
+                owner_id: Uuid::now_v7().to_string(),
+                r#type: 1,
+                currency_code: "USD".into(),
+            }),
+        );
+        match decide(&e, None) {
+            Decision::Apply { view, .. } => view,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn deposit(before: &str, after: &str) -> Payload {
+        Payload::MoneyDeposited(pb::MoneyDeposited {
+            amount: usd("5.00"),
+            balance_before: usd(before),
+            balance_after: usd(after),
+            description: String::new(),
+        })
+    }
+
+    #[test]
+    fn the_next_version_applies_and_records_history() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        match decide(&envelope(id, 2, deposit("0.00", "5.00")), Some(&view)) {
+            Decision::Apply { view, entry } => {
+                assert_eq!((view.version, view.balance), (2, Decimal::from(5)));
+                assert_eq!(entry.unwrap().kind, kind::DEPOSIT);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_skipped_and_gaps_wait() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        assert_eq!(decide(&envelope(id, 1, deposit("0", "5")), Some(&view)), Decision::Duplicate);
+        assert_eq!(decide(&envelope(id, 3, deposit("0", "5")), Some(&view)), Decision::Gap { stored: 1 });
+        assert_eq!(decide(&envelope(id, 2, deposit("0", "5")), None), Decision::Gap { stored: 0 });
+    }
+
+    #[test]
+    fn garbage_and_unknown_payloads_are_poison() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        let mut unknown = envelope(id, 2, deposit("0", "5"));
+        unknown.payload = None;
+        assert!(matches!(decide(&unknown, Some(&view)), Decision::Poison(_)));
+        let mut bad_id = envelope(id, 2, deposit("0", "5"));
+        bad_id.account_id = "x".into();
+        assert!(matches!(decide(&bad_id, Some(&view)), Decision::Poison(_)));
+        assert!(
+            matches!(decide(&envelope(id, 2, deposit("1.00", "6.00")), Some(&view)), Decision::Poison(_)),
+            "balance_before mismatch"
+        );
+    }
+
+    #[test]
+    fn status_events_change_status_only() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        match decide(&envelope(id, 2, Payload::AccountFrozen(pb::AccountFrozen { reason: "x".into() })), Some(&view)) {
+            Decision::Apply { view, entry } => assert_eq!((view.status.as_str(), entry), ("FROZEN", None)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

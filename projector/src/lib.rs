@@ -1,0 +1,322 @@
+//! projector: a durable JetStream pull consumer with explicit acks that folds
+//! BANK_EVENTS into the read models (see `fold` for the rules, `apply` for the
+//! batch transaction), and `rebuild`, which refills them from the start of the
+//! stream into a new generation and switches readers over when caught up.
+
+pub mod apply;
+pub mod fold;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+};
+use bank_platform::{
+    CancellationToken,
+    config::{self, Env},
+    db, grpc as server, http,
+    service::Running,
+};
+use bank_readmodel::CacheKeys;
+use futures::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::apply::{Applier, GAP_RETRY, Incoming, Outcome};
+
+#[derive(Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub nats_url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub durable_name: String,
+    /// Largest batch applied in one transaction (and in flight unacked).
+    pub batch: usize,
+    pub max_deliveries: i64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &config::redact_url(&self.database_url))
+            .field("redis_url", &config::redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("nats_url", &self.nats_url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("durable_name", &self.durable_name)
+            .field("batch", &self.batch)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self> {
+        Ok(Self {
+            http_addr: config::parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)))?,
+            database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
+            redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
+            nats_url: config::string(env, "NATS_URL", "nats://127.0.0.1:4222"),
+            stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
+            subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
+            durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
+            batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
+            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 50)?,
+        })
+    }
+}
+
+/// Redis with short timeouts: the cache must never stall projection.
+pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
+    let client = redis::Client::open(url).ok()?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)))
+        .set_number_of_retries(1);
+    match client.get_connection_manager_with_config(config).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "Redis unavailable; projecting to Postgres only until it returns");
+            None
+        }
+    }
+}
+
+async fn applier(config: &Config) -> Result<Applier> {
+    let pool = db::connect(&config.database_url, 4).await?;
+    bank_readmodel::MIGRATOR.run(&pool).await?;
+    Ok(Applier {
+        pool,
+        redis: connect_redis(&config.redis_url).await,
+        redis_url: config.redis_url.clone(),
+        last_redis_attempt: std::time::Instant::now(),
+        keys: CacheKeys::new(config.redis_prefix.clone()),
+        max_deliveries: config.max_deliveries,
+    })
+}
+
+async fn jetstream(url: &str) -> Result<jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .context("invalid NATS options")?;
+    Ok(jetstream::new(client))
+}
+
+/// Applies one batch and acknowledges each message by its outcome. A failed
+/// transaction naks the whole batch, which is then redelivered.
+async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, generation: Option<i32>) {
+    let incoming: Vec<Incoming> = messages
+        .iter()
+        .map(|m| {
+            let (seq, delivered) = m.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
+            Incoming { subject: m.subject.to_string(), payload: m.payload.to_vec(), stream_sequence: seq, delivered }
+        })
+        .collect();
+    applier.reconnect_cache_if_due().await;
+    let outcomes = match applier.apply(&incoming, generation).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "batch failed; will be redelivered");
+            vec![Outcome::Retry; messages.len()]
+        }
+    };
+    for (m, o) in messages.iter().zip(outcomes) {
+        let ack = match o {
+            Outcome::Ack => m.ack().await,
+            Outcome::Retry => m.ack_with(AckKind::Nak(Some(GAP_RETRY))).await,
+            Outcome::Terminate => m.ack_with(AckKind::Term).await,
+        };
+        if let Err(e) = ack {
+            // Redelivery follows; the version guard makes it harmless.
+            tracing::warn!(error = %e, "ack failed");
+        }
+    }
+}
+
+/// The live projector: the durable consumer until shutdown, reconnecting with
+/// backoff when NATS or the stream is unavailable.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let mut applier = applier(&config).await?;
+    let js = jetstream(&config.nats_url).await?;
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match consume(&config, &js, &mut applier, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "consumer interrupted; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn durable_consumer(config: &Config, js: &jetstream::Context) -> Result<PullConsumer> {
+    // The command side owns the stream; we only wait for it to exist.
+    let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+    stream
+        .get_or_create_consumer(
+            &config.durable_name,
+            pull::Config {
+                durable_name: Some(config.durable_name.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: (config.batch * 4) as i64,
+                filter_subject: format!("{}.>", config.subject_prefix),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {}: {e}", config.durable_name))
+}
+
+async fn consume(
+    config: &Config,
+    js: &jetstream::Context,
+    applier: &mut Applier,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let consumer = durable_consumer(config, js).await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
+    tracing::info!(consumer = %config.durable_name, "projector consuming");
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let first =
+            first.ok_or_else(|| anyhow::anyhow!("message stream ended"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut batch = vec![first];
+        // Take whatever else is already here, without waiting: low latency
+        // when idle, one transaction per many events under load.
+        while batch.len() < config.batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m),
+                _ => break,
+            }
+        }
+        process(applier, batch, None).await;
+    }
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
+    let http_listener = server::bind(config.http_addr).await?;
+    let addr = http_listener.local_addr()?;
+    let mut running = Running::new(addr, addr, shutdown.clone());
+    running.spawn(run(config, shutdown.clone()));
+    running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
+    Ok(running)
+}
+
+/// What a rebuild did.
+#[derive(Debug)]
+pub struct RebuildReport {
+    pub old_generation: i32,
+    pub new_generation: i32,
+    pub accounts: i64,
+    pub entries: i64,
+}
+
+/// Rebuilds both read models from the start of the stream into a new
+/// generation while readers keep using the active one; switches when caught
+/// up, keeps applying until caught up again (the live projector then writes
+/// the new generation too; the version guard makes the overlap harmless),
+/// then drops the old generation.
+pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
+    let mut applier = applier(config).await?;
+    let pool = applier.pool.clone();
+    let old: i32 = bank_readmodel::active_generation(&pool).await?;
+    let new = old + 1;
+    for table in ["account_view", "transaction_history"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE generation = $1")).bind(new).execute(&pool).await?;
+    }
+    let js = jetstream(&config.nats_url).await?;
+    let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            name: Some(format!("rebuild-{new}-{}", uuid::Uuid::new_v4().simple())),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: format!("{}.>", config.subject_prefix),
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("rebuild consumer: {e}"))?;
+    tracing::info!(old, new, "rebuild started");
+    drain(&consumer, &mut applier, new, config.batch).await?;
+    // Waits for in-flight live batches (they hold the row FOR SHARE).
+    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(&pool).await?;
+    tracing::info!(new, "readers switched to the new generation");
+    drain(&consumer, &mut applier, new, config.batch).await?;
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+
+    // Readers may hold the old generation for a moment; then it goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for table in ["account_view", "transaction_history"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE generation < $1")).bind(new).execute(&pool).await?;
+    }
+    if let Some(redis) = applier.redis.as_mut() {
+        let pattern = format!("{}g{old}:*", config.redis_prefix);
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(redis).await.unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(redis).await;
+        }
+    }
+    let accounts = sqlx::query_scalar("SELECT count(*) FROM account_view WHERE generation = $1")
+        .bind(new)
+        .fetch_one(&pool)
+        .await?;
+    let entries = sqlx::query_scalar("SELECT count(*) FROM transaction_history WHERE generation = $1")
+        .bind(new)
+        .fetch_one(&pool)
+        .await?;
+    Ok(RebuildReport { old_generation: old, new_generation: new, accounts, entries })
+}
+
+/// Applies until the consumer has nothing pending and nothing unacked.
+async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, batch: usize) -> Result<()> {
+    loop {
+        let mut messages = consumer
+            .batch()
+            .max_messages(batch)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut got = Vec::new();
+        while let Some(m) = messages.next().await {
+            got.push(m.map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        if got.is_empty() {
+            let mut c = consumer.clone();
+            let info = c.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        process(applier, got, Some(generation)).await;
+    }
+}

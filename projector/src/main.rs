@@ -1,0 +1,22 @@
+use bank_platform::{config::ProcessEnv, shutdown, telemetry};
+
+/// `projector` runs the live consumer; `projector rebuild` rebuilds the read
+/// models from the start of the stream while reads keep being answered.
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("info,sqlx=warn");
+    let config = projector::Config::from_env(&ProcessEnv)?;
+    tracing::info!(?config, "projector starting");
+    match std::env::args().nth(1).as_deref() {
+        None => projector::start(config, shutdown::on_signal()).await?.wait().await,
+        Some("rebuild") => {
+            let report = projector::rebuild(&config).await?;
+            println!(
+                "rebuilt generation {} (was {}): {} accounts, {} history entries",
+                report.new_generation, report.old_generation, report.accounts, report.entries
+            );
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?}; usage: projector [rebuild]"),
+    }
+}

@@ -1,0 +1,284 @@
+//! The projector against real NATS JetStream, Postgres and Redis, fed by a
+//! real command-service: the read models must equal the fold of the event
+//! store whatever the redeliveries, duplicates, restarts and rebuilds.
+
+use std::{collections::HashMap, time::Duration};
+
+use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
+use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
+use bank_testkit::{TestIssuer, assert_eventually, authed};
+use prost::Message;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct World {
+    issuer: TestIssuer,
+    _command: Running,
+    client: AccountCommandServiceClient<Channel>,
+    write_db: PgPool,
+    read_db: PgPool,
+    redis: redis::aio::ConnectionManager,
+    command: command_service::Config,
+    projector: projector::Config,
+}
+
+fn usd(a: &str) -> Option<pb::Money> {
+    Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
+}
+
+impl World {
+    async fn start() -> Self {
+        bank_platform::telemetry::init_for_tests();
+        let issuer = TestIssuer::start().await.unwrap();
+        let prefix = bank_testkit::unique_prefix("prj");
+        let mut command = command_service::Config::from_env(&ProcessEnv).unwrap();
+        command.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        command.http_addr = "127.0.0.1:0".parse().unwrap();
+        command.database_url = bank_testkit::fresh_database_url("prjw");
+        command.db_max_connections = 8;
+        command.jwks_url = issuer.jwks_url.clone();
+        command.jwt_issuer = bank_testkit::ISSUER.into();
+        command.jwt_audience = bank_testkit::AUDIENCE.into();
+        command.relay.nats_url = bank_testkit::nats_url();
+        command.relay.stream = prefix.to_uppercase();
+        command.relay.subject_prefix = format!("{prefix}.events");
+        let running = command_service::start(command.clone(), CancellationToken::new()).await.unwrap();
+        let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
+        let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
+        projector.http_addr = "127.0.0.1:0".parse().unwrap();
+        projector.database_url = bank_testkit::fresh_database_url("prjr");
+        projector.redis_url = bank_testkit::redis_url();
+        projector.redis_prefix = format!("{prefix}:");
+        projector.nats_url = bank_testkit::nats_url();
+        projector.stream = command.relay.stream.clone();
+        projector.subject_prefix = command.relay.subject_prefix.clone();
+        projector.max_deliveries = 5;
+        let write_db = bank_platform::db::connect(&command.database_url, 2).await.unwrap();
+        let read_db = bank_platform::db::connect(&projector.database_url, 2).await.unwrap();
+        bank_readmodel::MIGRATOR.run(&read_db).await.unwrap();
+        let redis = projector::connect_redis(&projector.redis_url).await.unwrap();
+        Self { issuer, _command: running, client, write_db, read_db, redis, command, projector }
+    }
+
+    async fn start_projector(&self) -> Running {
+        projector::start(self.projector.clone(), CancellationToken::new()).await.unwrap()
+    }
+
+    async fn open(&self, token: &str) -> String {
+        let req = pb::OpenAccountRequest {
+            r#type: 1,
+            currency_code: "USD".into(),
+            idempotency_key: Uuid::new_v4().to_string(),
+        };
+        self.client.clone().open_account(authed(req, token)).await.unwrap().into_inner().account.unwrap().account_id
+    }
+
+    async fn deposit(&self, token: &str, acc: &str, amount: &str) {
+        let req = pb::DepositRequest {
+            account_id: acc.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: String::new(),
+        };
+        self.client.clone().deposit(authed(req, token)).await.unwrap();
+    }
+
+    async fn transfer(&self, token: &str, from: &str, to: &str, amount: &str) {
+        let req = pb::TransferRequest {
+            from_account_id: from.into(),
+            to_account_id: to.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: String::new(),
+        };
+        let _ = self.client.clone().transfer(authed(req, token)).await;
+    }
+
+    /// A mixed workload over a few accounts; returns the account ids.
+    async fn workload(&self, commands: usize) -> Vec<String> {
+        let (_, token) = (Uuid::now_v7(), self.issuer.customer(Uuid::now_v7()));
+        let mut accounts = Vec::new();
+        for _ in 0..4 {
+            accounts.push(self.open(&token).await);
+        }
+        for i in 0..commands {
+            let a = &accounts[i % 4];
+            let b = &accounts[(i * 7 + 1) % 4];
+            if i % 3 == 0 || a == b {
+                self.deposit(&token, a, &format!("{}.{:02}", i % 50 + 1, i % 100)).await;
+            } else {
+                self.transfer(&token, a, b, "3.25").await;
+            }
+        }
+        accounts
+    }
+
+    /// Write model: id → (balance, status, version) and money-event count.
+    async fn fold(&self) -> (HashMap<Uuid, (Decimal, String, i64)>, i64) {
+        let rows: Vec<(Uuid, Decimal, String, i64)> =
+            sqlx::query_as("SELECT id, balance, status, version FROM accounts")
+                .fetch_all(&self.write_db)
+                .await
+                .unwrap();
+        let money: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE kind NOT IN ('AccountOpened','AccountFrozen','AccountUnfrozen','AccountClosed')").fetch_one(&self.write_db).await.unwrap();
+        (rows.into_iter().map(|(id, b, s, v)| (id, (b, s, v))).collect(), money)
+    }
+
+    async fn read_model(&self) -> (HashMap<Uuid, (Decimal, String, i64)>, i64) {
+        let g = bank_readmodel::active_generation(&self.read_db).await.unwrap();
+        let rows: Vec<(Uuid, Decimal, String, i64)> =
+            sqlx::query_as("SELECT account_id, balance, status, version FROM account_view WHERE generation = $1")
+                .bind(g)
+                .fetch_all(&self.read_db)
+                .await
+                .unwrap();
+        let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM transaction_history WHERE generation = $1")
+            .bind(g)
+            .fetch_one(&self.read_db)
+            .await
+            .unwrap();
+        (rows.into_iter().map(|(id, b, s, v)| (id, (b, s, v))).collect(), entries)
+    }
+
+    async fn converged(&self) -> bool {
+        self.fold().await == self.read_model().await
+    }
+
+    /// Postgres read model equals the fold, and Redis equals Postgres for every account it holds.
+    async fn assert_read_models_equal_the_fold(&self) {
+        assert_eventually!(
+            self.converged().await,
+            Duration::from_secs(30),
+            "read model did not converge: {:?} vs {:?}",
+            self.fold().await,
+            self.read_model().await
+        );
+        let g = bank_readmodel::active_generation(&self.read_db).await.unwrap();
+        let keys = bank_readmodel::CacheKeys::new(self.projector.redis_prefix.clone());
+        let (fold, _) = self.fold().await;
+        let mut redis = self.redis.clone();
+        for (id, (balance, status, version)) in fold {
+            let h: HashMap<String, String> =
+                redis::cmd("HGETALL").arg(keys.account(g, id)).query_async(&mut redis).await.unwrap();
+            let cached = bank_readmodel::from_cache(id, &h).expect("every projected account is cached");
+            assert_eq!(
+                (cached.balance, cached.status, cached.version),
+                (balance, status, version),
+                "redis differs for {id}"
+            );
+        }
+    }
+
+    async fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(bank_testkit::nats_url()).await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn the_read_models_equal_the_fold_despite_duplicates_redeliveries_and_a_restart() {
+    let w = World::start().await;
+    let first = w.start_projector().await;
+    w.workload(30).await;
+    // Restart mid-stream: unacked messages are redelivered to the new one.
+    first.stop().await.unwrap();
+    w.workload(30).await;
+    // Publish every event so far a second time (no Msg-Id: really duplicated on the stream).
+    let js = w.js().await;
+    let mut stream = js.get_stream(&w.command.relay.stream).await.unwrap();
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&w.write_db).await.unwrap() == 0,
+        Duration::from_secs(20),
+        "outbox did not drain"
+    );
+    let last = stream.info().await.unwrap().state.last_sequence;
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        js.publish(m.subject.clone(), m.payload.clone()).await.unwrap().await.unwrap();
+    }
+    let _second = w.start_projector().await;
+    w.workload(20).await;
+    w.assert_read_models_equal_the_fold().await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap();
+    assert_eq!(dead, 0, "duplicates are not poison");
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_payloads_go_to_the_dead_letters_and_the_rest_keep_flowing() {
+    let w = World::start().await;
+    let _p = w.start_projector().await;
+    let accounts = w.workload(3).await;
+    let js = w.js().await;
+    let subject = format!("{}.{}", w.command.relay.subject_prefix, accounts[0]);
+    js.publish(subject.clone(), b"\xff\x00 not protobuf".to_vec().into()).await.unwrap().await.unwrap();
+    let unknown = pb::EventEnvelope {
+        event_id: Uuid::now_v7().to_string(),
+        account_id: accounts[0].clone(),
+        version: 99,
+        payload: None,
+        ..Default::default()
+    };
+    js.publish(subject, unknown.encode_to_vec().into()).await.unwrap().await.unwrap();
+    w.workload(6).await;
+    w.assert_read_models_equal_the_fold().await;
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 2,
+        Duration::from_secs(30),
+        "poison messages did not reach the dead letters"
+    );
+}
+
+#[tokio::test]
+async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_answering() {
+    let w = World::start().await;
+    let _p = w.start_projector().await;
+    let accounts = w.workload(40).await;
+    w.assert_read_models_equal_the_fold().await;
+
+    // Reads keep answering during a rebuild of intact read models.
+    let reader = {
+        let (db, id) = (w.read_db.clone(), Uuid::parse_str(&accounts[0]).unwrap());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            for _ in 0..200 {
+                let g = bank_readmodel::active_generation(&db).await.unwrap();
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM account_view WHERE generation = $1 AND account_id = $2")
+                        .bind(g)
+                        .bind(id)
+                        .fetch_optional(&db)
+                        .await
+                        .unwrap();
+                assert!(found.is_some(), "a read found nothing during the rebuild");
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            reads
+        })
+    };
+    let report = projector::rebuild(&w.projector).await.unwrap();
+    assert_eq!(report.new_generation, report.old_generation + 1);
+    assert!(reader.await.unwrap() > 0);
+    w.assert_read_models_equal_the_fold().await;
+
+    // Wipe everything, rebuild, same result; the live projector keeps up after.
+    sqlx::query("DELETE FROM account_view").execute(&w.read_db).await.unwrap();
+    sqlx::query("DELETE FROM transaction_history").execute(&w.read_db).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(
+            accounts
+                .iter()
+                .map(|a| {
+                    bank_readmodel::CacheKeys::new(w.projector.redis_prefix.clone())
+                        .account(report.new_generation, a.parse().unwrap())
+                })
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut w.redis.clone())
+        .await
+        .unwrap();
+    projector::rebuild(&w.projector).await.unwrap();
+    w.workload(5).await;
+    w.assert_read_models_equal_the_fold().await;
+}
