@@ -5,6 +5,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod ledger;
+pub mod reconcile;
 pub mod relay;
 pub mod store;
 
@@ -122,4 +123,29 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     running.spawn(OutboxRelay::new(pool, config.relay, wake).run(shutdown.clone()));
     running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
     Ok(running)
+}
+
+/// Runs `reconcile` against the configured write database, and the read
+/// models and stream when `READ_DATABASE_URL` / Redis / NATS are reachable.
+pub async fn reconcile(config: &Config, env: &impl Env) -> Result<reconcile::Report> {
+    let write_db = db::connect(&config.database_url, 2).await?;
+    let read_db = match env.var("READ_DATABASE_URL") {
+        Some(url) => Some(db::connect(&url, 2).await?),
+        None => None,
+    };
+    let redis = match env.var("REDIS_URL") {
+        Some(url) => {
+            let prefix = config::string(env, "REDIS_PREFIX", "bank:rm:");
+            let client = redis::Client::open(url)?;
+            client.get_connection_manager().await.ok().map(|c| (c, bank_readmodel::CacheKeys::new(prefix)))
+        }
+        None => None,
+    };
+    let stream_messages = async {
+        let client = async_nats::connect(&config.relay.nats_url).await.ok()?;
+        let mut stream = async_nats::jetstream::new(client).get_stream(&config.relay.stream).await.ok()?;
+        stream.info().await.ok().map(|i| i.state.messages)
+    }
+    .await;
+    reconcile::run(reconcile::Sources { write_db, read_db, redis, stream_messages }).await
 }

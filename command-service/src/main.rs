@@ -1,11 +1,26 @@
 use bank_platform::{config::ProcessEnv, shutdown, telemetry};
 
+/// `command-service` serves; `command-service reconcile` audits everything
+/// and exits non-zero on any difference.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("info,sqlx=warn");
     let config = command_service::Config::from_env(&ProcessEnv)?;
-    tracing::info!(?config, "command-service starting");
-    let running = command_service::start(config, shutdown::on_signal()).await?;
-    tracing::info!(grpc = %running.grpc_addr, http = %running.http_addr, "command-service listening");
-    running.wait().await
+    match std::env::args().nth(1).as_deref() {
+        None => {
+            tracing::info!(?config, "command-service starting");
+            let running = command_service::start(config, shutdown::on_signal()).await?;
+            tracing::info!(grpc = %running.grpc_addr, http = %running.http_addr, "command-service listening");
+            running.wait().await
+        }
+        Some("reconcile") => {
+            let report = command_service::reconcile(&config, &ProcessEnv).await?;
+            print!("{report}");
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?}; usage: command-service [reconcile]"),
+    }
 }

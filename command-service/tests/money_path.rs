@@ -479,3 +479,28 @@ async fn two_instances_share_one_database_and_publish_each_event_once() {
     first.stop().await;
     second.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn reconcile_is_clean_after_a_workload_and_detects_an_edited_event() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let a = h.open(&alice, "USD").await;
+    let b = h.open(&alice, "USD").await;
+    h.deposit(&alice, &a, "70.00").await.unwrap();
+    h.transfer(&alice, &a, &b, "20.00").await.unwrap();
+    h.withdraw(&alice, &b, "5.00").await.unwrap();
+    let env: HashMap<&str, &str> = HashMap::new();
+    let report = command_service::reconcile(&h.config, &env).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.events, 6, "two opens, a deposit, two transfer legs, a withdrawal");
+
+    // An operator with superuser rights bypasses the guard and edits history.
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&h.db).await.unwrap();
+    sqlx::query("UPDATE events SET envelope = envelope || '\\x00'::bytea WHERE kind = 'MoneyDeposited'")
+        .execute(&h.db)
+        .await
+        .unwrap();
+    let report = command_service::reconcile(&h.config, &env).await.unwrap();
+    assert!(report.problems.iter().any(|p| p.contains("hash chain")), "{report}");
+    assert!(report.problems.iter().any(|p| p.contains("append-only")), "{report}");
+}
