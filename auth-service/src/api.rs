@@ -1,0 +1,262 @@
+//! The AuthService gRPC adapter.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bank_platform::auth::{Caller, TokenSigner, caller};
+use bank_proto::v1::{self as pb, auth_service_server::AuthService};
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    credentials::{self, blocking},
+    error::AuthError,
+    store::{self, Spend, User},
+    throttle::LoginThrottle,
+    validate,
+};
+
+pub struct Settings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub trust_forwarded_for: bool,
+}
+
+pub struct AuthApi {
+    pub db: PgPool,
+    pub signer: TokenSigner,
+    pub throttle: LoginThrottle,
+    pub settings: Settings,
+    /// Verified against when the email is unknown, so both failures cost the same.
+    pub dummy_hash: Arc<String>,
+}
+
+fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
+fn user_proto(u: &User) -> pb::User {
+    let status = match u.status.as_str() {
+        "PENDING_KYC" => pb::UserStatus::PendingKyc,
+        "ACTIVE" => pb::UserStatus::Active,
+        "SUSPENDED" => pb::UserStatus::Suspended,
+        _ => pb::UserStatus::Unspecified,
+    };
+    pb::User {
+        user_id: u.id.to_string(),
+        email: u.email.clone(),
+        full_name: u.full_name.clone(),
+        status: status as i32,
+        roles: credentials::role_claims(&u.roles)
+            .iter()
+            .map(|r| if r == "admin" { pb::Role::Admin as i32 } else { pb::Role::Customer as i32 })
+            .collect(),
+        created_at: timestamp(u.created_at),
+    }
+}
+
+impl AuthApi {
+    fn client_address<T>(&self, req: &Request<T>) -> String {
+        let forwarded = req
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        if let Some(first) = forwarded.filter(|_| self.settings.trust_forwarded_for) {
+            return first.to_owned();
+        }
+        req.remote_addr().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// A new access token plus a refresh token in `family`, stored in `tx`.
+    async fn issue(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user: &User,
+        family: Uuid,
+    ) -> Result<pb::LoginResponse, AuthError> {
+        let s = &self.settings;
+        let access = credentials::access_token(
+            &self.signer,
+            &s.issuer,
+            &s.audience,
+            s.access_ttl,
+            user.id,
+            &user.roles,
+            &user.status,
+        )?;
+        let refresh = credentials::new_refresh_token();
+        let refresh_expires = Utc::now() + s.refresh_ttl;
+        store::insert_refresh(tx, &credentials::refresh_hash(&refresh), family, user.id, refresh_expires).await?;
+        Ok(pb::LoginResponse {
+            access_token: access.token,
+            access_token_expires_at: timestamp(access.expires_at),
+            refresh_token: refresh,
+            refresh_token_expires_at: timestamp(refresh_expires),
+            token_type: "Bearer".into(),
+            user: Some(user_proto(user)),
+        })
+    }
+
+    async fn admin_target(&self, caller: &Caller, user_id: &str) -> Result<Uuid, AuthError> {
+        if !caller.is_admin() {
+            return Err(AuthError::NotAdmin);
+        }
+        Uuid::try_parse(user_id).map_err(|_| bank_domain::InputError::new("user_id", "must be a UUID").into())
+    }
+
+    async fn register(&self, r: pb::RegisterRequest) -> Result<pb::User, AuthError> {
+        let email = validate::email(&r.email);
+        let mut violations = Vec::new();
+        if let Err(e) = validate::password(&r.password, email.as_deref().ok()) {
+            violations.push(e);
+        }
+        let name = validate::full_name(&r.full_name);
+        let (email, name) = match (email, name) {
+            (Ok(e), Ok(n)) if violations.is_empty() => (e, n),
+            (e, n) => {
+                violations.extend(e.err());
+                violations.extend(n.err());
+                return Err(AuthError::Invalid(violations));
+            }
+        };
+        let password = r.password.clone();
+        let hash = blocking(move || credentials::hash_password(&password)).await??;
+        let user = User {
+            id: Uuid::now_v7(),
+            email,
+            full_name: name,
+            password_hash: hash,
+            status: "PENDING_KYC".into(),
+            roles: vec!["customer".into()],
+            created_at: Utc::now(),
+        };
+        if !store::insert_user(&self.db, &user).await? {
+            return Err(AuthError::EmailTaken);
+        }
+        tracing::info!(user_id = %user.id, "customer registered");
+        Ok(user_proto(&user))
+    }
+
+    async fn login(&self, email: &str, password: String, address: &str) -> Result<pb::LoginResponse, AuthError> {
+        // Unparseable emails still count against the address and fail the same way.
+        let email = validate::email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+        if self.throttle.check(&email, address).await? {
+            return Err(AuthError::Throttled);
+        }
+        let user = store::user_by_email(&self.db, &email).await?;
+        let hash = user.as_ref().map_or_else(|| self.dummy_hash.as_ref().clone(), |u| u.password_hash.clone());
+        let ok = blocking(move || credentials::verify_password(&password, &hash)).await?;
+        let user = match (ok, user) {
+            (true, Some(u)) => u,
+            _ => {
+                self.throttle.record_failure(&email).await?;
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        self.throttle.record_success(&email).await?;
+        if user.status == "SUSPENDED" {
+            return Err(AuthError::Suspended);
+        }
+        let mut tx = self.db.begin().await?;
+        let res = self.issue(&mut tx, &user, Uuid::now_v7()).await?;
+        tx.commit().await?;
+        Ok(res)
+    }
+
+    async fn refresh(&self, token: &str) -> Result<pb::LoginResponse, AuthError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let hash = credentials::refresh_hash(token);
+        let mut tx = self.db.begin().await?;
+        match store::spend_refresh(&mut tx, &hash).await? {
+            Spend::Spent(user_id, family) => {
+                let user = store::user_by_id(&mut *tx, user_id).await?.ok_or(AuthError::InvalidRefreshToken)?;
+                if user.status == "SUSPENDED" {
+                    return Err(AuthError::Suspended);
+                }
+                let res = self.issue(&mut tx, &user, family).await?;
+                tx.commit().await?;
+                Ok(res)
+            }
+            Spend::Reused(family) => {
+                // A spent token presented again: someone holds a copy. End the whole session.
+                store::revoke_family(&mut *tx, family).await?;
+                tx.commit().await?;
+                tracing::warn!(%family, "refresh token reuse: family revoked");
+                Err(AuthError::RefreshTokenReused)
+            }
+            Spend::Invalid => Err(AuthError::InvalidRefreshToken),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let user = AuthApi::register(self, req.into_inner()).await?;
+        Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
+    }
+
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let address = self.client_address(&req);
+        let r = req.into_inner();
+        Ok(Response::new(AuthApi::login(self, &r.email, r.password, &address).await?))
+    }
+
+    async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        Ok(Response::new(AuthApi::refresh(self, &req.into_inner().refresh_token).await?))
+    }
+
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let token = req.into_inner().refresh_token;
+        // Unknown tokens succeed too: logout reveals nothing and is idempotent.
+        if let Some(family) =
+            store::family_of(&self.db, &credentials::refresh_hash(&token)).await.map_err(Status::from)?
+        {
+            store::revoke_family(&self.db, family).await.map_err(Status::from)?;
+        }
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        let user = store::user_by_id(&self.db, caller.user_id).await?.ok_or(AuthError::UserNotFound)?;
+        Ok(Response::new(user_proto(&user)))
+    }
+
+    async fn approve_customer(&self, req: Request<pb::ApproveCustomerRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        let id = self.admin_target(&caller, &req.get_ref().user_id).await?;
+        let mut tx = self.db.begin().await.map_err(AuthError::from)?;
+        let user = store::user_by_id(&mut *tx, id).await?.ok_or(AuthError::UserNotFound)?;
+        match user.status.as_str() {
+            "SUSPENDED" => return Err(AuthError::Suspended.into()),
+            "PENDING_KYC" => store::set_status(&mut tx, id, "ACTIVE").await?,
+            _ => {}
+        }
+        let user = store::user_by_id(&mut *tx, id).await?.ok_or(AuthError::UserNotFound)?;
+        tx.commit().await.map_err(AuthError::from)?;
+        tracing::info!(user_id = %id, admin = %caller.user_id, "customer approved");
+        Ok(Response::new(user_proto(&user)))
+    }
+
+    async fn suspend_customer(&self, req: Request<pb::SuspendCustomerRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        let id = self.admin_target(&caller, &req.get_ref().user_id).await?;
+        let mut tx = self.db.begin().await.map_err(AuthError::from)?;
+        store::user_by_id(&mut *tx, id).await?.ok_or(AuthError::UserNotFound)?;
+        store::set_status(&mut tx, id, "SUSPENDED").await?;
+        store::revoke_user(&mut tx, id).await?;
+        let user = store::user_by_id(&mut *tx, id).await?.ok_or(AuthError::UserNotFound)?;
+        tx.commit().await.map_err(AuthError::from)?;
+        tracing::info!(user_id = %id, admin = %caller.user_id, "customer suspended");
+        Ok(Response::new(user_proto(&user)))
+    }
+}

@@ -1,0 +1,68 @@
+//! Everything the auth API answers besides success, mapped to gRPC once.
+
+use bank_domain::InputError;
+use bank_platform::status;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid request")]
+    Invalid(Vec<InputError>),
+    #[error("email already registered")]
+    EmailTaken,
+    /// Unknown email and wrong password look the same on purpose.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("too many login attempts")]
+    Throttled,
+    #[error("refresh token is invalid, expired or revoked")]
+    InvalidRefreshToken,
+    #[error("refresh token was already used; the session has been revoked")]
+    RefreshTokenReused,
+    #[error("user is suspended")]
+    Suspended,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("admin role required")]
+    NotAdmin,
+    #[error("cache: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("internal: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<InputError> for AuthError {
+    fn from(e: InputError) -> Self {
+        AuthError::Invalid(vec![e])
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::Invalid(v) => status::invalid_argument(&v),
+            AuthError::EmailTaken => status::with_reason(Code::AlreadyExists, "EMAIL_TAKEN", message),
+            AuthError::InvalidCredentials => status::with_reason(Code::Unauthenticated, "INVALID_CREDENTIALS", message),
+            AuthError::Throttled => status::with_reason(
+                Code::ResourceExhausted,
+                "LOGIN_THROTTLED",
+                "too many login attempts; try again later",
+            ),
+            AuthError::InvalidRefreshToken => {
+                status::with_reason(Code::Unauthenticated, "INVALID_REFRESH_TOKEN", message)
+            }
+            AuthError::RefreshTokenReused => {
+                status::with_reason(Code::Unauthenticated, "REFRESH_TOKEN_REUSED", message)
+            }
+            AuthError::Suspended => status::with_reason(Code::FailedPrecondition, "USER_SUSPENDED", message),
+            AuthError::UserNotFound => status::not_found("user"),
+            AuthError::NotAdmin => status::permission_denied(message),
+            AuthError::Redis(err) => status::unavailable(&err),
+            AuthError::Db(err) => status::from_db(&err),
+            AuthError::Internal(err) => status::internal(&format!("{err:#}")),
+        }
+    }
+}

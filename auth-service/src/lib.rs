@@ -1,0 +1,190 @@
+//! auth-service: users, argon2id passwords, EdDSA access tokens with rotating
+//! refresh tokens (reuse revokes the family), JWKS over HTTP, roles, KYC status
+//! and login throttling.
+
+pub mod api;
+pub mod credentials;
+pub mod error;
+pub mod store;
+pub mod throttle;
+pub mod validate;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use bank_platform::{
+    CancellationToken,
+    auth::{AuthLayer, KeyCache, TokenSigner, TokenVerifier, jwks},
+    config::{self, Env},
+    db, grpc as server, http,
+    service::Running,
+};
+use bank_proto::v1::auth_service_server::AuthServiceServer;
+use redis::aio::ConnectionManagerConfig;
+
+use crate::{api::AuthApi, throttle::LoginThrottle};
+
+#[derive(Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub issuer: String,
+    pub audience: String,
+    /// First key signs; all are published (rotation). Empty: a generated dev key.
+    pub signers: Vec<TokenSigner>,
+    pub access_ttl_secs: i64,
+    pub refresh_ttl_secs: i64,
+    pub bootstrap_admin: Option<(String, String)>,
+    pub throttle: throttle::Limits,
+    pub trust_forwarded_for: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &config::redact_url(&self.database_url))
+            .field("redis_url", &config::redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("signing_kids", &self.signers.iter().map(TokenSigner::kid).collect::<Vec<_>>())
+            .field("access_ttl_secs", &self.access_ttl_secs)
+            .field("refresh_ttl_secs", &self.refresh_ttl_secs)
+            .field("bootstrap_admin", &self.bootstrap_admin.as_ref().map(|(email, _)| email))
+            .field("throttle", &self.throttle)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self> {
+        let mut signers = Vec::new();
+        if let Some(paths) = env.var("JWT_SIGNING_KEYS") {
+            for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read signing key {path}"))?;
+                signers.push(TokenSigner::from_pem(&pem).with_context(|| format!("signing key {path}"))?);
+            }
+        }
+        if signers.is_empty() {
+            tracing::warn!("JWT_SIGNING_KEYS not set: using a generated dev key (tokens die with this process)");
+            signers.push(TokenSigner::generate());
+        }
+        let bootstrap_admin = match (env.var("BOOTSTRAP_ADMIN_EMAIL"), env.var("BOOTSTRAP_ADMIN_PASSWORD")) {
+            (Some(e), Some(p)) => Some((e, p)),
+            _ => None,
+        };
+        Ok(Self {
+            grpc_addr: config::parse(env, "AUTH_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051)))?,
+            http_addr: config::parse(env, "AUTH_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
+            database_url: config::string(env, "AUTH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_auth"),
+            redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: config::string(env, "AUTH_REDIS_PREFIX", "bank:auth:"),
+            issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
+            audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
+            signers,
+            access_ttl_secs: config::parse(env, "ACCESS_TOKEN_TTL_SECS", 900)?,
+            refresh_ttl_secs: config::parse(env, "REFRESH_TOKEN_TTL_SECS", 604_800)?,
+            bootstrap_admin,
+            throttle: throttle::Limits {
+                failures_per_email: config::parse(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
+                attempts_per_address: config::parse(env, "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", 20)?,
+                window: Duration::from_secs(config::parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)?),
+            },
+            trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
+        })
+    }
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Methods reachable without an access token.
+pub const PUBLIC_METHODS: &[&str] = &[
+    "/bank.v1.AuthService/Register",
+    "/bank.v1.AuthService/Login",
+    "/bank.v1.AuthService/Refresh",
+    "/bank.v1.AuthService/Logout",
+];
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
+    let pool = db::connect(&config.database_url, 8).await?;
+    MIGRATOR.run(&pool).await?;
+    if let Some((email, password)) = &config.bootstrap_admin {
+        ensure_bootstrap_admin(&pool, email, password).await?;
+    }
+    // Short timeouts: a stopped Redis must turn into UNAVAILABLE quickly.
+    let redis = redis::Client::open(config.redis_url.as_str())?
+        .get_connection_manager_with_config(
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_millis(500)))
+                .set_number_of_retries(1),
+        )
+        .await
+        .context("failed to connect to Redis")?;
+
+    let grpc_listener = server::bind(config.grpc_addr).await?;
+    let http_listener = server::bind(config.http_addr).await?;
+    let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
+
+    let verifier =
+        Arc::new(TokenVerifier::new(Arc::new(KeyCache::fixed(&config.signers)?), &config.issuer, &config.audience));
+    let dummy_hash =
+        credentials::blocking(|| credentials::hash_password("not a real password, only for timing")).await??;
+    let api = AuthApi {
+        db: pool,
+        signer: config.signers[0].clone(),
+        throttle: LoginThrottle::new(redis, config.redis_prefix.clone(), config.throttle.clone()),
+        settings: api::Settings {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            access_ttl: chrono::Duration::seconds(config.access_ttl_secs),
+            refresh_ttl: chrono::Duration::seconds(config.refresh_ttl_secs),
+            trust_forwarded_for: config.trust_forwarded_for,
+        },
+        dummy_hash: Arc::new(dummy_hash),
+    };
+    let routes =
+        tonic::service::Routes::new(AuthServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES));
+    running.spawn(server::serve(
+        grpc_listener,
+        routes,
+        &["bank.v1.AuthService"],
+        AuthLayer::new(verifier, PUBLIC_METHODS),
+        shutdown.clone(),
+    ));
+
+    let document = jwks(&config.signers);
+    let router = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { axum::Json(document) }
+        }),
+    );
+    running.spawn(http::serve(http_listener, router, shutdown));
+    Ok(running)
+}
+
+async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str) -> Result<()> {
+    let email = validate::email(email).map_err(|e| anyhow::anyhow!("BOOTSTRAP_ADMIN_EMAIL {e}"))?;
+    let pw = password.to_owned();
+    let hash = credentials::blocking(move || credentials::hash_password(&pw)).await??;
+    let admin = store::User {
+        id: uuid::Uuid::now_v7(),
+        email: email.clone(),
+        full_name: "Administrator".into(),
+        password_hash: hash,
+        status: "ACTIVE".into(),
+        roles: vec!["admin".into()],
+        created_at: chrono::Utc::now(),
+    };
+    store::ensure_admin(pool, &admin).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    tracing::info!(%email, "bootstrap admin ensured");
+    Ok(())
+}

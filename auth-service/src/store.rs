@@ -1,0 +1,146 @@
+//! The Postgres adapter: users and refresh-token families.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::AuthError;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub password_hash: String,
+    pub status: String,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str = "id, email, full_name, password_hash, status, roles, created_at";
+
+pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, full_name, password_hash, status, roles) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(user.id)
+    .bind(&user.email)
+    .bind(&user.full_name)
+    .bind(&user.password_hash)
+    .bind(&user.status)
+    .bind(&user.roles)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Makes sure the bootstrap admin exists, is an admin and is active; an
+/// existing user's password is left alone. Safe when instances race.
+pub async fn ensure_admin(db: &PgPool, user: &User) -> Result<(), AuthError> {
+    sqlx::query(
+        "INSERT INTO users (id, email, full_name, password_hash, status, roles) VALUES ($1, $2, $3, $4, 'ACTIVE', ARRAY['admin'])
+         ON CONFLICT (email) DO UPDATE SET status = 'ACTIVE', roles = ARRAY['admin'], updated_at = now()",
+    )
+    .bind(user.id)
+    .bind(&user.email)
+    .bind(&user.full_name)
+    .bind(&user.password_hash)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn user_by_email(db: &PgPool, email: &str) -> Result<Option<User>, AuthError> {
+    Ok(sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
+        .bind(email)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn user_by_id(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<Option<User>, AuthError> {
+    Ok(sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")).bind(id).fetch_optional(db).await?)
+}
+
+pub async fn set_status(db: &mut PgConnection, id: Uuid, status: &str) -> Result<(), AuthError> {
+    sqlx::query("UPDATE users SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_refresh(
+    db: &mut PgConnection,
+    hash: &[u8],
+    family: Uuid,
+    user: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(hash)
+        .bind(family)
+        .bind(user)
+        .bind(expires_at)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub enum Spend {
+    /// This call spent it: (user, family).
+    Spent(Uuid, Uuid),
+    /// It had been spent before: a replay. The family to revoke.
+    Reused(Uuid),
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// Spends a refresh token atomically: of two concurrent callers exactly one wins.
+pub async fn spend_refresh(db: &mut PgConnection, hash: &[u8]) -> Result<Spend, AuthError> {
+    let spent: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE refresh_tokens SET spent_at = now()
+         WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+         RETURNING user_id, family_id",
+    )
+    .bind(hash)
+    .fetch_optional(&mut *db)
+    .await?;
+    if let Some((user, family)) = spent {
+        return Ok(Spend::Spent(user, family));
+    }
+    let prior: Option<(Uuid, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT family_id, spent_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(hash)
+            .fetch_optional(db)
+            .await?;
+    Ok(match prior {
+        Some((family, Some(_))) => Spend::Reused(family),
+        _ => Spend::Invalid,
+    })
+}
+
+pub async fn revoke_family(db: impl sqlx::PgExecutor<'_>, family: Uuid) -> Result<(), AuthError> {
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+        .bind(family)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn family_of(db: &PgPool, hash: &[u8]) -> Result<Option<Uuid>, AuthError> {
+    Ok(sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+        .bind(hash)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn revoke_user(db: &mut PgConnection, user: Uuid) -> Result<(), AuthError> {
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user)
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Login throttling in Redis: failures per email and attempts per client
+//! address, each in a fixed window. Redis down means UNAVAILABLE, never an
+//! unthrottled login.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub failures_per_email: u32,
+    pub attempts_per_address: u32,
+    pub window: Duration,
+}
+
+/// Whether counts already seen forbid another attempt. Pure.
+pub fn is_throttled(limits: &Limits, email_failures: u32, address_attempts: u32) -> bool {
+    email_failures >= limits.failures_per_email || address_attempts >= limits.attempts_per_address
+}
+
+pub struct LoginThrottle {
+    redis: ConnectionManager,
+    prefix: String,
+    limits: Limits,
+}
+
+impl LoginThrottle {
+    pub fn new(redis: ConnectionManager, prefix: String, limits: Limits) -> Self {
+        Self { redis, prefix, limits }
+    }
+
+    fn email_key(&self, email: &str) -> String {
+        format!("{}login:email:{email}", self.prefix)
+    }
+
+    fn address_key(&self, address: &str) -> String {
+        format!("{}login:addr:{address}", self.prefix)
+    }
+
+    /// Counts this attempt against the address and says whether to refuse it.
+    pub async fn check(&self, email: &str, address: &str) -> redis::RedisResult<bool> {
+        let mut r = self.redis.clone();
+        let window = self.limits.window.as_secs().max(1) as i64;
+        let (failures, attempts): (Option<u32>, u32) = redis::pipe()
+            .get(self.email_key(email))
+            .incr(self.address_key(address), 1)
+            .cmd("EXPIRE")
+            .arg(self.address_key(address))
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut r)
+            .await?;
+        // The attempt just counted is allowed up to and including the limit.
+        Ok(is_throttled(&self.limits, failures.unwrap_or(0), attempts.saturating_sub(1)))
+    }
+
+    pub async fn record_failure(&self, email: &str) -> redis::RedisResult<()> {
+        let mut r = self.redis.clone();
+        let window = self.limits.window.as_secs().max(1) as i64;
+        redis::pipe()
+            .incr(self.email_key(email), 1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(self.email_key(email))
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .query_async::<()>(&mut r)
+            .await
+    }
+
+    pub async fn record_success(&self, email: &str) -> redis::RedisResult<()> {
+        let mut r = self.redis.clone();
+        redis::cmd("DEL").arg(self.email_key(email)).query_async::<()>(&mut r).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_inclusive_per_email_and_per_address() {
+        let l = Limits { failures_per_email: 5, attempts_per_address: 20, window: Duration::from_secs(900) };
+        assert!(!is_throttled(&l, 4, 0));
+        assert!(is_throttled(&l, 5, 0));
+        assert!(!is_throttled(&l, 0, 19));
+        assert!(is_throttled(&l, 0, 20));
+    }
+}

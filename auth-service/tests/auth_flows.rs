@@ -1,0 +1,297 @@
+//! auth-service over real gRPC against real Postgres and Redis.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bank_platform::{
+    CancellationToken,
+    auth::{KeyCache, TokenSigner, TokenVerifier},
+    config::ProcessEnv,
+    service::Running,
+};
+use bank_proto::v1::{self as pb, auth_service_client::AuthServiceClient};
+use bank_testkit::authed;
+use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt;
+
+const ADMIN_EMAIL: &str = "root@bank.test";
+const ADMIN_PASSWORD: &str = "admin password for tests";
+
+struct Auth {
+    running: Running,
+    client: AuthServiceClient<Channel>,
+    db: sqlx::PgPool,
+    config: auth_service::Config,
+}
+
+impl Auth {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(&mut auth_service::Config)) -> Self {
+        bank_platform::telemetry::init_for_tests();
+        let mut config = auth_service::Config::from_env(&ProcessEnv).unwrap();
+        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.database_url = bank_testkit::fresh_database_url("auth");
+        config.redis_url = bank_testkit::redis_url();
+        config.redis_prefix = format!("{}:", bank_testkit::unique_prefix("auth"));
+        config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
+        tweak(&mut config);
+        let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
+        let client = AuthServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
+        let db = bank_platform::db::connect(&config.database_url, 2).await.unwrap();
+        Self { running, client, db, config }
+    }
+
+    fn c(&self) -> AuthServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    async fn register(&self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {
+        let req =
+            pb::RegisterRequest { email: email.into(), password: password.into(), full_name: "Ada Lovelace".into() };
+        self.c().register(req).await.map(|r| r.into_inner().user.unwrap())
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Result<pb::LoginResponse, tonic::Status> {
+        self.c()
+            .login(pb::LoginRequest { email: email.into(), password: password.into() })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap().access_token
+    }
+
+    async fn refresh(&self, token: &str) -> Result<pb::LoginResponse, tonic::Status> {
+        self.c().refresh(pb::RefreshRequest { refresh_token: token.into() }).await.map(|r| r.into_inner())
+    }
+
+    async fn users(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.db).await.unwrap()
+    }
+}
+
+fn reason(s: &tonic::Status) -> String {
+    s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+fn fields(s: &tonic::Status) -> Vec<String> {
+    s.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default()
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+#[tokio::test]
+async fn register_approve_login_whoami_refresh_reuse_and_logout() {
+    let a = Auth::start().await;
+    let user = a.register("Ada@Example.com", PASSWORD).await.unwrap();
+    assert_eq!(user.status, pb::UserStatus::PendingKyc as i32);
+    assert_eq!(user.email, "ada@example.com");
+
+    let first = a.login("ada@example.com", PASSWORD).await.unwrap();
+    let me = a.c().who_am_i(authed(pb::WhoAmIRequest {}, &first.access_token)).await.unwrap().into_inner();
+    assert_eq!(me.user_id, user.user_id);
+
+    let admin = a.admin_token().await;
+    let approved = a
+        .c()
+        .approve_customer(authed(pb::ApproveCustomerRequest { user_id: user.user_id.clone() }, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.status, pb::UserStatus::Active as i32);
+
+    // Rotation: the new access token carries the approval.
+    let second = a.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    let verifier = TokenVerifier::new(
+        Arc::new(KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr))),
+        &a.config.issuer,
+        &a.config.audience,
+    );
+    let (caller, _) =
+        verifier.verify(&second.access_token).await.expect("the JWKS served over HTTP verifies the token");
+    assert!(caller.is_active());
+    assert_eq!(caller.user_id.to_string(), user.user_id);
+
+    // The spent token is refused, and its reuse revokes the whole family.
+    let reused = a.refresh(&first.refresh_token).await.unwrap_err();
+    assert_eq!((reused.code(), reason(&reused)), (Code::Unauthenticated, "REFRESH_TOKEN_REUSED".into()));
+    let after_reuse = a.refresh(&second.refresh_token).await.unwrap_err();
+    assert_eq!(after_reuse.code(), Code::Unauthenticated);
+
+    // A new login is a new family; logout ends it.
+    let third = a.login("ada@example.com", PASSWORD).await.unwrap();
+    a.c().logout(pb::LogoutRequest { refresh_token: third.refresh_token.clone() }).await.unwrap();
+    a.c().logout(pb::LogoutRequest { refresh_token: third.refresh_token.clone() }).await.unwrap();
+    assert_eq!(a.refresh(&third.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn hostile_registrations_are_refused_and_store_nothing() {
+    let a = Auth::start().await;
+    let before = a.users().await;
+    let long = format!("{}@example.com", "a".repeat(260));
+    for (email, password, field) in [
+        ("", PASSWORD, "email"),
+        (long.as_str(), PASSWORD, "email"),
+        ("not-an-email", PASSWORD, "email"),
+        ("ada@example.com", "short", "password"),
+        ("ada@example.com", "aaaaaaaaaaaaaaaa", "password"),
+        ("ada@example.com", "ada-is-my-password-really", "password"),
+    ] {
+        let err = a.register(email, password).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{email:?}/{password:?}");
+        assert!(fields(&err).contains(&field.to_string()), "{email:?}: {:?}", fields(&err));
+    }
+    let both = a.register("nope", "x").await.unwrap_err();
+    assert_eq!(fields(&both), vec!["password".to_string(), "email".to_string()]);
+    assert_eq!(a.users().await, before, "a refused registration stored a row");
+
+    a.register("grace@example.com", PASSWORD).await.unwrap();
+    let dup = a.register("GRACE@example.COM", PASSWORD).await.unwrap_err();
+    assert_eq!((dup.code(), reason(&dup)), (Code::AlreadyExists, "EMAIL_TAKEN".into()));
+    assert_eq!(a.users().await, before + 1);
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_answer_then_throttling() {
+    let a = Auth::start().await;
+    a.register("ada@example.com", PASSWORD).await.unwrap();
+    let wrong = a.login("ada@example.com", "wrong password here").await.unwrap_err();
+    let unknown = a.login("nobody@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!((wrong.code(), wrong.message()), (unknown.code(), unknown.message()));
+    assert_eq!(reason(&wrong), "INVALID_CREDENTIALS");
+
+    for _ in 0..10 {
+        let _ = a.login("ada@example.com", "wrong password here").await;
+    }
+    let throttled = a.login("ada@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!((throttled.code(), reason(&throttled)), (Code::ResourceExhausted, "LOGIN_THROTTLED".into()));
+}
+
+#[tokio::test]
+async fn attempts_from_one_address_are_throttled_across_emails() {
+    let a = Auth::start_with(|c| c.throttle.attempts_per_address = 5).await;
+    for i in 0..5 {
+        let _ = a.login(&format!("user{i}@example.com"), PASSWORD).await;
+    }
+    let err = a.login("someone@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_unauthenticated() {
+    let a = Auth::start().await;
+    let stranger = TokenSigner::generate();
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = bank_platform::auth::Claims {
+        sub: uuid::Uuid::now_v7().to_string(),
+        iss: a.config.issuer.clone(),
+        aud: a.config.audience.clone(),
+        exp: now + 600,
+        nbf: now,
+        iat: now,
+        jti: "x".into(),
+        roles: vec!["admin".into()],
+        status: "ACTIVE".into(),
+    };
+    let foreign = stranger.sign(&claims).unwrap();
+    claims.exp = now - 600;
+    claims.nbf = now - 1200;
+    let expired = a.config.signers[0].sign(&claims).unwrap();
+    let none = format!("eyJhbGciOiJub25lIn0.{}.", "e30");
+    for token in [foreign.as_str(), expired.as_str(), "garbage", none.as_str()] {
+        let err = a.c().who_am_i(authed(pb::WhoAmIRequest {}, token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token}");
+    }
+    let err = a.c().who_am_i(pb::WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn only_admins_approve_and_suspension_ends_refresh() {
+    let a = Auth::start().await;
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.register("eve@example.com", PASSWORD).await.unwrap();
+    let eve = a.login("eve@example.com", PASSWORD).await.unwrap();
+    let denied = a
+        .c()
+        .approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id.clone() }, &eve.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    let admin = a.admin_token().await;
+    let bad =
+        a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: "x".into() }, &admin)).await.unwrap_err();
+    assert_eq!(fields(&bad), vec!["user_id"]);
+    let missing = a
+        .c()
+        .approve_customer(authed(pb::ApproveCustomerRequest { user_id: uuid::Uuid::now_v7().to_string() }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let session = a.login("ada@example.com", PASSWORD).await.unwrap();
+    let suspended = a
+        .c()
+        .suspend_customer(authed(
+            pb::SuspendCustomerRequest { user_id: ada.user_id.clone(), reason: "fraud".into() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(suspended.status, pb::UserStatus::Suspended as i32);
+    assert_eq!(a.refresh(&session.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    let login = a.login("ada@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!(reason(&login), "USER_SUSPENDED");
+}
+
+#[tokio::test]
+async fn two_concurrent_refreshes_of_one_token_have_exactly_one_winner() {
+    let a = Auth::start().await;
+    a.register("ada@example.com", PASSWORD).await.unwrap();
+    let s = a.login("ada@example.com", PASSWORD).await.unwrap();
+    let results = futures::future::join_all((0..2).map(|_| a.refresh(&s.refresh_token))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+}
+
+#[tokio::test]
+async fn the_bootstrap_admin_is_ensured_idempotently() {
+    let a = Auth::start().await;
+    let second = auth_service::start(
+        auth_service::Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..a.config.clone()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE 'admin' = ANY(roles) AND status = 'ACTIVE'")
+        .fetch_one(&a.db)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+    let jwks: HashMap<String, serde_json::Value> = reqwest_free_get(second.http_addr).await;
+    assert!(jwks.contains_key("keys"));
+    second.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// GET /.well-known/jwks.json with a raw HTTP/1.0 request (no client crate needed).
+async fn reqwest_free_get(addr: std::net::SocketAddr) -> HashMap<String, serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /.well-known/jwks.json HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let json = body.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(json).unwrap()
+}
