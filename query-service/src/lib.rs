@@ -1,6 +1,11 @@
-//! query-service. Not built yet: it serves health, reflection and /metrics;
-//! `bank.v1.AccountQueryService` is not registered, so every one of its RPCs
-//! answers UNIMPLEMENTED (nothing pretends to work).
+//! query-service: answers every read from the read models only (never the
+//! write database), Redis first for accounts, with read-your-writes through
+//! consistency tokens and live balance streams.
+
+pub mod api;
+pub mod error;
+pub mod readmodel;
+pub mod statement;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -9,17 +14,42 @@ use bank_platform::{
     CancellationToken,
     auth::{AuthLayer, KeyCache, TokenVerifier},
     config::{self, Env},
-    grpc, http,
+    db, grpc as server, http,
     service::Running,
 };
+use bank_proto::v1::account_query_service_server::AccountQueryServiceServer;
+use bank_readmodel::{CacheKeys, page_token::PageTokenSigner};
+use rand::RngCore;
 
-#[derive(Debug, Clone)]
+use crate::{api::QueryApi, readmodel::ReadModel};
+
+#[derive(Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
     pub jwks_url: String,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    pub page_token_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &config::redact_url(&self.database_url))
+            .field("redis_url", &config::redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("page_token_secret", &self.page_token_secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Config {
@@ -27,24 +57,63 @@ impl Config {
         Ok(Self {
             grpc_addr: config::parse(env, "QUERY_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50053)))?,
             http_addr: config::parse(env, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9093)))?,
+            database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
+            redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
             jwks_url: config::string(env, "JWKS_URL", "http://127.0.0.1:9091/.well-known/jwks.json"),
             jwt_issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
             jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
+            page_token_secret: env.var("PAGE_TOKEN_SECRET"),
         })
     }
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
-    let grpc_listener = grpc::bind(config.grpc_addr).await?;
-    let http_listener = grpc::bind(config.http_addr).await?;
+    let pool = db::connect(&config.database_url, 16).await?;
+    // Idempotent: lets the query side start before the projector.
+    bank_readmodel::MIGRATOR.run(&pool).await?;
+    let redis = readmodel::connect_redis(&config.redis_url).await;
+    if redis.is_none() {
+        tracing::warn!("Redis unavailable: answering from Postgres");
+    }
+    let keys = CacheKeys::new(config.redis_prefix.clone());
+    let model = Arc::new(ReadModel::new(pool, redis, keys.clone()));
+
+    let secret = match &config.page_token_secret {
+        Some(s) => s.clone().into_bytes(),
+        None => {
+            tracing::warn!("PAGE_TOKEN_SECRET not set: page tokens are valid for this process only");
+            let mut k = vec![0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut k);
+            k
+        }
+    };
+
+    let grpc_listener = server::bind(config.grpc_addr).await?;
+    let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
-    let verifier = Arc::new(TokenVerifier::new(
-        Arc::new(KeyCache::from_jwks_url(config.jwks_url)),
-        &config.jwt_issuer,
-        &config.jwt_audience,
+    let keys_cache = Arc::new(KeyCache::from_jwks_url(config.jwks_url.clone()));
+    if let Err(e) = keys_cache.refresh().await {
+        tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
+    }
+    let verifier = Arc::new(TokenVerifier::new(keys_cache, &config.jwt_issuer, &config.jwt_audience));
+    let api = QueryApi { model: model.clone(), pages: PageTokenSigner::new(secret) };
+    let routes = tonic::service::Routes::new(
+        AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),
+    );
+    running.spawn(server::serve(
+        grpc_listener,
+        routes,
+        &["bank.v1.AccountQueryService"],
+        AuthLayer::new(verifier, &[]),
+        shutdown.clone(),
     ));
-    let routes = tonic::service::Routes::default();
-    running.spawn(grpc::serve(grpc_listener, routes, &[], AuthLayer::new(verifier, &[]), shutdown.clone()));
+    running.spawn(readmodel::run_change_feed(
+        config.redis_url.clone(),
+        keys.changes_channel(),
+        model.changes.clone(),
+        shutdown.clone(),
+    ));
     running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
     Ok(running)
 }

@@ -1,0 +1,510 @@
+//! The AccountQueryService gRPC adapter.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bank_domain::{Currency, InputError, consistency::ConsistencyToken, format_amount};
+use bank_platform::auth::{Caller, caller};
+use bank_proto::v1::{self as pb, account_query_service_server::AccountQueryService};
+use bank_readmodel::{
+    ACCOUNT_VIEW_COLUMNS, AccountView, HISTORY_COLUMNS, HistoryEntry, kind,
+    page_token::{PageCursor, PageTokenSigner},
+};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{error::QueryError, readmodel::ReadModel, statement};
+
+pub struct QueryApi {
+    pub model: Arc<ReadModel>,
+    pub pages: PageTokenSigner,
+}
+
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_DEADLINE: Duration = Duration::from_secs(30);
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+/// The call's deadline from `grpc-timeout` (e.g. "500m", "2S"), bounded.
+fn deadline<T>(req: &Request<T>) -> Instant {
+    let parsed = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+        let n: u64 = n.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(n.saturating_mul(3600)),
+            "M" => Duration::from_secs(n.saturating_mul(60)),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        })
+    });
+    // Leave a little time to answer before the client gives up.
+    let budget = parsed.map_or(DEFAULT_DEADLINE, |d| d.mul_f32(0.9)).min(MAX_DEADLINE);
+    Instant::now() + budget
+}
+
+fn parse_id(field: &str, text: &str) -> Result<Uuid, InputError> {
+    Uuid::try_parse(text).map_err(|_| InputError::new(field, "must be a UUID"))
+}
+
+fn money(currency: &str, amount: Decimal) -> Option<pb::Money> {
+    let text = Currency::from_code(currency).map_or_else(|_| amount.to_string(), |c| format_amount(amount, c));
+    Some(pb::Money { currency_code: currency.to_owned(), amount: text })
+}
+
+fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
+fn time(field: &str, t: &Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, InputError> {
+    t.as_ref()
+        .map(|t| {
+            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
+                .ok_or_else(|| InputError::new(field, "is not a valid timestamp"))
+        })
+        .transpose()
+}
+
+fn status_proto(s: &str) -> i32 {
+    (match s {
+        "ACTIVE" => pb::AccountStatus::Active,
+        "FROZEN" => pb::AccountStatus::Frozen,
+        "CLOSED" => pb::AccountStatus::Closed,
+        _ => pb::AccountStatus::Unspecified,
+    }) as i32
+}
+
+fn kind_proto(k: &str) -> pb::TransactionKind {
+    match k {
+        kind::DEPOSIT => pb::TransactionKind::Deposit,
+        kind::WITHDRAWAL => pb::TransactionKind::Withdrawal,
+        kind::TRANSFER_OUT => pb::TransactionKind::TransferOut,
+        kind::TRANSFER_IN => pb::TransactionKind::TransferIn,
+        _ => pb::TransactionKind::Unspecified,
+    }
+}
+
+fn kind_name(k: pb::TransactionKind) -> Option<&'static str> {
+    match k {
+        pb::TransactionKind::Deposit => Some(kind::DEPOSIT),
+        pb::TransactionKind::Withdrawal => Some(kind::WITHDRAWAL),
+        pb::TransactionKind::TransferOut => Some(kind::TRANSFER_OUT),
+        pb::TransactionKind::TransferIn => Some(kind::TRANSFER_IN),
+        pb::TransactionKind::Unspecified => None,
+    }
+}
+
+pub fn account_proto(v: &AccountView) -> pb::Account {
+    pb::Account {
+        account_id: v.account_id.to_string(),
+        owner_id: v.owner_id.to_string(),
+        r#type: (if v.kind == "SAVINGS" { pb::AccountType::Savings } else { pb::AccountType::Checking }) as i32,
+        currency_code: v.currency.clone(),
+        balance: money(&v.currency, v.balance),
+        status: status_proto(&v.status),
+        version: v.version,
+        opened_at: timestamp(v.opened_at),
+    }
+}
+
+fn entry_proto(e: &HistoryEntry, currency: &str) -> pb::TransactionEntry {
+    pb::TransactionEntry {
+        transaction_id: e.transaction_id.to_string(),
+        account_id: e.account_id.to_string(),
+        kind: kind_proto(&e.kind) as i32,
+        amount: money(currency, e.amount),
+        balance_before: money(currency, e.balance_before),
+        balance_after: money(currency, e.balance_after),
+        counterparty_account_id: e.counterparty_account_id.map(|c| c.to_string()).unwrap_or_default(),
+        description: e.description.clone(),
+        occurred_at: timestamp(e.occurred_at),
+        version: e.version,
+    }
+}
+
+fn update_proto(v: &AccountView, transaction_id: Option<Uuid>, at: Option<DateTime<Utc>>) -> pb::BalanceUpdate {
+    pb::BalanceUpdate {
+        account_id: v.account_id.to_string(),
+        balance: money(&v.currency, v.balance),
+        status: status_proto(&v.status),
+        version: v.version,
+        transaction_id: transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+        occurred_at: at.and_then(timestamp),
+    }
+}
+
+fn history_sql(tail: &str) -> String {
+    format!("SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE {tail}")
+}
+
+fn may_see(caller: &Caller, v: &AccountView) -> bool {
+    caller.is_admin() || v.owner_id == caller.user_id
+}
+
+impl QueryApi {
+    /// Parses and honours `min_consistency_token` before a read.
+    async fn settle(&self, token: &str, deadline: Instant) -> Result<Option<ConsistencyToken>, QueryError> {
+        let token = ConsistencyToken::parse("min_consistency_token", token)?;
+        if let Some(t) = &token {
+            self.model.wait_for(t, deadline).await?;
+        }
+        Ok(token)
+    }
+
+    /// The account if the caller may see it; NOT_FOUND otherwise, whichever the reason.
+    async fn visible_account(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<AccountView, QueryError> {
+        let id = parse_id(field, id)?;
+        let min = token.and_then(|t| t.versions.get(&id).copied()).unwrap_or(0);
+        match self.model.account(id, min).await? {
+            Some(v) if may_see(caller, &v) => Ok(v),
+            _ => Err(QueryError::NotFound("account")),
+        }
+    }
+
+    async fn history<'q>(
+        &self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, HistoryEntry, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<HistoryEntry>, QueryError> {
+        Ok(query.fetch_all(&self.model.db).await?)
+    }
+}
+
+type QueryResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AccountQueryService for QueryApi {
+    async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> QueryResult<pb::Account> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        Ok(Response::new(account_proto(&v)))
+    }
+
+    async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> QueryResult<pb::ListAccountsResponse> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        self.settle(&r.min_consistency_token, deadline).await?;
+        let owner = if r.owner_id.is_empty() {
+            caller.user_id
+        } else {
+            let owner = parse_id("owner_id", &r.owner_id).map_err(QueryError::from)?;
+            if owner != caller.user_id && !caller.is_admin() {
+                return Err(QueryError::PermissionDenied("only an admin may list another user's accounts").into());
+            }
+            owner
+        };
+        let generation = self.model.generation().await?;
+        let views: Vec<AccountView> = sqlx::query_as(&format!(
+            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND owner_id = $2 ORDER BY opened_at, account_id"
+        ))
+        .bind(generation)
+        .bind(owner)
+        .fetch_all(&self.model.db)
+        .await
+        .map_err(QueryError::from)?;
+        Ok(Response::new(pb::ListAccountsResponse { accounts: views.iter().map(account_proto).collect() }))
+    }
+
+    async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> QueryResult<pb::GetBalanceResponse> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            account_id: v.account_id.to_string(),
+            balance: money(&v.currency, v.balance),
+            status: status_proto(&v.status),
+            version: v.version,
+        }))
+    }
+
+    async fn list_transactions(
+        &self,
+        req: Request<pb::ListTransactionsRequest>,
+    ) -> QueryResult<pb::ListTransactionsResponse> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let mut violations = Vec::new();
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if (1..=MAX_PAGE as i32).contains(&n) => i64::from(n),
+            _ => {
+                violations.push(InputError::new("page_size", "must be between 1 and 100"));
+                DEFAULT_PAGE
+            }
+        };
+        let from = time("from_time", &r.from_time).unwrap_or_else(|e| {
+            violations.push(e);
+            None
+        });
+        let to = time("to_time", &r.to_time).unwrap_or_else(|e| {
+            violations.push(e);
+            None
+        });
+        let mut kinds = Vec::new();
+        for k in &r.kinds {
+            match pb::TransactionKind::try_from(*k).ok().and_then(kind_name) {
+                Some(name) => kinds.push(name.to_owned()),
+                None => violations.push(InputError::new("kinds", "contains an unknown transaction kind")),
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        if !violations.is_empty() {
+            return Err(QueryError::Invalid(violations).into());
+        }
+        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        // The filters are part of the cursor: a token only continues the listing it came from.
+        let filters = format!(
+            "{:?}|{:?}|{}",
+            from.map(|t| t.timestamp_micros()),
+            to.map(|t| t.timestamp_micros()),
+            kinds.join(",")
+        );
+        let before = if r.page_token.is_empty() {
+            i64::MAX
+        } else {
+            match self.pages.verify(&r.page_token) {
+                Some(c) if c.account_id == account.account_id && c.filters == filters => c.before_version,
+                _ => {
+                    return Err(QueryError::Invalid(vec![InputError::new(
+                        "page_token",
+                        "is not a page token of this listing (tampered, or from another account or filters)",
+                    )])
+                    .into());
+                }
+            }
+        };
+        let generation = self.model.generation().await?;
+        let mut rows = self
+            .history(
+                sqlx::query_as(&history_sql(
+                    "generation = $1 AND account_id = $2 AND version < $3
+                 AND ($4::timestamptz IS NULL OR occurred_at >= $4) AND ($5::timestamptz IS NULL OR occurred_at < $5)
+                 AND (cardinality($6::text[]) = 0 OR kind = ANY($6))
+                 ORDER BY version DESC LIMIT $7",
+                ))
+                .bind(generation)
+                .bind(account.account_id)
+                .bind(before)
+                .bind(from)
+                .bind(to)
+                .bind(&kinds)
+                .bind(page_size + 1),
+            )
+            .await?;
+        let next_page_token = if rows.len() as i64 > page_size {
+            rows.truncate(page_size as usize);
+            let last = rows.last().map_or(0, |e| e.version);
+            self.pages.sign(&PageCursor { account_id: account.account_id, before_version: last, filters })
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: rows.iter().map(|e| entry_proto(e, &account.currency)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_transaction(
+        &self,
+        req: Request<pb::GetTransactionRequest>,
+    ) -> QueryResult<pb::GetTransactionResponse> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let id = parse_id("transaction_id", &r.transaction_id).map_err(QueryError::from)?;
+        self.settle(&r.min_consistency_token, deadline).await?;
+        let generation = self.model.generation().await?;
+        let rows = self
+            .history(
+                sqlx::query_as(&history_sql("generation = $1 AND transaction_id = $2 ORDER BY account_id, version"))
+                    .bind(generation)
+                    .bind(id),
+            )
+            .await?;
+        let mut entries = Vec::new();
+        for e in &rows {
+            if let Some(v) = self.model.account(e.account_id, 0).await?.filter(|v| may_see(&caller, v)) {
+                entries.push(entry_proto(e, &v.currency));
+            }
+        }
+        if entries.is_empty() {
+            return Err(QueryError::NotFound("transaction").into());
+        }
+        Ok(Response::new(pb::GetTransactionResponse { transaction_id: id.to_string(), entries }))
+    }
+
+    async fn get_statement(&self, req: Request<pb::GetStatementRequest>) -> QueryResult<pb::Statement> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let (from, to) = match (time("from_time", &r.from_time), time("to_time", &r.to_time)) {
+            (Ok(Some(f)), Ok(Some(t))) if f < t && t - f <= chrono::Duration::days(366) => (f, t),
+            (Ok(Some(_)), Ok(Some(_))) => {
+                return Err(QueryError::from(InputError::new(
+                    "to_time",
+                    "must be after from_time, at most 366 days later",
+                ))
+                .into());
+            }
+            _ => {
+                return Err(QueryError::from(InputError::new("from_time", "from_time and to_time are required")).into());
+            }
+        };
+        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let generation = self.model.generation().await?;
+        let opening: Decimal = sqlx::query_scalar(
+            "SELECT balance_after FROM transaction_history WHERE generation = $1 AND account_id = $2 AND occurred_at < $3 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(generation)
+        .bind(account.account_id)
+        .bind(from)
+        .fetch_optional(&self.model.db)
+        .await
+        .map_err(QueryError::from)?
+        .unwrap_or(Decimal::ZERO);
+        let entries = self
+            .history(
+                sqlx::query_as(&history_sql(
+                    "generation = $1 AND account_id = $2 AND occurred_at >= $3 AND occurred_at < $4 ORDER BY version",
+                ))
+                .bind(generation)
+                .bind(account.account_id)
+                .bind(from)
+                .bind(to),
+            )
+            .await?;
+        let totals = statement::summarize(opening, &entries).map_err(|e| QueryError::Internal(anyhow::anyhow!(e)))?;
+        let c = &account.currency;
+        Ok(Response::new(pb::Statement {
+            account_id: account.account_id.to_string(),
+            from_time: timestamp(from),
+            to_time: timestamp(to),
+            opening_balance: money(c, opening),
+            closing_balance: money(c, totals.closing),
+            total_credits: money(c, totals.credits),
+            total_debits: money(c, totals.debits),
+            entries: entries.iter().map(|e| entry_proto(e, c)).collect(),
+        }))
+    }
+
+    type WatchBalanceStream = ReceiverStream<Result<pb::BalanceUpdate, Status>>;
+
+    async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
+        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let r = req.into_inner();
+        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        // Subscribe before reading the current state, so no change slips between.
+        let mut changes = self.model.changes.subscribe();
+        let current = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let model = self.model.clone();
+        tokio::spawn(async move {
+            let _active = WatchGuard::new();
+            let id = current.account_id;
+            let mut last = current.version;
+            if tx.send(Ok(update_proto(&current, None, None))).await.is_err() {
+                return;
+            }
+            loop {
+                let change = tokio::select! {
+                    _ = tx.closed() => return, // the client went away
+                    c = changes.recv() => c,
+                };
+                let behind = match change {
+                    Ok(c) if c.account.account_id != id || c.account.version <= last => continue,
+                    Ok(c) if c.account.version == last + 1 => {
+                        last = c.account.version;
+                        if tx.send(Ok(update_proto(&c.account, c.transaction_id, Some(c.occurred_at)))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if behind {
+                    // Missed notifications: replay the versions in between from history.
+                    match catch_up(&model, id, last).await {
+                        Ok(updates) => {
+                            for u in updates {
+                                last = u.version;
+                                if tx.send(Ok(u)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+static WATCHERS: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_gauge!("query_watch_streams", "open WatchBalance streams").expect("registers once")
+});
+
+/// Counts an open WatchBalance stream for as long as its task lives.
+struct WatchGuard;
+
+impl WatchGuard {
+    fn new() -> Self {
+        WATCHERS.inc();
+        WatchGuard
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        WATCHERS.dec();
+    }
+}
+
+/// Updates for every version after `last`, from the Postgres read model.
+async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::BalanceUpdate>, QueryError> {
+    let generation = model.generation().await?;
+    let current = model.account(id, 0).await?.ok_or(QueryError::NotFound("account"))?;
+    let entries: Vec<HistoryEntry> = sqlx::query_as(&format!(
+        "SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE generation = $1 AND account_id = $2 AND version > $3 ORDER BY version"
+    ))
+    .bind(generation)
+    .bind(id)
+    .bind(last)
+    .fetch_all(&model.db)
+    .await?;
+    let mut updates: Vec<pb::BalanceUpdate> = entries
+        .iter()
+        .filter(|e| e.version <= current.version)
+        .map(|e| {
+            let at_version = AccountView { balance: e.balance_after, version: e.version, ..current.clone() };
+            update_proto(&at_version, Some(e.transaction_id), Some(e.occurred_at))
+        })
+        .collect();
+    // Status-only versions have no history line: end on the current state.
+    if updates.last().is_none_or(|u| u.version < current.version) && current.version > last {
+        updates.push(update_proto(&current, None, None));
+    }
+    Ok(updates)
+}

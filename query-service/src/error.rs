@@ -1,0 +1,45 @@
+//! Everything a read answers besides success, mapped to gRPC once.
+
+use bank_domain::InputError;
+use bank_platform::status;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("invalid request")]
+    Invalid(Vec<InputError>),
+    /// Unknown, or not the caller's: indistinguishable on purpose.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("the read model has not caught up with the requested consistency token yet")]
+    ConsistencyTimeout,
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("internal: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<InputError> for QueryError {
+    fn from(e: InputError) -> Self {
+        QueryError::Invalid(vec![e])
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Invalid(v) => status::invalid_argument(&v),
+            QueryError::NotFound(what) => status::not_found(what),
+            QueryError::PermissionDenied(why) => status::permission_denied(why),
+            QueryError::ConsistencyTimeout => status::with_reason(
+                Code::Unavailable,
+                "CONSISTENCY_TIMEOUT",
+                "the read model has not reached the requested consistency token within the deadline; retry",
+            ),
+            QueryError::Db(err) => status::from_db(&err),
+            QueryError::Internal(err) => status::internal(&format!("{err:#}")),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Access to the read models: Redis first for accounts, Postgres behind it
+//! (refilling Redis), the change feed from the projector's pub/sub channel,
+//! and waiting for a consistency token by notification.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
+
+use bank_domain::consistency::ConsistencyToken;
+use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, cache_upsert, from_cache};
+use futures::StreamExt;
+use prometheus::{IntCounter, register_int_counter};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, broadcast};
+use uuid::Uuid;
+
+use crate::error::QueryError;
+
+static CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("query_cache_hits_total", "account reads answered from Redis").expect("registers once")
+});
+static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("query_cache_misses_total", "account reads answered from Postgres").expect("registers once")
+});
+
+/// How often a waiter re-checks Postgres when no notification arrives
+/// (lost message, Redis down): a slow safety net, not the mechanism.
+const RECHECK: Duration = Duration::from_millis(250);
+
+pub struct ReadModel {
+    pub db: PgPool,
+    redis: Option<ConnectionManager>,
+    keys: CacheKeys,
+    generation: Mutex<(i32, Instant)>,
+    pub changes: broadcast::Sender<Arc<AccountChange>>,
+}
+
+/// Redis with short timeouts: a stopped Redis must not stall reads.
+pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
+    let client = redis::Client::open(url).ok()?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(Duration::from_millis(200)))
+        .set_number_of_retries(1);
+    client.get_connection_manager_with_config(config).await.ok()
+}
+
+impl ReadModel {
+    pub fn new(db: PgPool, redis: Option<ConnectionManager>, keys: CacheKeys) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        Self { db, redis, keys, generation: Mutex::new((0, Instant::now() - Duration::from_secs(10))), changes }
+    }
+
+    /// The active generation, re-read at most once a second (rebuild switches it).
+    pub async fn generation(&self) -> Result<i32, QueryError> {
+        let mut g = self.generation.lock().await;
+        if g.0 == 0 || g.1.elapsed() > Duration::from_secs(1) {
+            *g = (bank_readmodel::active_generation(&self.db).await?, Instant::now());
+        }
+        Ok(g.0)
+    }
+
+    async fn view_in_postgres(&self, generation: i32, id: Uuid) -> Result<Option<AccountView>, QueryError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND account_id = $2"
+        ))
+        .bind(generation)
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?)
+    }
+
+    /// One account: Redis if it holds at least `min_version`, else Postgres
+    /// (then refilling Redis). Redis errors only cost the fallback.
+    pub async fn account(&self, id: Uuid, min_version: i64) -> Result<Option<AccountView>, QueryError> {
+        let generation = self.generation().await?;
+        if let Some(mut redis) = self.redis.clone() {
+            let cached: redis::RedisResult<HashMap<String, String>> =
+                redis::cmd("HGETALL").arg(self.keys.account(generation, id)).query_async(&mut redis).await;
+            if let Some(view) = cached.ok().and_then(|h| from_cache(id, &h)).filter(|v| v.version >= min_version) {
+                CACHE_HITS.inc();
+                return Ok(Some(view));
+            }
+        }
+        CACHE_MISSES.inc();
+        let view = self.view_in_postgres(generation, id).await?;
+        if let (Some(v), Some(mut redis)) = (&view, self.redis.clone())
+            && let Err(e) = cache_upsert(&mut redis, &self.keys, generation, v).await
+        {
+            tracing::debug!(error = %e, "cache refill failed");
+        }
+        Ok(view)
+    }
+
+    /// Waits until every account in `token` has reached its version in the
+    /// (authoritative) Postgres read model, or the deadline passes.
+    pub async fn wait_for(&self, token: &ConsistencyToken, deadline: Instant) -> Result<(), QueryError> {
+        let mut notifications = self.changes.subscribe();
+        let ids: Vec<Uuid> = token.versions.keys().copied().collect();
+        loop {
+            let generation = self.generation().await?;
+            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+                "SELECT account_id, version FROM account_view WHERE generation = $1 AND account_id = ANY($2)",
+            )
+            .bind(generation)
+            .bind(&ids)
+            .fetch_all(&self.db)
+            .await?;
+            let reached: HashMap<Uuid, i64> = rows.into_iter().collect();
+            if token.versions.iter().all(|(id, v)| reached.get(id).is_some_and(|r| r >= v)) {
+                return Ok(());
+            }
+            // Sleep until a relevant change, the re-check interval, or the deadline.
+            let wake = (Instant::now() + RECHECK).min(deadline);
+            loop {
+                let remaining = wake.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(remaining, notifications.recv()).await {
+                    Ok(Ok(c)) if token.versions.get(&c.account.account_id).is_some_and(|v| c.account.version >= *v) => {
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(QueryError::ConsistencyTimeout);
+            }
+        }
+    }
+}
+
+/// Subscribes to the projector's change channel and fans every change out
+/// in-process; reconnects with backoff while Redis is away.
+pub async fn run_change_feed(
+    redis_url: String,
+    channel: String,
+    out: broadcast::Sender<Arc<AccountChange>>,
+    shutdown: bank_platform::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let subscribed = async {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match subscribed {
+            Ok(mut pubsub) => {
+                backoff = Duration::from_millis(100);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        m = messages.next() => match m {
+                            Some(m) => {
+                                let payload: String = m.get_payload().unwrap_or_default();
+                                if let Ok(change) = serde_json::from_str::<AccountChange>(&payload) {
+                                    let _ = out.send(Arc::new(change));
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "change feed unavailable"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! query-service end to end: real command-service → JetStream → projector →
+//! Postgres/Redis read models → query-service, over gRPC.
+
+use std::{collections::HashSet, time::Duration};
+
+use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
+use bank_proto::v1::{
+    self as pb, account_command_service_client::AccountCommandServiceClient,
+    account_query_service_client::AccountQueryServiceClient,
+};
+use bank_testkit::{TestIssuer, assert_eventually, authed};
+use futures::StreamExt;
+use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+struct Bank {
+    issuer: TestIssuer,
+    _runs: Vec<Running>,
+    commands: AccountCommandServiceClient<Channel>,
+    queries: AccountQueryServiceClient<Channel>,
+    query_http: std::net::SocketAddr,
+    query_config: query_service::Config,
+    redis_prefix: String,
+}
+
+fn usd(a: &str) -> Option<pb::Money> {
+    Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
+}
+
+impl Bank {
+    async fn start() -> Self {
+        Self::start_with_redis(&bank_testkit::redis_url()).await
+    }
+
+    /// `query_redis` lets a test point the query side at a dead Redis.
+    async fn start_with_redis(query_redis: &str) -> Self {
+        bank_platform::telemetry::init_for_tests();
+        let issuer = TestIssuer::start().await.unwrap();
+        let prefix = bank_testkit::unique_prefix("q");
+        let mut command = command_service::Config::from_env(&ProcessEnv).unwrap();
+        command.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        command.http_addr = "127.0.0.1:0".parse().unwrap();
+        command.database_url = bank_testkit::fresh_database_url("qw");
+        command.db_max_connections = 8;
+        command.jwks_url = issuer.jwks_url.clone();
+        command.jwt_issuer = bank_testkit::ISSUER.into();
+        command.jwt_audience = bank_testkit::AUDIENCE.into();
+        command.relay.nats_url = bank_testkit::nats_url();
+        command.relay.stream = prefix.to_uppercase();
+        command.relay.subject_prefix = format!("{prefix}.events");
+        let read_db = bank_testkit::fresh_database_url("qr");
+        let redis_prefix = format!("{prefix}:");
+        let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
+        projector.http_addr = "127.0.0.1:0".parse().unwrap();
+        projector.database_url = read_db.clone();
+        projector.redis_url = bank_testkit::redis_url();
+        projector.redis_prefix = redis_prefix.clone();
+        projector.nats_url = bank_testkit::nats_url();
+        projector.stream = command.relay.stream.clone();
+        projector.subject_prefix = command.relay.subject_prefix.clone();
+        let mut query = query_service::Config::from_env(&ProcessEnv).unwrap();
+        query.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        query.http_addr = "127.0.0.1:0".parse().unwrap();
+        query.database_url = read_db;
+        query.redis_url = query_redis.into();
+        query.redis_prefix = redis_prefix.clone();
+        query.jwks_url = issuer.jwks_url.clone();
+        query.jwt_issuer = bank_testkit::ISSUER.into();
+        query.jwt_audience = bank_testkit::AUDIENCE.into();
+        let c = command_service::start(command, CancellationToken::new()).await.unwrap();
+        let q = query_service::start(query.clone(), CancellationToken::new()).await.unwrap();
+        let p = projector::start(projector, CancellationToken::new()).await.unwrap();
+        let commands = AccountCommandServiceClient::connect(format!("http://{}", c.grpc_addr)).await.unwrap();
+        let queries = AccountQueryServiceClient::connect(format!("http://{}", q.grpc_addr)).await.unwrap();
+        let query_http = q.http_addr;
+        Self { issuer, _runs: vec![c, q, p], commands, queries, query_http, query_config: query, redis_prefix }
+    }
+
+    fn customer(&self) -> String {
+        self.issuer.customer(Uuid::now_v7())
+    }
+
+    async fn open(&self, token: &str) -> pb::OpenAccountResponse {
+        let req = pb::OpenAccountRequest {
+            r#type: 1,
+            currency_code: "USD".into(),
+            idempotency_key: Uuid::new_v4().to_string(),
+        };
+        self.commands.clone().open_account(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    async fn deposit(&self, token: &str, acc: &str, amount: &str) -> pb::MoneyMovementResponse {
+        let req = pb::DepositRequest {
+            account_id: acc.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: "pay".into(),
+        };
+        self.commands.clone().deposit(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    async fn transfer(&self, token: &str, from: &str, to: &str, amount: &str) -> pb::MoneyMovementResponse {
+        let req = pb::TransferRequest {
+            from_account_id: from.into(),
+            to_account_id: to.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: "rent".into(),
+        };
+        self.commands.clone().transfer(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    async fn balance(
+        &self,
+        token: &str,
+        acc: &str,
+        consistency: &str,
+    ) -> Result<pb::GetBalanceResponse, tonic::Status> {
+        let req = pb::GetBalanceRequest { account_id: acc.into(), min_consistency_token: consistency.into() };
+        self.queries.clone().get_balance(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    async fn page(
+        &self,
+        token: &str,
+        acc: &str,
+        size: i32,
+        page_token: &str,
+    ) -> Result<pb::ListTransactionsResponse, tonic::Status> {
+        let req = pb::ListTransactionsRequest {
+            account_id: acc.into(),
+            page_size: size,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        self.queries.clone().list_transactions(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.query_http).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+}
+
+fn nf<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Option<Code> {
+    r.err().map(|s| s.code())
+}
+
+fn reason(s: &tonic::Status) -> String {
+    s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_very_first_read_with_the_consistency_token_shows_the_write() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let b = bank.open(&alice).await.account.unwrap().account_id;
+    bank.deposit(&alice, &a, "100.00").await;
+    let moved = bank.transfer(&alice, &a, &b, "30.25").await;
+
+    let balance = bank.balance(&alice, &a, &moved.consistency_token).await.unwrap();
+    assert_eq!(balance.balance.unwrap().amount, "69.75");
+    let history = pb::ListTransactionsRequest {
+        account_id: b.clone(),
+        min_consistency_token: moved.consistency_token.clone(),
+        ..Default::default()
+    };
+    let page = bank.queries.clone().list_transactions(authed(history, &alice)).await.unwrap().into_inner();
+    assert_eq!(page.transactions.len(), 1);
+    assert_eq!(page.transactions[0].kind, pb::TransactionKind::TransferIn as i32);
+    assert_eq!(page.transactions[0].counterparty_account_id, a);
+    let receipt = pb::GetTransactionRequest {
+        transaction_id: moved.transaction_id.clone(),
+        min_consistency_token: String::new(),
+    };
+    let receipt = bank.queries.clone().get_transaction(authed(receipt, &alice)).await.unwrap().into_inner();
+    assert_eq!(receipt.entries.len(), 2);
+    let mine = pb::ListAccountsRequest::default();
+    assert_eq!(bank.queries.clone().list_accounts(authed(mine, &alice)).await.unwrap().into_inner().accounts.len(), 2);
+}
+
+#[tokio::test]
+async fn two_hundred_fifty_transactions_page_by_twenty_exactly_once_newest_first() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let mut last = String::new();
+    for i in 1..=250 {
+        last = bank.deposit(&alice, &a, &format!("{i}.00")).await.consistency_token;
+    }
+    bank.balance(&alice, &a, &last).await.unwrap();
+
+    let (mut seen, mut versions, mut token, mut pages) = (HashSet::new(), Vec::new(), String::new(), 0);
+    loop {
+        let page = bank.page(&alice, &a, 20, &token).await.unwrap();
+        pages += 1;
+        for t in &page.transactions {
+            assert!(seen.insert(t.version), "version {} listed twice", t.version);
+            versions.push(t.version);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((seen.len(), pages), (250, 13));
+    assert!(versions.windows(2).all(|w| w[0] > w[1]), "not newest first");
+
+    // A tampered token, and a token replayed against another account, are refused.
+    let first = bank.page(&alice, &a, 20, "").await.unwrap().next_page_token;
+    let mut tampered = first.clone();
+    tampered.insert(3, 'x');
+    let err = bank.page(&alice, &a, 20, &tampered).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let opened = bank.open(&alice).await;
+    let other = opened.account.unwrap().account_id;
+    bank.balance(&alice, &other, &opened.consistency_token).await.unwrap();
+    assert_eq!(bank.page(&alice, &other, 20, &first).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(bank.page(&alice, &a, 101, "").await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_statement_adds_up_over_its_period() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let b = bank.open(&alice).await.account.unwrap().account_id;
+    bank.deposit(&alice, &a, "10.00").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let from = chrono::Utc::now();
+    bank.deposit(&alice, &a, "50.00").await;
+    let t = bank.transfer(&alice, &a, &b, "15.50").await;
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let ts = |t: chrono::DateTime<chrono::Utc>| {
+        Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+    };
+    let req = pb::GetStatementRequest {
+        account_id: a.clone(),
+        from_time: ts(from),
+        to_time: ts(to),
+        min_consistency_token: t.consistency_token,
+    };
+    let s = bank.queries.clone().get_statement(authed(req, &alice)).await.unwrap().into_inner();
+    let amount = |m: Option<pb::Money>| m.unwrap().amount;
+    assert_eq!(amount(s.opening_balance), "10.00");
+    assert_eq!(amount(s.total_credits), "50.00");
+    assert_eq!(amount(s.total_debits), "15.50");
+    assert_eq!(amount(s.closing_balance), "44.50");
+    assert_eq!(s.entries.len(), 2);
+    let bad = pb::GetStatementRequest {
+        account_id: a,
+        from_time: ts(to),
+        to_time: ts(from),
+        min_consistency_token: String::new(),
+    };
+    assert_eq!(
+        bank.queries.clone().get_statement(authed(bad, &alice)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn another_customers_account_is_not_found_on_every_read_but_an_admin_sees_it() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let mallory = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let d = bank.deposit(&alice, &a, "5.00").await;
+    bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
+
+    let q = || bank.queries.clone();
+    assert_eq!(
+        nf(q()
+            .get_account(authed(pb::GetAccountRequest { account_id: a.clone(), ..Default::default() }, &mallory))
+            .await),
+        Some(Code::NotFound)
+    );
+    assert_eq!(bank.balance(&mallory, &a, "").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(bank.page(&mallory, &a, 10, "").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        nf(q()
+            .get_transaction(authed(
+                pb::GetTransactionRequest { transaction_id: d.transaction_id.clone(), ..Default::default() },
+                &mallory
+            ))
+            .await),
+        Some(Code::NotFound)
+    );
+    assert_eq!(
+        nf(q()
+            .watch_balance(authed(pb::WatchBalanceRequest { account_id: a.clone(), ..Default::default() }, &mallory))
+            .await),
+        Some(Code::NotFound)
+    );
+    let unknown = bank.balance(&mallory, &Uuid::now_v7().to_string(), "").await.unwrap_err();
+    assert_eq!(unknown.message(), bank.balance(&mallory, &a, "").await.unwrap_err().message());
+
+    let admin = bank.issuer.admin(Uuid::now_v7());
+    assert_eq!(bank.balance(&admin, &a, "").await.unwrap().balance.unwrap().amount, "5.00");
+}
+
+#[tokio::test]
+async fn watch_balance_sees_every_change_in_order_and_ends_when_the_client_leaves() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let opened = bank.open(&alice).await;
+    let a = opened.account.unwrap().account_id;
+    let req = pb::WatchBalanceRequest { account_id: a.clone(), min_consistency_token: opened.consistency_token };
+    let mut stream = bank.queries.clone().watch_balance(authed(req, &alice)).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(bank.metric("query_watch_streams").await, 1.0);
+
+    let writer = async {
+        for _ in 0..50 {
+            bank.deposit(&alice, &a, "1.00").await;
+        }
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            let u = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .expect("update in time")
+                .unwrap()
+                .unwrap();
+            got.push((u.version, u.balance.unwrap().amount));
+        }
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    let expected: Vec<(i64, String)> = (2..=51).map(|v| (v, format!("{}.00", v - 1))).collect();
+    assert_eq!(got, expected);
+
+    drop(stream);
+    assert_eventually!(
+        bank.metric("query_watch_streams").await == 0.0,
+        Duration::from_secs(5),
+        "the server kept the stream after the client left"
+    );
+}
+
+#[tokio::test]
+async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let d = bank.deposit(&alice, &a, "12.34").await;
+    bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
+
+    let mut redis =
+        redis::Client::open(bank_testkit::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", bank.redis_prefix)).query_async(&mut redis).await.unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+
+    let misses = bank.metric("query_cache_misses_total").await;
+    assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
+    assert_eq!(bank.metric("query_cache_misses_total").await, misses + 1.0);
+    let refilled: i64 = redis::cmd("EXISTS").arg(&keys).query_async(&mut redis).await.unwrap();
+    assert!(refilled >= 1, "the cache was not refilled");
+    let hits = bank.metric("query_cache_hits_total").await;
+    bank.balance(&alice, &a, "").await.unwrap();
+    assert_eq!(bank.metric("query_cache_hits_total").await, hits + 1.0);
+}
+
+#[tokio::test]
+async fn balance_reads_answer_from_postgres_when_redis_is_down() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let bank = Bank::start_with_redis(&format!("redis://{dead}")).await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let d = bank.deposit(&alice, &a, "7.00").await;
+    let b = bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
+    assert_eq!(b.balance.unwrap().amount, "7.00");
+    assert!(bank.query_config.redis_url.contains(&dead.port().to_string()));
+}
+
+#[tokio::test]
+async fn a_consistency_token_the_read_model_never_reaches_is_unavailable_within_the_deadline() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let opened = bank.open(&alice).await;
+    let a = opened.account.unwrap().account_id;
+    let future = bank_domain::consistency::ConsistencyToken::new([(a.parse().unwrap(), 99)]).encode();
+    let mut req = authed(pb::GetBalanceRequest { account_id: a.clone(), min_consistency_token: future }, &alice);
+    req.set_timeout(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    let err = bank.queries.clone().get_balance(req).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (Code::Unavailable, "CONSISTENCY_TIMEOUT".into()));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let bad = bank.balance(&alice, &a, "garbage").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
