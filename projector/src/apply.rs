@@ -66,8 +66,13 @@ pub struct Applier {
     pub max_deliveries: i64,
 }
 
-/// Delay before a gap is retried.
-pub const GAP_RETRY: Duration = Duration::from_millis(200);
+/// Delay before a gap is retried: doubling from 100 ms to 2 s. The missing
+/// version is usually a message another (killed) consumer held unacked, which
+/// JetStream redelivers after the ack wait; the delays must outlast that.
+pub fn gap_retry_delay(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 6) as u32 - 1;
+    (Duration::from_millis(100) * 2u32.pow(exp)).min(Duration::from_secs(2))
+}
 
 impl Applier {
     pub async fn reconnect_cache_if_due(&mut self) {
@@ -255,4 +260,19 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
     .execute(tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_retries_back_off_to_a_ceiling() {
+        assert_eq!(gap_retry_delay(1), Duration::from_millis(100));
+        assert_eq!(gap_retry_delay(3), Duration::from_millis(400));
+        assert_eq!(gap_retry_delay(50), Duration::from_secs(2));
+        // Total patience over the default 100 deliveries far exceeds the 5 s ack wait.
+        let total: Duration = (1..=100).map(gap_retry_delay).sum();
+        assert!(total > Duration::from_secs(60));
+    }
 }

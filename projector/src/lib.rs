@@ -23,7 +23,7 @@ use bank_readmodel::CacheKeys;
 use futures::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::apply::{Applier, GAP_RETRY, Incoming, Outcome};
+use crate::apply::{Applier, Incoming, Outcome, gap_retry_delay};
 
 #[derive(Clone)]
 pub struct Config {
@@ -69,7 +69,8 @@ impl Config {
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
             durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
             batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
-            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 50)?,
+            // With delays capped at 2 s this is minutes: far beyond the ack wait.
+            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 100)?,
         })
     }
 }
@@ -134,7 +135,10 @@ async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, gener
     for (m, o) in messages.iter().zip(outcomes) {
         let ack = match o {
             Outcome::Ack => m.ack().await,
-            Outcome::Retry => m.ack_with(AckKind::Nak(Some(GAP_RETRY))).await,
+            Outcome::Retry => {
+                let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+                m.ack_with(AckKind::Nak(Some(gap_retry_delay(delivered)))).await
+            }
             Outcome::Terminate => m.ack_with(AckKind::Term).await,
         };
         if let Err(e) = ack {
@@ -175,7 +179,9 @@ async fn durable_consumer(config: &Config, js: &jetstream::Context) -> Result<Pu
             pull::Config {
                 durable_name: Some(config.durable_name.clone()),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // Short, so messages a killed projector held unacked come back
+                // quickly; a slow batch is merely redelivered (version guard).
+                ack_wait: Duration::from_secs(5),
                 max_ack_pending: (config.batch * 4) as i64,
                 filter_subject: format!("{}.>", config.subject_prefix),
                 ..Default::default()

@@ -252,4 +252,59 @@ mod tests {
         assert!(account(0, AccountStatus::Frozen).unfreeze().is_ok());
         assert_eq!(account(0, AccountStatus::Active).unfreeze(), Err(DomainError::AccountNotFrozen));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Deposit(usize, i64),
+            Withdraw(usize, i64),
+            Transfer(usize, usize, i64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..3usize, 1..10_000i64).prop_map(|(a, c)| Op::Deposit(a, c)),
+                (0..3usize, 1..10_000i64).prop_map(|(a, c)| Op::Withdraw(a, c)),
+                (0..3usize, 0..3usize, 1..10_000i64).prop_map(|(a, b, c)| Op::Transfer(a, b, c)),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the sequence of commands, no balance goes negative and
+            /// the total equals deposits minus withdrawals: money is neither
+            /// lost nor invented by the rules.
+            #[test]
+            fn any_sequence_of_commands_conserves_money(ops in proptest::collection::vec(op(), 0..200)) {
+                let mut accounts: Vec<Account> = (0..3).map(|_| account(0, AccountStatus::Active)).collect();
+                let (mut deposited, mut withdrawn) = (Decimal::ZERO, Decimal::ZERO);
+                let cents = |c: i64| Money::new(usd(), Decimal::new(c, 2));
+                for op in ops {
+                    match op {
+                        Op::Deposit(a, c) => if let Ok(ch) = accounts[a].deposit(&cents(c), MAX) {
+                            accounts[a].balance = ch.after;
+                            deposited += cents(c).amount;
+                        },
+                        Op::Withdraw(a, c) => if let Ok(ch) = accounts[a].withdraw(&cents(c)) {
+                            accounts[a].balance = ch.after;
+                            withdrawn += cents(c).amount;
+                        },
+                        Op::Transfer(a, b, c) => {
+                            let (from, to) = (accounts[a].clone(), accounts[b].clone());
+                            if let Ok((d, cr)) = transfer(&from, &to, &cents(c), MAX) {
+                                prop_assert_eq!(d.before - d.after, cr.after - cr.before);
+                                accounts[a].balance = d.after;
+                                accounts[b].balance = cr.after;
+                            }
+                        }
+                    }
+                    prop_assert!(accounts.iter().all(|a| a.balance >= Decimal::ZERO));
+                }
+                let total: Decimal = accounts.iter().map(|a| a.balance).sum();
+                prop_assert_eq!(total, deposited - withdrawn);
+            }
+        }
+    }
 }

@@ -1,0 +1,345 @@
+//! The system as real processes: command-service, projector and
+//! query-service binaries with their own databases, stream and prefixes,
+//! tokens from an in-process JWKS issuer, and a load of clients that retry
+//! with the same idempotency key until they get a definitive answer.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bank_proto::v1::{
+    self as pb, account_command_service_client::AccountCommandServiceClient,
+    account_query_service_client::AccountQueryServiceClient,
+};
+use bank_testkit::{TestIssuer, authed};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+fn bin(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/; the binaries sit in target/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join(name)
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+pub fn stack(action: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack");
+    let ok = Command::new("bash").arg(script).arg(action).status().unwrap().success();
+    assert!(ok, "scripts/stack {action} failed");
+}
+
+pub struct Service {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+pub struct System {
+    pub issuer: TestIssuer,
+    env: Vec<(String, String)>,
+    services: HashMap<&'static str, Service>,
+    pub command_addr: SocketAddr,
+    pub query_addr: SocketAddr,
+    pub write_db: PgPool,
+    pub read_db: PgPool,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        let issuer = TestIssuer::start().await.unwrap();
+        let prefix = bank_testkit::unique_prefix("e2e");
+        let (command_addr, query_addr) = (free_addr(), free_addr());
+        let write_url = bank_testkit::fresh_database_url("e2ew");
+        let read_url = bank_testkit::fresh_database_url("e2er");
+        let env: Vec<(String, String)> = [
+            ("COMMAND_GRPC_ADDR", command_addr.to_string()),
+            ("COMMAND_HTTP_ADDR", free_addr().to_string()),
+            ("QUERY_GRPC_ADDR", query_addr.to_string()),
+            ("QUERY_HTTP_ADDR", free_addr().to_string()),
+            ("PROJECTOR_HTTP_ADDR", free_addr().to_string()),
+            ("COMMAND_DATABASE_URL", write_url.clone()),
+            ("READ_DATABASE_URL", read_url.clone()),
+            ("NATS_URL", bank_testkit::nats_url()),
+            ("NATS_STREAM", prefix.to_uppercase()),
+            ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
+            ("PROJECTOR_DURABLE", prefix.clone()),
+            ("REDIS_URL", bank_testkit::redis_url()),
+            ("REDIS_PREFIX", format!("{prefix}:")),
+            ("JWKS_URL", issuer.jwks_url.clone()),
+            ("JWT_ISSUER", bank_testkit::ISSUER.into()),
+            ("JWT_AUDIENCE", bank_testkit::AUDIENCE.into()),
+            ("PAGE_TOKEN_SECRET", "e2e".into()),
+            ("RUST_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let write_db = bank_platform::db::connect(&write_url, 2).await.unwrap();
+        let read_db = bank_platform::db::connect(&read_url, 2).await.unwrap();
+        let mut sys = Self { issuer, env, services: HashMap::new(), command_addr, query_addr, write_db, read_db };
+        for name in ["command-service", "projector", "query-service"] {
+            sys.spawn(name);
+        }
+        sys.wait_port(command_addr).await;
+        sys.wait_port(query_addr).await;
+        sys
+    }
+
+    fn spawn(&mut self, name: &'static str) {
+        let child = Command::new(bin(name))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} (run cargo build --bins first): {e}"));
+        self.services.insert(name, Service { name, child: Some(child) });
+    }
+
+    async fn wait_port(&self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "{addr} did not open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self, name: &'static str) {
+        if let Some(mut c) = self.services.get_mut(name).and_then(|s| s.child.take()) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self, name: &'static str) {
+        self.kill9(name);
+        self.spawn(name);
+        if name == "command-service" {
+            self.wait_port(self.command_addr).await;
+        }
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        self.services[name].child.as_ref().unwrap().id()
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    pub async fn command_client(&self) -> AccountCommandServiceClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.command_addr)).unwrap().connect_lazy();
+        AccountCommandServiceClient::new(ch)
+    }
+
+    pub async fn query_client(&self) -> AccountQueryServiceClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.query_addr)).unwrap().connect_lazy();
+        AccountQueryServiceClient::new(ch)
+    }
+
+    /// Runs `command-service reconcile` against this system; its report and whether it was clean.
+    pub fn reconcile(&self) -> (bool, String) {
+        let out = Command::new(bin("command-service"))
+            .arg("reconcile")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the Postgres read model equals the write model, account by account.
+    pub async fn converged(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let write: Vec<(Uuid, Decimal, i64)> =
+                sqlx::query_as("SELECT id, balance, version FROM accounts ORDER BY id")
+                    .fetch_all(&self.write_db)
+                    .await
+                    .unwrap_or_default();
+            let read: Vec<(Uuid, Decimal, i64)> = sqlx::query_as(
+                "SELECT account_id, balance, version FROM account_view WHERE generation = (SELECT active_generation FROM projection_meta) ORDER BY account_id",
+            )
+            .fetch_all(&self.read_db)
+            .await
+            .unwrap_or_default();
+            if !write.is_empty() && write == read {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for s in self.services.values_mut() {
+            if let Some(mut c) = s.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+pub struct Ledger {
+    /// Transaction ids of every command a client saw succeed.
+    pub succeeded: Vec<String>,
+    pub refused: usize,
+    pub retries: usize,
+    /// Answers that are neither success, a business refusal nor retryable.
+    pub wrong: Vec<String>,
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Internal)
+}
+
+/// `tasks` customers, each with two funded accounts, moving money until `stop`.
+pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mutex<Ledger>> {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for t in 0..tasks {
+        let token = sys.issuer.customer(Uuid::now_v7());
+        let client = sys.command_client().await;
+        let (ledger, stop) = (ledger.clone(), stop.clone());
+        let mut accounts = Vec::new();
+        for _ in 0..2 {
+            let req = pb::OpenAccountRequest {
+                r#type: 1,
+                currency_code: "USD".into(),
+                idempotency_key: Uuid::new_v4().to_string(),
+            };
+            let res = retry(
+                || {
+                    let (mut c, r, t) = (client.clone(), req.clone(), token.clone());
+                    async move { c.open_account(authed(r, &t)).await }
+                },
+                &ledger,
+            )
+            .await;
+            accounts.push(res.expect("open").into_inner().account.unwrap().account_id);
+        }
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = Uuid::new_v4().to_string();
+                let money = Some(pb::Money {
+                    currency_code: "USD".into(),
+                    amount: format!("{}.{:02}", n % 7 + 1, (n * 13 + t as u64) % 100),
+                });
+                let result = if n.is_multiple_of(3) {
+                    let from = (n / 3 % 2) as usize;
+                    let req = pb::TransferRequest {
+                        from_account_id: accounts[from].clone(),
+                        to_account_id: accounts[1 - from].clone(),
+                        money,
+                        idempotency_key: key,
+                        description: String::new(),
+                    };
+                    retry(
+                        || {
+                            let (mut c, r, t) = (client.clone(), req.clone(), token.clone());
+                            async move { c.transfer(authed(r, &t)).await }
+                        },
+                        &ledger,
+                    )
+                    .await
+                } else {
+                    let req = pb::DepositRequest {
+                        account_id: accounts[(n % 2) as usize].clone(),
+                        money,
+                        idempotency_key: key,
+                        description: String::new(),
+                    };
+                    retry(
+                        || {
+                            let (mut c, r, t) = (client.clone(), req.clone(), token.clone());
+                            async move { c.deposit(authed(r, &t)).await }
+                        },
+                        &ledger,
+                    )
+                    .await
+                };
+                {
+                    let mut l = ledger.lock().unwrap();
+                    match result {
+                        Ok(r) => l.succeeded.push(r.into_inner().transaction_id),
+                        Err(s) if s.code() == Code::FailedPrecondition => l.refused += 1,
+                        Err(s) => l.wrong.push(format!("{:?}: {}", s.code(), s.message())),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    ledger
+}
+
+/// Retries a command with the same request (same idempotency key) while the
+/// answer is retryable, for up to a minute.
+async fn retry<T, F, Fut>(mut call: F, ledger: &Mutex<Ledger>) -> Result<tonic::Response<T>, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(s) if retryable(s.code()) && Instant::now() < deadline => {
+                ledger.lock().unwrap().retries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The checks every fault must pass afterwards.
+pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Ledger>) {
+    let (succeeded, wrong, retries) = {
+        let l = ledger.lock().unwrap();
+        (l.succeeded.clone(), l.wrong.clone(), l.retries)
+    };
+    assert!(wrong.is_empty(), "clients saw wrong answers: {wrong:?}");
+    assert!(succeeded.len() > 20, "too little load got through: {}", succeeded.len());
+    // Every success is in the event store, exactly once (a transfer has two legs).
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text, count(*), count(*) FILTER (WHERE kind LIKE 'Transfer%') FROM events
+         WHERE kind <> 'AccountOpened' GROUP BY transaction_id",
+    )
+    .fetch_all(&sys.write_db)
+    .await
+    .unwrap();
+    let in_store: HashMap<String, (i64, i64)> = rows.into_iter().map(|(t, n, tr)| (t, (n, tr))).collect();
+    for tx in &succeeded {
+        let (n, transfer_legs) = in_store.get(tx).copied().unwrap_or((0, 0));
+        let expected = if transfer_legs > 0 { 2 } else { 1 };
+        assert_eq!(n, expected, "transaction {tx} is in the event store {n} times");
+    }
+    // And nothing is in the store that no client saw succeed (retries had one effect).
+    let seen: std::collections::HashSet<&String> = succeeded.iter().collect();
+    let unseen: Vec<&String> = in_store.keys().filter(|t| !seen.contains(t)).collect();
+    assert!(unseen.is_empty(), "effects no client saw: {unseen:?}");
+    assert!(sys.converged(Duration::from_secs(60)).await, "the read model did not converge to the write model");
+    let (clean, report) = sys.reconcile();
+    assert!(clean, "reconcile found problems:\n{report}");
+    eprintln!("{} commands succeeded, {retries} retries", succeeded.len());
+}

@@ -1,0 +1,240 @@
+//! The access-control matrix: every command and query RPC against every kind
+//! of caller, checked against one table.
+
+mod common;
+
+use std::time::Duration;
+
+use bank_proto::v1 as pb;
+use bank_testkit::{TestIssuer, authed};
+use common::{Bank, usd};
+use tonic::Code;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    NoToken,
+    Expired,
+    UnknownKey,
+    Owner,
+    OtherCustomer,
+    SuspendedOwner,
+    Admin,
+}
+
+const RPCS: &[&str] = &[
+    "GetAccount",
+    "GetBalance",
+    "ListTransactions",
+    "GetStatement",
+    "GetTransaction",
+    "WatchBalance",
+    "ListAccounts",
+    "OpenAccount",
+    "Deposit",
+    "Withdraw",
+    "Transfer",
+    "FreezeAccount",
+    "UnfreezeAccount",
+    "CloseAccount",
+];
+
+/// The expected answer. `Ok` is Code::Ok.
+fn expected(who: Who, rpc: &str) -> Code {
+    use Code::*;
+    let read = matches!(
+        rpc,
+        "GetAccount" | "GetBalance" | "ListTransactions" | "GetStatement" | "GetTransaction" | "WatchBalance"
+    );
+    match who {
+        Who::NoToken | Who::Expired | Who::UnknownKey => Unauthenticated,
+        Who::Owner => match rpc {
+            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            "CloseAccount" => FailedPrecondition, // balance not zero
+            _ => Ok,
+        },
+        Who::OtherCustomer => match rpc {
+            "ListAccounts" | "OpenAccount" => Ok,
+            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            _ => NotFound, // never reveals that the account exists
+        },
+        // Suspended customers keep read access to their own accounts but move no money.
+        Who::SuspendedOwner => match rpc {
+            _ if read || rpc == "ListAccounts" => Ok,
+            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            _ => FailedPrecondition,
+        },
+        Who::Admin => match rpc {
+            // Money moves only from the owner's own session.
+            "Deposit" | "Withdraw" | "Transfer" | "CloseAccount" => NotFound,
+            _ => Ok,
+        },
+    }
+}
+
+struct Fixture {
+    account: String,
+    other_account: String,
+    transaction: String,
+}
+
+async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code {
+    fn req<T>(m: T, token: Option<&str>) -> tonic::Request<T> {
+        match token {
+            Some(t) => authed(m, t),
+            None => tonic::Request::new(m),
+        }
+    }
+    let key = Uuid::new_v4().to_string();
+    let (q, c) = (bank.queries.clone(), bank.commands.clone());
+    let acc = f.account.clone();
+    let now = chrono::Utc::now();
+    let ts = |t: chrono::DateTime<chrono::Utc>| Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 });
+    fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+        r.map_or_else(|s| s.code(), |_| Code::Ok)
+    }
+    let (mut q, mut c) = (q, c);
+    match rpc {
+        "GetAccount" => {
+            code(q.get_account(req(pb::GetAccountRequest { account_id: acc, ..Default::default() }, token)).await)
+        }
+        "GetBalance" => {
+            code(q.get_balance(req(pb::GetBalanceRequest { account_id: acc, ..Default::default() }, token)).await)
+        }
+        "ListTransactions" => code(
+            q.list_transactions(req(pb::ListTransactionsRequest { account_id: acc, ..Default::default() }, token))
+                .await,
+        ),
+        "GetStatement" => code(
+            q.get_statement(req(
+                pb::GetStatementRequest {
+                    account_id: acc,
+                    from_time: ts(now - chrono::Duration::days(1)),
+                    to_time: ts(now + chrono::Duration::days(1)),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
+        "GetTransaction" => code(
+            q.get_transaction(req(
+                pb::GetTransactionRequest { transaction_id: f.transaction.clone(), ..Default::default() },
+                token,
+            ))
+            .await,
+        ),
+        "WatchBalance" => {
+            match q.watch_balance(req(pb::WatchBalanceRequest { account_id: acc, ..Default::default() }, token)).await {
+                Ok(r) => match r.into_inner().message().await {
+                    Ok(Some(_)) => Code::Ok,
+                    Ok(None) => Code::Unknown,
+                    Err(s) => s.code(),
+                },
+                Err(s) => s.code(),
+            }
+        }
+        "ListAccounts" => code(q.list_accounts(req(pb::ListAccountsRequest::default(), token)).await),
+        "OpenAccount" => code(
+            c.open_account(req(
+                pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: key },
+                token,
+            ))
+            .await,
+        ),
+        "Deposit" => code(
+            c.deposit(req(
+                pb::DepositRequest {
+                    account_id: acc,
+                    money: usd("1.00"),
+                    idempotency_key: key,
+                    description: String::new(),
+                },
+                token,
+            ))
+            .await,
+        ),
+        "Withdraw" => code(
+            c.withdraw(req(
+                pb::WithdrawRequest {
+                    account_id: acc,
+                    money: usd("1.00"),
+                    idempotency_key: key,
+                    description: String::new(),
+                },
+                token,
+            ))
+            .await,
+        ),
+        "Transfer" => code(
+            c.transfer(req(
+                pb::TransferRequest {
+                    from_account_id: acc,
+                    to_account_id: f.other_account.clone(),
+                    money: usd("1.00"),
+                    idempotency_key: key,
+                    description: String::new(),
+                },
+                token,
+            ))
+            .await,
+        ),
+        "FreezeAccount" => code(
+            c.freeze_account(req(
+                pb::FreezeAccountRequest { account_id: acc, reason: "matrix".into(), idempotency_key: key },
+                token,
+            ))
+            .await,
+        ),
+        "UnfreezeAccount" => code(
+            c.unfreeze_account(req(
+                pb::UnfreezeAccountRequest { account_id: acc, reason: "matrix".into(), idempotency_key: key },
+                token,
+            ))
+            .await,
+        ),
+        "CloseAccount" => {
+            code(c.close_account(req(pb::CloseAccountRequest { account_id: acc, idempotency_key: key }, token)).await)
+        }
+        other => panic!("no call for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_answers_every_kind_of_caller_as_the_table_says() {
+    let bank = Bank::start().await;
+    let owner = Uuid::now_v7();
+    let owner_token = bank.issuer.customer(owner);
+    let opened = bank.open(&owner_token).await;
+    let account = opened.account.unwrap().account_id;
+    let other_account = bank.open(&bank.customer()).await.account.unwrap().account_id;
+    let d = bank.deposit(&owner_token, &account, "100.00").await;
+    bank.balance(&owner_token, &account, &d.consistency_token).await.unwrap();
+    let f = Fixture { account, other_account, transaction: d.transaction_id };
+
+    let stranger = TestIssuer::start().await.unwrap();
+    let tokens: Vec<(Who, Option<String>)> = vec![
+        (Who::NoToken, None),
+        (Who::Expired, Some(bank.issuer.token_for(owner, &["customer"], "ACTIVE", Duration::ZERO))),
+        (Who::UnknownKey, Some(stranger.customer(owner))),
+        (Who::Owner, Some(owner_token.clone())),
+        (Who::OtherCustomer, Some(bank.customer())),
+        (Who::SuspendedOwner, Some(bank.issuer.token_for(owner, &["customer"], "SUSPENDED", Duration::from_secs(600)))),
+        // Last: its freeze/unfreeze pair must not disturb the rows above.
+        (Who::Admin, Some(bank.issuer.admin(Uuid::now_v7()))),
+    ];
+    // An expired token: issued with zero lifetime, checked past the 5 s leeway.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let mut mismatches = Vec::new();
+    for (who, token) in &tokens {
+        for rpc in RPCS {
+            let got = call(&bank, token.as_deref(), rpc, &f).await;
+            let want = expected(*who, rpc);
+            if got != want {
+                mismatches.push(format!("{who:?} {rpc}: expected {want:?}, got {got:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "access matrix mismatches:\n{}", mismatches.join("\n"));
+}

@@ -1,0 +1,145 @@
+//! The whole read path in-process: command-service → JetStream → projector →
+//! read models → query-service, tokens from a JWKS-serving test issuer.
+#![allow(dead_code)]
+
+use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
+use bank_proto::v1::{
+    self as pb, account_command_service_client::AccountCommandServiceClient,
+    account_query_service_client::AccountQueryServiceClient,
+};
+use bank_testkit::{TestIssuer, authed};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub struct Bank {
+    pub issuer: TestIssuer,
+    pub runs: Vec<Running>,
+    pub commands: AccountCommandServiceClient<Channel>,
+    pub queries: AccountQueryServiceClient<Channel>,
+    pub query_http: std::net::SocketAddr,
+    pub query_config: query_service::Config,
+    pub redis_prefix: String,
+}
+
+pub fn usd(a: &str) -> Option<pb::Money> {
+    Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
+}
+
+impl Bank {
+    pub async fn start() -> Self {
+        Self::start_with_redis(&bank_testkit::redis_url()).await
+    }
+
+    /// `query_redis` lets a test point the query side at a dead Redis.
+    pub async fn start_with_redis(query_redis: &str) -> Self {
+        bank_platform::telemetry::init_for_tests();
+        let issuer = TestIssuer::start().await.unwrap();
+        let prefix = bank_testkit::unique_prefix("q");
+        let mut command = command_service::Config::from_env(&ProcessEnv).unwrap();
+        command.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        command.http_addr = "127.0.0.1:0".parse().unwrap();
+        command.database_url = bank_testkit::fresh_database_url("qw");
+        command.db_max_connections = 8;
+        command.jwks_url = issuer.jwks_url.clone();
+        command.jwt_issuer = bank_testkit::ISSUER.into();
+        command.jwt_audience = bank_testkit::AUDIENCE.into();
+        command.relay.nats_url = bank_testkit::nats_url();
+        command.relay.stream = prefix.to_uppercase();
+        command.relay.subject_prefix = format!("{prefix}.events");
+        let read_db = bank_testkit::fresh_database_url("qr");
+        let redis_prefix = format!("{prefix}:");
+        let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
+        projector.http_addr = "127.0.0.1:0".parse().unwrap();
+        projector.database_url = read_db.clone();
+        projector.redis_url = bank_testkit::redis_url();
+        projector.redis_prefix = redis_prefix.clone();
+        projector.nats_url = bank_testkit::nats_url();
+        projector.stream = command.relay.stream.clone();
+        projector.subject_prefix = command.relay.subject_prefix.clone();
+        let mut query = query_service::Config::from_env(&ProcessEnv).unwrap();
+        query.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        query.http_addr = "127.0.0.1:0".parse().unwrap();
+        query.database_url = read_db;
+        query.redis_url = query_redis.into();
+        query.redis_prefix = redis_prefix.clone();
+        query.jwks_url = issuer.jwks_url.clone();
+        query.jwt_issuer = bank_testkit::ISSUER.into();
+        query.jwt_audience = bank_testkit::AUDIENCE.into();
+        let c = command_service::start(command, CancellationToken::new()).await.unwrap();
+        let q = query_service::start(query.clone(), CancellationToken::new()).await.unwrap();
+        let p = projector::start(projector, CancellationToken::new()).await.unwrap();
+        let commands = AccountCommandServiceClient::connect(format!("http://{}", c.grpc_addr)).await.unwrap();
+        let queries = AccountQueryServiceClient::connect(format!("http://{}", q.grpc_addr)).await.unwrap();
+        let query_http = q.http_addr;
+        Self { issuer, runs: vec![c, q, p], commands, queries, query_http, query_config: query, redis_prefix }
+    }
+
+    pub fn customer(&self) -> String {
+        self.issuer.customer(Uuid::now_v7())
+    }
+
+    pub async fn open(&self, token: &str) -> pb::OpenAccountResponse {
+        let req = pb::OpenAccountRequest {
+            r#type: 1,
+            currency_code: "USD".into(),
+            idempotency_key: Uuid::new_v4().to_string(),
+        };
+        self.commands.clone().open_account(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    pub async fn deposit(&self, token: &str, acc: &str, amount: &str) -> pb::MoneyMovementResponse {
+        let req = pb::DepositRequest {
+            account_id: acc.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: "pay".into(),
+        };
+        self.commands.clone().deposit(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    pub async fn transfer(&self, token: &str, from: &str, to: &str, amount: &str) -> pb::MoneyMovementResponse {
+        let req = pb::TransferRequest {
+            from_account_id: from.into(),
+            to_account_id: to.into(),
+            money: usd(amount),
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: "rent".into(),
+        };
+        self.commands.clone().transfer(authed(req, token)).await.unwrap().into_inner()
+    }
+
+    pub async fn balance(
+        &self,
+        token: &str,
+        acc: &str,
+        consistency: &str,
+    ) -> Result<pb::GetBalanceResponse, tonic::Status> {
+        let req = pb::GetBalanceRequest { account_id: acc.into(), min_consistency_token: consistency.into() };
+        self.queries.clone().get_balance(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    pub async fn page(
+        &self,
+        token: &str,
+        acc: &str,
+        size: i32,
+        page_token: &str,
+    ) -> Result<pb::ListTransactionsResponse, tonic::Status> {
+        let req = pb::ListTransactionsRequest {
+            account_id: acc.into(),
+            page_size: size,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        self.queries.clone().list_transactions(authed(req, token)).await.map(|r| r.into_inner())
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.query_http).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+}
