@@ -4,24 +4,28 @@
 use std::sync::Arc;
 
 use bank_domain::{AccountKind, Currency};
-use bank_platform::auth::caller;
+use bank_platform::{auth::caller, status};
 use bank_proto::v1::{self as pb, account_command_service_server::AccountCommandService};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use crate::ledger::{
-    Ledger, MoneyCommand, StatusChange, TransferCommand, Violations, check_description, check_idempotency_key,
-    parse_id, parse_money,
+use crate::{
+    Reconciler,
+    ledger::{
+        Ledger, MoneyCommand, StatusChange, TransferCommand, Violations, check_description, check_idempotency_key,
+        parse_id, parse_money,
+    },
 };
 
 pub struct CommandApi {
     ledger: Arc<Ledger>,
+    reconciler: Arc<Reconciler>,
 }
 
 impl CommandApi {
-    pub fn new(ledger: Arc<Ledger>) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Arc<Ledger>, reconciler: Arc<Reconciler>) -> Self {
+        Self { ledger, reconciler }
     }
 }
 
@@ -150,6 +154,25 @@ impl AccountCommandService for CommandApi {
         let r = req.into_inner();
         let hash = request_hash("CloseAccount", &r);
         self.status_change(&caller, StatusChange::Close, &r.account_id, "", &r.idempotency_key, &hash).await
+    }
+
+    async fn reconcile(&self, req: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileReport>, Status> {
+        if !caller(&req)?.is_admin() {
+            return Err(status::permission_denied("only an admin may run reconcile"));
+        }
+        let report = match self.reconciler.try_run().await {
+            None => return Err(Status::aborted("a reconcile pass is already running; try again when it ends")),
+            Some(Err(e)) => return Err(status::unavailable(&format!("{e:#}"))),
+            Some(Ok(report)) => report,
+        };
+        Ok(Response::new(pb::ReconcileReport {
+            clean: report.is_clean(),
+            accounts_checked: report.accounts as i64,
+            events_checked: report.events,
+            outbox_pending: report.outbox_pending,
+            problems: report.problems,
+            behind: report.behind,
+        }))
     }
 }
 

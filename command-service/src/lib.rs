@@ -40,6 +40,16 @@ pub struct Config {
     pub jwt_audience: String,
     pub limits: Limits,
     pub relay: RelayConfig,
+    pub audit: AuditConfig,
+}
+
+/// Where `reconcile` finds the read models; each is optional so the audit of
+/// the write side still runs when the read side is not deployed.
+#[derive(Clone)]
+pub struct AuditConfig {
+    pub read_database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +64,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("limits", &self.limits)
             .field("relay", &self.relay)
+            .field("read_database_url", &self.audit.read_database_url.as_deref().map(config::redact_url))
             .finish()
     }
 }
@@ -87,6 +98,11 @@ impl Config {
                 batch: config::parse(env, "OUTBOX_BATCH", 256)?,
                 poll: Duration::from_millis(config::parse(env, "OUTBOX_POLL_MS", 100)?),
             },
+            audit: AuditConfig {
+                read_database_url: env.var("READ_DATABASE_URL"),
+                redis_url: env.var("REDIS_URL"),
+                redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
+            },
         })
     }
 }
@@ -110,8 +126,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let wake = Arc::new(Notify::new());
     let ledger =
         Arc::new(Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone()));
-    let api =
-        AccountCommandServiceServer::new(CommandApi::new(ledger)).max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));
+    let api = AccountCommandServiceServer::new(CommandApi::new(ledger, reconciler))
+        .max_decoding_message_size(server::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(api);
     running.spawn(server::serve(
         grpc_listener,
@@ -127,25 +144,52 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 /// Runs `reconcile` against the configured write database, and the read
 /// models and stream when `READ_DATABASE_URL` / Redis / NATS are reachable.
-pub async fn reconcile(config: &Config, env: &impl Env) -> Result<reconcile::Report> {
+pub async fn reconcile(config: &Config) -> Result<reconcile::Report> {
     let write_db = db::connect(&config.database_url, 2).await?;
-    let read_db = match env.var("READ_DATABASE_URL") {
-        Some(url) => Some(db::connect(&url, 2).await?),
-        None => None,
-    };
-    let redis = match env.var("REDIS_URL") {
-        Some(url) => {
-            let prefix = config::string(env, "REDIS_PREFIX", "bank:rm:");
-            let client = redis::Client::open(url)?;
-            client.get_connection_manager().await.ok().map(|c| (c, bank_readmodel::CacheKeys::new(prefix)))
-        }
-        None => None,
-    };
-    let stream_messages = async {
-        let client = async_nats::connect(&config.relay.nats_url).await.ok()?;
-        let mut stream = async_nats::jetstream::new(client).get_stream(&config.relay.stream).await.ok()?;
-        stream.info().await.ok().map(|i| i.state.messages)
+    Reconciler::new(config.clone(), write_db).run().await
+}
+
+/// Runs reconcile passes for the operator command and the admin RPC, one at a
+/// time (a pass reads the whole event store; two at once only double the load).
+pub struct Reconciler {
+    config: Config,
+    write_db: sqlx::PgPool,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Reconciler {
+    pub fn new(config: Config, write_db: sqlx::PgPool) -> Self {
+        Self { config, write_db, one_at_a_time: tokio::sync::Mutex::new(()) }
     }
-    .await;
-    reconcile::run(reconcile::Sources { write_db, read_db, redis, stream_messages }).await
+
+    /// `None` when a pass is already running.
+    pub async fn try_run(&self) -> Option<Result<reconcile::Report>> {
+        let _guard = self.one_at_a_time.try_lock().ok()?;
+        Some(self.run().await)
+    }
+
+    async fn run(&self) -> Result<reconcile::Report> {
+        let audit = &self.config.audit;
+        let read_db = match &audit.read_database_url {
+            Some(url) => Some(db::connect(url, 2).await?),
+            None => None,
+        };
+        let redis = match &audit.redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let keys = bank_readmodel::CacheKeys::new(audit.redis_prefix.clone());
+                client.get_connection_manager().await.ok().map(|c| (c, keys))
+            }
+            None => None,
+        };
+        let relay = &self.config.relay;
+        let stream_messages = async {
+            let client = async_nats::connect(&relay.nats_url).await.ok()?;
+            let mut stream = async_nats::jetstream::new(client).get_stream(&relay.stream).await.ok()?;
+            stream.info().await.ok().map(|i| i.state.messages)
+        }
+        .await;
+        let write_db = self.write_db.clone();
+        reconcile::run(reconcile::Sources { write_db, read_db, redis, stream_messages }).await
+    }
 }

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
             running.wait().await
         }
         Some("reconcile") => {
-            let report = command_service::reconcile(&config, &ProcessEnv).await?;
+            let report = command_service::reconcile(&config).await?;
             print!("{report}");
             if !report.is_clean() {
                 std::process::exit(1);

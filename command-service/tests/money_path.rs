@@ -489,8 +489,7 @@ async fn reconcile_is_clean_after_a_workload_and_detects_an_edited_event() {
     h.deposit(&alice, &a, "70.00").await.unwrap();
     h.transfer(&alice, &a, &b, "20.00").await.unwrap();
     h.withdraw(&alice, &b, "5.00").await.unwrap();
-    let env: HashMap<&str, &str> = HashMap::new();
-    let report = command_service::reconcile(&h.config, &env).await.unwrap();
+    let report = command_service::reconcile(&h.config).await.unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.events, 6, "two opens, a deposit, two transfer legs, a withdrawal");
 
@@ -500,7 +499,30 @@ async fn reconcile_is_clean_after_a_workload_and_detects_an_edited_event() {
         .execute(&h.db)
         .await
         .unwrap();
-    let report = command_service::reconcile(&h.config, &env).await.unwrap();
+    let report = command_service::reconcile(&h.config).await.unwrap();
     assert!(report.problems.iter().any(|p| p.contains("hash chain")), "{report}");
     assert!(report.problems.iter().any(|p| p.contains("append-only")), "{report}");
+}
+
+#[tokio::test]
+async fn reconcile_is_an_admin_rpc_reporting_what_the_operator_command_reports() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let a = h.open(&alice, "USD").await;
+    h.deposit(&alice, &a, "12.34").await.unwrap();
+
+    let denied = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &alice)).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let anonymous = h.client.clone().reconcile(pb::ReconcileRequest {}).await.unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+
+    let report = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &h.admin())).await.unwrap().into_inner();
+    assert!(report.clean, "{report:?}");
+    assert_eq!((report.accounts_checked, report.events_checked), (1, 2), "an open and a deposit");
+
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&h.db).await.unwrap();
+    sqlx::query("DELETE FROM events WHERE kind = 'MoneyDeposited'").execute(&h.db).await.unwrap();
+    let report = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &h.admin())).await.unwrap().into_inner();
+    assert!(!report.clean);
+    assert!(report.problems.iter().any(|p| p.contains("write model")), "{:?}", report.problems);
 }

@@ -37,6 +37,7 @@ const RPCS: &[&str] = &[
     "FreezeAccount",
     "UnfreezeAccount",
     "CloseAccount",
+    "Reconcile",
 ];
 
 /// The expected answer. `Ok` is Code::Ok.
@@ -49,19 +50,19 @@ fn expected(who: Who, rpc: &str) -> Code {
     match who {
         Who::NoToken | Who::Expired | Who::UnknownKey => Unauthenticated,
         Who::Owner => match rpc {
-            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             "CloseAccount" => FailedPrecondition, // balance not zero
             _ => Ok,
         },
         Who::OtherCustomer => match rpc {
             "ListAccounts" | "OpenAccount" => Ok,
-            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             _ => NotFound, // never reveals that the account exists
         },
         // Suspended customers keep read access to their own accounts but move no money.
         Who::SuspendedOwner => match rpc {
             _ if read || rpc == "ListAccounts" => Ok,
-            "FreezeAccount" | "UnfreezeAccount" => PermissionDenied,
+            "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             _ => FailedPrecondition,
         },
         Who::Admin => match rpc {
@@ -196,6 +197,7 @@ async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code 
         "CloseAccount" => {
             code(c.close_account(req(pb::CloseAccountRequest { account_id: acc, idempotency_key: key }, token)).await)
         }
+        "Reconcile" => code(c.reconcile(req(pb::ReconcileRequest {}, token)).await),
         other => panic!("no call for {other}"),
     }
 }

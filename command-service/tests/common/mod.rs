@@ -48,6 +48,9 @@ impl Harness {
         config.relay.nats_url = nats_url.to_owned();
         config.relay.stream = prefix.to_uppercase();
         config.relay.subject_prefix = format!("{prefix}.events");
+        // No read side here: reconcile audits the write side and the stream.
+        config.audit.read_database_url = None;
+        config.audit.redis_url = None;
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
         let db = bank_platform::db::connect(&config.database_url, 4).await.unwrap();

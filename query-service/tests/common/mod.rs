@@ -48,6 +48,9 @@ impl Bank {
         command.relay.subject_prefix = format!("{prefix}.events");
         let read_db = bank_testkit::fresh_database_url("qr");
         let redis_prefix = format!("{prefix}:");
+        command.audit.read_database_url = Some(read_db.clone());
+        command.audit.redis_url = Some(bank_testkit::redis_url());
+        command.audit.redis_prefix = redis_prefix.clone();
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
         projector.http_addr = "127.0.0.1:0".parse().unwrap();
         projector.database_url = read_db.clone();
