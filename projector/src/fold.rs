@@ -36,9 +36,18 @@ pub fn occurred_at(env: &pb::EventEnvelope) -> Option<DateTime<Utc>> {
     env.occurred_at.as_ref().and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
 }
 
+/// Largest magnitude the read model's `numeric(20, 3)` columns hold.
+const READ_MODEL_MAX: Decimal = Decimal::from_parts(1_569_325_056, 23_283_064, 0, false, 0); // 10^17
+
+/// An amount the read model can store. Anything else is poison: letting it
+/// reach Postgres would fail the whole batch on every redelivery.
 fn amount(m: &Option<pb::Money>, what: &str) -> Result<Decimal, String> {
     let m = m.as_ref().ok_or_else(|| format!("{what} missing"))?;
-    Decimal::from_str(&m.amount).map_err(|_| format!("{what} is not a decimal"))
+    let value = Decimal::from_str(&m.amount).map_err(|_| format!("{what} is not a decimal"))?;
+    if value.abs() >= READ_MODEL_MAX || value.normalize().scale() > 3 {
+        return Err(format!("{what} is out of the read model's range"));
+    }
+    Ok(value)
 }
 
 pub fn decide(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Decision {
@@ -159,6 +168,19 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_the_read_model_cannot_store_are_poison_not_a_failing_batch() {
+        assert_eq!(READ_MODEL_MAX, Decimal::from(10u64.pow(17)));
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        for after in ["100000000000000000", "-100000000000000000", "0.0001", "79228162514264337593543950335"] {
+            let d = decide(&envelope(id, 2, deposit("0", after)), Some(&view));
+            assert!(matches!(d, Decision::Poison(_)), "{after}: {d:?}");
+        }
+        let ok = decide(&envelope(id, 2, deposit("0", "99999999999999999.999")), Some(&view));
+        assert!(matches!(ok, Decision::Apply { .. }), "{ok:?}");
+    }
 
     fn usd(a: &str) -> Option<pb::Money> {
         Some(pb::Money { currency_code: "USD".into(), amount: a.into() })

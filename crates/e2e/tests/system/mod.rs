@@ -206,6 +206,10 @@ pub struct Ledger {
     pub retries: usize,
     /// Answers that are neither success, a business refusal nor retryable.
     pub wrong: Vec<String>,
+    /// Read-your-writes balance reads that showed the write, and that answered
+    /// a retryable error (the read side may be behind a fault for a while).
+    pub reads_ok: usize,
+    pub reads_unavailable: usize,
 }
 
 fn retryable(code: Code) -> bool {
@@ -218,6 +222,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
     for t in 0..tasks {
         let token = sys.issuer.customer(Uuid::now_v7());
         let client = sys.command_client().await;
+        let queries = sys.query_client().await;
         let (ledger, stop) = (ledger.clone(), stop.clone());
         let mut accounts = Vec::new();
         for _ in 0..2 {
@@ -278,12 +283,37 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                     )
                     .await
                 };
-                {
+                let written = {
                     let mut l = ledger.lock().unwrap();
                     match result {
-                        Ok(r) => l.succeeded.push(r.into_inner().transaction_id),
-                        Err(s) if s.code() == Code::FailedPrecondition => l.refused += 1,
-                        Err(s) => l.wrong.push(format!("{:?}: {}", s.code(), s.message())),
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            l.succeeded.push(r.transaction_id);
+                            r.balances_after.into_iter().next().map(|a| (a.account_id, a.version, r.consistency_token))
+                        }
+                        Err(s) if s.code() == Code::FailedPrecondition => {
+                            l.refused += 1;
+                            None
+                        }
+                        Err(s) => {
+                            l.wrong.push(format!("{:?}: {}", s.code(), s.message()));
+                            None
+                        }
+                    }
+                };
+                // Every fourth write is read back with its consistency token.
+                if let Some((account_id, version, token_ct)) = written.filter(|_| n.is_multiple_of(4)) {
+                    let mut req = authed(pb::GetBalanceRequest { account_id, min_consistency_token: token_ct }, &token);
+                    req.set_timeout(Duration::from_secs(2));
+                    let read = queries.clone().get_balance(req).await;
+                    let mut l = ledger.lock().unwrap();
+                    match read {
+                        Ok(b) if b.get_ref().version >= version => l.reads_ok += 1,
+                        Ok(b) => {
+                            l.wrong.push(format!("read version {} before its write {version}", b.get_ref().version))
+                        }
+                        Err(s) if retryable(s.code()) => l.reads_unavailable += 1,
+                        Err(s) => l.wrong.push(format!("read {:?}: {}", s.code(), s.message())),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -314,9 +344,9 @@ where
 
 /// The checks every fault must pass afterwards.
 pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Ledger>) {
-    let (succeeded, wrong, retries) = {
+    let (succeeded, wrong, retries, reads_ok, reads_unavailable) = {
         let l = ledger.lock().unwrap();
-        (l.succeeded.clone(), l.wrong.clone(), l.retries)
+        (l.succeeded.clone(), l.wrong.clone(), l.retries, l.reads_ok, l.reads_unavailable)
     };
     assert!(wrong.is_empty(), "clients saw wrong answers: {wrong:?}");
     assert!(succeeded.len() > 20, "too little load got through: {}", succeeded.len());
@@ -341,5 +371,9 @@ pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Le
     assert!(sys.converged(Duration::from_secs(60)).await, "the read model did not converge to the write model");
     let (clean, report) = sys.reconcile();
     assert!(clean, "reconcile found problems:\n{report}");
-    eprintln!("{} commands succeeded, {retries} retries", succeeded.len());
+    assert!(reads_ok > 0, "no read-your-writes read succeeded");
+    eprintln!(
+        "{} commands succeeded, {retries} retries; {reads_ok} reads saw their write, {reads_unavailable} unavailable",
+        succeeded.len()
+    );
 }
