@@ -3,7 +3,7 @@
 //! order, decide with the pure domain rules, then write balances, events,
 //! outbox rows and the outcome in one statement.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use bank_domain::{
     Account, AccountKind, AccountStatus, Currency, DomainError, InputError, Money, consistency::ConsistencyToken,
@@ -171,7 +171,7 @@ fn append(
             payload,
         },
         &row.last_hash,
-        &BTreeMap::new(),
+        &bank_platform::telemetry::current_trace_context(),
     );
     row.last_hash = event.hash.clone();
     out.push(event);

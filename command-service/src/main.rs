@@ -4,14 +4,16 @@ use bank_platform::{config::ProcessEnv, shutdown, telemetry};
 /// and exits non-zero on any difference.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("info,sqlx=warn");
+    telemetry::init("command-service", "info,sqlx=warn");
     let config = command_service::Config::from_env(&ProcessEnv)?;
     match std::env::args().nth(1).as_deref() {
         None => {
             tracing::info!(?config, "command-service starting");
             let running = command_service::start(config, shutdown::on_signal()).await?;
             tracing::info!(grpc = %running.grpc_addr, http = %running.http_addr, "command-service listening");
-            running.wait().await
+            let result = running.wait().await;
+            telemetry::shutdown().await;
+            result
         }
         Some("reconcile") => {
             let report = command_service::reconcile(&config).await?;

@@ -16,8 +16,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::StorageType};
-use bank_platform::CancellationToken;
+use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
+use prost::Message;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -189,7 +190,13 @@ impl OutboxRelay {
                 let envelope: Vec<u8> = row.try_get("envelope")?;
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
-                match js.publish_with_headers(subject, headers, envelope.into()).await {
+                let span = publish_span(&envelope);
+                for (k, v) in span.in_scope(telemetry::current_trace_context) {
+                    headers.insert(k.as_str(), v.as_str());
+                }
+                match tracing::Instrument::instrument(js.publish_with_headers(subject, headers, envelope.into()), span)
+                    .await
+                {
                     Ok(ack) => pending.push((id, ack)),
                     Err(e) => {
                         tracing::warn!(error = %e, "publish failed");
@@ -224,4 +231,17 @@ impl OutboxRelay {
             }
         }
     }
+}
+
+/// The relay's span for one event: a child of the command that wrote it (the
+/// envelope's trace context), parent of the projector's (via NATS headers).
+fn publish_span(envelope: &[u8]) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("relay.publish", otel.name = "relay publish", otel.kind = "producer");
+    if let Ok(env) = bank_proto::v1::EventEnvelope::decode(envelope) {
+        telemetry::continue_trace(&span, &telemetry::Carrier(env.trace_context));
+    }
+    span
 }

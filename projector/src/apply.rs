@@ -3,7 +3,13 @@
 //! its own outcome: ack (applied or duplicate), nak with delay (gap), or term
 //! after it went to the dead letters.
 
-use std::{collections::HashMap, sync::LazyLock, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::LazyLock,
+    time::Duration,
+};
+
+use bank_platform::telemetry;
 
 use anyhow::Result;
 use bank_proto::v1 as pb;
@@ -43,6 +49,8 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     pub stream_sequence: u64,
     pub delivered: i64,
+    /// W3C trace headers the relay published with the event.
+    pub trace: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +126,16 @@ impl Applier {
         let mut changes: Vec<AccountChange> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
 
+        // One span per event, continuing the relay's trace, closed when the
+        // batch commits: the projector's part of a command's trace.
+        let mut spans = Vec::with_capacity(batch.len());
         for (msg, d) in batch.iter().zip(decoded) {
+            if telemetry::exporting() {
+                let span =
+                    tracing::info_span!("projector.apply", otel.name = "projector apply", seq = msg.stream_sequence);
+                telemetry::continue_trace(&span, &telemetry::Carrier(msg.trace.clone()));
+                spans.push(span);
+            }
             let decision = match &d {
                 Ok((env, id)) => fold::decide(env, views.get(id)),
                 Err(reason) => Decision::Poison(reason.clone()),
@@ -169,6 +186,7 @@ impl Applier {
         write_views(&mut tx, generation, &changed_views).await?;
         write_history(&mut tx, generation, &entries).await?;
         tx.commit().await?;
+        drop(spans);
 
         self.refresh_cache(generation, &changed_views, &changes).await;
         Ok(outcomes)

@@ -121,7 +121,17 @@ async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, gener
         .iter()
         .map(|m| {
             let (seq, delivered) = m.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
-            Incoming { subject: m.subject.to_string(), payload: m.payload.to_vec(), stream_sequence: seq, delivered }
+            let trace = ["traceparent", "tracestate"]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), m.headers.as_ref()?.get(k)?.as_str().to_owned())))
+                .collect();
+            Incoming {
+                subject: m.subject.to_string(),
+                payload: m.payload.to_vec(),
+                stream_sequence: seq,
+                delivered,
+                trace,
+            }
         })
         .collect();
     applier.reconnect_cache_if_due().await;

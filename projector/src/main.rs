@@ -4,11 +4,15 @@ use bank_platform::{config::ProcessEnv, shutdown, telemetry};
 /// models from the start of the stream while reads keep being answered.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("info,sqlx=warn");
+    telemetry::init("projector", "info,sqlx=warn");
     let config = projector::Config::from_env(&ProcessEnv)?;
     tracing::info!(?config, "projector starting");
     match std::env::args().nth(1).as_deref() {
-        None => projector::start(config, shutdown::on_signal()).await?.wait().await,
+        None => {
+            let result = projector::start(config, shutdown::on_signal()).await?.wait().await;
+            telemetry::shutdown().await;
+            result
+        }
         Some("rebuild") => {
             let report = projector::rebuild(&config).await?;
             println!(

@@ -67,23 +67,29 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = req.uri().path().to_owned();
         let started = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
-            // Errors travel as trailers-only responses (grpc-status in the
-            // headers); a success carries its status in trailers later.
-            let code = match &res {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|c| tonic::Code::from_bytes(c.as_bytes()))
-                    .unwrap_or(tonic::Code::Ok),
-                Err(_) => tonic::Code::Unknown,
-            };
-            RPC_DURATION.with_label_values(&[&method]).observe(started.elapsed().as_secs_f64());
-            RPC_REQUESTS.with_label_values(&[&method, &format!("{code:?}")]).inc();
-            res
-        })
+        // One server span per RPC, continuing the caller's trace (traceparent metadata).
+        let span = tracing::info_span!("grpc.server", otel.name = %method, otel.kind = "server", rpc.system = "grpc");
+        crate::telemetry::continue_trace(&span, &crate::telemetry::HttpHeaders(req.headers()));
+        let fut = span.in_scope(|| self.inner.call(req));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let res = fut.await;
+                // Errors travel as trailers-only responses (grpc-status in the
+                // headers); a success carries its status in trailers later.
+                let code = match &res {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|c| tonic::Code::from_bytes(c.as_bytes()))
+                        .unwrap_or(tonic::Code::Ok),
+                    Err(_) => tonic::Code::Unknown,
+                };
+                RPC_DURATION.with_label_values(&[&method]).observe(started.elapsed().as_secs_f64());
+                RPC_REQUESTS.with_label_values(&[&method, &format!("{code:?}")]).inc();
+                res
+            },
+            span,
+        ))
     }
 }

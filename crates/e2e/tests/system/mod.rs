@@ -59,6 +59,11 @@ pub struct System {
 
 impl System {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra environment for every service (later entries win).
+    pub async fn start_with(extra_env: &[(&str, String)]) -> Self {
         let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("e2e");
         let (command_addr, query_addr) = (free_addr(), free_addr());
@@ -85,6 +90,7 @@ impl System {
             ("RUST_LOG", "warn".into()),
         ]
         .into_iter()
+        .chain(extra_env.iter().cloned())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let write_db = bank_platform::db::connect(&write_url, 2).await.unwrap();
