@@ -1,0 +1,17 @@
+-- One transfer exactly as command-service runs it (store.rs): the same
+-- statements in the same transaction, one round trip each — claim the
+-- idempotency key, lock both rows in id order, then one statement that
+-- updates both balances, appends both events and outbox rows, and stores the
+-- response. Accounts are 1..:naccounts (ids derived from the number);
+-- :hot = 1 draws every transfer from account 1. Run with -M prepared.
+\if :hot
+\set src 1
+\else
+\set src random(1, :naccounts)
+\endif
+\set dst 1 + (:src + random(0, :naccounts - 2)) % :naccounts
+BEGIN;
+INSERT INTO idempotency (caller_id, key, request_hash) VALUES ('00000000-0000-7000-8000-000000000000', gen_random_uuid()::text, '\x8f3a1c') ON CONFLICT DO NOTHING RETURNING key \gset
+SELECT id, owner_id, kind, currency, balance, status, version, last_hash, opened_at FROM accounts WHERE id = ANY(ARRAY[('00000000-0000-7000-8000-' || lpad(:src::text, 12, '0'))::uuid, ('00000000-0000-7000-8000-' || lpad(:dst::text, 12, '0'))::uuid]) ORDER BY id FOR UPDATE;
+WITH t AS (SELECT gen_random_uuid() AS tx), u(id, delta, kind) AS (VALUES (('00000000-0000-7000-8000-' || lpad(:src::text, 12, '0'))::uuid, -0.01::numeric, 'TransferDebited'), (('00000000-0000-7000-8000-' || lpad(:dst::text, 12, '0'))::uuid, 0.01::numeric, 'TransferCredited')), changed AS (UPDATE accounts a SET balance = a.balance + u.delta, version = a.version + 1, last_hash = sha256(a.last_hash) FROM u WHERE a.id = u.id RETURNING a.id, a.version, a.balance, a.last_hash, u.delta, u.kind), new_events AS (INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash) SELECT gen_random_uuid(), c.id, c.version, t.tx, c.kind, '00000000-0000-7000-8000-000000000000', now(), c.delta, c.balance, decode(repeat('5a', 260), 'hex'), c.last_hash FROM changed c, t RETURNING event_id, account_id, envelope) , new_outbox AS (INSERT INTO outbox (event_id, subject, envelope) SELECT e.event_id, 'bench.events.' || e.account_id::text, e.envelope FROM new_events e) UPDATE idempotency SET response = decode(repeat('7e', 120), 'hex') WHERE caller_id = '00000000-0000-7000-8000-000000000000' AND key = :key;
+COMMIT;
