@@ -442,6 +442,24 @@ async fn main() -> Result<()> {
     .await;
     record("read_your_writes_max", &ryw);
 
+    // --- Batching mode: the same ceilings with commands sharing transactions ---
+    let unbatched_rss = services.peak_rss_mb("command-service");
+    services.restart_with("command-service", &[("COMMAND_BATCHING", "on")]).await?;
+    record("batched_warmup", &closed(conc, Duration::from_secs(2), uniform_op.clone()).await);
+    let cpu = system::CpuSample::start(&services);
+    let (batched, batched_waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
+    let batched_cpu = cpu.finish();
+    record("batched_transfers_uniform_max", &batched);
+    let w = world.clone();
+    let batched_hot = closed(conc, secs, move |i: u64| {
+        let w = w.clone();
+        async move { code_of(w.transfer(i, 0).await) }
+    })
+    .await;
+    record("batched_transfers_hot_max", &batched_hot);
+    let batched_open = open(0.7 * batched.per_second(), sweep_secs, 4096, uniform_op.clone()).await;
+    record("batched_transfers_open_70pct", &batched_open);
+
     // --- The rest of the references ---
     let redis_get = refs::redis_get(&bank_testkit::redis_url(), conc).unwrap_or(f64::NAN);
     let fsync = refs::pg_test_fsync(&state).unwrap_or(Value::Null);
@@ -474,7 +492,7 @@ async fn main() -> Result<()> {
     );
 
     let rss = json!({
-        "command-service": round(services.peak_rss_mb("command-service")),
+        "command-service": round(unbatched_rss.max(services.peak_rss_mb("command-service"))),
         "projector": round(services.peak_rss_mb("projector")),
         "query-service": round(services.peak_rss_mb("query-service")),
     });
@@ -485,7 +503,9 @@ async fn main() -> Result<()> {
         "machine": report::machine(),
         "uniform_ratio": round(uniform.per_second() / pg_uniform.tps),
         "hot_ratio": round(hot.per_second() / pg_hot.tps),
-        "batched_ratio": Value::Null,
+        "batched_ratio": round(batched.per_second() / pg_uniform.tps),
+        "batched_hot_ratio": round(batched_hot.per_second() / pg_hot.tps),
+        "batched_command_p99_ms_at_70pct": round(batched_open.ms(0.99)),
         "command_p99_ms": command_p99_ms,
         "pgbench_p99_ms": pgbench_p99_ms,
         "projection_lag_p99_ms": projection_lag_p99_ms,
@@ -514,6 +534,8 @@ async fn main() -> Result<()> {
             "cpu_percent_get_balance_max": read_cpu,
             "postgres_wait_events_uniform_max": waits,
             "postgres_wait_events_hot_max": hot_waits,
+            "cpu_percent_batched_uniform_max": batched_cpu,
+            "postgres_wait_events_batched_uniform_max": batched_waits,
         },
         "counts": { "events": events, "published": published, "projected_versions": read_versions },
         "reconcile": report_text,

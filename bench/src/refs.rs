@@ -129,7 +129,7 @@ pub fn pg_test_fsync(dir: &Path) -> Result<Value> {
     let mut methods = serde_json::Map::new();
     let mut section = String::new();
     for line in text.lines() {
-        if !line.starts_with(' ') && !line.trim().is_empty() {
+        if line.starts_with("Compare") {
             section = line.trim().to_owned();
         } else if let Some(i) = line.find(" ops/sec") {
             let head = line[..i].trim();

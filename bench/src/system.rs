@@ -65,6 +65,31 @@ impl Services {
         Ok(Self { children, env, command, query, projector_http })
     }
 
+    /// Restarts one service with `extra` environment on the same addresses.
+    pub async fn restart_with(&mut self, name: &'static str, extra: &[(&str, &str)]) -> Result<()> {
+        if let Some((_, c)) = self.children.iter_mut().find(|(n, _)| *n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.retain(|(n, _)| *n != name);
+        let child = Command::new(sibling(name)?)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.children.push((name, child));
+        let addr = if name == "command-service" { self.command } else { self.query };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("{addr} did not open");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     pub fn pid(&self, name: &str) -> u32 {
         self.children.iter().find(|(n, _)| *n == name).map_or(0, |(_, c)| c.id())
     }

@@ -27,6 +27,9 @@ pub enum CommandError {
     Db(#[from] sqlx::Error),
     #[error("internal: {0:#}")]
     Internal(#[from] anyhow::Error),
+    /// Nothing was committed; retrying with the same key is safe.
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
 }
 
 impl From<InputError> for CommandError {
@@ -58,6 +61,7 @@ impl From<CommandError> for Status {
             ),
             CommandError::Db(err) => status::from_db(&err),
             CommandError::Internal(err) => status::internal(&format!("{err:#}")),
+            CommandError::Unavailable(why) => status::unavailable(&why),
         }
     }
 }

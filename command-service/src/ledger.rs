@@ -39,12 +39,15 @@ pub struct Ledger {
     subject_prefix: String,
     /// Wakes the outbox relay right after a commit.
     outbox_written: Arc<Notify>,
+    /// Batching mode: commands go to the batchers instead of one
+    /// transaction each (see `batch`).
+    batch: Option<crate::batch::Queue>,
 }
 
 /// What a decided command writes and answers.
 pub struct Plan<R> {
-    writes: Writes,
-    response: R,
+    pub(crate) writes: Writes,
+    pub(crate) response: R,
 }
 
 /// Genesis of every account's hash chain.
@@ -212,6 +215,7 @@ fn movement(tx: Uuid, at: DateTime<Utc>, rows: &[&AccountRow], events: &[NewEven
 }
 
 /// A parsed money command.
+#[derive(Clone)]
 pub struct MoneyCommand {
     pub account_id: Uuid,
     pub money: Money,
@@ -219,6 +223,7 @@ pub struct MoneyCommand {
     pub description: String,
 }
 
+#[derive(Clone)]
 pub struct TransferCommand {
     pub from: Uuid,
     pub to: Uuid,
@@ -229,7 +234,13 @@ pub struct TransferCommand {
 
 impl Ledger {
     pub fn new(pool: PgPool, limits: Limits, subject_prefix: String, outbox_written: Arc<Notify>) -> Self {
-        Self { pool, limits, subject_prefix, outbox_written }
+        Self { pool, limits, subject_prefix, outbox_written, batch: None }
+    }
+
+    /// Sends every command through `queue` (batching mode).
+    pub fn with_batching(mut self, queue: crate::batch::Queue) -> Self {
+        self.batch = Some(queue);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -245,8 +256,15 @@ impl Ledger {
         key: &str,
         request_hash: &[u8],
         lock_ids: &[Uuid],
-        decide: impl FnOnce(&[AccountRow]) -> Result<Plan<R>, CommandError>,
+        decide: impl FnOnce(&[AccountRow]) -> Result<Plan<R>, CommandError> + Send + 'static,
     ) -> Result<R, CommandError> {
+        if let Some(queue) = &self.batch {
+            let job = crate::batch::Job::new(caller, rpc, key, request_hash, lock_ids, move |rows: &[AccountRow]| {
+                decide(rows).map(|p| Plan { writes: p.writes, response: p.response.encode_to_vec() })
+            });
+            let bytes = queue.run(job).await?;
+            return R::decode(bytes.as_slice()).map_err(|e| CommandError::Internal(anyhow::anyhow!("response: {e}")));
+        }
         let mut tx = self.pool.begin().await?;
         if let Claim::Existing { request_hash: first, outcome } =
             store::claim_key(&mut tx, caller.user_id, key, request_hash).await?
@@ -309,7 +327,9 @@ impl Ledger {
         key: &str,
         request_hash: &[u8],
     ) -> Result<pb::OpenAccountResponse, CommandError> {
-        self.execute(caller, "OpenAccount", key, request_hash, &[], |_| {
+        let owned_caller = caller.clone();
+        self.execute(caller, "OpenAccount", key, request_hash, &[], move |_| {
+            let caller = &owned_caller;
             ensure_active_customer(caller)?;
             let at = now();
             let mut row = AccountRow {
@@ -346,7 +366,9 @@ impl Ledger {
         request_hash: &[u8],
     ) -> Result<pb::MoneyMovementResponse, CommandError> {
         let max_balance = self.limits.max_balance;
-        self.execute(caller, "Deposit", &cmd.key, request_hash, &[cmd.account_id], |rows| {
+        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
+        self.execute(caller, "Deposit", &cmd.key, request_hash, &[cmd.account_id], move |rows| {
+            let (caller, cmd) = (&owned_caller, &owned_cmd);
             let mut row = owned(rows, cmd.account_id, caller)?;
             ensure_active_customer(caller)?;
             let change = row.account.deposit(&cmd.money, max_balance)?;
@@ -371,7 +393,9 @@ impl Ledger {
         cmd: &MoneyCommand,
         request_hash: &[u8],
     ) -> Result<pb::MoneyMovementResponse, CommandError> {
-        self.execute(caller, "Withdraw", &cmd.key, request_hash, &[cmd.account_id], |rows| {
+        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
+        self.execute(caller, "Withdraw", &cmd.key, request_hash, &[cmd.account_id], move |rows| {
+            let (caller, cmd) = (&owned_caller, &owned_cmd);
             let mut row = owned(rows, cmd.account_id, caller)?;
             ensure_active_customer(caller)?;
             let change = row.account.withdraw(&cmd.money)?;
@@ -397,7 +421,9 @@ impl Ledger {
         request_hash: &[u8],
     ) -> Result<pb::MoneyMovementResponse, CommandError> {
         let max_balance = self.limits.max_balance;
-        self.execute(caller, "Transfer", &cmd.key, request_hash, &[cmd.from, cmd.to], |rows| {
+        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
+        self.execute(caller, "Transfer", &cmd.key, request_hash, &[cmd.from, cmd.to], move |rows| {
+            let (caller, cmd) = (&owned_caller, &owned_cmd);
             let mut from = owned(rows, cmd.from, caller)?;
             let mut to = existing(rows, cmd.to)?;
             ensure_active_customer(caller)?;
@@ -446,7 +472,9 @@ impl Ledger {
         if matches!(change, StatusChange::Freeze | StatusChange::Unfreeze) && !caller.is_admin() {
             return Err(CommandError::PermissionDenied("only an admin may freeze or unfreeze accounts"));
         }
-        self.execute(caller, rpc, key, request_hash, &[account_id], |rows| {
+        let (owned_caller, reason) = (caller.clone(), reason.to_owned());
+        self.execute(caller, rpc, key, request_hash, &[account_id], move |rows| {
+            let caller = &owned_caller;
             let mut row = match change {
                 StatusChange::Close => owned(rows, account_id, caller)?,
                 _ => existing(rows, account_id)?,

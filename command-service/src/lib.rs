@@ -1,6 +1,7 @@
 //! command-service: the money path. See `ledger` for the transaction each
 //! command runs in and `relay` for how committed events reach JetStream.
 
+pub mod batch;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -41,6 +42,8 @@ pub struct Config {
     pub limits: Limits,
     pub relay: RelayConfig,
     pub audit: AuditConfig,
+    /// Batching mode (`COMMAND_BATCHING=on`): see `batch`. Off by default.
+    pub batching: Option<batch::BatchConfig>,
 }
 
 /// Where `reconcile` finds the read models; each is optional so the audit of
@@ -64,6 +67,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("limits", &self.limits)
             .field("relay", &self.relay)
+            .field("batching", &self.batching.as_ref().map(|b| (b.batchers, b.max_batch)))
             .field("read_database_url", &self.audit.read_database_url.as_deref().map(config::redact_url))
             .finish()
     }
@@ -98,6 +102,13 @@ impl Config {
                 batch: config::parse(env, "OUTBOX_BATCH", 256)?,
                 poll: Duration::from_millis(config::parse(env, "OUTBOX_POLL_MS", 100)?),
             },
+            batching: match config::string(env, "COMMAND_BATCHING", "off").as_str() {
+                "on" | "true" | "1" => Some(batch::BatchConfig {
+                    batchers: config::parse(env, "COMMAND_BATCHERS", 4)?,
+                    max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
+                }),
+                _ => None,
+            },
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
@@ -124,8 +135,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let verifier = Arc::new(TokenVerifier::new(keys, &config.jwt_issuer, &config.jwt_audience));
 
     let wake = Arc::new(Notify::new());
-    let ledger =
-        Arc::new(Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone()));
+    let mut ledger =
+        Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone());
+    if let Some(batching) = &config.batching {
+        // The batchers end when the ledger (the queue's only sender) is dropped.
+        let (queue, _batchers) =
+            batch::start(pool.clone(), config.relay.subject_prefix.clone(), wake.clone(), batching);
+        ledger = ledger.with_batching(queue);
+    }
+    let ledger = Arc::new(ledger);
     let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));
     let api = AccountCommandServiceServer::new(CommandApi::new(ledger, reconciler))
         .max_decoding_message_size(server::MAX_REQUEST_BYTES);

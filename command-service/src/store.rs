@@ -71,6 +71,16 @@ pub async fn claim_key(
     Ok(Claim::Existing { request_hash: row.try_get("request_hash")?, outcome })
 }
 
+/// Gives a claimed key back (batching mode: the command had no outcome).
+pub async fn release_key(conn: &mut PgConnection, caller: Uuid, key: &str) -> Result<(), CommandError> {
+    sqlx::query("DELETE FROM idempotency WHERE caller_id = $1 AND key = $2")
+        .bind(caller)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn save_refusal(
     conn: &mut PgConnection,
     caller: Uuid,

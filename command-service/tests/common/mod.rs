@@ -34,6 +34,11 @@ impl Harness {
     }
 
     pub async fn start_with_nats(nats_url: &str) -> Self {
+        Self::start_with(nats_url, |_| {}).await
+    }
+
+    /// With `adjust` applied to the configuration before start.
+    pub async fn start_with(nats_url: &str, adjust: impl FnOnce(&mut command_service::Config)) -> Self {
         bank_platform::telemetry::init_for_tests();
         let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("cmd");
@@ -51,6 +56,7 @@ impl Harness {
         // No read side here: reconcile audits the write side and the stream.
         config.audit.read_database_url = None;
         config.audit.redis_url = None;
+        adjust(&mut config);
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
         let db = bank_platform::db::connect(&config.database_url, 4).await.unwrap();

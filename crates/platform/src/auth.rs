@@ -251,7 +251,15 @@ impl KeyCache {
 pub struct TokenVerifier {
     keys: Arc<KeyCache>,
     validation: Validation,
+    /// Tokens whose signature and claims already verified, until they expire:
+    /// a client sends the same access token with every call, and the Ed25519
+    /// check is most of the per-call CPU of a read. Keyed by the whole token,
+    /// so only a byte-identical token hits; bounded by clearing when full.
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Caller, Claims)>>,
 }
+
+/// Most tokens remembered as verified at once.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 impl TokenVerifier {
     pub fn new(keys: Arc<KeyCache>, issuer: &str, audience: &str) -> Self {
@@ -263,10 +271,33 @@ impl TokenVerifier {
         validation.validate_nbf = true;
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Self { keys, validation }
+        Self { keys, validation, verified: Default::default() }
     }
 
     pub async fn verify(&self, token: &str) -> Result<(Caller, Claims), TokenError> {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let leeway = self.validation.leeway as i64;
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            match verified.get(token) {
+                Some((_, claims)) if claims.exp + leeway < now => {
+                    verified.remove(token);
+                    return Err(TokenError::Expired);
+                }
+                Some(hit) => return Ok(hit.clone()),
+                None => {}
+            }
+        }
+        let verified = self.verify_uncached(token).await?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), verified.clone());
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Caller, Claims), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::AlgorithmNotAccepted);
@@ -408,6 +439,21 @@ mod tests {
         assert_eq!(v.verify(&expired).await.unwrap_err(), TokenError::Expired);
         let future = signer.sign(&claims(600, 300)).unwrap();
         assert_eq!(v.verify(&future).await.unwrap_err(), TokenError::NotYetValid);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_still_refused_once_it_expires() {
+        let signer = TokenSigner::generate();
+        let v = verifier(std::slice::from_ref(&signer));
+        // Expired 4 s ago: still inside the 5 s leeway, for about a second.
+        let token = signer.sign(&claims(-4, -60)).unwrap();
+        assert!(v.verify(&token).await.is_ok());
+        assert!(v.verify(&token).await.is_ok(), "answered from the verified cache");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        assert_eq!(v.verify(&token).await.unwrap_err(), TokenError::Expired);
+        // A different token is never a hit, even with the same claims.
+        let other = TokenSigner::generate().sign(&claims(60, 0)).unwrap();
+        assert_eq!(v.verify(&other).await.unwrap_err(), TokenError::UnknownKey);
     }
 
     #[tokio::test]

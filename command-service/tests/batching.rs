@@ -1,0 +1,93 @@
+//! Batching mode: concurrent commands share a transaction, and each keeps its
+//! own outcome and idempotency. (scripts/test also runs the whole money-path
+//! suite with COMMAND_BATCHING=on.)
+
+mod common;
+
+use bank_proto::v1 as pb;
+use bank_testkit::authed;
+use command_service::batch::BatchConfig;
+use common::{Harness, key, reason, usd};
+use futures::future::join_all;
+use tonic::Code;
+
+async fn batching() -> Harness {
+    Harness::start_with(&bank_testkit::nats_url(), |c| c.batching = Some(BatchConfig { batchers: 2, max_batch: 64 }))
+        .await
+}
+
+async fn metric(h: &Harness, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = h.running.as_ref().unwrap().http_addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn concurrent_commands_share_transactions_yet_each_has_its_own_outcome() {
+    let h = batching().await;
+    let (_, alice) = h.customer();
+    let (_, mallory) = h.customer();
+    let src = h.open(&alice, "USD").await;
+    let dst = h.open(&alice, "USD").await;
+    h.deposit(&alice, &src, "100.00").await.unwrap();
+
+    // Forty transfers of 5.00 from 100.00, a repeated key among them, and a
+    // stranger's attempt on the same account, all at once.
+    let repeated = key();
+    let calls = (0..44).map(|i| {
+        let (mut c, src, dst) = (h.client.clone(), src.clone(), dst.clone());
+        let (token, k) = match i {
+            40..=42 => (alice.clone(), repeated.clone()),
+            43 => (mallory.clone(), key()),
+            _ => (alice.clone(), key()),
+        };
+        tokio::spawn(async move {
+            let req = pb::TransferRequest {
+                from_account_id: src,
+                to_account_id: dst,
+                money: usd("5.00"),
+                idempotency_key: k,
+                description: String::new(),
+            };
+            c.transfer(authed(req, &token)).await.map(|r| r.into_inner())
+        })
+    });
+    let results: Vec<_> = join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+
+    let ok: Vec<&pb::MoneyMovementResponse> = results[..40].iter().filter_map(|r| r.as_ref().ok()).collect();
+    let repeated_answers: Vec<_> = results[40..43].iter().collect();
+    let ok_count = ok.len() + usize::from(repeated_answers[0].is_ok());
+    assert_eq!(ok_count, 20, "exactly the funds' worth of transfers succeed");
+    for r in &results[..43] {
+        if let Err(s) = r {
+            assert_eq!((s.code(), reason(s).as_str()), (Code::FailedPrecondition, "INSUFFICIENT_FUNDS"), "{s:?}");
+        }
+    }
+    // The repeated key: one effect, three identical answers.
+    let first = format!("{:?}", repeated_answers[0].as_ref().map_err(|s| s.message().to_owned()));
+    assert!(repeated_answers.iter().all(|a| format!("{:?}", a.as_ref().map_err(|s| s.message().to_owned())) == first));
+    assert_eq!(results[43].as_ref().unwrap_err().code(), Code::NotFound);
+
+    assert_eq!(h.balance(&src).await, "0.00");
+    assert_eq!(h.balance(&dst).await, "100.00");
+    let debits: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE kind = 'TransferDebited'")
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(debits, 20);
+    let not_owner: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE reason = 'NOT_OWNER'").fetch_one(&h.db).await.unwrap();
+    assert_eq!(not_owner, 1, "the stranger's attempt is audited and keeps no key");
+    let keys = h.count("idempotency").await;
+    assert_eq!(keys, 3 + 41, "two opens, a deposit, 40 transfers, one repeated key; none for the stranger");
+
+    let batches = metric(&h, "command_batch_size_count").await;
+    let commands = metric(&h, "command_batch_size_sum").await;
+    assert!(commands > batches, "no two commands ever shared a transaction ({commands} in {batches})");
+    let report = command_service::reconcile(&h.config).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+}
