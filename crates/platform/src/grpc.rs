@@ -58,7 +58,19 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(layers)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutting_down)
+        .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), shutting_down)
         .await
         .context("gRPC server failed")
+}
+
+/// Accepted connections with Nagle's algorithm off: a response larger than
+/// one segment otherwise waits for the client's delayed ACK (~40 ms). tonic
+/// sets this only on listeners it binds itself.
+fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    })
 }
