@@ -5,7 +5,7 @@
 //! RPC, pg_test_fsync) on the same servers, checks that money and counts add
 //! up, and writes bench/results/<date>.json and .md.
 //!
-//! Knobs (env): BENCH_SECONDS per phase (8), BENCH_ACCOUNTS (1000),
+//! Knobs (env): BENCH_SECONDS per phase (5), BENCH_ACCOUNTS (1000),
 //! BENCH_CONCURRENCY client concurrency for ceilings (32), BENCH_OUT (bench/results).
 
 mod load;
@@ -230,8 +230,8 @@ fn code_of<T>(r: Result<T, Code>) -> Result<(), Code> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let secs = Duration::from_secs(env_num("BENCH_SECONDS", 8));
-    let sweep_secs = Duration::from_secs(env_num("BENCH_SWEEP_SECONDS", 5));
+    let secs = Duration::from_secs(env_num("BENCH_SECONDS", 5));
+    let sweep_secs = Duration::from_secs(env_num("BENCH_SWEEP_SECONDS", 3));
     let n: usize = env_num("BENCH_ACCOUNTS", 1000);
     let conc: usize = env_num("BENCH_CONCURRENCY", 32);
     let pool_size: usize = env_num("DB_MAX_CONNECTIONS", 16);
