@@ -6,30 +6,37 @@
 //! 1. a batcher takes every command queued while it was busy (up to
 //!    `COMMAND_BATCH_MAX`), opens one transaction and locks all their accounts
 //!    in one statement, in id order (so batchers cannot deadlock each other);
-//! 2. per command, in arrival order: claim the idempotency key, decide with the
-//!    pure rules on the rows *as the earlier commands of the batch left them*,
-//!    then write — or store the refusal, or undo the claim of a command that
-//!    produced no outcome (unknown or someone else's account);
-//! 3. one COMMIT, then every caller gets its answer.
+//! 2. claim every key in one statement (keys claimed earlier answer with
+//!    their first outcome);
+//! 3. per new command, in arrival order, decide with the pure rules on the rows
+//!    *as the earlier commands of the batch left them* — in memory;
+//! 4. one statement writes everything: final account states, events, outbox,
+//!    each command's response or refusal, released keys (unknown or someone
+//!    else's account: no outcome kept) and audit rows;
+//! 5. one COMMIT, then every caller gets its answer. Five round trips and one
+//!    fsync per batch, whatever its size.
 //!
 //! If any statement or the commit fails, nothing of the batch is durable and
 //! every command in it answers UNAVAILABLE: the client retries with the same
 //! key and gets exactly one effect. A duplicate key still in flight in another
 //! batch blocks on the key's primary key until that batch ends (claims come
-//! after the batch's own row locks, so the wait cannot close a cycle).
+//! after the batch's own row locks, so the wait cannot close a cycle). The same
+//! key twice in one batch: the second gets the first's answer.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use bank_platform::auth::Caller;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     error::CommandError,
     ledger::Plan,
-    store::{self, AccountRow, Claim, PriorOutcome},
+    store::{self, AccountRow, PriorOutcome},
 };
 
 type Decide = Box<dyn FnOnce(&[AccountRow]) -> Result<Plan<Vec<u8>>, CommandError> + Send>;
@@ -161,58 +168,115 @@ impl Batcher {
         let mut ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.lock_ids.iter().copied()).collect();
         ids.sort();
         ids.dedup();
-        let mut rows: HashMap<Uuid, AccountRow> =
+        let mut state: HashMap<Uuid, AccountRow> =
             store::lock_accounts(&mut tx, &ids).await?.into_iter().map(|r| (r.account.id, r)).collect();
-        let mut outcomes = Vec::with_capacity(jobs.len());
+        let claims: Vec<(Uuid, String, Vec<u8>)> =
+            jobs.iter().map(|j| (j.caller.user_id, j.key.clone(), j.request_hash.clone())).collect();
+        let claimed = store::claim_keys(&mut tx, &claims).await?;
+        // Keys claimed before this batch: their first outcome is the answer.
+        let mut seen = HashSet::new();
+        let earlier: Vec<(Uuid, String)> = claims
+            .iter()
+            .map(|(c, k, _)| (*c, k.clone()))
+            .filter(|ck| seen.insert(ck.clone()) && !claimed.contains(ck))
+            .collect();
+        let prior = if earlier.is_empty() { HashMap::new() } else { store::prior_outcomes(&mut tx, &earlier).await? };
+
+        let mut w = store::BatchWrites::default();
+        let (mut created, mut touched) = (HashSet::new(), Vec::new());
+        // The first job of this batch under each key, and what it answered.
+        let mut first: HashMap<(Uuid, String), (Vec<u8>, usize)> = HashMap::new();
+        let mut outcomes: Vec<Result<Vec<u8>, CommandError>> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let user = job.caller.user_id;
-            let outcome = match store::claim_key(&mut tx, user, &job.key, &job.request_hash).await? {
-                Claim::Existing { request_hash, .. } if request_hash != job.request_hash => {
+            let ck = (user, job.key.clone());
+            if let Some((hash, i)) = first.get(&ck) {
+                // The same key twice in one batch: one effect, the same answer.
+                outcomes.push(if *hash != job.request_hash {
                     Err(CommandError::IdempotencyKeyReused)
-                }
-                Claim::Existing { outcome: PriorOutcome::Response(bytes), .. } => Ok(bytes),
-                Claim::Existing { outcome: PriorOutcome::Refusal { reason, message }, .. } => {
-                    Err(CommandError::StoredRefusal { reason, message })
-                }
-                Claim::New => {
-                    let mut mine: Vec<AccountRow> =
-                        job.lock_ids.iter().filter_map(|id| rows.get(id).cloned()).collect();
-                    mine.sort_by_key(|r| r.account.id);
-                    mine.dedup_by_key(|r| r.account.id);
-                    let account = job.lock_ids.first().copied();
-                    match job.span.in_scope(|| (job.decide)(&mine)) {
-                        Ok(plan) => {
-                            store::apply(&mut tx, user, &job.key, &self.subject_prefix, &plan.writes, &plan.response)
-                                .instrument(job.span.clone())
-                                .await?;
-                            for r in plan.writes.new_accounts.iter().chain(&plan.writes.changed_accounts) {
-                                rows.insert(r.account.id, r.clone());
-                            }
-                            Ok(plan.response)
-                        }
-                        Err(CommandError::Refused(rule)) => {
-                            let message = rule.to_string();
-                            store::save_refusal(&mut tx, user, &job.key, rule.reason(), &message).await?;
-                            store::audit(&mut tx, user, job.rpc, account, rule.reason(), &message).await?;
-                            Err(CommandError::Refused(rule))
-                        }
-                        Err(e) => {
-                            // No outcome to keep: give the key back, as a rolled-back
-                            // transaction would have.
-                            store::release_key(&mut tx, user, &job.key).await?;
-                            if matches!(e, CommandError::NotOwner) {
-                                let detail = "account belongs to another customer";
-                                store::audit(&mut tx, user, job.rpc, account, "NOT_OWNER", detail).await?;
-                            }
-                            Err(e)
-                        }
+                } else {
+                    replay(&outcomes[*i])
+                });
+                continue;
+            }
+            first.insert(ck.clone(), (job.request_hash.clone(), outcomes.len()));
+            if let Some((hash, outcome)) = prior.get(&ck) {
+                outcomes.push(match outcome {
+                    _ if *hash != job.request_hash => Err(CommandError::IdempotencyKeyReused),
+                    PriorOutcome::Response(bytes) => Ok(bytes.clone()),
+                    PriorOutcome::Refusal { reason, message } => {
+                        Err(CommandError::StoredRefusal { reason: reason.clone(), message: message.clone() })
                     }
+                });
+                continue;
+            }
+            if !claimed.contains(&ck) {
+                // Neither ours nor recorded: never guess; the client retries.
+                outcomes.push(Err(aborted()));
+                continue;
+            }
+            // Claimed now: decide on the rows as the earlier commands left them.
+            let mut mine: Vec<AccountRow> = job.lock_ids.iter().filter_map(|id| state.get(id).cloned()).collect();
+            mine.sort_by_key(|r| r.account.id);
+            mine.dedup_by_key(|r| r.account.id);
+            let account = job.lock_ids.first().copied();
+            let outcome = match job.span.in_scope(|| (job.decide)(&mine)) {
+                Ok(plan) => {
+                    for r in &plan.writes.new_accounts {
+                        created.insert(r.account.id);
+                    }
+                    for r in plan.writes.new_accounts.into_iter().chain(plan.writes.changed_accounts) {
+                        touched.push(r.account.id);
+                        state.insert(r.account.id, r);
+                    }
+                    w.events.extend(plan.writes.events);
+                    w.responses.push((user, job.key.clone(), plan.response.clone()));
+                    Ok(plan.response)
+                }
+                Err(CommandError::Refused(rule)) => {
+                    let message = rule.to_string();
+                    w.refusals.push((user, job.key.clone(), rule.reason().to_owned(), message.clone()));
+                    w.audits.push((user, job.rpc.to_owned(), account, rule.reason().to_owned(), message));
+                    Err(CommandError::Refused(rule))
+                }
+                Err(e) => {
+                    // No outcome to keep: give the key back, as a rolled-back
+                    // transaction would have.
+                    w.released.push((user, job.key.clone()));
+                    if matches!(e, CommandError::NotOwner) {
+                        let detail = "account belongs to another customer".to_owned();
+                        w.audits.push((user, job.rpc.to_owned(), account, "NOT_OWNER".to_owned(), detail));
+                    }
+                    Err(e)
                 }
             };
             outcomes.push(outcome);
         }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            let row = state.get(&id).cloned().expect("touched rows are in the state");
+            if created.contains(&id) { w.new_accounts.push(row) } else { w.changed_accounts.push(row) }
+        }
+        store::apply_batch(&mut tx, &self.subject_prefix, &w).await?;
         tx.commit().await?;
         Ok(outcomes)
+    }
+}
+
+/// The answer of an earlier command of the batch under the same key.
+fn replay(outcome: &Result<Vec<u8>, CommandError>) -> Result<Vec<u8>, CommandError> {
+    match outcome {
+        Ok(bytes) => Ok(bytes.clone()),
+        Err(CommandError::Refused(rule)) => {
+            Err(CommandError::StoredRefusal { reason: rule.reason().to_owned(), message: rule.to_string() })
+        }
+        Err(CommandError::StoredRefusal { reason, message }) => {
+            Err(CommandError::StoredRefusal { reason: reason.clone(), message: message.clone() })
+        }
+        Err(CommandError::NotOwner) => Err(CommandError::NotOwner),
+        Err(CommandError::IdempotencyKeyReused) => Err(CommandError::IdempotencyKeyReused),
+        Err(_) => Err(CommandError::AccountNotFound),
     }
 }
 

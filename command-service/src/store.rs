@@ -254,3 +254,150 @@ pub async fn apply(
     .await?;
     Ok(())
 }
+
+/// Everything one batch (batching mode) writes after its locks and claims,
+/// applied by `apply_batch` in one statement.
+#[derive(Debug, Default)]
+pub struct BatchWrites {
+    /// Accounts opened in this batch, in their final state.
+    pub new_accounts: Vec<AccountRow>,
+    /// Existing accounts the batch changed, in their final state (once each).
+    pub changed_accounts: Vec<AccountRow>,
+    /// In batch order: per account, in version order.
+    pub events: Vec<NewEvent>,
+    /// (caller, key, encoded response) of each command that succeeded.
+    pub responses: Vec<(Uuid, String, Vec<u8>)>,
+    /// (caller, key, reason, message) of each business refusal.
+    pub refusals: Vec<(Uuid, String, String, String)>,
+    /// Keys of commands without an outcome to keep (unknown or foreign account).
+    pub released: Vec<(Uuid, String)>,
+    /// (actor, command, account, reason, detail)
+    pub audits: Vec<(Uuid, String, Option<Uuid>, String, String)>,
+}
+
+/// Claims every key of a batch in one statement; returns the keys that were
+/// free (now claimed by this transaction).
+pub async fn claim_keys(
+    conn: &mut PgConnection,
+    claims: &[(Uuid, String, Vec<u8>)],
+) -> Result<std::collections::HashSet<(Uuid, String)>, CommandError> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "INSERT INTO idempotency (caller_id, key, request_hash)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING RETURNING caller_id, key",
+    )
+    .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.1.clone()).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.2.clone()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The recorded request fingerprint and outcome of keys claimed before.
+pub async fn prior_outcomes(
+    conn: &mut PgConnection,
+    keys: &[(Uuid, String)],
+) -> Result<std::collections::HashMap<(Uuid, String), (Vec<u8>, PriorOutcome)>, CommandError> {
+    let rows = sqlx::query(
+        "SELECT i.caller_id, i.key, i.request_hash, i.response, i.refusal_reason, i.refusal_message
+         FROM idempotency i JOIN UNNEST($1::uuid[], $2::text[]) AS k(caller_id, key)
+           ON i.caller_id = k.caller_id AND i.key = k.key",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let outcome = match row.try_get::<Option<Vec<u8>>, _>("response")? {
+            Some(bytes) => PriorOutcome::Response(bytes),
+            None => PriorOutcome::Refusal {
+                reason: row.try_get::<Option<String>, _>("refusal_reason")?.unwrap_or_default(),
+                message: row.try_get::<Option<String>, _>("refusal_message")?.unwrap_or_default(),
+            },
+        };
+        out.insert((row.try_get("caller_id")?, row.try_get("key")?), (row.try_get("request_hash")?, outcome));
+    }
+    Ok(out)
+}
+
+/// Applies a whole batch in one statement: accounts, events, outbox, every
+/// command's stored outcome, released keys and audit rows.
+pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &BatchWrites) -> Result<(), CommandError> {
+    let n = AccountColumns::of(&w.new_accounts);
+    let u = AccountColumns::of(&w.changed_accounts);
+    let ev = &w.events;
+    sqlx::query(
+        "WITH new_accounts AS (
+            INSERT INTO accounts (id, owner_id, kind, currency, balance, status, version, last_hash, opened_at)
+            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::int8[], $8::bytea[], $9::timestamptz[])
+        ), changed AS (
+            UPDATE accounts a SET balance = u.balance, status = u.status, version = u.version, last_hash = u.last_hash
+            FROM UNNEST($10::uuid[], $11::numeric[], $12::text[], $13::int8[], $14::bytea[]) AS u(id, balance, status, version, last_hash)
+            WHERE a.id = u.id
+        ), new_events AS (
+            INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash)
+            SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::int8[], $18::uuid[], $19::text[], $20::uuid[], $21::timestamptz[], $22::numeric[], $23::numeric[], $24::bytea[], $25::bytea[])
+        ), new_outbox AS (
+            INSERT INTO outbox (event_id, subject, envelope)
+            SELECT e.id, $26 || '.' || e.account_id::text, e.envelope
+            FROM UNNEST($15::uuid[], $16::uuid[], $24::bytea[]) WITH ORDINALITY AS e(id, account_id, envelope, n) ORDER BY e.n
+        ), responses AS (
+            UPDATE idempotency i SET response = r.response
+            FROM UNNEST($27::uuid[], $28::text[], $29::bytea[]) AS r(caller_id, key, response)
+            WHERE i.caller_id = r.caller_id AND i.key = r.key
+        ), refusals AS (
+            UPDATE idempotency i SET refusal_reason = r.reason, refusal_message = r.message
+            FROM UNNEST($30::uuid[], $31::text[], $32::text[], $33::text[]) AS r(caller_id, key, reason, message)
+            WHERE i.caller_id = r.caller_id AND i.key = r.key
+        ), released AS (
+            DELETE FROM idempotency i USING UNNEST($34::uuid[], $35::text[]) AS r(caller_id, key)
+            WHERE i.caller_id = r.caller_id AND i.key = r.key
+        )
+        INSERT INTO audit_log (actor, command, account_id, reason, detail)
+        SELECT * FROM UNNEST($36::uuid[], $37::text[], $38::uuid[], $39::text[], $40::text[])",
+    )
+    .bind(&n.id)
+    .bind(&n.owner_id)
+    .bind(&n.kind)
+    .bind(&n.currency)
+    .bind(&n.balance)
+    .bind(&n.status)
+    .bind(&n.version)
+    .bind(&n.last_hash)
+    .bind(&n.opened_at)
+    .bind(&u.id)
+    .bind(&u.balance)
+    .bind(&u.status)
+    .bind(&u.version)
+    .bind(&u.last_hash)
+    .bind(ev.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.account_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.version).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.transaction_id).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.kind.to_owned()).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.actor).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.delta).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.balance_after).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+    .bind(subject_prefix)
+    .bind(w.responses.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(w.responses.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+    .bind(w.responses.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+    .bind(w.refusals.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(w.refusals.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+    .bind(w.refusals.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+    .bind(w.refusals.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+    .bind(w.released.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(w.released.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+    .bind(w.audits.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(w.audits.iter().map(|a| a.1.clone()).collect::<Vec<_>>())
+    .bind(w.audits.iter().map(|a| a.2).collect::<Vec<_>>())
+    .bind(w.audits.iter().map(|a| a.3.clone()).collect::<Vec<_>>())
+    .bind(w.audits.iter().map(|a| a.4.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
