@@ -78,7 +78,8 @@ fn rows(r: &Value) -> Vec<(String, String, String, Option<bool>)> {
 
 pub fn markdown(r: &Value) -> String {
     let mut md = format!(
-        "# bankmesh benchmark — {}\n\nOne box ({} CPUs), every server on loopback, `synchronous_commit = on`.\n\n\
+        "# bankmesh benchmark — {}\n\nOne box ({} CPUs), every server on loopback, `synchronous_commit = on`. \
+         command-service in its default batching mode unless the row says otherwise.\n\n\
          | target | measured | goal | met |\n|---|---|---|---|\n",
         r["date"].as_str().unwrap_or(""),
         r["machine"]["cpus"]

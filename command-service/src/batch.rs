@@ -1,4 +1,4 @@
-//! Batching mode (`COMMAND_BATCHING=on`): concurrent commands share one
+//! Batching mode (the default; `COMMAND_BATCHING=off` turns it off): concurrent commands share one
 //! Postgres transaction — one commit, one fsync — the way TigerBeetle
 //! amortizes the disk over a batch. Each command keeps its own outcome and
 //! idempotency:

@@ -42,7 +42,8 @@ pub struct Config {
     pub limits: Limits,
     pub relay: RelayConfig,
     pub audit: AuditConfig,
-    /// Batching mode (`COMMAND_BATCHING=on`): see `batch`. Off by default.
+    /// Batching mode (`COMMAND_BATCHING`, on by default; `off` runs one
+    /// transaction per command): see `batch`.
     pub batching: Option<batch::BatchConfig>,
 }
 
@@ -102,12 +103,12 @@ impl Config {
                 batch: config::parse(env, "OUTBOX_BATCH", 256)?,
                 poll: Duration::from_millis(config::parse(env, "OUTBOX_POLL_MS", 100)?),
             },
-            batching: match config::string(env, "COMMAND_BATCHING", "off").as_str() {
-                "on" | "true" | "1" => Some(batch::BatchConfig {
+            batching: match config::string(env, "COMMAND_BATCHING", "on").as_str() {
+                "off" | "false" | "0" => None,
+                _ => Some(batch::BatchConfig {
                     batchers: config::parse(env, "COMMAND_BATCHERS", 4)?,
                     max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
                 }),
-                _ => None,
             },
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),

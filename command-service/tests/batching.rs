@@ -1,6 +1,7 @@
 //! Batching mode: concurrent commands share a transaction, and each keeps its
-//! own outcome and idempotency. (scripts/test also runs the whole money-path
-//! suite with COMMAND_BATCHING=on.)
+//! own outcome and idempotency. Batching is the default, so every other
+//! command-service test runs batched too; scripts/test runs the money-path
+//! suite a second time with COMMAND_BATCHING=off.
 
 mod common;
 
