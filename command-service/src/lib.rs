@@ -106,7 +106,7 @@ impl Config {
             batching: match config::string(env, "COMMAND_BATCHING", "on").as_str() {
                 "off" | "false" | "0" => None,
                 _ => Some(batch::BatchConfig {
-                    batchers: config::parse(env, "COMMAND_BATCHERS", 4)?,
+                    batchers: config::parse(env, "COMMAND_BATCHERS", 8)?,
                     max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
                 }),
             },

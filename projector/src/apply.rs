@@ -13,7 +13,7 @@ use bank_platform::telemetry;
 
 use anyhow::Result;
 use bank_proto::v1 as pb;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert};
+use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert_many};
 use chrono::Utc;
 use prometheus::{Histogram, HistogramOpts, IntCounter, register_histogram, register_int_counter};
 use prost::Message;
@@ -209,11 +209,9 @@ impl Applier {
     /// to be refilled by readers from Postgres; it never blocks projection.
     async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
         let Some(redis) = self.redis.as_mut() else { return };
-        for v in views {
-            if let Err(e) = cache_upsert(redis, &self.keys, generation, v).await {
-                tracing::warn!(error = %e, "cache update failed");
-                return;
-            }
+        if let Err(e) = cache_upsert_many(redis, &self.keys, generation, views).await {
+            tracing::warn!(error = %e, "cache update failed");
+            return;
         }
         if changes.is_empty() {
             return;

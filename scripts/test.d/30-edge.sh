@@ -109,7 +109,37 @@ done
 [ "$recovered" = 1 ] || fail "command-service did not recover behind Envoy: $out"
 echo "ok: killed upstream -> UNAVAILABLE, then recovered"
 
-# 6. Login is rate limited at the edge (10 per minute).
+# 6. A customer's whole journey through the edge, with the real auth-service:
+#    approved by the bootstrap admin, logs in again (the token now says ACTIVE),
+#    opens two accounts, deposits, transfers, and reads the result back through
+#    query-service with the transfer's consistency token: the first read shows it.
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin)
+for k in sys.argv[1].split("."): d=d[k]
+print(d)' "$1"; }
+call() { # call <token> <json> <method>
+  grpcurl -plaintext -H "authorization: Bearer $1" -d "$2" $edge "$3"
+}
+uid=$(call "$token" '{}' bank.v1.AuthService/WhoAmI | field userId)
+admin=$(grpcurl -plaintext -d "{\"email\":\"$BOOTSTRAP_ADMIN_EMAIL\",\"password\":\"$BOOTSTRAP_ADMIN_PASSWORD\"}" \
+  $edge bank.v1.AuthService/Login | field accessToken)
+expect "USER_STATUS_ACTIVE" call "$admin" "{\"user_id\":\"$uid\"}" bank.v1.AuthService/ApproveCustomer
+token=$(grpcurl -plaintext -d '{"email":"edge@example.com","password":"correct horse battery"}' \
+  $edge bank.v1.AuthService/Login | field accessToken)
+acct() { call "$token" "{\"type\":\"ACCOUNT_TYPE_CHECKING\",\"currency_code\":\"USD\",\"idempotency_key\":\"$1\"}" \
+  bank.v1.AccountCommandService/OpenAccount | field account.accountId; }
+a=$(acct journey-open-a) && b=$(acct journey-open-b) || fail "open accounts"
+call "$token" "{\"account_id\":\"$a\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"100.00\"},\"idempotency_key\":\"journey-dep\"}" \
+  bank.v1.AccountCommandService/Deposit >/dev/null || fail "deposit"
+ct=$(call "$token" "{\"from_account_id\":\"$a\",\"to_account_id\":\"$b\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"30.25\"},\"idempotency_key\":\"journey-tx\"}" \
+  bank.v1.AccountCommandService/Transfer | field consistencyToken) || fail "transfer"
+got=$(call "$token" "{\"account_id\":\"$a\",\"min_consistency_token\":\"$ct\"}" bank.v1.AccountQueryService/GetBalance | field balance.amount)
+[ "$got" = "69.75" ] || fail "balance after the transfer: $got"
+n=$(call "$token" "{\"account_id\":\"$a\",\"min_consistency_token\":\"$ct\",\"page_size\":10}" \
+  bank.v1.AccountQueryService/ListTransactions | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["transactions"]))')
+[ "$n" = 2 ] || fail "history after the transfer: $n entries"
+echo "ok: register, approve, login, open, deposit, transfer, read back through the edge"
+
+# 7. Login is rate limited at the edge (10 per minute).
 limited=0
 for _ in $(seq 1 15); do
   out=$(grpcurl -plaintext -d '{"email":"edge@example.com","password":"correct horse battery"}' $edge bank.v1.AuthService/Login 2>&1 || true)
@@ -117,4 +147,4 @@ for _ in $(seq 1 15); do
 done
 [ "$limited" = 1 ] || fail "Login was not rate limited"
 echo "ok: Login rate-limited at the edge"
-echo "edge: 7 passed, 0 failed"
+echo "edge: 8 passed, 0 failed"

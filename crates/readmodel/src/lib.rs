@@ -152,6 +152,29 @@ pub async fn cache_upsert(
     Ok(())
 }
 
+/// `cache_upsert` for many accounts in one round trip (a pipeline of EVALs;
+/// Redis caches the script by its hash, so only the text travels again).
+pub async fn cache_upsert_many(
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &CacheKeys,
+    generation: i32,
+    accounts: &[&AccountView],
+) -> redis::RedisResult<()> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for account in accounts {
+        let cmd = pipe.cmd("EVAL").arg(UPSERT_SCRIPT).arg(1).arg(keys.account(generation, account.account_id));
+        cmd.arg(account.version).arg(CACHE_TTL_SECS);
+        for (k, v) in cache_fields(account) {
+            cmd.arg(k).arg(v);
+        }
+        cmd.ignore();
+    }
+    pipe.query_async::<()>(redis).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
