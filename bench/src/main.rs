@@ -245,24 +245,8 @@ async fn main() -> Result<()> {
     let write_url = bank_testkit::fresh_database_url("benchw");
     let read_url = bank_testkit::fresh_database_url("benchr");
     let pg_url = bank_testkit::fresh_database_url("benchpg");
-    let base_env: Vec<(String, String)> = [
-        ("COMMAND_DATABASE_URL", write_url.clone()),
-        ("READ_DATABASE_URL", read_url.clone()),
-        ("NATS_URL", bank_testkit::nats_url()),
-        ("NATS_STREAM", prefix.to_uppercase()),
-        ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
-        ("PROJECTOR_DURABLE", prefix.clone()),
-        ("REDIS_URL", bank_testkit::redis_url()),
-        ("REDIS_PREFIX", format!("{prefix}:")),
-        ("JWKS_URL", issuer.jwks_url.clone()),
-        ("JWT_ISSUER", bank_testkit::ISSUER.into()),
-        ("JWT_AUDIENCE", bank_testkit::AUDIENCE.into()),
-        ("PAGE_TOKEN_SECRET", "bench".into()),
-        ("DB_MAX_CONNECTIONS", pool_size.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut base_env = bank_testkit::service_env(&prefix, &issuer.jwks_url, &write_url, &read_url);
+    base_env.push(("DB_MAX_CONNECTIONS".into(), pool_size.to_string()));
     let mut services = system::Services::start(base_env).await?;
     let channel = |addr| Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
     let (cmd_ch, q_ch) = (channel(services.command), channel(services.query));

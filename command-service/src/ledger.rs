@@ -287,7 +287,7 @@ impl Ledger {
         match decide(&rows) {
             Ok(plan) => {
                 let response = plan.response.encode_to_vec();
-                store::apply(&mut tx, caller.user_id, key, &self.subject_prefix, &plan.writes, &response).await?;
+                store::apply(&mut tx, caller.user_id, key, &self.subject_prefix, plan.writes, &response).await?;
                 tx.commit().await?;
                 self.outbox_written.notify_one();
                 Ok(plan.response)

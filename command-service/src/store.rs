@@ -191,68 +191,24 @@ impl AccountColumns {
 }
 
 /// Applies `writes` and stores `response` under the key, in one statement
-/// (data-modifying CTEs), so the locks are held for as few round trips as possible.
+/// (data-modifying CTEs), so the locks are held for as few round trips as
+/// possible: the batch statement with a batch of one.
 pub async fn apply(
     conn: &mut PgConnection,
     caller: Uuid,
     key: &str,
     subject_prefix: &str,
-    writes: &Writes,
+    writes: Writes,
     response: &[u8],
 ) -> Result<(), CommandError> {
-    let n = AccountColumns::of(&writes.new_accounts);
-    let u = AccountColumns::of(&writes.changed_accounts);
-    let ev = &writes.events;
-    sqlx::query(
-        "WITH new_accounts AS (
-            INSERT INTO accounts (id, owner_id, kind, currency, balance, status, version, last_hash, opened_at)
-            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::text[], $7::int8[], $8::bytea[], $9::timestamptz[])
-        ), changed AS (
-            UPDATE accounts a SET balance = u.balance, status = u.status, version = u.version, last_hash = u.last_hash
-            FROM UNNEST($10::uuid[], $11::numeric[], $12::text[], $13::int8[], $14::bytea[]) AS u(id, balance, status, version, last_hash)
-            WHERE a.id = u.id
-        ), new_events AS (
-            INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash)
-            SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::int8[], $18::uuid[], $19::text[], $20::uuid[], $21::timestamptz[], $22::numeric[], $23::numeric[], $24::bytea[], $25::bytea[])
-        ), new_outbox AS (
-            INSERT INTO outbox (event_id, subject, envelope)
-            SELECT e.id, $26 || '.' || e.account_id::text, e.envelope
-            FROM UNNEST($15::uuid[], $16::uuid[], $24::bytea[]) AS e(id, account_id, envelope)
-        )
-        UPDATE idempotency SET response = $27 WHERE caller_id = $28 AND key = $29",
-    )
-    .bind(&n.id)
-    .bind(&n.owner_id)
-    .bind(&n.kind)
-    .bind(&n.currency)
-    .bind(&n.balance)
-    .bind(&n.status)
-    .bind(&n.version)
-    .bind(&n.last_hash)
-    .bind(&n.opened_at)
-    .bind(&u.id)
-    .bind(&u.balance)
-    .bind(&u.status)
-    .bind(&u.version)
-    .bind(&u.last_hash)
-    .bind(ev.iter().map(|e| e.event_id).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.account_id).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.version).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.transaction_id).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.kind.to_owned()).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.actor).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.delta).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.balance_after).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>())
-    .bind(ev.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-    .bind(subject_prefix)
-    .bind(response)
-    .bind(caller)
-    .bind(key)
-    .execute(conn)
-    .await?;
-    Ok(())
+    let batch = BatchWrites {
+        new_accounts: writes.new_accounts,
+        changed_accounts: writes.changed_accounts,
+        events: writes.events,
+        responses: vec![(caller, key.to_owned(), response.to_vec())],
+        ..BatchWrites::default()
+    };
+    apply_batch(conn, subject_prefix, &batch).await
 }
 
 /// Everything one batch (batching mode) writes after its locks and claims,

@@ -37,6 +37,29 @@ pub fn redis_url() -> String {
     env_or("REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+/// The environment that points command-service, projector and query-service
+/// processes at their own databases, stream, consumer and Redis prefix, with
+/// tokens from `jwks_url`: what the fault tests and the benchmark start them with.
+pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str) -> Vec<(String, String)> {
+    [
+        ("COMMAND_DATABASE_URL", write_url.to_owned()),
+        ("READ_DATABASE_URL", read_url.to_owned()),
+        ("NATS_URL", nats_url()),
+        ("NATS_STREAM", prefix.to_uppercase()),
+        ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
+        ("PROJECTOR_DURABLE", prefix.to_owned()),
+        ("REDIS_URL", redis_url()),
+        ("REDIS_PREFIX", format!("{prefix}:")),
+        ("JWKS_URL", jwks_url.to_owned()),
+        ("JWT_ISSUER", ISSUER.to_owned()),
+        ("JWT_AUDIENCE", AUDIENCE.to_owned()),
+        ("PAGE_TOKEN_SECRET", prefix.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// A short prefix unique to one test, for stream names and Redis keys.
 pub fn unique_prefix(tag: &str) -> String {
     format!("t{}{}", tag, &Uuid::new_v4().simple().to_string()[..12])

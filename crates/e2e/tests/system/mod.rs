@@ -69,30 +69,20 @@ impl System {
         let (command_addr, query_addr) = (free_addr(), free_addr());
         let write_url = bank_testkit::fresh_database_url("e2ew");
         let read_url = bank_testkit::fresh_database_url("e2er");
-        let env: Vec<(String, String)> = [
-            ("COMMAND_GRPC_ADDR", command_addr.to_string()),
-            ("COMMAND_HTTP_ADDR", free_addr().to_string()),
-            ("QUERY_GRPC_ADDR", query_addr.to_string()),
-            ("QUERY_HTTP_ADDR", free_addr().to_string()),
-            ("PROJECTOR_HTTP_ADDR", free_addr().to_string()),
-            ("COMMAND_DATABASE_URL", write_url.clone()),
-            ("READ_DATABASE_URL", read_url.clone()),
-            ("NATS_URL", bank_testkit::nats_url()),
-            ("NATS_STREAM", prefix.to_uppercase()),
-            ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
-            ("PROJECTOR_DURABLE", prefix.clone()),
-            ("REDIS_URL", bank_testkit::redis_url()),
-            ("REDIS_PREFIX", format!("{prefix}:")),
-            ("JWKS_URL", issuer.jwks_url.clone()),
-            ("JWT_ISSUER", bank_testkit::ISSUER.into()),
-            ("JWT_AUDIENCE", bank_testkit::AUDIENCE.into()),
-            ("PAGE_TOKEN_SECRET", "e2e".into()),
-            ("RUST_LOG", "warn".into()),
-        ]
-        .into_iter()
-        .chain(extra_env.iter().cloned())
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut env = bank_testkit::service_env(&prefix, &issuer.jwks_url, &write_url, &read_url);
+        env.extend(
+            [
+                ("COMMAND_GRPC_ADDR", command_addr.to_string()),
+                ("COMMAND_HTTP_ADDR", free_addr().to_string()),
+                ("QUERY_GRPC_ADDR", query_addr.to_string()),
+                ("QUERY_HTTP_ADDR", free_addr().to_string()),
+                ("PROJECTOR_HTTP_ADDR", free_addr().to_string()),
+                ("RUST_LOG", "warn".into()),
+            ]
+            .into_iter()
+            .chain(extra_env.iter().cloned())
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         let write_db = bank_platform::db::connect(&write_url, 2).await.unwrap();
         let read_db = bank_platform::db::connect(&read_url, 2).await.unwrap();
         let mut sys = Self { issuer, env, services: HashMap::new(), command_addr, query_addr, write_db, read_db };
