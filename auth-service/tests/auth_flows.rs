@@ -287,11 +287,5 @@ async fn the_bootstrap_admin_is_ensured_idempotently() {
 
 /// GET /.well-known/jwks.json with a raw HTTP/1.0 request (no client crate needed).
 async fn reqwest_free_get(addr: std::net::SocketAddr) -> HashMap<String, serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /.well-known/jwks.json HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    let json = body.split("\r\n\r\n").nth(1).unwrap();
-    serde_json::from_str(json).unwrap()
+    serde_json::from_str(&bank_testkit::http_get(addr, "/.well-known/jwks.json").await.unwrap()).unwrap()
 }

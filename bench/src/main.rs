@@ -159,7 +159,7 @@ async fn behind(write: &PgPool, read: &PgPool) -> Result<usize> {
 
 /// Quantile from a Prometheus histogram's bucket counts (upper bound of the bucket).
 async fn prometheus_quantiles(addr: std::net::SocketAddr, name: &str) -> Result<Vec<(f64, f64)>> {
-    let text = reqwest_lite(addr, "/metrics").await?;
+    let text = bank_testkit::http_get(addr, "/metrics").await?;
     let prefix = format!("{name}_bucket{{le=\"");
     Ok(text
         .lines()
@@ -180,15 +180,6 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Optio
         return None;
     }
     diff.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le * 1000.0)
-}
-
-async fn reqwest_lite(addr: std::net::SocketAddr, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 /// Postgres wait events seen while `phase` runs, sampled every 50 ms.

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 use anyhow::Result;
 use bank_platform::{
     CancellationToken,
-    auth::{AuthLayer, KeyCache, TokenVerifier},
+    auth::{AuthLayer, TokenVerifier},
     config::{self, Env},
     db, grpc as server, http,
     service::Running,
@@ -128,12 +128,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
 
-    let keys = Arc::new(KeyCache::from_jwks_url(config.jwks_url.clone()));
-    if let Err(e) = keys.refresh().await {
-        // Not fatal: auth-service may start later; unknown kids refresh on demand.
-        tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
-    }
-    let verifier = Arc::new(TokenVerifier::new(keys, &config.jwt_issuer, &config.jwt_audience));
+    let verifier =
+        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
 
     let wake = Arc::new(Notify::new());
     let mut ledger =

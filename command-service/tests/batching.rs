@@ -18,13 +18,7 @@ async fn batching() -> Harness {
 }
 
 async fn metric(h: &Harness, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = h.running.as_ref().unwrap().http_addr;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+    bank_testkit::metric(h.running.as_ref().unwrap().http_addr, name).await
 }
 
 #[tokio::test]

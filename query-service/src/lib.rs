@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Result;
 use bank_platform::{
     CancellationToken,
-    auth::{AuthLayer, KeyCache, TokenVerifier},
+    auth::{AuthLayer, TokenVerifier},
     config::{self, Env},
     db, grpc as server, http,
     service::Running,
@@ -92,11 +92,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let grpc_listener = server::bind(config.grpc_addr).await?;
     let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
-    let keys_cache = Arc::new(KeyCache::from_jwks_url(config.jwks_url.clone()));
-    if let Err(e) = keys_cache.refresh().await {
-        tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
-    }
-    let verifier = Arc::new(TokenVerifier::new(keys_cache, &config.jwt_issuer, &config.jwt_audience));
+    let verifier =
+        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
     let api = QueryApi { model: model.clone(), pages: PageTokenSigner::new(secret) };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),

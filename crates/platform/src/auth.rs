@@ -274,6 +274,17 @@ impl TokenVerifier {
         Self { keys, validation, verified: Default::default() }
     }
 
+    /// A verifier following auth-service's JWKS at `jwks_url`. An unreachable
+    /// JWKS at start is not fatal: auth-service may start later, and unknown
+    /// kids refresh on demand.
+    pub async fn from_jwks_url(jwks_url: &str, issuer: &str, audience: &str) -> Self {
+        let keys = Arc::new(KeyCache::from_jwks_url(jwks_url.to_owned()));
+        if let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
+        }
+        Self::new(keys, issuer, audience)
+    }
+
     pub async fn verify(&self, token: &str) -> Result<(Caller, Claims), TokenError> {
         let now = jsonwebtoken::get_current_timestamp() as i64;
         let leeway = self.validation.leeway as i64;

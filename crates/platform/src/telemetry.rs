@@ -104,6 +104,9 @@ pub fn current_trace_context() -> BTreeMap<String, String> {
 /// Makes `span` a child of the trace described by `headers` (any carrier of
 /// `traceparent`), when there is one.
 pub fn continue_trace(span: &Span, headers: &dyn Extractor) {
+    if !exporting() {
+        return;
+    }
     let parent = global::get_text_map_propagator(|p| p.extract(headers));
     let _ = span.set_parent(parent);
 }

@@ -60,6 +60,24 @@ pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str
     .collect()
 }
 
+/// GET `path` over a plain HTTP/1.0 connection: the response body (the
+/// services' /metrics and JWKS endpoints; no client crate needed).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await?;
+    Ok(response.split_once("\r\n\r\n").map_or(response.clone(), |(_, body)| body.to_owned()))
+}
+
+/// The value of the Prometheus sample `name` (with its labels, if any) at
+/// `addr`'s /metrics; 0 when absent.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let body = http_get(addr, "/metrics").await.expect("metrics endpoint answers");
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
 /// A short prefix unique to one test, for stream names and Redis keys.
 pub fn unique_prefix(tag: &str) -> String {
     format!("t{}{}", tag, &Uuid::new_v4().simple().to_string()[..12])
