@@ -7,6 +7,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 COPY proto/Cargo.toml proto/build.rs proto/
 COPY proto/bank proto/bank
+COPY proto/google proto/google
 COPY crates/domain/Cargo.toml crates/domain/
 COPY crates/platform/Cargo.toml crates/platform/
 COPY crates/testkit/Cargo.toml crates/testkit/

@@ -1,13 +1,13 @@
 #!/bin/sh
-# Inside compose: same envoy.yaml, upstreams by service name, listener on all
-# interfaces, descriptor from the shared volume.
+# Inside compose: envoy.yaml's placeholders (see envoy/render.py) filled with
+# compose service names, the listener on all interfaces, the descriptor from
+# the shared volume. sed, because the Envoy image has no Python.
 set -eu
-sed -e 's/address: 127.0.0.1, port_value: 50051/address: auth-service, port_value: 50051/' \
-    -e 's/address: 127.0.0.1, port_value: 50052/address: command-service, port_value: 50052/' \
-    -e 's/address: 127.0.0.1, port_value: 50053/address: query-service, port_value: 50053/' \
-    -e 's/address: 127.0.0.1, port_value: 9091/address: auth-service, port_value: 9091/' \
-    -e 's#http://127.0.0.1:9091/#http://auth-service:9091/#' \
-    -e 's/address: 127.0.0.1, port_value: 8080/address: 0.0.0.0, port_value: 8080/' \
-    -e 's#"envoy/bank.pb"#"/descriptors/bank.pb"#' \
-    /etc/envoy/envoy.yaml > /tmp/envoy.yaml
-exec envoy -c /tmp/envoy.yaml
+sed -e 's/${EDGE_ADDRESS}/0.0.0.0/g' -e 's/${EDGE_PORT}/8080/g' -e 's/${ENVOY_ADMIN_PORT}/9901/g' \
+    -e 's/${AUTH_HOST}/auth-service/g' -e 's/${AUTH_GRPC_PORT}/50051/g' -e 's/${AUTH_HTTP_PORT}/9091/g' \
+    -e 's/${COMMAND_HOST}/command-service/g' -e 's/${COMMAND_GRPC_PORT}/50052/g' \
+    -e 's/${QUERY_HOST}/query-service/g' -e 's/${QUERY_GRPC_PORT}/50053/g' \
+    -e 's#${DESCRIPTOR}#/descriptors/bank.pb#g' -e 's#${OPENAPI}#/etc/envoy/openapi.json#g' \
+    "${1:-/etc/envoy/envoy.yaml}" > "${2:-/tmp/envoy.yaml}"
+if grep -n '\${' "${2:-/tmp/envoy.yaml}"; then echo "render-compose.sh: placeholder left unfilled" >&2; exit 1; fi
+[ -n "${RENDER_ONLY:-}" ] || exec envoy -c "${2:-/tmp/envoy.yaml}"

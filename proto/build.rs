@@ -9,6 +9,11 @@ const PROTOS: &[&str] = &[
     "bank/v1/command.proto",
     "bank/v1/query.proto",
     "bank/v1/events.proto",
+    // Not used from Rust (tonic-types has them): listed so the descriptor set
+    // carries the error detail types Envoy needs to render google.rpc.Status
+    // details as JSON for REST clients.
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,9 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let wkt = protoc_bin_vendored::include_path()?;
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
-    for proto in PROTOS {
-        println!("cargo:rerun-if-changed={proto}");
-    }
+    println!("cargo:rerun-if-changed=bank");
+    println!("cargo:rerun-if-changed=google");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("bank_descriptor.bin"))
         // Deterministic encoding: event hashes are computed over encoded bytes.

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Checks envoy/envoy.yaml against proto/: every JWT exemption and every route
-names a gRPC service or method that exists, and every route's cluster is defined."""
+"""Checks envoy/envoy.yaml (rendered with its defaults) against proto/: every
+JWT exemption and every route names a gRPC service or method that exists (or
+is the OpenAPI document or the REST prefix), and every route's cluster is
+defined."""
+import os
 import pathlib
 import re
 import sys
@@ -8,7 +11,11 @@ import sys
 import yaml
 
 root = pathlib.Path(__file__).resolve().parent.parent
-config = yaml.safe_load((root / "envoy/envoy.yaml").read_text())
+sys.path.insert(0, str(root / "envoy"))
+import render  # noqa: E402  (envoy/render.py)
+
+values = {name: os.environ.get(name, default) for name, default in render.DEFAULTS.items()}
+config = yaml.safe_load(render.render((root / "envoy/envoy.yaml").read_text(), values))
 
 methods = set()
 for proto in (root / "proto/bank/v1").glob("*.proto"):
@@ -18,18 +25,22 @@ for proto in (root / "proto/bank/v1").glob("*.proto"):
             methods.add(f"/bank.v1.{service}/{rpc}")
 services = {m.rsplit("/", 1)[0] + "/" for m in methods}
 infrastructure = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+edge_own = ("/openapi.json", "/v1/")
 
 def known(prefix):
-    return prefix in methods or prefix in services or prefix.startswith(infrastructure) or prefix == "/"
+    return (prefix in methods or prefix in services or prefix.startswith(infrastructure) or prefix == "/"
+            or prefix in edge_own)
 
 errors = []
 clusters = {c["name"] for c in config["static_resources"]["clusters"]}
 hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 for vhost in hcm["route_config"]["virtual_hosts"]:
     for route in vhost["routes"]:
-        prefix = route["match"]["prefix"]
+        prefix = route["match"].get("prefix") or route["match"]["path"]
         if not known(prefix):
             errors.append(f"route {prefix} names no RPC or service in proto/")
+        if "direct_response" in route:
+            continue
         cluster = route["route"]["cluster"]
         if cluster not in clusters:
             errors.append(f"route {prefix} uses undefined cluster {cluster}")
@@ -37,7 +48,7 @@ for f in hcm["http_filters"]:
     if f["name"] == "envoy.filters.http.jwt_authn":
         tc = f["typed_config"]
         for rule in tc["rules"]:
-            prefix = rule["match"]["prefix"]
+            prefix = rule["match"].get("prefix") or rule["match"]["path"]
             if "requires" not in rule and not known(prefix):
                 errors.append(f"JWT exemption {prefix} names no RPC in proto/")
         for p in tc["providers"].values():

@@ -160,15 +160,52 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
 
     let document = jwks(&config.signers);
-    let router = axum::Router::new().route(
-        "/.well-known/jwks.json",
-        axum::routing::get(move || {
-            let document = document.clone();
-            async move { axum::Json(document) }
-        }),
-    );
+    let rest_schema = Arc::new(bank_proto::rest::RestSchema::load());
+    let router = axum::Router::new()
+        .route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { axum::Json(document) }
+            }),
+        )
+        // The edge's strict REST body check (Envoy ext_authz): auth-service
+        // already serves the edge its keys; the check needs no state.
+        .route(
+            "/edge/check/{*path}",
+            axum::routing::any(move |method: axum::http::Method, uri: axum::http::Uri, body: axum::body::Bytes| {
+                let schema = rest_schema.clone();
+                async move { edge_check(&schema, &method, &uri, &body) }
+            }),
+        );
     running.spawn(http::serve(http_listener, router, shutdown));
     Ok(running)
+}
+
+/// 200 lets the request through; 400 refuses it with the same
+/// google.rpc.Status JSON a service's INVALID_ARGUMENT becomes at the edge.
+fn edge_check(
+    schema: &bank_proto::rest::RestSchema,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path().strip_prefix("/edge/check").unwrap_or_default();
+    match schema.check(method.as_str(), path, body) {
+        Ok(()) => axum::http::StatusCode::OK.into_response(),
+        Err(e) => {
+            let status = serde_json::json!({
+                "code": tonic::Code::InvalidArgument as i32,
+                "message": format!("invalid request: {}: {}", e.field, e.description),
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "field_violations": [{ "field": e.field, "description": e.description }],
+                }],
+            });
+            (axum::http::StatusCode::BAD_REQUEST, axum::Json(status)).into_response()
+        }
+    }
 }
 
 async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str) -> Result<()> {

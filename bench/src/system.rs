@@ -18,10 +18,6 @@ pub struct Services {
     pub projector_http: SocketAddr,
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
-}
-
 /// The sibling binary of this one (target/release/<name>).
 pub fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -30,14 +26,15 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
 
 impl Services {
     pub async fn start(base_env: Vec<(String, String)>) -> Result<Self> {
-        let (command, query, projector_http) = (free_addr(), free_addr(), free_addr());
+        let (command, query, projector_http) =
+            (bank_testkit::free_addr(), bank_testkit::free_addr(), bank_testkit::free_addr());
         let mut env = base_env;
         env.extend(
             [
                 ("COMMAND_GRPC_ADDR", command.to_string()),
-                ("COMMAND_HTTP_ADDR", free_addr().to_string()),
+                ("COMMAND_HTTP_ADDR", bank_testkit::free_addr().to_string()),
                 ("QUERY_GRPC_ADDR", query.to_string()),
-                ("QUERY_HTTP_ADDR", free_addr().to_string()),
+                ("QUERY_HTTP_ADDR", bank_testkit::free_addr().to_string()),
                 ("PROJECTOR_HTTP_ADDR", projector_http.to_string()),
                 ("RUST_LOG", "warn".to_owned()),
             ]

@@ -8,6 +8,8 @@ pub mod bank {
 
 pub use bank::v1;
 
+pub mod rest;
+
 /// Encoded `FileDescriptorSet` of every bank.v1 file (and its imports), for
 /// gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bank_descriptor");

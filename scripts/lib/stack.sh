@@ -36,6 +36,7 @@ stack_install() {
   [ -x "$PGBIN/initdb" ] || missing+=(postgresql postgresql-contrib)
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
+  command -v jq >/dev/null || missing+=(jq)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt_install "${missing[@]}"
@@ -153,6 +154,15 @@ stop_redis() {
 stack_start() { start_postgres; start_nats; start_redis; }
 stack_stop() { stop_redis; stop_nats; stop_postgres; }
 
+stack_owns() { # stack_owns <port variable>: that port is held by this state folder's own server
+  case $1 in
+    PGPORT) [ -s "$STATE/pg/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$STATE/pg" status >/dev/null 2>&1 ;;
+    NATS_PORT | NATS_MONITOR_PORT) pid_alive "$STATE/run/nats.pid" ;;
+    REDIS_PORT) pid_alive "$STATE/run/redis.pid" ;;
+    *) return 1 ;;
+  esac
+}
+
 stack_running() {
   "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1
 }
@@ -165,4 +175,23 @@ stack_env() {
   export NATS_URL="nats://127.0.0.1:$NATS_PORT"
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   export PATH
+}
+
+# free_ports N: N distinct loopback ports, free now and below the kernel's
+# ephemeral range (32768-60999), so no outgoing connection can take one
+# before its server binds it (port 0 would hand out an ephemeral one).
+free_ports() {
+  python3 -c '
+import random, socket, sys
+found = []
+for port in random.sample(range(10000, 32000), 22000):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    found.append(port)
+    if len(found) == int(sys.argv[1]):
+        break
+print(" ".join(map(str, found)))' "$1"
 }

@@ -17,6 +17,10 @@ use crate::{auth::AuthLayer, metrics::RpcMetricsLayer};
 /// far below what could exhaust memory.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Served next to every service's own: health and both reflection versions.
+pub const INFRASTRUCTURE_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// Binds a listener; port 0 picks a free port (tests).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))
@@ -36,10 +40,14 @@ pub async fn serve(
     for name in service_names {
         reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
+    // Reflection advertises what this server serves, not every service in
+    // the shared descriptor set (grpcurl `list` must not offer RPCs that
+    // would answer UNIMPLEMENTED here).
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(bank_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        service_names.iter().copied().chain(INFRASTRUCTURE_SERVICES).fold(builder, |b, name| b.with_service_name(name))
     };
     let routes =
         routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);

@@ -166,6 +166,25 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     req
 }
 
+/// A loopback port that is free now and lies below the kernel's ephemeral
+/// range (32768-60999): a child process can listen on it, and listen on it
+/// again after a restart, without an outgoing connection taking it meanwhile
+/// (port 0 hands out ephemeral ports, which is only safe for a listener the
+/// test keeps bound itself).
+pub fn free_port() -> u16 {
+    // Start at a random point so parallel tests rarely probe the same ports.
+    let start = 10_000 + (Uuid::new_v4().as_u128() % 22_000) as u16;
+    (0..22_000u16)
+        .map(|i| 10_000 + (start - 10_000 + i) % 22_000)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("no free port between 10000 and 31999")
+}
+
+/// `127.0.0.1:<free_port()>`.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// A NATS JetStream server of one test's own, as a real child process, for
 /// tests that stop and restart the broker without disturbing other tests.
 pub struct NatsProcess {
@@ -176,7 +195,7 @@ pub struct NatsProcess {
 
 impl NatsProcess {
     pub async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port();
         let store = std::env::temp_dir().join(format!("bankmesh-nats-{}", Uuid::new_v4().simple()));
         let mut me = Self { port, store, child: None };
         me.resume().await?;

@@ -32,10 +32,6 @@ fn bin(name: &str) -> PathBuf {
     exe.parent().unwrap().parent().unwrap().join(name)
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 pub fn stack(action: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack");
     let ok = Command::new("bash").arg(script).arg(action).status().unwrap().success();
@@ -66,17 +62,17 @@ impl System {
     pub async fn start_with(extra_env: &[(&str, String)]) -> Self {
         let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("e2e");
-        let (command_addr, query_addr) = (free_addr(), free_addr());
+        let (command_addr, query_addr) = (bank_testkit::free_addr(), bank_testkit::free_addr());
         let write_url = bank_testkit::fresh_database_url("e2ew");
         let read_url = bank_testkit::fresh_database_url("e2er");
         let mut env = bank_testkit::service_env(&prefix, &issuer.jwks_url, &write_url, &read_url);
         env.extend(
             [
                 ("COMMAND_GRPC_ADDR", command_addr.to_string()),
-                ("COMMAND_HTTP_ADDR", free_addr().to_string()),
+                ("COMMAND_HTTP_ADDR", bank_testkit::free_addr().to_string()),
                 ("QUERY_GRPC_ADDR", query_addr.to_string()),
-                ("QUERY_HTTP_ADDR", free_addr().to_string()),
-                ("PROJECTOR_HTTP_ADDR", free_addr().to_string()),
+                ("QUERY_HTTP_ADDR", bank_testkit::free_addr().to_string()),
+                ("PROJECTOR_HTTP_ADDR", bank_testkit::free_addr().to_string()),
                 ("RUST_LOG", "warn".into()),
             ]
             .into_iter()
