@@ -139,8 +139,10 @@ for _ in $(seq 1 600); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.1; do
 kill -0 "$run_pid" 2>/dev/null && fail "scripts/run still running 60 s after Ctrl-C"
 wait "$run_pid" || status=$?
 [ "$status" = 0 ] || fail "scripts/run exited with $status after Ctrl-C"
+# A zombie (state Z) has exited; only its reaping by init is left.
+alive() { [ -e "/proc/$1/stat" ] && [ "$(cut -d')' -f2 "/proc/$1/stat" | cut -d' ' -f2)" != Z ]; }
 for pid in $pids; do
-  if kill -0 "$pid" 2>/dev/null; then fail "process $pid ($(tr '\0' ' ' </proc/"$pid"/cmdline)) outlived Ctrl-C"; fi
+  if alive "$pid"; then fail "process $pid ($(tr '\0' ' ' </proc/"$pid"/cmdline)) outlived Ctrl-C"; fi
 done
 for port in "${ports[@]}"; do port_open "$port" && fail "port $port still in use after Ctrl-C"; done
 echo "ok: Ctrl-C stopped all $(wc -w <<<"$pids") processes it started and freed all ${#ports[@]} ports"
