@@ -65,9 +65,11 @@ ERROR_RESPONSES = (
     ("403", "Error403", ("PERMISSION_DENIED",)),
     ("404", "Error404", ("NOT_FOUND",)),
     ("409", "Error409", ("ABORTED", "ALREADY_EXISTS")),
+    ("413", "Error413", ("INVALID_ARGUMENT: request body over 64 KiB",)),
     ("429", "Error429", ("RESOURCE_EXHAUSTED",)),
     ("500", "Error500", ("INTERNAL",)),
     ("503", "Error503", ("UNAVAILABLE",)),
+    ("504", "Error504", ("DEADLINE_EXCEEDED",)),
 )
 
 STATUS_TYPE = ".google.rpc.Status"

@@ -233,7 +233,7 @@ class SmallSetTest(unittest.TestCase):
 
     def test_error_responses(self):
         op = self.paths["/v1/things/{thing_id}"]["get"]
-        self.assertEqual(list(op["responses"]), ["200", "400", "401", "403", "404", "409", "429", "500", "503"])
+        self.assertEqual(list(op["responses"]), ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503", "504"])
         shared = self.doc["components"]["responses"]
         self.assertIn("FAILED_PRECONDITION", shared["Error400"]["description"])
         self.assertIn("ALREADY_EXISTS", shared["Error409"]["description"])

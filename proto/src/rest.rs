@@ -70,7 +70,8 @@ impl RestSchema {
     /// HTTP method and path name. A request that names no method passes: it
     /// is not a REST call (the edge routes or refuses it itself).
     pub fn check(&self, http_method: &str, path: &str, body: &[u8]) -> Result<(), FieldError> {
-        let path = path.split('?').next().unwrap_or_default();
+        // The transcoder ignores a trailing slash; so must the lookup.
+        let path = path.split('?').next().unwrap_or_default().trim_end_matches('/');
         if let Some((_, rest)) = self.grpc_paths.iter().find(|(p, _)| p == path) {
             return Err(FieldError {
                 field: "path".into(),
@@ -209,6 +210,11 @@ mod tests {
         assert_eq!(check("GET", "/v1/accounts/x/balance", ""), Ok(()));
         assert_eq!(check("POST", "/v1/accounts/x:explode", r#"{"x":1}"#), Ok(()));
         assert_eq!(check("POST", "/v1/transfers", ""), Ok(()));
+    }
+
+    #[test]
+    fn a_trailing_slash_does_not_skip_the_check() {
+        assert!(check("POST", "/v1/transfers/", r#"{"amout":1}"#).is_err());
     }
 
     #[test]

@@ -188,10 +188,14 @@ expect_rest 400 '"code":3' GET "/v1/accounts/$a/transactions?page_sise=10"
 expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"-5"},"idempotency_key":"rest-bad-1"}'
 expect_rest 400 '"field":"idempotency_key"' POST "/v1/transfers" -d "{\"from_account_id\":\"$a\",\"to_account_id\":\"$b\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"1.00\"}}"
 expect_rest 400 '"code":3' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotency_key":"rest-bad-2"'
-expect_rest 400 'money.amount' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":5},"idempotency_key":"rest-bad-3"}'
-expect_rest 400 'amout' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-4"}'
-expect_rest 400 'idempotency' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotencykey":"rest-bad-5"}'
+expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":5},"idempotency_key":"rest-bad-3"}'
+expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-4"}'
+expect_rest 400 '"field":"idempotencykey"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotencykey":"rest-bad-5"}'
 expect_rest 400 '"reason":"INSUFFICIENT_FUNDS"' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-6"}'
+# The check cannot be sidestepped: a trailing slash, a content type that only
+# starts like gRPC's.
+expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit/" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-7"}'
+expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit" -H 'content-type: application/grpcx' -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-8"}'
 expect_rest 200 '"amount":"69.75"' GET "/v1/accounts/$a/balance"
 token_saved=$token token=""
 expect_rest 401 '"code":16' GET "/v1/accounts/$a/balance"
@@ -206,7 +210,8 @@ echo "ok: REST paths, filters, read-your-writes, errors as HTTP + google.rpc.Sta
 # 9. The committed OpenAPI document is what the edge serves, and every path in
 #    it answers through the edge with a status it documents.
 python3 scripts/check_openapi_edge.py --doc envoy/openapi.json --base "$api" --token "$admin" \
-  --param account_id="$a" --param transaction_id="$tx" --param user_id="$uid" \
+  --param account_id="$a" --param transaction_id="$tx" --param user_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --expect AuthService_ApproveCustomer=404 --expect AuthService_SuspendCustomer=404 \
   --expect AccountQueryService_GetBalance=200 --expect AccountQueryService_GetTransaction=200 \
   --expect AccountQueryService_ListTransactions=200 --expect AuthService_WhoAmI=200 --expect AccountCommandService_Deposit=400 \
   >"$logs/openapi-check.out" 2>&1 || { cat "$logs/openapi-check.out"; fail "OpenAPI document against the edge"; }
@@ -220,4 +225,10 @@ for _ in $(seq 1 15); do
 done
 [ "$limited" = 1 ] || fail "Login was not rate limited"
 echo "ok: Login rate-limited at the edge"
+# 10. The REST body check fails closed: with auth-service down a REST write is
+#     UNAVAILABLE (503, google.rpc.Status), never let through unchecked.
+kill "${pid_of[auth]}"; wait "${pid_of[auth]}" 2>/dev/null || true
+expect_rest 503 '"code":14' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-9"}'
+expect_rest 200 '"amount":"35.00"' GET "/v1/accounts/$b/balance"
+echo "ok: REST writes fail closed (503) while the body check is unreachable"
 echo "edge: every check above passed"
