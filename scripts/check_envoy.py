@@ -59,6 +59,22 @@ for f in hcm["http_filters"]:
             if f"/{s}/" not in services:
                 errors.append(f"transcoder service {s} not in proto/")
 
+# The RPCs reachable without a token are the same three times: the edge's JWT
+# exemptions, auth-service's PUBLIC_METHODS, and the OpenAPI document's.
+sys.path.insert(0, str(root / "scripts"))
+import openapi  # noqa: E402
+
+exempt = set()
+for f in hcm["http_filters"]:
+    if f["name"] == "envoy.filters.http.jwt_authn":
+        exempt = {r["match"]["prefix"] for r in f["typed_config"]["rules"]
+                  if "requires" not in r and r["match"].get("prefix", "") in methods}
+rust = set(re.findall(r'"(/bank\.v1\.[A-Za-z]+/[A-Za-z]+)"',
+                      (root / "auth-service/src/lib.rs").read_text().split("PUBLIC_METHODS", 1)[1].split("];", 1)[0]))
+documented = {"/" + m for m in openapi.PUBLIC_METHODS}
+if not exempt == rust == documented:
+    errors.append(f"public RPCs differ: envoy {sorted(exempt)}, auth-service {sorted(rust)}, openapi {sorted(documented)}")
+
 if errors:
     print("\n".join(errors))
     sys.exit(1)

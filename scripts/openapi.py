@@ -45,6 +45,7 @@ PUBLIC_METHODS = frozenset({
     "bank.v1.AuthService/Login",
     "bank.v1.AuthService/Refresh",
     "bank.v1.AuthService/Logout",
+    "bank.v1.AuthService/IssueServiceToken",
 })
 
 INFO_DESCRIPTION = (

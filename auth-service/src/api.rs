@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::{
     credentials::{self, blocking},
     error::AuthError,
+    service_clients::ServiceClients,
     store::{self, Spend, User},
     throttle::LoginThrottle,
     validate,
@@ -32,6 +33,24 @@ pub struct AuthApi {
     pub settings: Settings,
     /// Verified against when the email is unknown, so both failures cost the same.
     pub dummy_hash: Arc<String>,
+    pub service_clients: Arc<ServiceClients>,
+}
+
+fn role_proto(role: &str) -> pb::Role {
+    match role {
+        bank_platform::auth::ROLE_ADMIN => pb::Role::Admin,
+        bank_platform::auth::ROLE_TELLER => pb::Role::Teller,
+        bank_platform::auth::ROLE_SERVICE => pb::Role::Service,
+        _ => pb::Role::Customer,
+    }
+}
+
+/// The one role an admin may grant or revoke.
+fn grantable(role: i32) -> Result<&'static str, AuthError> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Teller) => Ok(bank_platform::auth::ROLE_TELLER),
+        _ => Err(bank_domain::InputError::new("role", "only ROLE_TELLER can be granted or revoked").into()),
+    }
 }
 
 fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
@@ -50,10 +69,7 @@ fn user_proto(u: &User) -> pb::User {
         email: u.email.clone(),
         full_name: u.full_name.clone(),
         status: status as i32,
-        roles: credentials::role_claims(&u.roles)
-            .iter()
-            .map(|r| if r == "admin" { pb::Role::Admin as i32 } else { pb::Role::Customer as i32 })
-            .collect(),
+        roles: credentials::role_claims(&u.roles).iter().map(|r| role_proto(r) as i32).collect(),
         created_at: timestamp(u.created_at),
     }
 }
@@ -169,6 +185,50 @@ impl AuthApi {
         Ok(res)
     }
 
+    /// Grants (or revokes) a staff role; the user as it is afterwards.
+    async fn change_role(&self, caller: &Caller, user_id: &str, role: i32, grant: bool) -> Result<User, AuthError> {
+        let id = self.admin_target(caller, user_id).await?;
+        let role = grantable(role)?;
+        let found = if grant {
+            store::grant_role(&self.db, id, role).await?
+        } else {
+            store::revoke_role(&self.db, id, role).await?
+        };
+        if !found {
+            return Err(AuthError::UserNotFound);
+        }
+        tracing::info!(user_id = %id, admin = %caller.user_id, role, grant, "role changed");
+        store::user_by_id(&self.db, id).await?.ok_or(AuthError::UserNotFound)
+    }
+
+    async fn service_token(
+        &self,
+        r: pb::IssueServiceTokenRequest,
+        address: &str,
+    ) -> Result<pb::IssueServiceTokenResponse, AuthError> {
+        // Failures count against the client id and the address, as logins do.
+        let throttle_key = format!("service:{}", r.client_id);
+        if self.throttle.check(&throttle_key, address).await? {
+            return Err(AuthError::Throttled);
+        }
+        let Some(subject) = self.service_clients.verify(&r.client_id, &r.client_secret) else {
+            self.throttle.record_failure(&throttle_key).await?;
+            return Err(AuthError::InvalidClientCredentials);
+        };
+        self.throttle.record_success(&throttle_key).await?;
+        let s = &self.settings;
+        let roles = [bank_platform::auth::ROLE_SERVICE.to_owned()];
+        let access =
+            credentials::access_token(&self.signer, &s.issuer, &s.audience, s.access_ttl, subject, &roles, "ACTIVE")?;
+        tracing::info!(client_id = %r.client_id, %subject, "service token issued");
+        Ok(pb::IssueServiceTokenResponse {
+            access_token: access.token,
+            access_token_expires_at: timestamp(access.expires_at),
+            token_type: "Bearer".into(),
+            subject: subject.to_string(),
+        })
+    }
+
     async fn refresh(&self, token: &str) -> Result<pb::LoginResponse, AuthError> {
         if token.is_empty() || token.len() > 256 {
             return Err(AuthError::InvalidRefreshToken);
@@ -245,6 +305,31 @@ impl AuthService for AuthApi {
         tx.commit().await.map_err(AuthError::from)?;
         tracing::info!(user_id = %id, admin = %caller.user_id, "customer approved");
         Ok(Response::new(user_proto(&user)))
+    }
+
+    async fn grant_role(&self, req: Request<pb::GrantRoleRequest>) -> Result<Response<pb::GrantRoleResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let user = self.change_role(&caller, &r.user_id, r.role, true).await?;
+        Ok(Response::new(pb::GrantRoleResponse { user: Some(user_proto(&user)) }))
+    }
+
+    async fn revoke_role(
+        &self,
+        req: Request<pb::RevokeRoleRequest>,
+    ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let user = self.change_role(&caller, &r.user_id, r.role, false).await?;
+        Ok(Response::new(pb::RevokeRoleResponse { user: Some(user_proto(&user)) }))
+    }
+
+    async fn issue_service_token(
+        &self,
+        req: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let address = self.client_address(&req);
+        Ok(Response::new(self.service_token(req.into_inner(), &address).await?))
     }
 
     async fn suspend_customer(&self, req: Request<pb::SuspendCustomerRequest>) -> Result<Response<pb::User>, Status> {

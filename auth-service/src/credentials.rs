@@ -6,7 +6,7 @@ use argon2::{
     Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
     password_hash::{SaltString, rand_core::OsRng},
 };
-use bank_platform::auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, TokenSigner};
+use bank_platform::auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SERVICE, ROLE_TELLER, TokenSigner};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
@@ -41,8 +41,19 @@ pub fn refresh_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The roles a token carries: an admin is an admin; anyone else is a
+/// customer, plus teller when granted (a service principal is only a service).
 pub fn role_claims(roles: &[String]) -> Vec<String> {
-    if roles.iter().any(|r| r == ROLE_ADMIN) { vec![ROLE_ADMIN.into()] } else { vec![ROLE_CUSTOMER.into()] }
+    let has = |role: &str| roles.iter().any(|r| r == role);
+    if has(ROLE_ADMIN) {
+        vec![ROLE_ADMIN.into()]
+    } else if has(ROLE_SERVICE) {
+        vec![ROLE_SERVICE.into()]
+    } else if has(ROLE_TELLER) {
+        vec![ROLE_CUSTOMER.into(), ROLE_TELLER.into()]
+    } else {
+        vec![ROLE_CUSTOMER.into()]
+    }
 }
 
 pub struct AccessToken {

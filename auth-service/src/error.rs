@@ -13,6 +13,8 @@ pub enum AuthError {
     /// Unknown email and wrong password look the same on purpose.
     #[error("invalid email or password")]
     InvalidCredentials,
+    #[error("invalid client id or secret")]
+    InvalidClientCredentials,
     #[error("too many login attempts")]
     Throttled,
     #[error("refresh token is invalid, expired or revoked")]
@@ -45,7 +47,9 @@ impl From<AuthError> for Status {
         match e {
             AuthError::Invalid(v) => status::invalid_argument(&v),
             AuthError::EmailTaken => status::with_reason(Code::AlreadyExists, "EMAIL_TAKEN", message),
-            AuthError::InvalidCredentials => status::with_reason(Code::Unauthenticated, "INVALID_CREDENTIALS", message),
+            AuthError::InvalidCredentials | AuthError::InvalidClientCredentials => {
+                status::with_reason(Code::Unauthenticated, "INVALID_CREDENTIALS", message)
+            }
             AuthError::Throttled => status::with_reason(
                 Code::ResourceExhausted,
                 "LOGIN_THROTTLED",

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod credentials;
 pub mod error;
+pub mod service_clients;
 pub mod store;
 pub mod throttle;
 pub mod validate;
@@ -40,6 +41,8 @@ pub struct Config {
     pub bootstrap_admin: Option<(String, String)>,
     pub throttle: throttle::Limits,
     pub trust_forwarded_for: bool,
+    /// Service principals (client credentials); secrets as digests only.
+    pub service_clients: service_clients::ServiceClients,
 }
 
 impl std::fmt::Debug for Config {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("bootstrap_admin", &self.bootstrap_admin.as_ref().map(|(email, _)| email))
             .field("throttle", &self.throttle)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("service_clients", &self.service_clients)
             .finish()
     }
 }
@@ -74,6 +78,15 @@ impl Config {
         if signers.is_empty() {
             tracing::warn!("JWT_SIGNING_KEYS not set: using a generated dev key (tokens die with this process)");
             signers.push(TokenSigner::generate());
+        }
+        let mut service_clients = service_clients::ServiceClients::default();
+        if let Some(text) = env.var("SERVICE_CLIENTS") {
+            service_clients.add(&text, "SERVICE_CLIENTS")?;
+        }
+        if let Some(path) = env.var("SERVICE_CLIENTS_FILE") {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read SERVICE_CLIENTS_FILE {path}"))?;
+            service_clients.add(&text, &path)?;
         }
         let bootstrap_admin = match (env.var("BOOTSTRAP_ADMIN_EMAIL"), env.var("BOOTSTRAP_ADMIN_PASSWORD")) {
             (Some(e), Some(p)) => Some((e, p)),
@@ -97,6 +110,7 @@ impl Config {
                 window: Duration::from_secs(config::parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)?),
             },
             trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
+            service_clients,
         })
     }
 }
@@ -109,6 +123,7 @@ pub const PUBLIC_METHODS: &[&str] = &[
     "/bank.v1.AuthService/Login",
     "/bank.v1.AuthService/Refresh",
     "/bank.v1.AuthService/Logout",
+    "/bank.v1.AuthService/IssueServiceToken",
 ];
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
@@ -148,6 +163,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             trust_forwarded_for: config.trust_forwarded_for,
         },
         dummy_hash: Arc::new(dummy_hash),
+        service_clients: Arc::new(config.service_clients.clone()),
     };
     let routes =
         tonic::service::Routes::new(AuthServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES));

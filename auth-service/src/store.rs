@@ -17,6 +17,28 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// Adds `role` to the user's roles (once); false when there is no such user.
+pub async fn grant_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET roles = array_append(array_remove(roles, $2), $2), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(role)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Removes `role` from the user's roles; false when there is no such user.
+pub async fn revoke_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query("UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(role)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 const USER_COLUMNS: &str = "id, email, full_name, password_hash, status, roles, created_at";
 
 pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {

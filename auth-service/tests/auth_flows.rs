@@ -252,6 +252,103 @@ async fn only_admins_approve_and_suspension_ends_refresh() {
     assert_eq!(reason(&login), "USER_SUSPENDED");
 }
 
+/// The `roles` and `sub` claims of an access token (already verified by the
+/// services; here only read).
+fn claims(token: &str) -> (Vec<String>, String) {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let roles = json["roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    (roles, json["sub"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn admins_grant_and_revoke_the_teller_role_which_the_next_token_carries() {
+    let a = Auth::start().await;
+    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
+    let session = a.login("tom@example.com", PASSWORD).await.unwrap();
+    assert_eq!(claims(&session.access_token).0, ["customer"]);
+    let grant = |user_id: &str, role: pb::Role, token: &str| {
+        let (mut client, req) =
+            (a.c(), authed(pb::GrantRoleRequest { user_id: user_id.into(), role: role as i32 }, token));
+        async move { client.grant_role(req).await }
+    };
+
+    // Given a customer, when they try to grant themselves a role: refused.
+    let denied = grant(&tom.user_id, pb::Role::Teller, &session.access_token).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Only the teller role can be granted, and only to someone who exists.
+    let admin = a.admin_token().await;
+    let not_grantable = grant(&tom.user_id, pb::Role::Admin, &admin).await.unwrap_err();
+    assert_eq!(fields(&not_grantable), ["role"]);
+    let nobody = grant(&uuid::Uuid::now_v7().to_string(), pb::Role::Teller, &admin).await.unwrap_err();
+    assert_eq!(nobody.code(), Code::NotFound);
+
+    // When the admin grants teller: the user shows it, and the next token carries it.
+    let user = grant(&tom.user_id, pb::Role::Teller, &admin).await.unwrap().into_inner().user.unwrap();
+    assert_eq!(user.roles, [pb::Role::Customer as i32, pb::Role::Teller as i32]);
+    grant(&tom.user_id, pb::Role::Teller, &admin).await.unwrap(); // idempotent
+    let refreshed = a.refresh(&session.refresh_token).await.unwrap();
+    assert_eq!(claims(&refreshed.access_token).0, ["customer", "teller"]);
+
+    // When it is revoked: the next token (a refresh of the same session too) has no teller.
+    let revoked = a
+        .c()
+        .revoke_role(authed(
+            pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(revoked.roles, [pb::Role::Customer as i32]);
+    let after = a.refresh(&refreshed.refresh_token).await.unwrap();
+    assert_eq!(claims(&after.access_token).0, ["customer"]);
+}
+
+const SERVICE_SECRET: &str = "payments-service-secret-0123456789";
+
+#[tokio::test]
+async fn service_principals_trade_their_secret_for_a_service_token_and_guessing_is_throttled() {
+    let a = Auth::start_with(|c| c.service_clients.add(&format!("payments:{SERVICE_SECRET}"), "test").unwrap()).await;
+    let issue = |id: &str, secret: &str| {
+        let (mut client, req) =
+            (a.c(), pb::IssueServiceTokenRequest { client_id: id.into(), client_secret: secret.into() });
+        async move { client.issue_service_token(req).await }
+    };
+    let token = issue("payments", SERVICE_SECRET).await.unwrap().into_inner();
+    let (roles, sub) = claims(&token.access_token);
+    assert_eq!(roles, ["service"]);
+    assert_eq!(sub, token.subject);
+    assert_eq!(sub, auth_service::service_clients::ServiceClients::subject("payments").to_string());
+    // The token verifies like any other against the published keys.
+    let verifier = TokenVerifier::new(
+        Arc::new(KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr))),
+        &a.config.issuer,
+        &a.config.audience,
+    );
+    let (caller, _) = verifier.verify(&token.access_token).await.unwrap();
+    assert!(caller.is_service() && !caller.is_teller() && caller.is_active());
+
+    // A wrong secret and an unknown client get the same answer.
+    for (id, secret) in [("payments", "payments-service-secret-0123456788"), ("nobody", SERVICE_SECRET)] {
+        let err = issue(id, secret).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, "INVALID_CREDENTIALS".into()));
+    }
+    // Guessing a client's secret is throttled like guessing a password.
+    let mut throttled = false;
+    for _ in 0..8 {
+        if issue("payments", "not-the-secret-at-all-xxxxxxxx").await.unwrap_err().code() == Code::ResourceExhausted {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "repeated wrong secrets were never throttled");
+}
+
 #[tokio::test]
 async fn two_concurrent_refreshes_of_one_token_have_exactly_one_winner() {
     let a = Auth::start().await;

@@ -149,6 +149,14 @@ impl Harness {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.db).await.unwrap()
     }
 
+    /// How many outbox ids were ever issued (rows the relay deleted included).
+    pub async fn outbox_ids_issued(&self) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')), 0)")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     /// Every envelope on this test's stream, in stream order.
     pub async fn published(&self, nats_url: &str) -> Vec<pb::EventEnvelope> {
         let client = async_nats::connect(nats_url).await.unwrap();

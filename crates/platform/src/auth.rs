@@ -27,6 +27,10 @@ use uuid::Uuid;
 
 pub const ROLE_CUSTOMER: &str = "customer";
 pub const ROLE_ADMIN: &str = "admin";
+/// Staff who move money across the bank's boundary (Deposit, Withdraw).
+pub const ROLE_TELLER: &str = "teller";
+/// An internal service with credentials of its own (client credentials).
+pub const ROLE_SERVICE: &str = "service";
 /// The user status that may move money (KYC approved).
 pub const STATUS_ACTIVE: &str = "ACTIVE";
 
@@ -55,7 +59,20 @@ pub struct Caller {
 
 impl Caller {
     pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == ROLE_ADMIN)
+        self.has(ROLE_ADMIN)
+    }
+
+    /// A teller, or an admin (who may act as one).
+    pub fn is_teller(&self) -> bool {
+        self.has(ROLE_TELLER) || self.is_admin()
+    }
+
+    pub fn is_service(&self) -> bool {
+        self.has(ROLE_SERVICE)
+    }
+
+    fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
     }
 
     pub fn is_active(&self) -> bool {
