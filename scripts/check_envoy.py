@@ -67,8 +67,15 @@ import openapi  # noqa: E402
 exempt = set()
 for f in hcm["http_filters"]:
     if f["name"] == "envoy.filters.http.jwt_authn":
-        exempt = {r["match"]["prefix"] for r in f["typed_config"]["rules"]
-                  if "requires" not in r and r["match"].get("prefix", "") in methods}
+        for r in f["typed_config"]["rules"]:
+            match = r["match"].get("prefix") or r["match"].get("path")
+            if "requires" in r:
+                continue
+            if match in methods:
+                exempt.add(match)
+            elif not match.startswith(infrastructure) and match != "/openapi.json":
+                # A service-wide prefix would exempt every RPC under it.
+                errors.append(f"JWT exemption {match} is not one RPC")
 rust = set(re.findall(r'"(/bank\.v1\.[A-Za-z]+/[A-Za-z]+)"',
                       (root / "auth-service/src/lib.rs").read_text().split("PUBLIC_METHODS", 1)[1].split("];", 1)[0]))
 documented = {"/" + m for m in openapi.PUBLIC_METHODS}

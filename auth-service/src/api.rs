@@ -30,6 +30,9 @@ pub struct AuthApi {
     pub db: PgPool,
     pub signer: TokenSigner,
     pub throttle: LoginThrottle,
+    /// Client-credential failures: per (address, client), so a stranger who
+    /// guesses at a client's id locks out only their own address.
+    pub client_throttle: LoginThrottle,
     pub settings: Settings,
     /// Verified against when the email is unknown, so both failures cost the same.
     pub dummy_hash: Arc<String>,
@@ -206,16 +209,19 @@ impl AuthApi {
         r: pb::IssueServiceTokenRequest,
         address: &str,
     ) -> Result<pb::IssueServiceTokenResponse, AuthError> {
-        // Failures count against the client id and the address, as logins do.
-        let throttle_key = format!("service:{}", r.client_id);
-        if self.throttle.check(&throttle_key, address).await? {
+        // An id no client can have is refused before it becomes a cache key.
+        if !crate::service_clients::valid_id(&r.client_id) {
+            return Err(AuthError::InvalidClientCredentials);
+        }
+        let throttle_key = format!("{address} {}", r.client_id);
+        if self.client_throttle.check(&throttle_key, address).await? {
             return Err(AuthError::Throttled);
         }
         let Some(subject) = self.service_clients.verify(&r.client_id, &r.client_secret) else {
-            self.throttle.record_failure(&throttle_key).await?;
+            self.client_throttle.record_failure(&throttle_key).await?;
             return Err(AuthError::InvalidClientCredentials);
         };
-        self.throttle.record_success(&throttle_key).await?;
+        self.client_throttle.record_success(&throttle_key).await?;
         let s = &self.settings;
         let roles = [bank_platform::auth::ROLE_SERVICE.to_owned()];
         let access =

@@ -81,12 +81,12 @@ impl Config {
         }
         let mut service_clients = service_clients::ServiceClients::default();
         if let Some(text) = env.var("SERVICE_CLIENTS") {
-            service_clients.add(&text, "SERVICE_CLIENTS")?;
+            service_clients.add(&text, ',', "SERVICE_CLIENTS")?;
         }
         if let Some(path) = env.var("SERVICE_CLIENTS_FILE") {
             let text =
                 std::fs::read_to_string(&path).with_context(|| format!("cannot read SERVICE_CLIENTS_FILE {path}"))?;
-            service_clients.add(&text, &path)?;
+            service_clients.add(&text, '\n', &path)?;
         }
         let bootstrap_admin = match (env.var("BOOTSTRAP_ADMIN_EMAIL"), env.var("BOOTSTRAP_ADMIN_PASSWORD")) {
             (Some(e), Some(p)) => Some((e, p)),
@@ -151,10 +151,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Arc::new(TokenVerifier::new(Arc::new(KeyCache::fixed(&config.signers)?), &config.issuer, &config.audience));
     let dummy_hash =
         credentials::blocking(|| credentials::hash_password("not a real password, only for timing")).await??;
+    let throttle = LoginThrottle::new(redis, config.redis_prefix.clone(), config.throttle.clone());
     let api = AuthApi {
         db: pool,
         signer: config.signers[0].clone(),
-        throttle: LoginThrottle::new(redis, config.redis_prefix.clone(), config.throttle.clone()),
+        client_throttle: throttle.namespaced("client"),
+        throttle,
         settings: api::Settings {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),

@@ -31,22 +31,25 @@ fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn valid_id(id: &str) -> bool {
+pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-')
 }
 
 impl ServiceClients {
-    /// Adds the `id:secret` entries of `text` (commas or lines). `source`
-    /// names where they came from in errors, which never show a secret.
-    pub fn add(&mut self, text: &str, source: &str) -> Result<()> {
-        for entry in text.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#')) {
+    /// Adds the `id:secret` entries of `text`, separated by `separator`
+    /// (`,` in the environment, a new line in a file, so a file's secrets may
+    /// hold commas). `source` names where they came from in errors, which
+    /// never echo an entry that could be a piece of a secret.
+    pub fn add(&mut self, text: &str, separator: char, source: &str) -> Result<()> {
+        let entries = text.split(separator).map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#'));
+        for (n, entry) in entries.enumerate() {
             let Some((id, secret)) = entry.split_once(':') else {
-                bail!("{source}: an entry is not of the form id:secret");
+                bail!("{source}: entry {} is not of the form id:secret", n + 1);
             };
             if !valid_id(id) {
-                bail!("{source}: client id {id:?} must be 1-64 of a-z, 0-9 and '-'");
+                bail!("{source}: the client id of entry {} must be 1-64 of a-z, 0-9 and '-'", n + 1);
             }
             if secret.chars().count() < MIN_SECRET_CHARS {
                 bail!("{source}: the secret of client {id} needs at least {MIN_SECRET_CHARS} characters");
@@ -88,7 +91,7 @@ mod tests {
     #[test]
     fn the_right_secret_verifies_to_a_stable_subject() {
         let mut c = ServiceClients::default();
-        c.add(&format!("payments:{SECRET}, fees:{SECRET}-2"), "SERVICE_CLIENTS").unwrap();
+        c.add(&format!("payments:{SECRET}, fees:{SECRET}-2"), ',', "SERVICE_CLIENTS").unwrap();
         assert_eq!(c.verify("payments", SECRET), Some(ServiceClients::subject("payments")));
         assert_ne!(ServiceClients::subject("payments"), ServiceClients::subject("fees"));
         assert_eq!(c.verify("payments", "a-long-enough-service-secreT"), None);
@@ -103,8 +106,9 @@ mod tests {
             "Pay:0123456789012345678901234",
             "p:short",
             "p:0123456789012345678901234,p:0123456789012345678901234",
+            "0123456789,0123456789012345678901234:x",
         ] {
-            let err = ServiceClients::default().add(bad, "SERVICE_CLIENTS").unwrap_err().to_string();
+            let err = ServiceClients::default().add(bad, ',', "SERVICE_CLIENTS").unwrap_err().to_string();
             assert!(!err.contains("0123456789"), "{err}");
             assert!(err.starts_with("SERVICE_CLIENTS: "), "{err}");
         }
@@ -113,7 +117,8 @@ mod tests {
     #[test]
     fn files_take_one_entry_per_line_with_comments() {
         let mut c = ServiceClients::default();
-        c.add(&format!("# internal services\npayments:{SECRET}\n\n"), "file").unwrap();
+        c.add(&format!("# internal services\npayments:{SECRET},with-a-comma\n\n"), '\n', "file").unwrap();
         assert_eq!(c.ids().collect::<Vec<_>>(), ["payments"]);
+        assert!(c.verify("payments", &format!("{SECRET},with-a-comma")).is_some());
     }
 }

@@ -29,6 +29,11 @@ impl LoginThrottle {
         Self { redis, prefix, limits }
     }
 
+    /// The same limits over keys of their own (no login key can name them).
+    pub fn namespaced(&self, namespace: &str) -> Self {
+        Self { redis: self.redis.clone(), prefix: format!("{}{namespace}:", self.prefix), limits: self.limits.clone() }
+    }
+
     fn email_key(&self, email: &str) -> String {
         format!("{}login:email:{email}", self.prefix)
     }

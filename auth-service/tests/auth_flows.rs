@@ -288,9 +288,27 @@ async fn admins_grant_and_revoke_the_teller_role_which_the_next_token_carries() 
     // When the admin grants teller: the user shows it, and the next token carries it.
     let user = grant(&tom.user_id, pb::Role::Teller, &admin).await.unwrap().into_inner().user.unwrap();
     assert_eq!(user.roles, [pb::Role::Customer as i32, pb::Role::Teller as i32]);
-    grant(&tom.user_id, pb::Role::Teller, &admin).await.unwrap(); // idempotent
+    grant(&tom.user_id, pb::Role::Teller, &admin).await.unwrap(); // idempotent: stored once
+    let stored: Vec<String> = sqlx::query_scalar("SELECT roles FROM users WHERE id = $1::uuid")
+        .bind(&tom.user_id)
+        .fetch_one(&a.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["customer", "teller"]);
     let refreshed = a.refresh(&session.refresh_token).await.unwrap();
     assert_eq!(claims(&refreshed.access_token).0, ["customer", "teller"]);
+
+    // Only an admin revokes, too.
+    let teller_token = refreshed.access_token.clone();
+    let denied = a
+        .c()
+        .revoke_role(authed(
+            pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 },
+            &teller_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
 
     // When it is revoked: the next token (a refresh of the same session too) has no teller.
     let revoked = a
@@ -313,7 +331,11 @@ const SERVICE_SECRET: &str = "payments-service-secret-0123456789";
 
 #[tokio::test]
 async fn service_principals_trade_their_secret_for_a_service_token_and_guessing_is_throttled() {
-    let a = Auth::start_with(|c| c.service_clients.add(&format!("payments:{SERVICE_SECRET}"), "test").unwrap()).await;
+    let a = Auth::start_with(|c| {
+        c.service_clients = Default::default();
+        c.service_clients.add(&format!("payments:{SERVICE_SECRET},fees:{SERVICE_SECRET}-fees"), ',', "test").unwrap()
+    })
+    .await;
     let issue = |id: &str, secret: &str| {
         let (mut client, req) =
             (a.c(), pb::IssueServiceTokenRequest { client_id: id.into(), client_secret: secret.into() });
@@ -347,6 +369,12 @@ async fn service_principals_trade_their_secret_for_a_service_token_and_guessing_
         }
     }
     assert!(throttled, "repeated wrong secrets were never throttled");
+    // While throttled even the right secret is refused; another client is not affected.
+    assert_eq!(issue("payments", SERVICE_SECRET).await.unwrap_err().code(), Code::ResourceExhausted);
+    issue("fees", &format!("{SERVICE_SECRET}-fees")).await.unwrap();
+    // An id no client can have is refused without touching the throttle.
+    let odd = issue(&"x".repeat(10_000), SERVICE_SECRET).await.unwrap_err();
+    assert_eq!(odd.code(), Code::Unauthenticated);
 }
 
 #[tokio::test]

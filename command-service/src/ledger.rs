@@ -195,6 +195,11 @@ fn existing(rows: &[AccountRow], id: Uuid) -> Result<AccountRow, CommandError> {
 }
 
 fn ensure_active_customer(caller: &Caller) -> Result<(), CommandError> {
+    // A service principal's token says ACTIVE, but it has passed no KYC and
+    // holds no accounts of its own.
+    if caller.is_service() {
+        return Err(CommandError::PermissionDenied("a service principal is not a customer"));
+    }
     if caller.is_active() { Ok(()) } else { Err(DomainError::CustomerNotActive.into()) }
 }
 

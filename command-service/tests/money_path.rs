@@ -283,6 +283,26 @@ async fn frozen_closed_and_foreign_currency_accounts_refuse_money() {
 }
 
 #[tokio::test]
+async fn a_service_principal_is_not_a_customer() {
+    let h = Harness::start().await;
+    let service = h.service();
+    let (_, alice) = h.customer();
+    let acc = h.open(&alice, "USD").await;
+    let req = pb::OpenAccountRequest {
+        r#type: pb::AccountType::Checking as i32,
+        currency_code: "USD".into(),
+        idempotency_key: key(),
+    };
+    // Its token says ACTIVE, but it passed no KYC: it opens no account...
+    let err = h.client.clone().open_account(authed(req, &service)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // ...and reaches no customer's account as if it were its own.
+    let err = h.withdraw(&service, &acc, "1.00").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(h.count("accounts").await, 1);
+}
+
+#[tokio::test]
 async fn customers_waiting_for_kyc_move_no_money() {
     let h = Harness::start().await;
     let (_, pending) = h.pending_customer();

@@ -74,6 +74,11 @@ impl Harness {
         (id, self.issuer.token_for(id, &["customer"], "PENDING_KYC", Duration::from_secs(600)))
     }
 
+    /// A service principal's token (as auth-service's IssueServiceToken makes it).
+    pub fn service(&self) -> String {
+        self.issuer.token_for(Uuid::now_v7(), &["service"], "ACTIVE", Duration::from_secs(600))
+    }
+
     pub fn admin(&self) -> String {
         self.issuer.admin(Uuid::now_v7())
     }
