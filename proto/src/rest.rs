@@ -78,24 +78,21 @@ impl RestSchema {
                 description: format!("{path} is the gRPC method; its JSON form is {rest}"),
             });
         }
-        let input = if let Some(b) = self.bindings.iter().find(|b| b.matches(http_method, path)) {
-            // GET bodies are ignored by the transcoder; query parameters are
-            // checked by Envoy itself (unknown ones are refused).
-            if b.method == "get" {
-                return Ok(());
-            }
-            &b.input
-        } else {
+        let Some(binding) = self.bindings.iter().find(|b| b.matches(http_method, path)) else {
             return Ok(());
         };
-        if body.iter().all(u8::is_ascii_whitespace) {
+        // GET bodies are ignored by the transcoder; query parameters are
+        // checked by Envoy itself (unknown ones are refused).
+        if binding.method == "get" || body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let mut track = serde_path_to_error::Track::new();
-        let result =
-            DynamicMessage::deserialize(input.clone(), serde_path_to_error::Deserializer::new(&mut de, &mut track))
-                .and_then(|m| de.end().map(|()| m));
+        let result = DynamicMessage::deserialize(
+            binding.input.clone(),
+            serde_path_to_error::Deserializer::new(&mut de, &mut track),
+        )
+        .and_then(|m| de.end().map(|()| m));
         match result {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -196,3 +196,23 @@ for port in random.sample(range(10000, 32000), 22000):
         break
 print(" ".join(map(str, found)))' "$1"
 }
+
+# services_env: the services' listen addresses on loopback and the JWKS URL,
+# from the *_PORT variables (scripts/run and the edge test).
+services_env() {
+  export AUTH_GRPC_ADDR="127.0.0.1:$AUTH_GRPC_PORT" AUTH_HTTP_ADDR="127.0.0.1:$AUTH_HTTP_PORT"
+  export COMMAND_GRPC_ADDR="127.0.0.1:$COMMAND_GRPC_PORT" COMMAND_HTTP_ADDR="127.0.0.1:$COMMAND_HTTP_PORT"
+  export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
+  export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
+  export JWKS_URL="http://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json"
+}
+
+# edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:
+# the transcoder's descriptor set, and envoy/envoy.yaml rendered for the
+# exported *_PORT variables on loopback (hosts given here, never taken from
+# whatever the environment happens to hold). Paths must be absolute.
+edge_config() {
+  "$1" "$2" >/dev/null
+  EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
+    DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
+}
