@@ -1,7 +1,9 @@
-//! Batching mode (the default; `COMMAND_BATCHING=off` turns it off): concurrent commands share one
+//! The one execution path of every command. With batching on (the default;
+//! `COMMAND_BATCHING=off` turns it off) concurrent commands share one
 //! Postgres transaction — one commit, one fsync — the way TigerBeetle
-//! amortizes the disk over a batch. Each command keeps its own outcome and
-//! idempotency:
+//! amortizes the disk over a batch; with it off each command is a batch of
+//! one, run by its caller (`Batcher::run_one`). Either way each command keeps
+//! its own outcome and idempotency:
 //!
 //! 1. a batcher takes every command queued while it was busy (up to
 //!    `COMMAND_BATCH_MAX`), opens one transaction and locks all their accounts
@@ -28,6 +30,7 @@ use std::{
     sync::Arc,
 };
 
+use bank_domain::{Refusal, ledger::Command};
 use bank_platform::auth::Caller;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
@@ -35,11 +38,9 @@ use uuid::Uuid;
 
 use crate::{
     error::CommandError,
-    ledger::Plan,
+    ledger::{self, Limits},
     store::{self, AccountRow, PriorOutcome},
 };
-
-type Decide = Box<dyn FnOnce(&[AccountRow]) -> Result<Plan<Vec<u8>>, CommandError> + Send>;
 
 /// One command waiting for a batch.
 pub struct Job {
@@ -48,28 +49,21 @@ pub struct Job {
     key: String,
     request_hash: Vec<u8>,
     lock_ids: Vec<Uuid>,
-    decide: Decide,
+    command: Command,
     /// The caller's span, so the command's trace context and logs stay its own.
     span: tracing::Span,
     reply: Option<oneshot::Sender<Result<Vec<u8>, CommandError>>>,
 }
 
 impl Job {
-    pub fn new(
-        caller: &Caller,
-        rpc: &'static str,
-        key: &str,
-        request_hash: &[u8],
-        lock_ids: &[Uuid],
-        decide: impl FnOnce(&[AccountRow]) -> Result<Plan<Vec<u8>>, CommandError> + Send + 'static,
-    ) -> Self {
+    pub fn new(caller: &Caller, rpc: &'static str, key: &str, request_hash: &[u8], command: Command) -> Self {
         Self {
             caller: caller.clone(),
             rpc,
             key: key.to_owned(),
             request_hash: request_hash.to_vec(),
-            lock_ids: lock_ids.to_vec(),
-            decide: Box::new(decide),
+            lock_ids: command.accounts(),
+            command,
             span: tracing::Span::current(),
             reply: None,
         }
@@ -89,6 +83,20 @@ impl Queue {
     }
 }
 
+impl Batcher {
+    pub fn new(pool: PgPool, subject_prefix: String, outbox_written: Arc<Notify>, limits: Limits) -> Self {
+        Self { pool, subject_prefix, outbox_written, limits }
+    }
+
+    /// Batching off: `job` alone, in the caller's task.
+    pub async fn run_one(&self, mut job: Job) -> Result<Vec<u8>, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        job.reply = Some(tx);
+        self.run(vec![job]).await;
+        rx.await.map_err(|_| aborted())?
+    }
+}
+
 fn aborted() -> CommandError {
     CommandError::Unavailable("the batch this command was in did not commit")
 }
@@ -100,15 +108,10 @@ pub struct BatchConfig {
 }
 
 /// Starts `config.batchers` batchers sharing one queue.
-pub fn start(
-    pool: PgPool,
-    subject_prefix: String,
-    outbox_written: Arc<Notify>,
-    config: &BatchConfig,
-) -> (Queue, Vec<tokio::task::JoinHandle<()>>) {
+pub fn start(batcher: Batcher, config: &BatchConfig) -> (Queue, Vec<tokio::task::JoinHandle<()>>) {
     let (tx, rx) = mpsc::unbounded_channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
-    let batcher = Arc::new(Batcher { pool, subject_prefix, outbox_written });
+    let batcher = Arc::new(batcher);
     let max = config.max_batch.max(1);
     let handles = (0..config.batchers.max(1))
         .map(|_| {
@@ -135,10 +138,11 @@ pub fn start(
     (Queue(tx), handles)
 }
 
-struct Batcher {
+pub struct Batcher {
     pool: PgPool,
     subject_prefix: String,
     outbox_written: Arc<Notify>,
+    limits: Limits,
 }
 
 impl Batcher {
@@ -219,8 +223,8 @@ impl Batcher {
             let mut mine: Vec<AccountRow> = job.lock_ids.iter().filter_map(|id| state.get(id).cloned()).collect();
             mine.sort_by_key(|r| r.account.id);
             mine.dedup_by_key(|r| r.account.id);
-            let account = job.lock_ids.first().copied();
-            let outcome = match job.span.in_scope(|| (job.decide)(&mine)) {
+            let account = job.command.subject();
+            let outcome = match job.span.in_scope(|| ledger::decide(&self.limits, &job.caller, &job.command, &mine)) {
                 Ok(plan) => {
                     for r in &plan.writes.new_accounts {
                         created.insert(r.account.id);
@@ -234,19 +238,26 @@ impl Batcher {
                     Ok(plan.response)
                 }
                 Err(CommandError::Refused(rule)) => {
-                    let message = rule.to_string();
-                    w.refusals.push((user, job.key.clone(), rule.reason().to_owned(), message.clone()));
-                    w.audits.push((user, job.rpc.to_owned(), account, rule.reason().to_owned(), message));
+                    let (class, message) = (rule.class(), rule.to_string());
+                    if class.is_kept() {
+                        w.refusals.push((user, job.key.clone(), rule.reason().to_owned(), message.clone()));
+                    } else {
+                        // No outcome to keep: the key is given back, as a
+                        // rolled-back transaction would have.
+                        w.released.push((user, job.key.clone()));
+                    }
+                    if class.is_audited() {
+                        let reason = match class {
+                            Refusal::NotFound { .. } => "NOT_OWNER",
+                            Refusal::PermissionDenied => "PERMISSION_DENIED",
+                            _ => rule.reason(),
+                        };
+                        w.audits.push((user, job.rpc.to_owned(), account, reason.to_owned(), message));
+                    }
                     Err(CommandError::Refused(rule))
                 }
                 Err(e) => {
-                    // No outcome to keep: give the key back, as a rolled-back
-                    // transaction would have.
                     w.released.push((user, job.key.clone()));
-                    if matches!(e, CommandError::NotOwner) {
-                        let detail = "account belongs to another customer".to_owned();
-                        w.audits.push((user, job.rpc.to_owned(), account, "NOT_OWNER".to_owned(), detail));
-                    }
                     Err(e)
                 }
             };
@@ -268,15 +279,15 @@ impl Batcher {
 fn replay(outcome: &Result<Vec<u8>, CommandError>) -> Result<Vec<u8>, CommandError> {
     match outcome {
         Ok(bytes) => Ok(bytes.clone()),
-        Err(CommandError::Refused(rule)) => {
+        Err(CommandError::Refused(rule)) if rule.class().is_kept() => {
             Err(CommandError::StoredRefusal { reason: rule.reason().to_owned(), message: rule.to_string() })
         }
+        Err(CommandError::Refused(rule)) => Err(CommandError::Refused(rule.clone())),
         Err(CommandError::StoredRefusal { reason, message }) => {
             Err(CommandError::StoredRefusal { reason: reason.clone(), message: message.clone() })
         }
-        Err(CommandError::NotOwner) => Err(CommandError::NotOwner),
         Err(CommandError::IdempotencyKeyReused) => Err(CommandError::IdempotencyKeyReused),
-        Err(_) => Err(CommandError::AccountNotFound),
+        Err(_) => Err(aborted()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Everything a command can answer besides success, mapped to gRPC in one place.
 
-use bank_domain::{DomainError, InputError};
+use bank_domain::{DomainError, InputError, Refusal};
 use bank_platform::status;
 use tonic::{Code, Status};
 
@@ -8,14 +8,8 @@ use tonic::{Code, Status};
 pub enum CommandError {
     #[error("invalid request")]
     Invalid(Vec<InputError>),
-    /// Unknown, or someone else's: the caller cannot tell which.
-    #[error("account not found")]
-    AccountNotFound,
-    /// Someone else's account: answered exactly like `AccountNotFound`, but audited.
-    #[error("account not found")]
-    NotOwner,
-    #[error("{0}")]
-    PermissionDenied(&'static str),
+    /// A rule of the domain said no; its `class()` says how it is answered
+    /// and what is kept.
     #[error("refused: {0}")]
     Refused(DomainError),
     /// A refusal recorded under this idempotency key, answered again.
@@ -44,13 +38,31 @@ impl From<DomainError> for CommandError {
     }
 }
 
+/// A leg's refusal names the leg (`legs[i]`); others name what they are about.
+fn refusal(rule: &DomainError) -> Status {
+    match rule.class() {
+        Refusal::BusinessRule => status::domain(rule),
+        Refusal::NotFound { .. } => match rule {
+            DomainError::Leg { .. } => status::with_reason(Code::NotFound, "NOT_FOUND", rule.to_string()),
+            _ => status::not_found("account"),
+        },
+        Refusal::PermissionDenied => status::permission_denied(rule.to_string()),
+        Refusal::InvalidArgument => {
+            let field = match rule {
+                DomainError::Leg { index, .. } => format!("legs[{index}]"),
+                _ => "legs".to_owned(),
+            };
+            status::invalid_argument(&[InputError::new(field, rule.to_string())])
+        }
+        Refusal::Unavailable => status::unavailable(rule),
+    }
+}
+
 impl From<CommandError> for Status {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::Invalid(violations) => status::invalid_argument(&violations),
-            CommandError::AccountNotFound | CommandError::NotOwner => status::not_found("account"),
-            CommandError::PermissionDenied(why) => status::permission_denied(why),
-            CommandError::Refused(rule) => status::domain(&rule),
+            CommandError::Refused(rule) => refusal(&rule),
             CommandError::StoredRefusal { reason, message } => {
                 status::with_reason(Code::FailedPrecondition, &reason, message)
             }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 pub struct NewEvent {
     pub event_id: Uuid,
     pub account_id: Uuid,
+    pub currency: Currency,
     pub version: i64,
     pub transaction_id: Uuid,
     pub kind: &'static str,
@@ -29,6 +30,7 @@ pub struct NewEvent {
 /// The facts of one event before encoding.
 pub struct EventDraft {
     pub account_id: Uuid,
+    pub currency: Currency,
     pub version: i64,
     pub transaction_id: Uuid,
     pub actor: Uuid,
@@ -36,6 +38,8 @@ pub struct EventDraft {
     pub delta: Decimal,
     pub balance_after: Decimal,
     pub payload: Payload,
+    /// The transaction's other postings.
+    pub counterparties: Vec<pb::Posting>,
 }
 
 pub fn money(currency: Currency, amount: Decimal) -> Option<pb::Money> {
@@ -56,6 +60,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::AccountFrozen(_) => "AccountFrozen",
         Payload::AccountUnfrozen(_) => "AccountUnfrozen",
         Payload::AccountClosed(_) => "AccountClosed",
+        Payload::Posted(_) => "Posted",
     }
 }
 
@@ -86,6 +91,7 @@ pub fn seal(
         actor: draft.actor.to_string(),
         trace_context: trace_context.clone(),
         hash: Vec::new(),
+        counterparty_postings: draft.counterparties,
         payload: Some(draft.payload),
     };
     let hash = chain_hash(previous_hash, &envelope);
@@ -93,6 +99,7 @@ pub fn seal(
     NewEvent {
         event_id,
         account_id: draft.account_id,
+        currency: draft.currency,
         version: draft.version,
         transaction_id: draft.transaction_id,
         kind,
@@ -119,6 +126,7 @@ mod tests {
     fn draft(version: i64) -> EventDraft {
         EventDraft {
             account_id: Uuid::now_v7(),
+            currency: Currency::from_code("USD").unwrap(),
             version,
             transaction_id: Uuid::now_v7(),
             actor: Uuid::now_v7(),
@@ -126,6 +134,7 @@ mod tests {
             delta: Decimal::ONE,
             balance_after: Decimal::ONE,
             payload: Payload::AccountClosed(pb::AccountClosed {}),
+            counterparties: vec![],
         }
     }
 

@@ -3,19 +3,24 @@
 
 use std::sync::Arc;
 
-use bank_domain::{AccountKind, Currency};
-use bank_platform::{auth::caller, status};
+use bank_domain::{
+    AccountKind, Currency, DomainError, InputError, Money,
+    ledger::{self as rules, Command, Posting},
+    parse_amount,
+};
+use bank_platform::{
+    auth::{Caller, caller},
+    status,
+};
 use bank_proto::v1::{self as pb, account_command_service_server::AccountCommandService};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::{
     Reconciler,
-    ledger::{
-        Ledger, MoneyCommand, StatusChange, TransferCommand, Violations, check_description, check_idempotency_key,
-        parse_id, parse_money,
-    },
+    ledger::{Ledger, Violations, check_description, check_idempotency_key, parse_id, parse_money},
 };
 
 pub struct CommandApi {
@@ -26,6 +31,19 @@ pub struct CommandApi {
 impl CommandApi {
     pub fn new(ledger: Arc<Ledger>, reconciler: Arc<Reconciler>) -> Self {
         Self { ledger, reconciler }
+    }
+
+    /// Runs a validated command under the request's idempotency key.
+    async fn run<R: Message + Default>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        request: &impl Message,
+        key: &str,
+        command: Command,
+    ) -> Result<Response<R>, Status> {
+        let hash = request_hash(rpc, request);
+        Ok(Response::new(self.ledger.run(caller, rpc, key, &hash, command).await?))
     }
 }
 
@@ -38,26 +56,78 @@ fn request_hash(rpc: &str, msg: &impl Message) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn money_command(
+/// Account, money, key and description of a Deposit or Withdraw.
+fn money_fields(
     account_id: &str,
     money: Option<&pb::Money>,
     key: &str,
     description: &str,
     ledger: &Ledger,
-) -> Result<MoneyCommand, Status> {
+) -> Result<(Uuid, Money), Status> {
     let mut v = Violations::default();
     let account_id = v.check(parse_id("account_id", account_id));
     let money = v.check_all(parse_money(money, ledger.limits().max_amount));
     v.check(check_idempotency_key(key));
     v.check(check_description(description));
-    Ok(v.finish(|| {
-        Some(MoneyCommand {
-            account_id: account_id?,
-            money: money?,
-            key: key.to_owned(),
-            description: description.to_owned(),
-        })
-    })?)
+    Ok(v.finish(|| Some((account_id?, money?)))?)
+}
+
+/// The legs of a PostTransaction as postings: each leg's fields checked, then
+/// the whole (count, distinct accounts, balanced per currency) by the domain.
+fn postings(legs: &[pb::PostingLeg], max_amount: rust_decimal::Decimal, v: &mut Violations) -> Option<Vec<Posting>> {
+    let mut out = Vec::with_capacity(legs.len());
+    for (i, leg) in legs.iter().enumerate() {
+        let account = v.check(parse_id(&format!("legs[{i}].account_id"), &leg.account_id));
+        let money = match &leg.money {
+            None => {
+                v.add(&format!("legs[{i}].money"), "is required");
+                None
+            }
+            Some(m) => {
+                let currency = v.check(Currency::from_code(&m.currency_code).map_err(|_| {
+                    InputError::new(
+                        format!("legs[{i}].money.currency_code"),
+                        "must be a supported ISO 4217 code such as USD",
+                    )
+                }));
+                currency.and_then(|c| {
+                    v.check(parse_amount(&format!("legs[{i}].money.amount"), &m.amount, c, max_amount)).map(|a| (c, a))
+                })
+            }
+        };
+        let sign = match pb::PostingSide::try_from(leg.side) {
+            Ok(pb::PostingSide::Debit) => Some(-1),
+            Ok(pb::PostingSide::Credit) => Some(1),
+            _ => {
+                v.add(&format!("legs[{i}].side"), "must be POSTING_SIDE_DEBIT or POSTING_SIDE_CREDIT");
+                None
+            }
+        };
+        if let (Some(account), Some((currency, amount)), Some(sign)) = (account, money, sign) {
+            out.push(Posting { account, currency, amount: amount * rust_decimal::Decimal::from(sign) });
+        }
+    }
+    if out.len() != legs.len() {
+        return None;
+    }
+    match rules::check_legs(&out) {
+        Ok(()) => Some(out),
+        Err(e) => {
+            let field = match &e {
+                DomainError::Leg { index, cause } if matches!(**cause, DomainError::DuplicateLeg { .. }) => {
+                    format!("legs[{index}].account_id")
+                }
+                DomainError::Leg { index, .. } => format!("legs[{index}]"),
+                _ => "legs".to_owned(),
+            };
+            let description = match &e {
+                DomainError::Leg { cause, .. } => cause.to_string(),
+                other => other.to_string(),
+            };
+            v.add(&field, &description);
+            None
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -68,7 +138,6 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::OpenAccountResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("OpenAccount", &r);
         let mut v = Violations::default();
         let kind = match pb::AccountType::try_from(r.r#type) {
             Ok(pb::AccountType::Checking) => Some(AccountKind::Checking),
@@ -81,30 +150,31 @@ impl AccountCommandService for CommandApi {
         let currency = v.check(Currency::from_code(&r.currency_code));
         v.check(check_idempotency_key(&r.idempotency_key));
         let (kind, currency) = v.finish(|| Some((kind?, currency?)))?;
-        let res = self.ledger.open_account(&caller, kind, currency, &r.idempotency_key, &hash).await?;
-        Ok(Response::new(res))
+        let command = Command::OpenAccount { id: Uuid::now_v7(), kind, currency };
+        self.run(&caller, "OpenAccount", &r, &r.idempotency_key, command).await
     }
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("Deposit", &r);
-        let cmd = money_command(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
-        Ok(Response::new(self.ledger.deposit(&caller, &cmd, &hash).await?))
+        let (account, money) =
+            money_fields(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
+        let command = Command::Deposit { account, money, description: r.description.clone() };
+        self.run(&caller, "Deposit", &r, &r.idempotency_key, command).await
     }
 
     async fn withdraw(&self, req: Request<pb::WithdrawRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("Withdraw", &r);
-        let cmd = money_command(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
-        Ok(Response::new(self.ledger.withdraw(&caller, &cmd, &hash).await?))
+        let (account, money) =
+            money_fields(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
+        let command = Command::Withdraw { account, money, description: r.description.clone() };
+        self.run(&caller, "Withdraw", &r, &r.idempotency_key, command).await
     }
 
     async fn transfer(&self, req: Request<pb::TransferRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("Transfer", &r);
         let mut v = Violations::default();
         let from = v.check(parse_id("from_account_id", &r.from_account_id));
         let to = v.check(parse_id("to_account_id", &r.to_account_id));
@@ -114,16 +184,24 @@ impl AccountCommandService for CommandApi {
         let money = v.check_all(parse_money(r.money.as_ref(), self.ledger.limits().max_amount));
         v.check(check_idempotency_key(&r.idempotency_key));
         v.check(check_description(&r.description));
-        let cmd = v.finish(|| {
-            Some(TransferCommand {
-                from: from?,
-                to: to?,
-                money: money?,
-                key: r.idempotency_key.clone(),
-                description: r.description.clone(),
-            })
+        let command = v.finish(|| {
+            Some(Command::Transfer { from: from?, to: to?, money: money?, description: r.description.clone() })
         })?;
-        Ok(Response::new(self.ledger.transfer(&caller, &cmd, &hash).await?))
+        self.run(&caller, "Transfer", &r, &r.idempotency_key, command).await
+    }
+
+    async fn post_transaction(
+        &self,
+        req: Request<pb::PostTransactionRequest>,
+    ) -> Result<Response<pb::MoneyMovementResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let legs = postings(&r.legs, self.ledger.limits().max_amount, &mut v);
+        v.check(check_idempotency_key(&r.idempotency_key));
+        v.check(check_description(&r.description));
+        let command = v.finish(|| Some(Command::Post { legs: legs?, description: r.description.clone() }))?;
+        self.run(&caller, "PostTransaction", &r, &r.idempotency_key, command).await
     }
 
     async fn freeze_account(
@@ -132,8 +210,9 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("FreezeAccount", &r);
-        self.status_change(&caller, StatusChange::Freeze, &r.account_id, &r.reason, &r.idempotency_key, &hash).await
+        let account = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
+        let command = Command::Freeze { account, reason: r.reason.clone() };
+        self.run(&caller, "FreezeAccount", &r, &r.idempotency_key, command).await
     }
 
     async fn unfreeze_account(
@@ -142,8 +221,9 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("UnfreezeAccount", &r);
-        self.status_change(&caller, StatusChange::Unfreeze, &r.account_id, &r.reason, &r.idempotency_key, &hash).await
+        let account = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
+        let command = Command::Unfreeze { account, reason: r.reason.clone() };
+        self.run(&caller, "UnfreezeAccount", &r, &r.idempotency_key, command).await
     }
 
     async fn close_account(
@@ -152,8 +232,8 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let hash = request_hash("CloseAccount", &r);
-        self.status_change(&caller, StatusChange::Close, &r.account_id, "", &r.idempotency_key, &hash).await
+        let account = status_fields(&r.account_id, "", &r.idempotency_key)?;
+        self.run(&caller, "CloseAccount", &r, &r.idempotency_key, Command::Close { account }).await
     }
 
     async fn reconcile(&self, req: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileReport>, Status> {
@@ -170,29 +250,30 @@ impl AccountCommandService for CommandApi {
             accounts_checked: report.accounts as i64,
             events_checked: report.events,
             outbox_pending: report.outbox_pending,
+            currencies: report
+                .currencies
+                .iter()
+                .map(|(c, t)| pb::CurrencyTotal {
+                    currency_code: c.clone(),
+                    write_model: t.write_model.normalize().to_string(),
+                    event_fold: t.event_fold.normalize().to_string(),
+                    read_model: t.read_model.map(|d| d.normalize().to_string()).unwrap_or_default(),
+                    cache: t.cache.map(|d| d.normalize().to_string()).unwrap_or_default(),
+                })
+                .collect(),
             problems: report.problems,
             behind: report.behind,
         }))
     }
 }
 
-impl CommandApi {
-    async fn status_change(
-        &self,
-        caller: &bank_platform::auth::Caller,
-        change: StatusChange,
-        account_id: &str,
-        reason: &str,
-        key: &str,
-        hash: &[u8],
-    ) -> Result<Response<pb::AccountChangeResponse>, Status> {
-        let mut v = Violations::default();
-        let id = v.check(parse_id("account_id", account_id));
-        v.check(check_idempotency_key(key));
-        if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
-            v.add("reason", "must be at most 200 characters without control characters");
-        }
-        let id = v.finish(|| id)?;
-        Ok(Response::new(self.ledger.change_status(caller, change, id, reason, key, hash).await?))
+/// Account, reason and key of a status change.
+fn status_fields(account_id: &str, reason: &str, key: &str) -> Result<Uuid, Status> {
+    let mut v = Violations::default();
+    let id = v.check(parse_id("account_id", account_id));
+    v.check(check_idempotency_key(key));
+    if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
+        v.add("reason", "must be at most 200 characters without control characters");
     }
+    Ok(v.finish(|| id)?)
 }

@@ -1,12 +1,18 @@
-//! The money path: each command is validated, then run as one Postgres
-//! transaction — claim the idempotency key, lock the touched accounts in id
-//! order, decide with the pure domain rules, then write balances, events,
-//! outbox rows and the outcome in one statement.
+//! The money path: each command is validated into a domain `Command`, then
+//! run by the batch executor (`batch`; with batching off, as a batch of one):
+//! claim the idempotency key, lock the touched accounts in id order, decide
+//! with `bank_domain::ledger::handle`, then write balances, events, postings,
+//! outbox rows and the outcome in one statement. `decide` below is the one
+//! place a decision becomes rows and a response.
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use bank_domain::{
-    Account, AccountKind, AccountStatus, Currency, DomainError, InputError, Money, consistency::ConsistencyToken,
+    AccountKind, AccountStatus, Currency, InputError, Money,
+    consistency::ConsistencyToken,
+    ledger::{self as rules, Actor, Command, Event, Posting, PostingKind},
     parse_amount,
 };
 use bank_platform::auth::Caller;
@@ -19,9 +25,10 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{
+    batch::{Batcher, Job, Queue},
     error::CommandError,
     events::{self, EventDraft, NewEvent},
-    store::{self, AccountRow, Claim, PriorOutcome, Writes},
+    store::{self, AccountRow, Writes},
 };
 
 /// Limits from configuration.
@@ -34,14 +41,16 @@ pub struct Limits {
 }
 
 pub struct Ledger {
-    pool: PgPool,
     limits: Limits,
-    subject_prefix: String,
-    /// Wakes the outbox relay right after a commit.
-    outbox_written: Arc<Notify>,
-    /// Batching mode: commands go to the batchers instead of one
-    /// transaction each (see `batch`).
-    batch: Option<crate::batch::Queue>,
+    executor: Executor,
+}
+
+/// How commands reach the batch executor.
+enum Executor {
+    /// Batching on: queued for the batchers.
+    Queued(Queue),
+    /// Batching off: each command is a batch of one, run by its caller.
+    Direct(Arc<Batcher>),
 }
 
 /// What a decided command writes and answers.
@@ -51,7 +60,7 @@ pub struct Plan<R> {
 }
 
 /// Genesis of every account's hash chain.
-const GENESIS_HASH: [u8; 32] = [0; 32];
+pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
 
 fn now() -> DateTime<Utc> {
     // Postgres keeps microseconds: truncate so the stored row and the
@@ -126,15 +135,21 @@ impl Violations {
 
 // ---- proto views ----
 
+fn account_type(kind: AccountKind) -> pb::AccountType {
+    match kind {
+        AccountKind::Checking => pb::AccountType::Checking,
+        AccountKind::Savings => pb::AccountType::Savings,
+        AccountKind::Settlement => pb::AccountType::Settlement,
+        AccountKind::FeeIncome => pb::AccountType::FeeIncome,
+    }
+}
+
 pub fn account_proto(row: &AccountRow) -> pb::Account {
     let a = &row.account;
     pb::Account {
         account_id: a.id.to_string(),
         owner_id: a.owner_id.to_string(),
-        r#type: match row.kind {
-            AccountKind::Checking => pb::AccountType::Checking,
-            AccountKind::Savings => pb::AccountType::Savings,
-        } as i32,
+        r#type: account_type(a.kind) as i32,
         currency_code: a.currency.code().to_owned(),
         balance: events::money(a.currency, a.balance),
         status: match a.status {
@@ -151,20 +166,101 @@ fn token_of(events: &[NewEvent]) -> String {
     ConsistencyToken::new(events.iter().map(|e| (e.account_id, e.version))).encode()
 }
 
-/// Appends one event to `row`: bumps its version and advances its hash chain.
-fn append(
+/// The actor the rules see, from the verified token.
+pub fn actor(caller: &Caller) -> Actor {
+    Actor {
+        id: caller.user_id,
+        active: caller.is_active(),
+        teller: caller.is_teller(),
+        admin: caller.is_admin(),
+        service: caller.is_service(),
+    }
+}
+
+fn posting_proto(p: &Posting) -> pb::Posting {
+    pb::Posting { account_id: p.account.to_string(), amount: events::money(p.currency, p.amount) }
+}
+
+/// The published payload of a domain event, and its signed balance change.
+fn payload(event: &Event, currency: Currency) -> (Payload, Decimal) {
+    let m = |d: Decimal| events::money(currency, d);
+    match event {
+        Event::AccountOpened { kind, currency, owner, .. } => (
+            Payload::AccountOpened(pb::AccountOpened {
+                owner_id: owner.to_string(),
+                r#type: account_type(*kind) as i32,
+                currency_code: currency.code().to_owned(),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::Posted { posting, before, after, kind, description, .. } => {
+            let (amount, before, after, description) =
+                (m(posting.amount.abs()), m(*before), m(*after), description.clone());
+            let p = match kind {
+                PostingKind::Deposit => Payload::MoneyDeposited(pb::MoneyDeposited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+                PostingKind::Withdrawal => Payload::MoneyWithdrawn(pb::MoneyWithdrawn {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+                PostingKind::TransferOut { to } => Payload::TransferDebited(pb::TransferDebited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    to_account_id: to.to_string(),
+                    description,
+                }),
+                PostingKind::TransferIn { from } => Payload::TransferCredited(pb::TransferCredited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    from_account_id: from.to_string(),
+                    description,
+                }),
+                PostingKind::Leg => Payload::Posted(pb::Posted {
+                    amount: m(posting.amount),
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+            };
+            (p, posting.amount)
+        }
+        Event::AccountFrozen { reason, .. } => {
+            (Payload::AccountFrozen(pb::AccountFrozen { reason: reason.clone() }), Decimal::ZERO)
+        }
+        Event::AccountUnfrozen { reason, .. } => {
+            (Payload::AccountUnfrozen(pb::AccountUnfrozen { reason: reason.clone() }), Decimal::ZERO)
+        }
+        Event::AccountClosed { .. } => (Payload::AccountClosed(pb::AccountClosed {}), Decimal::ZERO),
+    }
+}
+
+/// Seals `event` (already applied to `row`) as the next link of the row's
+/// hash chain.
+fn record(
     row: &mut AccountRow,
-    out: &mut Vec<NewEvent>,
+    event: &Event,
     tx: Uuid,
     actor: Uuid,
     at: DateTime<Utc>,
-    delta: Decimal,
-    payload: Payload,
-) {
-    row.account.version += 1;
-    let event = events::seal(
+    trace: &std::collections::BTreeMap<String, String>,
+) -> NewEvent {
+    let (payload, delta) = payload(event, row.account.currency);
+    let counterparties = match event {
+        Event::Posted { counterparties, .. } => counterparties.iter().map(posting_proto).collect(),
+        _ => Vec::new(),
+    };
+    let new = events::seal(
         EventDraft {
             account_id: row.account.id,
+            currency: row.account.currency,
             version: row.account.version,
             transaction_id: tx,
             actor,
@@ -172,79 +268,132 @@ fn append(
             delta,
             balance_after: row.account.balance,
             payload,
+            counterparties,
         },
         &row.last_hash,
-        &bank_platform::telemetry::current_trace_context(),
+        trace,
     );
-    row.last_hash = event.hash.clone();
-    out.push(event);
+    row.last_hash = new.hash.clone();
+    new
 }
 
-/// The caller's own account among the locked rows. Someone else's answers
-/// like a missing one (no existence leak), but is audited.
-fn owned(rows: &[AccountRow], id: Uuid, caller: &Caller) -> Result<AccountRow, CommandError> {
-    let row = rows.iter().find(|r| r.account.id == id).ok_or(CommandError::AccountNotFound)?;
-    if row.account.owner_id != caller.user_id {
-        return Err(CommandError::NotOwner);
+/// Opens the bank's settlement and fee-income accounts in every supported
+/// currency that lacks them (at start; several instances may race, so they
+/// take turns on an advisory lock). Returns how many were opened.
+pub async fn open_system_accounts(pool: &PgPool, subject_prefix: &str) -> Result<usize, CommandError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bankmesh.system_accounts'))").execute(&mut *tx).await?;
+    let wanted: Vec<(Uuid, AccountKind, Currency)> =
+        Currency::all().flat_map(|c| AccountKind::SYSTEM.map(|k| (rules::system_account_id(k, c), k, c))).collect();
+    let ids: Vec<Uuid> = wanted.iter().map(|w| w.0).collect();
+    let existing: Vec<Uuid> = store::lock_accounts(&mut tx, &ids).await?.iter().map(|r| r.account.id).collect();
+    let at = now();
+    let mut writes = store::BatchWrites::default();
+    for (id, kind, currency) in wanted.into_iter().filter(|w| !existing.contains(&w.0)) {
+        let event = Event::AccountOpened { account: id, owner: rules::BANK, kind, currency };
+        let account = rules::apply(None, &event).expect("opening applies to no account");
+        let mut row = AccountRow { account, last_hash: GENESIS_HASH.to_vec(), opened_at: at };
+        writes.events.push(record(&mut row, &event, Uuid::now_v7(), rules::BANK, at, &Default::default()));
+        writes.new_accounts.push(row);
     }
-    Ok(row.clone())
-}
-
-fn existing(rows: &[AccountRow], id: Uuid) -> Result<AccountRow, CommandError> {
-    rows.iter().find(|r| r.account.id == id).cloned().ok_or(CommandError::AccountNotFound)
-}
-
-fn ensure_active_customer(caller: &Caller) -> Result<(), CommandError> {
-    // A service principal's token says ACTIVE, but it has passed no KYC and
-    // holds no accounts of its own.
-    if caller.is_service() {
-        return Err(CommandError::PermissionDenied("a service principal is not a customer"));
+    let opened = writes.new_accounts.len();
+    if opened > 0 {
+        store::apply_batch(&mut tx, subject_prefix, &writes).await?;
     }
-    if caller.is_active() { Ok(()) } else { Err(DomainError::CustomerNotActive.into()) }
+    tx.commit().await?;
+    Ok(opened)
 }
 
-fn movement(tx: Uuid, at: DateTime<Utc>, rows: &[&AccountRow], events: &[NewEvent]) -> pb::MoneyMovementResponse {
-    pb::MoneyMovementResponse {
-        transaction_id: tx.to_string(),
-        balances_after: rows
-            .iter()
-            .map(|r| pb::AccountBalance {
-                account_id: r.account.id.to_string(),
-                balance: events::money(r.account.currency, r.account.balance),
-                version: r.account.version,
-            })
-            .collect(),
-        consistency_token: token_of(events),
-        occurred_at: events::timestamp(at),
+/// Decides one command on the rows it locked (as earlier commands of its
+/// batch left them): the rules pick the events, then each event advances
+/// its account's version and hash chain. The one path every command takes.
+pub(crate) fn decide(
+    limits: &Limits,
+    caller: &Caller,
+    command: &Command,
+    rows: &[AccountRow],
+) -> Result<Plan<Vec<u8>>, CommandError> {
+    let state: rules::Accounts = rows.iter().map(|r| (r.account.id, r.account.clone())).collect();
+    let decided = rules::handle(&state, &actor(caller), command, &rules::Limits { max_balance: limits.max_balance })?;
+    let (tx, at, trace) = (Uuid::now_v7(), now(), bank_platform::telemetry::current_trace_context());
+    let mut touched: HashMap<Uuid, AccountRow> = rows.iter().map(|r| (r.account.id, r.clone())).collect();
+    let (mut order, mut opened, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
+    for event in &decided {
+        let id = event.account();
+        let current = touched.get(&id).map(|r| &r.account);
+        let next = rules::apply(current, event)
+            .ok_or_else(|| CommandError::Internal(anyhow::anyhow!("event for an account it cannot apply to")))?;
+        let row = touched.entry(id).or_insert_with(|| {
+            opened.push(id);
+            AccountRow { account: next.clone(), last_hash: GENESIS_HASH.to_vec(), opened_at: at }
+        });
+        row.account = next;
+        sealed.push(record(row, event, tx, caller.user_id, at, &trace));
+        if !order.contains(&id) {
+            order.push(id);
+        }
     }
+    let response = respond(command, &touched, &sealed, tx, at);
+    let mut writes = Writes::default();
+    for id in order {
+        let row = touched.remove(&id).expect("every event's account is touched");
+        if opened.contains(&id) { writes.new_accounts.push(row) } else { writes.changed_accounts.push(row) }
+    }
+    writes.events = sealed;
+    Ok(Plan { writes, response })
 }
 
-/// A parsed money command.
-#[derive(Clone)]
-pub struct MoneyCommand {
-    pub account_id: Uuid,
-    pub money: Money,
-    pub key: String,
-    pub description: String,
-}
-
-#[derive(Clone)]
-pub struct TransferCommand {
-    pub from: Uuid,
-    pub to: Uuid,
-    pub money: Money,
-    pub key: String,
-    pub description: String,
+/// The response of a decided command, encoded.
+fn respond(
+    command: &Command,
+    rows: &HashMap<Uuid, AccountRow>,
+    events: &[NewEvent],
+    tx: Uuid,
+    at: DateTime<Utc>,
+) -> Vec<u8> {
+    let account = |id: &Uuid| rows.get(id).map(account_proto);
+    let moved = |ids: Vec<Uuid>| {
+        pb::MoneyMovementResponse {
+            transaction_id: tx.to_string(),
+            balances_after: ids
+                .iter()
+                .filter_map(|id| rows.get(id))
+                .map(|r| pb::AccountBalance {
+                    account_id: r.account.id.to_string(),
+                    balance: events::money(r.account.currency, r.account.balance),
+                    version: r.account.version,
+                })
+                .collect(),
+            consistency_token: token_of(events),
+            occurred_at: events::timestamp(at),
+        }
+        .encode_to_vec()
+    };
+    match command {
+        Command::OpenAccount { id, .. } => {
+            pb::OpenAccountResponse { account: account(id), consistency_token: token_of(events) }.encode_to_vec()
+        }
+        // The teller sees the customer's account; settlement is the bank's business.
+        Command::Deposit { account, .. } | Command::Withdraw { account, .. } => moved(vec![*account]),
+        Command::Transfer { from, to, .. } => moved(vec![*from, *to]),
+        Command::Post { legs, .. } => moved(legs.iter().map(|l| l.account).collect()),
+        Command::Freeze { account: id, .. }
+        | Command::Unfreeze { account: id, .. }
+        | Command::Close { account: id } => {
+            pb::AccountChangeResponse { account: account(id), consistency_token: token_of(events) }.encode_to_vec()
+        }
+    }
 }
 
 impl Ledger {
     pub fn new(pool: PgPool, limits: Limits, subject_prefix: String, outbox_written: Arc<Notify>) -> Self {
-        Self { pool, limits, subject_prefix, outbox_written, batch: None }
+        let direct = Arc::new(Batcher::new(pool, subject_prefix, outbox_written, limits.clone()));
+        Self { limits, executor: Executor::Direct(direct) }
     }
 
     /// Sends every command through `queue` (batching mode).
-    pub fn with_batching(mut self, queue: crate::batch::Queue) -> Self {
-        self.batch = Some(queue);
+    pub fn with_batching(mut self, queue: Queue) -> Self {
+        self.executor = Executor::Queued(queue);
         self
     }
 
@@ -252,266 +401,21 @@ impl Ledger {
         &self.limits
     }
 
-    /// The transaction every command runs in; see the module doc.
+    /// Runs `command` for `caller` under its idempotency key; see the module doc.
     #[tracing::instrument(skip_all, fields(rpc = rpc, caller = %caller.user_id), err(level = "info"))]
-    async fn execute<R: Message + Default>(
+    pub async fn run<R: Message + Default>(
         &self,
         caller: &Caller,
         rpc: &'static str,
         key: &str,
         request_hash: &[u8],
-        lock_ids: &[Uuid],
-        decide: impl FnOnce(&[AccountRow]) -> Result<Plan<R>, CommandError> + Send + 'static,
+        command: Command,
     ) -> Result<R, CommandError> {
-        if let Some(queue) = &self.batch {
-            let job = crate::batch::Job::new(caller, rpc, key, request_hash, lock_ids, move |rows: &[AccountRow]| {
-                decide(rows).map(|p| Plan { writes: p.writes, response: p.response.encode_to_vec() })
-            });
-            let bytes = queue.run(job).await?;
-            return R::decode(bytes.as_slice()).map_err(|e| CommandError::Internal(anyhow::anyhow!("response: {e}")));
-        }
-        let mut tx = self.pool.begin().await?;
-        if let Claim::Existing { request_hash: first, outcome } =
-            store::claim_key(&mut tx, caller.user_id, key, request_hash).await?
-        {
-            tx.rollback().await?;
-            if first != request_hash {
-                return Err(CommandError::IdempotencyKeyReused);
-            }
-            return match outcome {
-                PriorOutcome::Response(bytes) => R::decode(bytes.as_slice())
-                    .map_err(|e| CommandError::Internal(anyhow::anyhow!("stored response: {e}"))),
-                PriorOutcome::Refusal { reason, message } => Err(CommandError::StoredRefusal { reason, message }),
-            };
-        }
-        let mut ids = lock_ids.to_vec();
-        ids.sort();
-        ids.dedup();
-        let rows = store::lock_accounts(&mut tx, &ids).await?;
-        let account = lock_ids.first().copied();
-        match decide(&rows) {
-            Ok(plan) => {
-                let response = plan.response.encode_to_vec();
-                store::apply(&mut tx, caller.user_id, key, &self.subject_prefix, plan.writes, &response).await?;
-                tx.commit().await?;
-                self.outbox_written.notify_one();
-                Ok(plan.response)
-            }
-            Err(CommandError::Refused(rule)) => {
-                // A refusal is an outcome: stored for replays, audited, committed.
-                let message = rule.to_string();
-                store::save_refusal(&mut tx, caller.user_id, key, rule.reason(), &message).await?;
-                store::audit(&mut tx, caller.user_id, rpc, account, rule.reason(), &message).await?;
-                tx.commit().await?;
-                Err(CommandError::Refused(rule))
-            }
-            Err(CommandError::NotOwner) => {
-                // Nothing is kept under the key; only the attempt is audited.
-                tx.rollback().await?;
-                let mut conn = self.pool.acquire().await?;
-                store::audit(
-                    &mut conn,
-                    caller.user_id,
-                    rpc,
-                    account,
-                    "NOT_OWNER",
-                    "account belongs to another customer",
-                )
-                .await?;
-                Err(CommandError::NotOwner)
-            }
-            Err(other) => Err(other), // dropping `tx` rolls back
-        }
-    }
-
-    pub async fn open_account(
-        &self,
-        caller: &Caller,
-        kind: AccountKind,
-        currency: Currency,
-        key: &str,
-        request_hash: &[u8],
-    ) -> Result<pb::OpenAccountResponse, CommandError> {
-        let owned_caller = caller.clone();
-        self.execute(caller, "OpenAccount", key, request_hash, &[], move |_| {
-            let caller = &owned_caller;
-            ensure_active_customer(caller)?;
-            let at = now();
-            let mut row = AccountRow {
-                account: Account {
-                    id: Uuid::now_v7(),
-                    owner_id: caller.user_id,
-                    currency,
-                    balance: Decimal::ZERO,
-                    status: AccountStatus::Active,
-                    version: 0,
-                },
-                kind,
-                last_hash: GENESIS_HASH.to_vec(),
-                opened_at: at,
-            };
-            let mut events = Vec::new();
-            let opened = Payload::AccountOpened(pb::AccountOpened {
-                owner_id: caller.user_id.to_string(),
-                r#type: account_proto(&row).r#type,
-                currency_code: currency.code().to_owned(),
-            });
-            append(&mut row, &mut events, Uuid::now_v7(), caller.user_id, at, Decimal::ZERO, opened);
-            let response =
-                pb::OpenAccountResponse { account: Some(account_proto(&row)), consistency_token: token_of(&events) };
-            Ok(Plan { writes: Writes { new_accounts: vec![row], changed_accounts: vec![], events }, response })
-        })
-        .await
-    }
-
-    pub async fn deposit(
-        &self,
-        caller: &Caller,
-        cmd: &MoneyCommand,
-        request_hash: &[u8],
-    ) -> Result<pb::MoneyMovementResponse, CommandError> {
-        let max_balance = self.limits.max_balance;
-        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
-        self.execute(caller, "Deposit", &cmd.key, request_hash, &[cmd.account_id], move |rows| {
-            let (caller, cmd) = (&owned_caller, &owned_cmd);
-            let mut row = owned(rows, cmd.account_id, caller)?;
-            ensure_active_customer(caller)?;
-            let change = row.account.deposit(&cmd.money, max_balance)?;
-            let (tx, at, mut events) = (Uuid::now_v7(), now(), Vec::new());
-            row.account.balance = change.after;
-            let payload = Payload::MoneyDeposited(pb::MoneyDeposited {
-                amount: events::money(cmd.money.currency, cmd.money.amount),
-                balance_before: events::money(cmd.money.currency, change.before),
-                balance_after: events::money(cmd.money.currency, change.after),
-                description: cmd.description.clone(),
-            });
-            append(&mut row, &mut events, tx, caller.user_id, at, cmd.money.amount, payload);
-            let response = movement(tx, at, &[&row], &events);
-            Ok(Plan { writes: Writes { changed_accounts: vec![row], events, ..Writes::default() }, response })
-        })
-        .await
-    }
-
-    pub async fn withdraw(
-        &self,
-        caller: &Caller,
-        cmd: &MoneyCommand,
-        request_hash: &[u8],
-    ) -> Result<pb::MoneyMovementResponse, CommandError> {
-        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
-        self.execute(caller, "Withdraw", &cmd.key, request_hash, &[cmd.account_id], move |rows| {
-            let (caller, cmd) = (&owned_caller, &owned_cmd);
-            let mut row = owned(rows, cmd.account_id, caller)?;
-            ensure_active_customer(caller)?;
-            let change = row.account.withdraw(&cmd.money)?;
-            let (tx, at, mut events) = (Uuid::now_v7(), now(), Vec::new());
-            row.account.balance = change.after;
-            let payload = Payload::MoneyWithdrawn(pb::MoneyWithdrawn {
-                amount: events::money(cmd.money.currency, cmd.money.amount),
-                balance_before: events::money(cmd.money.currency, change.before),
-                balance_after: events::money(cmd.money.currency, change.after),
-                description: cmd.description.clone(),
-            });
-            append(&mut row, &mut events, tx, caller.user_id, at, -cmd.money.amount, payload);
-            let response = movement(tx, at, &[&row], &events);
-            Ok(Plan { writes: Writes { changed_accounts: vec![row], events, ..Writes::default() }, response })
-        })
-        .await
-    }
-
-    pub async fn transfer(
-        &self,
-        caller: &Caller,
-        cmd: &TransferCommand,
-        request_hash: &[u8],
-    ) -> Result<pb::MoneyMovementResponse, CommandError> {
-        let max_balance = self.limits.max_balance;
-        let (owned_caller, owned_cmd) = (caller.clone(), cmd.clone());
-        self.execute(caller, "Transfer", &cmd.key, request_hash, &[cmd.from, cmd.to], move |rows| {
-            let (caller, cmd) = (&owned_caller, &owned_cmd);
-            let mut from = owned(rows, cmd.from, caller)?;
-            let mut to = existing(rows, cmd.to)?;
-            ensure_active_customer(caller)?;
-            let (debit, credit) = bank_domain::transfer(&from.account, &to.account, &cmd.money, max_balance)?;
-            let (tx, at, mut events) = (Uuid::now_v7(), now(), Vec::new());
-            let c = cmd.money.currency;
-            from.account.balance = debit.after;
-            to.account.balance = credit.after;
-            let debited = Payload::TransferDebited(pb::TransferDebited {
-                amount: events::money(c, cmd.money.amount),
-                balance_before: events::money(c, debit.before),
-                balance_after: events::money(c, debit.after),
-                to_account_id: cmd.to.to_string(),
-                description: cmd.description.clone(),
-            });
-            append(&mut from, &mut events, tx, caller.user_id, at, -cmd.money.amount, debited);
-            let credited = Payload::TransferCredited(pb::TransferCredited {
-                amount: events::money(c, cmd.money.amount),
-                balance_before: events::money(c, credit.before),
-                balance_after: events::money(c, credit.after),
-                from_account_id: cmd.from.to_string(),
-                description: cmd.description.clone(),
-            });
-            append(&mut to, &mut events, tx, caller.user_id, at, cmd.money.amount, credited);
-            let response = movement(tx, at, &[&from, &to], &events);
-            Ok(Plan { writes: Writes { changed_accounts: vec![from, to], events, ..Writes::default() }, response })
-        })
-        .await
-    }
-
-    /// Freeze, unfreeze (admin) and close (owner): status changes.
-    pub async fn change_status(
-        &self,
-        caller: &Caller,
-        change: StatusChange,
-        account_id: Uuid,
-        reason: &str,
-        key: &str,
-        request_hash: &[u8],
-    ) -> Result<pb::AccountChangeResponse, CommandError> {
-        let rpc = match change {
-            StatusChange::Freeze => "FreezeAccount",
-            StatusChange::Unfreeze => "UnfreezeAccount",
-            StatusChange::Close => "CloseAccount",
+        let job = Job::new(caller, rpc, key, request_hash, command);
+        let bytes = match &self.executor {
+            Executor::Queued(queue) => queue.run(job).await?,
+            Executor::Direct(batcher) => batcher.run_one(job).await?,
         };
-        if matches!(change, StatusChange::Freeze | StatusChange::Unfreeze) && !caller.is_admin() {
-            return Err(CommandError::PermissionDenied("only an admin may freeze or unfreeze accounts"));
-        }
-        let (owned_caller, reason) = (caller.clone(), reason.to_owned());
-        self.execute(caller, rpc, key, request_hash, &[account_id], move |rows| {
-            let caller = &owned_caller;
-            let mut row = match change {
-                StatusChange::Close => owned(rows, account_id, caller)?,
-                _ => existing(rows, account_id)?,
-            };
-            let (status, payload) = match change {
-                StatusChange::Freeze => {
-                    row.account.freeze()?;
-                    (AccountStatus::Frozen, Payload::AccountFrozen(pb::AccountFrozen { reason: reason.to_owned() }))
-                }
-                StatusChange::Unfreeze => {
-                    row.account.unfreeze()?;
-                    (AccountStatus::Active, Payload::AccountUnfrozen(pb::AccountUnfrozen { reason: reason.to_owned() }))
-                }
-                StatusChange::Close => {
-                    row.account.close()?;
-                    (AccountStatus::Closed, Payload::AccountClosed(pb::AccountClosed {}))
-                }
-            };
-            row.account.status = status;
-            let mut events = Vec::new();
-            append(&mut row, &mut events, Uuid::now_v7(), caller.user_id, now(), Decimal::ZERO, payload);
-            let response =
-                pb::AccountChangeResponse { account: Some(account_proto(&row)), consistency_token: token_of(&events) };
-            Ok(Plan { writes: Writes { changed_accounts: vec![row], events, ..Writes::default() }, response })
-        })
-        .await
+        R::decode(bytes.as_slice()).map_err(|e| CommandError::Internal(anyhow::anyhow!("response: {e}")))
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum StatusChange {
-    Freeze,
-    Unfreeze,
-    Close,
 }

@@ -131,13 +131,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let verifier =
         Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
 
+    let opened = ledger::open_system_accounts(&pool, &config.relay.subject_prefix).await?;
+    if opened > 0 {
+        tracing::info!(opened, "opened the bank's settlement and fee-income accounts");
+    }
     let wake = Arc::new(Notify::new());
     let mut ledger =
         Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone());
     if let Some(batching) = &config.batching {
         // The batchers end when the ledger (the queue's only sender) is dropped.
-        let (queue, _batchers) =
-            batch::start(pool.clone(), config.relay.subject_prefix.clone(), wake.clone(), batching);
+        let batcher =
+            batch::Batcher::new(pool.clone(), config.relay.subject_prefix.clone(), wake.clone(), config.limits.clone());
+        let (queue, _batchers) = batch::start(batcher, batching);
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);

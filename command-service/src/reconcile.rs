@@ -1,6 +1,7 @@
 //! `command-service reconcile`: an auditor's pass over everything. Folds the
 //! event store per account and compares it with the write model and both read
-//! models; checks conservation of money, gap-free versions, the hash chains,
+//! models; checks conservation of money per currency (double entry: every
+//! source sums to zero), balanced postings, gap-free versions, the hash chains,
 //! that every committed event was published (outbox pending only), and that
 //! the event store and audit log are still append-only. Read-only.
 
@@ -29,6 +30,36 @@ pub struct Report {
     /// Read-model accounts that are merely behind (projection in progress).
     pub behind: Vec<String>,
     pub outbox_pending: i64,
+    /// Per currency: the sum over all accounts in each source.
+    pub currencies: BTreeMap<String, Totals>,
+}
+
+/// One currency's sum over all accounts, per source (None: not checked).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub write_model: Decimal,
+    pub event_fold: Decimal,
+    pub read_model: Option<Decimal>,
+    pub cache: Option<Decimal>,
+}
+
+/// Adds every source's sum that is not zero to the problems. Pure.
+pub fn check_conservation(report: &mut Report) {
+    let mut problems = Vec::new();
+    for (currency, t) in &report.currencies {
+        let sources = [
+            ("write model", Some(t.write_model)),
+            ("event fold", Some(t.event_fold)),
+            ("postgres read model", t.read_model),
+            ("redis read model", t.cache),
+        ];
+        for (name, sum) in sources {
+            if let Some(sum) = sum.filter(|s| !s.is_zero()) {
+                problems.push(format!("conservation: {currency} sums to {sum} in the {name}, not zero"));
+            }
+        }
+    }
+    report.problems.extend(problems);
 }
 
 impl Report {
@@ -42,6 +73,17 @@ impl std::fmt::Display for Report {
         writeln!(f, "accounts checked: {}", self.accounts)?;
         writeln!(f, "events checked:   {}", self.events)?;
         writeln!(f, "outbox pending:   {}", self.outbox_pending)?;
+        for (c, t) in self.currencies.iter() {
+            let opt = |v: Option<Decimal>| v.map_or("-".to_owned(), |d| d.normalize().to_string());
+            writeln!(
+                f,
+                "{c}: write model {}, event fold {}, read model {}, cache {}",
+                t.write_model.normalize(),
+                t.event_fold.normalize(),
+                opt(t.read_model),
+                opt(t.cache)
+            )?;
+        }
         for b in &self.behind {
             writeln!(f, "behind (not an error): {b}")?;
         }
@@ -104,7 +146,6 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     report.events = rows.len() as i64;
     let mut fold: BTreeMap<Uuid, State> = BTreeMap::new();
     let mut chain_head: HashMap<Uuid, Vec<u8>> = HashMap::new();
-    let mut total_delta = Decimal::ZERO;
     for row in &rows {
         let id: Uuid = row.try_get("account_id")?;
         let version: i64 = row.try_get("version")?;
@@ -112,7 +153,6 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         let after: Decimal = row.try_get("balance_after")?;
         let envelope: Vec<u8> = row.try_get("envelope")?;
         let hash: Vec<u8> = row.try_get("hash")?;
-        total_delta += delta;
         let state = fold.entry(id).or_insert(State { balance: Decimal::ZERO, version: 0 });
         if version != state.version + 1 {
             report.problems.push(format!("events: account {id} jumps from version {} to {version}", state.version));
@@ -135,13 +175,16 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     report.accounts = fold.len();
 
     // The write model against the fold, chain heads included.
-    let accounts = sqlx::query("SELECT id, balance, version, last_hash FROM accounts").fetch_all(db).await?;
+    let accounts = sqlx::query("SELECT id, currency, balance, version, last_hash FROM accounts").fetch_all(db).await?;
     let mut write: HashMap<Uuid, State> = HashMap::new();
-    let mut total_balance = Decimal::ZERO;
+    let mut currency_of: HashMap<Uuid, String> = HashMap::new();
     for row in &accounts {
         let id: Uuid = row.try_get("id")?;
         let balance: Decimal = row.try_get("balance")?;
-        total_balance += balance;
+        let currency: String = row.try_get("currency")?;
+        let currency = currency.trim().to_owned();
+        report.currencies.entry(currency.clone()).or_default().write_model += balance;
+        currency_of.insert(id, currency);
         write.insert(id, State { balance, version: row.try_get("version")? });
         let head: Vec<u8> = row.try_get("last_hash")?;
         if chain_head.get(&id).is_some_and(|h| *h != head) {
@@ -150,27 +193,31 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     }
     compare("write model", &fold, &write, false, &mut report);
 
-    // Conservation: transfers net to zero, so balances = deposits − withdrawals.
-    let (deposits, withdrawals): (Decimal, Decimal) = sqlx::query_as(
-        "SELECT COALESCE(sum(delta) FILTER (WHERE kind = 'MoneyDeposited'), 0), COALESCE(-sum(delta) FILTER (WHERE kind = 'MoneyWithdrawn'), 0) FROM events",
+    // Double entry: the fold per currency, and every transaction's postings.
+    for (id, state) in &fold {
+        match currency_of.get(id) {
+            Some(c) => report.currencies.entry(c.clone()).or_default().event_fold += state.balance,
+            None => report.problems.push(format!("events: account {id} is not in the write model")),
+        }
+    }
+    let unbalanced: Vec<(Uuid, String, Decimal)> = sqlx::query_as(
+        "SELECT transaction_id, currency::text, sum(amount) FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 10",
+    )
+    .fetch_all(db)
+    .await?;
+    for (tx, currency, sum) in unbalanced {
+        report
+            .problems
+            .push(format!("double entry: transaction {tx} has {} postings summing to {sum}", currency.trim()));
+    }
+    let unposted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)",
     )
     .fetch_one(db)
     .await?;
-    if total_balance != deposits - withdrawals || total_balance != total_delta {
-        report.problems.push(format!(
-            "conservation: balances sum to {total_balance}, deposits − withdrawals = {}",
-            deposits - withdrawals
-        ));
+    if unposted > 0 {
+        report.problems.push(format!("double entry: {unposted} money event(s) without their posting"));
     }
-    let unbalanced: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT transaction_id FROM events WHERE kind IN ('TransferDebited','TransferCredited') GROUP BY transaction_id HAVING sum(delta) <> 0 OR count(*) <> 2) t",
-    )
-    .fetch_one(db)
-    .await?;
-    if unbalanced > 0 {
-        report.problems.push(format!("conservation: {unbalanced} transfer(s) do not net to zero"));
-    }
-
     // Publication: everything not pending in the outbox reached the stream.
     report.outbox_pending = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await?;
     let orphans: i64 = sqlx::query_scalar(
@@ -190,12 +237,14 @@ pub async fn run(mut src: Sources) -> Result<Report> {
 
     // Append-only guards still in place.
     let guards: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate') AND tgenabled <> 'D'",
+        "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced') AND tgenabled <> 'D'",
     )
     .fetch_one(db)
     .await?;
-    if guards != 4 {
-        report.problems.push("append-only: a trigger guarding events or audit_log is missing or disabled".into());
+    if guards != 7 {
+        report
+            .problems
+            .push("append-only: a trigger guarding events, postings or audit_log is missing or disabled".into());
     }
 
     // Read models: behind is fine (eventual consistency), different is not.
@@ -209,6 +258,17 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         let read: HashMap<Uuid, State> =
             views.iter().map(|v| (v.account_id, State { balance: v.balance, version: v.version })).collect();
         compare("postgres read model", &fold, &read, true, &mut report);
+        // A currency's sum is only meaningful once every account in it caught up.
+        let caught_up = |ids: &mut dyn Iterator<Item = (&Uuid, &State)>, c: &str| {
+            ids.filter(|(id, _)| currency_of.get(id).is_some_and(|x| x == c)).all(|(id, s)| fold.get(id) == Some(s))
+        };
+        for (c, totals) in report.currencies.iter_mut() {
+            let in_currency = fold.keys().filter(|id| currency_of.get(id) == Some(c)).count();
+            let held = views.iter().filter(|v| v.currency == *c).count();
+            if held == in_currency && caught_up(&mut read.iter(), c) {
+                totals.read_model = Some(views.iter().filter(|v| v.currency == *c).map(|v| v.balance).sum());
+            }
+        }
         if let Some((redis, keys)) = src.redis.as_mut() {
             let mut cached = HashMap::new();
             for id in fold.keys() {
@@ -225,8 +285,15 @@ pub async fn run(mut src: Sources) -> Result<Report> {
             let held: BTreeMap<Uuid, State> =
                 fold.iter().filter(|(id, _)| cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
             compare("redis read model", &held, &cached, true, &mut report);
+            for (c, totals) in report.currencies.iter_mut() {
+                let ids: Vec<&Uuid> = fold.keys().filter(|id| currency_of.get(*id) == Some(c)).collect();
+                if ids.iter().all(|id| cached.get(*id).is_some() && cached.get(*id) == fold.get(*id)) {
+                    totals.cache = Some(ids.iter().filter_map(|id| cached.get(*id)).map(|s| s.balance).sum());
+                }
+            }
         }
     }
+    check_conservation(&mut report);
     Ok(report)
 }
 
@@ -251,6 +318,29 @@ mod tests {
         let mut r = Report::default();
         compare("wm", &fold, &HashMap::from([(id, s(5, 2))]), false, &mut r);
         assert!(!r.is_clean(), "the write model may never lag");
+    }
+
+    #[test]
+    fn a_currency_that_does_not_sum_to_zero_is_a_problem_per_source() {
+        let mut r = Report::default();
+        r.currencies.insert("USD".into(), Totals { read_model: Some(Decimal::ZERO), ..Totals::default() });
+        r.currencies.insert(
+            "EUR".into(),
+            Totals {
+                write_model: Decimal::ONE,
+                event_fold: Decimal::ZERO,
+                read_model: None,
+                cache: Some(Decimal::TEN),
+            },
+        );
+        check_conservation(&mut r);
+        assert_eq!(
+            r.problems,
+            vec![
+                "conservation: EUR sums to 1 in the write model, not zero",
+                "conservation: EUR sums to 10 in the redis read model, not zero"
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The Postgres adapter of the write model: idempotency claims, row locks,
-//! and one statement that applies a decided plan. No business rules here.
+//! and one statement that applies a decided batch. No business rules here.
 
 use bank_domain::{Account, AccountKind, AccountStatus, Currency};
 use chrono::{DateTime, Utc};
@@ -13,7 +13,6 @@ use crate::{error::CommandError, events::NewEvent};
 #[derive(Debug, Clone)]
 pub struct AccountRow {
     pub account: Account,
-    pub kind: AccountKind,
     pub last_hash: Vec<u8>,
     pub opened_at: DateTime<Utc>,
 }
@@ -22,99 +21,6 @@ pub struct AccountRow {
 pub enum PriorOutcome {
     Response(Vec<u8>),
     Refusal { reason: String, message: String },
-}
-
-pub enum Claim {
-    /// The key is ours now; our transaction decides its outcome.
-    New,
-    Existing {
-        request_hash: Vec<u8>,
-        outcome: PriorOutcome,
-    },
-}
-
-/// Claims `(caller, key)`. A concurrent duplicate blocks on the primary key
-/// until the first transaction ends, then sees its committed outcome: one
-/// effect, the same answer for all.
-pub async fn claim_key(
-    conn: &mut PgConnection,
-    caller: Uuid,
-    key: &str,
-    request_hash: &[u8],
-) -> Result<Claim, CommandError> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency (caller_id, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(caller)
-    .bind(key)
-    .bind(request_hash)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Claim::New);
-    }
-    let row = sqlx::query(
-        "SELECT request_hash, response, refusal_reason, refusal_message FROM idempotency WHERE caller_id = $1 AND key = $2",
-    )
-    .bind(caller)
-    .bind(key)
-    .fetch_one(&mut *conn)
-    .await?;
-    let outcome = match row.try_get::<Option<Vec<u8>>, _>("response")? {
-        Some(bytes) => PriorOutcome::Response(bytes),
-        None => PriorOutcome::Refusal {
-            reason: row.try_get::<Option<String>, _>("refusal_reason")?.unwrap_or_default(),
-            message: row.try_get::<Option<String>, _>("refusal_message")?.unwrap_or_default(),
-        },
-    };
-    Ok(Claim::Existing { request_hash: row.try_get("request_hash")?, outcome })
-}
-
-/// Gives a claimed key back (batching mode: the command had no outcome).
-pub async fn release_key(conn: &mut PgConnection, caller: Uuid, key: &str) -> Result<(), CommandError> {
-    sqlx::query("DELETE FROM idempotency WHERE caller_id = $1 AND key = $2")
-        .bind(caller)
-        .bind(key)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn save_refusal(
-    conn: &mut PgConnection,
-    caller: Uuid,
-    key: &str,
-    reason: &str,
-    message: &str,
-) -> Result<(), CommandError> {
-    sqlx::query("UPDATE idempotency SET refusal_reason = $3, refusal_message = $4 WHERE caller_id = $1 AND key = $2")
-        .bind(caller)
-        .bind(key)
-        .bind(reason)
-        .bind(message)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn audit(
-    conn: &mut PgConnection,
-    actor: Uuid,
-    command: &str,
-    account_id: Option<Uuid>,
-    reason: &str,
-    detail: &str,
-) -> Result<(), CommandError> {
-    sqlx::query("INSERT INTO audit_log (actor, command, account_id, reason, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(actor)
-        .bind(command)
-        .bind(account_id)
-        .bind(reason)
-        .bind(detail)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 fn account_from_row(row: &sqlx::postgres::PgRow) -> Result<AccountRow, CommandError> {
@@ -126,12 +32,12 @@ fn account_from_row(row: &sqlx::postgres::PgRow) -> Result<AccountRow, CommandEr
         account: Account {
             id: row.try_get("id")?,
             owner_id: row.try_get("owner_id")?,
+            kind: AccountKind::parse(&kind).ok_or_else(|| bad("kind"))?,
             currency: Currency::from_code(currency.trim()).map_err(|_| bad("currency"))?,
             balance: row.try_get("balance")?,
             status: AccountStatus::parse(&status).ok_or_else(|| bad("status"))?,
             version: row.try_get("version")?,
         },
-        kind: AccountKind::parse(&kind).ok_or_else(|| bad("kind"))?,
         last_hash: row.try_get("last_hash")?,
         opened_at: row.try_get("opened_at")?,
     })
@@ -178,7 +84,7 @@ impl AccountColumns {
         for r in rows {
             c.id.push(r.account.id);
             c.owner_id.push(r.account.owner_id);
-            c.kind.push(r.kind.as_str());
+            c.kind.push(r.account.kind.as_str());
             c.currency.push(r.account.currency.code());
             c.balance.push(r.account.balance);
             c.status.push(r.account.status.as_str());
@@ -190,29 +96,8 @@ impl AccountColumns {
     }
 }
 
-/// Applies `writes` and stores `response` under the key, in one statement
-/// (data-modifying CTEs), so the locks are held for as few round trips as
-/// possible: the batch statement with a batch of one.
-pub async fn apply(
-    conn: &mut PgConnection,
-    caller: Uuid,
-    key: &str,
-    subject_prefix: &str,
-    writes: Writes,
-    response: &[u8],
-) -> Result<(), CommandError> {
-    let batch = BatchWrites {
-        new_accounts: writes.new_accounts,
-        changed_accounts: writes.changed_accounts,
-        events: writes.events,
-        responses: vec![(caller, key.to_owned(), response.to_vec())],
-        ..BatchWrites::default()
-    };
-    apply_batch(conn, subject_prefix, &batch).await
-}
-
-/// Everything one batch (batching mode) writes after its locks and claims,
-/// applied by `apply_batch` in one statement.
+/// Everything one batch writes after its locks and claims, applied by
+/// `apply_batch` in one statement.
 #[derive(Debug, Default)]
 pub struct BatchWrites {
     /// Accounts opened in this batch, in their final state.
@@ -294,6 +179,13 @@ pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &Batc
         ), new_events AS (
             INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash)
             SELECT * FROM UNNEST($15::uuid[], $16::uuid[], $17::int8[], $18::uuid[], $19::text[], $20::uuid[], $21::timestamptz[], $22::numeric[], $23::numeric[], $24::bytea[], $25::bytea[])
+        ), new_postings AS (
+            -- Double entry: the money events' changes, checked to net to zero
+            -- per transaction and currency when the transaction commits.
+            INSERT INTO postings (event_id, transaction_id, account_id, currency, amount)
+            SELECT p.id, p.tx, p.account_id, p.currency, p.delta
+            FROM UNNEST($15::uuid[], $18::uuid[], $16::uuid[], $41::text[], $22::numeric[]) AS p(id, tx, account_id, currency, delta)
+            WHERE p.delta <> 0
         ), new_outbox AS (
             INSERT INTO outbox (event_id, subject, envelope)
             SELECT e.id, $26 || '.' || e.account_id::text, e.envelope
@@ -353,6 +245,7 @@ pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &Batc
     .bind(w.audits.iter().map(|a| a.2).collect::<Vec<_>>())
     .bind(w.audits.iter().map(|a| a.3.clone()).collect::<Vec<_>>())
     .bind(w.audits.iter().map(|a| a.4.clone()).collect::<Vec<_>>())
+    .bind(ev.iter().map(|e| e.currency.code()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

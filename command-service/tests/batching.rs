@@ -28,7 +28,7 @@ async fn concurrent_commands_share_transactions_yet_each_has_its_own_outcome() {
     let (_, mallory) = h.customer();
     let src = h.open(&alice, "USD").await;
     let dst = h.open(&alice, "USD").await;
-    h.deposit(&alice, &src, "100.00").await.unwrap();
+    h.fund(&src, "100.00").await;
 
     // Forty transfers of 5.00 from 100.00, a repeated key among them, and a
     // stranger's attempt on the same account, all at once.
@@ -79,6 +79,7 @@ async fn concurrent_commands_share_transactions_yet_each_has_its_own_outcome() {
     assert_eq!(not_owner, 1, "the stranger's attempt is audited and keeps no key");
     let keys = h.count("idempotency").await;
     assert_eq!(keys, 3 + 41, "two opens, a deposit, 40 transfers, one repeated key; none for the stranger");
+    assert!(h.currency_sums().await.iter().all(|(_, sum)| sum.is_zero()), "{:?}", h.currency_sums().await);
 
     let batches = metric(&h, "command_batch_size_count").await;
     let commands = metric(&h, "command_batch_size_sum").await;

@@ -18,7 +18,7 @@ async fn twenty_concurrent_transfers_never_overdraw() {
     let (_, bob) = h.customer();
     let src = h.open(&alice, "USD").await;
     let dst = h.open(&bob, "USD").await;
-    h.deposit(&alice, &src, "100.00").await.unwrap();
+    h.fund(&src, "100.00").await;
 
     let results = join_all((0..20).map(|_| {
         let (h, alice, src, dst) = (&h, alice.clone(), src.clone(), dst.clone());
@@ -57,8 +57,8 @@ async fn opposite_transfers_in_a_tight_loop_never_deadlock_and_conserve_money() 
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
     let b = h.open(&alice, "USD").await;
-    h.deposit(&alice, &a, "500.00").await.unwrap();
-    h.deposit(&alice, &b, "500.00").await.unwrap();
+    h.fund(&a, "500.00").await;
+    h.fund(&b, "500.00").await;
 
     let tasks = (0..8).map(|i| {
         let (h_client, alice, a, b) = (h.client.clone(), alice.clone(), a.clone(), b.clone());
@@ -96,7 +96,7 @@ async fn the_same_transfer_sent_ten_times_concurrently_has_one_effect_and_ten_id
     let (_, alice) = h.customer();
     let src = h.open(&alice, "USD").await;
     let dst = h.open(&alice, "USD").await;
-    h.deposit(&alice, &src, "50.00").await.unwrap();
+    h.fund(&src, "50.00").await;
     let req = pb::TransferRequest {
         from_account_id: src.clone(),
         to_account_id: dst.clone(),
@@ -140,10 +140,11 @@ async fn a_refusal_is_replayed_for_the_same_key_even_after_funds_arrive() {
         idempotency_key: key(),
         description: String::new(),
     };
-    let first = h.client.clone().withdraw(authed(req.clone(), &alice)).await.unwrap_err();
+    let teller = h.teller();
+    let first = h.client.clone().withdraw(authed(req.clone(), &teller)).await.unwrap_err();
     assert_eq!(reason(&first), "INSUFFICIENT_FUNDS");
-    h.deposit(&alice, &acc, "10.00").await.unwrap();
-    let again = h.client.clone().withdraw(authed(req, &alice)).await.unwrap_err();
+    h.fund(&acc, "10.00").await;
+    let again = h.client.clone().withdraw(authed(req, &teller)).await.unwrap_err();
     assert_eq!((again.code(), reason(&again)), (Code::FailedPrecondition, "INSUFFICIENT_FUNDS".into()));
     assert_eq!(h.balance(&acc).await, "10.00");
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE reason = 'INSUFFICIENT_FUNDS'")
@@ -160,7 +161,7 @@ async fn hostile_amounts_and_ids_are_clear_errors_that_write_nothing() {
     let (_, mallory) = h.customer();
     let acc = h.open(&alice, "USD").await;
     let other = h.open(&alice, "USD").await;
-    h.deposit(&alice, &acc, "10.00").await.unwrap();
+    h.fund(&acc, "10.00").await;
     // Outbox rows: the highest id ever given out, not the row count, which the
     // relay lowers whenever it has published (a race with this test).
     let before = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
@@ -213,19 +214,27 @@ async fn hostile_amounts_and_ids_are_clear_errors_that_write_nothing() {
     assert_eq!((same.code(), violation_fields(&same)), (Code::InvalidArgument, vec!["to_account_id".to_string()]));
 
     // Unknown and someone else's accounts look the same: NOT_FOUND.
-    let unknown = h.deposit(&alice, &uuid::Uuid::now_v7().to_string(), "1.00").await.unwrap_err();
-    let foreign = h.withdraw(&mallory, &acc, "1.00").await.unwrap_err();
+    let unknown = h.transfer(&mallory, &uuid::Uuid::now_v7().to_string(), &other, "1.00").await.unwrap_err();
+    let foreign = h.transfer(&mallory, &acc, &other, "1.00").await.unwrap_err();
     assert_eq!((unknown.code(), foreign.code()), (Code::NotFound, Code::NotFound));
     assert_eq!(unknown.message(), foreign.message());
-    let foreign_transfer = h.transfer(&mallory, &acc, &other, "1.00").await.unwrap_err();
-    assert_eq!(foreign_transfer.code(), Code::NotFound);
+    let unknown_deposit = h.deposit(&h.teller(), &uuid::Uuid::now_v7().to_string(), "1.00").await.unwrap_err();
+    assert_eq!(unknown_deposit.code(), Code::NotFound);
+    // A customer may not take money out of the bank, not even someone else's.
+    let foreign_withdrawal = h.withdraw(&mallory, &acc, "1.00").await.unwrap_err();
+    assert_eq!(foreign_withdrawal.code(), Code::PermissionDenied);
 
     let after = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
     assert_eq!(before, after, "a refused input wrote rows");
     assert_eq!(h.balance(&acc).await, "10.00");
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE reason = 'NOT_OWNER'").fetch_one(&h.db).await.unwrap();
-    assert_eq!(audited, 2, "attempts on another's account are audited");
+    assert_eq!(audited, 1, "attempts on another's account are audited");
+    let denied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE reason = 'PERMISSION_DENIED'")
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(denied, 1, "the customer's withdrawal is audited");
 }
 
 #[tokio::test]
@@ -235,7 +244,7 @@ async fn frozen_closed_and_foreign_currency_accounts_refuse_money() {
     let admin = h.admin();
     let acc = h.open(&alice, "USD").await;
     let eur = h.open(&alice, "EUR").await;
-    h.deposit(&alice, &acc, "20.00").await.unwrap();
+    h.fund(&acc, "20.00").await;
 
     // Customers cannot freeze; admins can.
     let freeze = |k: String| pb::FreezeAccountRequest {
@@ -248,7 +257,7 @@ async fn frozen_closed_and_foreign_currency_accounts_refuse_money() {
     let frozen = h.client.clone().freeze_account(authed(freeze(key()), &admin)).await.unwrap().into_inner();
     assert_eq!(frozen.account.unwrap().status, pb::AccountStatus::Frozen as i32);
 
-    let err = h.deposit(&alice, &acc, "1.00").await.unwrap_err();
+    let err = h.deposit(&h.teller(), &acc, "1.00").await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "ACCOUNT_FROZEN".into()));
     let err = h.transfer(&alice, &acc, &eur, "1.00").await.unwrap_err();
     assert_eq!(reason(&err), "ACCOUNT_FROZEN");
@@ -274,7 +283,7 @@ async fn frozen_closed_and_foreign_currency_accounts_refuse_money() {
                 idempotency_key: key(),
                 description: String::new(),
             },
-            &alice,
+            &h.teller(),
         ))
         .await
         .unwrap_err();
@@ -297,9 +306,10 @@ async fn a_service_principal_is_not_a_customer() {
     let err = h.client.clone().open_account(authed(req, &service)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // ...and reaches no customer's account as if it were its own.
-    let err = h.withdraw(&service, &acc, "1.00").await.unwrap_err();
+    let other = h.open(&alice, "USD").await;
+    let err = h.transfer(&service, &acc, &other, "1.00").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(h.count("accounts").await, 1);
+    assert_eq!(h.customer_accounts().await, 2);
 }
 
 #[tokio::test]
@@ -313,7 +323,7 @@ async fn customers_waiting_for_kyc_move_no_money() {
     };
     let err = h.client.clone().open_account(authed(req, &pending)).await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE".into()));
-    assert_eq!(h.count("accounts").await, 0);
+    assert_eq!(h.customer_accounts().await, 0);
 
     let anonymous = h
         .client
@@ -329,17 +339,21 @@ async fn the_event_store_and_audit_log_refuse_update_and_delete() {
     let h = Harness::start().await;
     let (_, alice) = h.customer();
     let acc = h.open(&alice, "USD").await;
+    h.fund(&acc, "1.00").await;
     h.withdraw(&alice, &acc, "1.00").await.unwrap_err();
     for sql in [
         "UPDATE events SET delta = 1000",
         "DELETE FROM events",
         "TRUNCATE events CASCADE",
+        "UPDATE postings SET amount = 1000",
+        "DELETE FROM postings",
         "UPDATE audit_log SET reason = 'x'",
         "DELETE FROM audit_log",
     ] {
         assert!(sqlx::query(sql).execute(&h.db).await.is_err(), "{sql} was allowed");
     }
-    assert_eq!(h.count("events").await, 1);
+    assert_eq!(h.count("events").await, 3 + h.system_events().await);
+    assert_eq!(h.count("postings").await, 2);
     assert_eq!(h.count("audit_log").await, 1);
 }
 
@@ -347,6 +361,7 @@ async fn the_event_store_and_audit_log_refuse_update_and_delete() {
 async fn a_randomized_workload_conserves_money_and_balances_equal_the_event_fold() {
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let h = Harness::start().await;
+    let teller = h.teller();
     let users: Vec<_> = (0..3).map(|_| h.customer()).collect();
     let mut accounts = Vec::new();
     for (_, token) in &users {
@@ -356,7 +371,7 @@ async fn a_randomized_workload_conserves_money_and_balances_equal_the_event_fold
     }
     let tasks = (0..4u64).map(|seed| {
         let accounts = accounts.clone();
-        let h_ref = &h;
+        let (h_ref, teller) = (&h, &teller);
         async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let (mut deposited, mut withdrawn) = (Decimal::ZERO, Decimal::ZERO);
@@ -367,12 +382,12 @@ async fn a_randomized_workload_conserves_money_and_balances_equal_the_event_fold
                 let value: Decimal = amount.parse().unwrap();
                 match rng.gen_range(0..3) {
                     0 => {
-                        if h_ref.deposit(token, acc, &amount).await.is_ok() {
+                        if h_ref.deposit(teller, acc, &amount).await.is_ok() {
                             deposited += value
                         }
                     }
                     1 => {
-                        if h_ref.withdraw(token, acc, &amount).await.is_ok() {
+                        if h_ref.withdraw(teller, acc, &amount).await.is_ok() {
                             withdrawn += value
                         }
                     }
@@ -390,9 +405,15 @@ async fn a_randomized_workload_conserves_money_and_balances_equal_the_event_fold
     let totals = join_all(tasks).await;
     let deposited: Decimal = totals.iter().map(|t| t.0).sum();
     let withdrawn: Decimal = totals.iter().map(|t| t.1).sum();
-    let sum: Decimal =
-        sqlx::query_scalar("SELECT COALESCE(sum(balance), 0) FROM accounts").fetch_one(&h.db).await.unwrap();
-    assert_eq!(sum, deposited - withdrawn);
+    let customers: Decimal =
+        sqlx::query_scalar("SELECT COALESCE(sum(balance), 0) FROM accounts WHERE kind = 'CHECKING'")
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(customers, deposited - withdrawn);
+    // Double entry: settlement holds the other side, so USD sums to zero.
+    assert_eq!(h.balance(&Harness::settlement("USD")).await, format!("{:.2}", withdrawn - deposited));
+    assert!(h.currency_sums().await.iter().all(|(_, sum)| sum.is_zero()), "{:?}", h.currency_sums().await);
     let mismatched: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM accounts a JOIN (SELECT account_id, sum(delta) AS folded, max(version) AS v, count(*) AS n FROM events GROUP BY account_id) e ON e.account_id = a.id
          WHERE e.folded <> a.balance OR e.v <> a.version OR e.n <> a.version",
@@ -429,10 +450,12 @@ async fn every_committed_event_reaches_jetstream_once_in_version_order() {
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
     let b = h.open(&alice, "USD").await;
-    h.deposit(&alice, &a, "100.00").await.unwrap();
+    h.fund(&a, "100.00").await;
     join_all((0..30).map(|i| {
         let (h, alice, a, b) = (&h, &alice, &a, &b);
-        async move { if i % 2 == 0 { h.transfer(alice, a, b, "1.00").await } else { h.deposit(alice, b, "2.00").await } }
+        async move {
+            if i % 2 == 0 { h.transfer(alice, a, b, "1.00").await } else { h.deposit(&h.teller(), b, "2.00").await }
+        }
     }))
     .await;
     assert_stream_matches_event_store(&h, &bank_testkit::nats_url()).await;
@@ -445,7 +468,7 @@ async fn events_committed_while_nats_is_down_are_published_when_it_returns() {
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
     let b = h.open(&alice, "USD").await;
-    h.deposit(&alice, &a, "100.00").await.unwrap();
+    h.fund(&a, "100.00").await;
 
     let burst = async {
         for i in 0..40 {
@@ -481,6 +504,7 @@ async fn two_instances_share_one_database_and_publish_each_event_once() {
     .unwrap();
     let (_, alice) = first.customer();
     let acc = first.open(&alice, "USD").await;
+    let teller = first.teller();
     for i in 0..20 {
         let req = pb::DepositRequest {
             account_id: acc.clone(),
@@ -489,9 +513,9 @@ async fn two_instances_share_one_database_and_publish_each_event_once() {
             description: String::new(),
         };
         if i % 2 == 0 {
-            first.client.clone().deposit(authed(req, &alice)).await.unwrap();
+            first.client.clone().deposit(authed(req, &teller)).await.unwrap();
         } else {
-            second_client.deposit(authed(req, &alice)).await.unwrap();
+            second_client.deposit(authed(req, &teller)).await.unwrap();
         }
     }
     assert_eq!(first.balance(&acc).await, "20.00");
@@ -506,12 +530,17 @@ async fn reconcile_is_clean_after_a_workload_and_detects_an_edited_event() {
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
     let b = h.open(&alice, "USD").await;
-    h.deposit(&alice, &a, "70.00").await.unwrap();
+    h.fund(&a, "70.00").await;
     h.transfer(&alice, &a, &b, "20.00").await.unwrap();
-    h.withdraw(&alice, &b, "5.00").await.unwrap();
+    h.withdraw(&h.teller(), &b, "5.00").await.unwrap();
     let report = command_service::reconcile(&h.config).await.unwrap();
     assert!(report.is_clean(), "{report}");
-    assert_eq!(report.events, 6, "two opens, a deposit, two transfer legs, a withdrawal");
+    assert_eq!(
+        report.events,
+        h.system_events().await + 8,
+        "two opens, then two postings each for a deposit, a transfer and a withdrawal"
+    );
+    assert!(report.currencies.values().all(|t| t.write_model.is_zero() && t.event_fold.is_zero()), "{report}");
 
     // An operator with superuser rights bypasses the guard and edits history.
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&h.db).await.unwrap();
@@ -529,7 +558,7 @@ async fn reconcile_is_an_admin_rpc_reporting_what_the_operator_command_reports()
     let h = Harness::start().await;
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
-    h.deposit(&alice, &a, "12.34").await.unwrap();
+    h.fund(&a, "12.34").await;
 
     let denied = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &alice)).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -538,11 +567,207 @@ async fn reconcile_is_an_admin_rpc_reporting_what_the_operator_command_reports()
 
     let report = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &h.admin())).await.unwrap().into_inner();
     assert!(report.clean, "{report:?}");
-    assert_eq!((report.accounts_checked, report.events_checked), (1, 2), "an open and a deposit");
+    let system = h.system_events().await;
+    assert_eq!((report.accounts_checked, report.events_checked), (system + 1, system + 3), "an open and a deposit");
+    let usd = report.currencies.iter().find(|c| c.currency_code == "USD").unwrap();
+    assert_eq!((usd.write_model.as_str(), usd.event_fold.as_str()), ("0", "0"));
 
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&h.db).await.unwrap();
+    sqlx::query("ALTER TABLE postings DISABLE TRIGGER postings_append_only").execute(&h.db).await.unwrap();
+    sqlx::query("DELETE FROM postings").execute(&h.db).await.unwrap();
     sqlx::query("DELETE FROM events WHERE kind = 'MoneyDeposited'").execute(&h.db).await.unwrap();
     let report = h.client.clone().reconcile(authed(pb::ReconcileRequest {}, &h.admin())).await.unwrap().into_inner();
     assert!(!report.clean);
     assert!(report.problems.iter().any(|p| p.contains("write model")), "{:?}", report.problems);
+}
+
+// ---- double entry (issue 13) ----
+
+fn leg(account: &str, amount: &str, side: pb::PostingSide) -> pb::PostingLeg {
+    pb::PostingLeg { account_id: account.into(), money: usd(amount), side: side as i32 }
+}
+
+use pb::PostingSide::{Credit, Debit};
+
+#[tokio::test]
+async fn only_tellers_and_services_cross_the_boundary_and_a_customers_attempt_writes_only_the_audit_row() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let acc = h.open(&alice, "USD").await;
+    h.fund(&acc, "30.00").await;
+    let before = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
+
+    for err in [
+        h.deposit(&alice, &acc, "1000.00").await.unwrap_err(),
+        h.withdraw(&alice, &acc, "1.00").await.unwrap_err(),
+        h.deposit(&h.service(), &Harness::fee_income("USD"), "1.00").await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    let after = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
+    assert_eq!(before, after, "a denied attempt wrote more than the audit row");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE reason = 'PERMISSION_DENIED' AND command IN ('Deposit', 'Withdraw')",
+    )
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 3);
+    assert_eq!(h.balance(&acc).await, "30.00");
+
+    // A service principal and a teller (an admin may act as one) succeed.
+    h.deposit(&h.service(), &acc, "5.00").await.unwrap();
+    h.withdraw(&h.teller(), &acc, "10.00").await.unwrap();
+    h.deposit(&h.admin(), &acc, "1.00").await.unwrap();
+    assert_eq!(h.balance(&acc).await, "26.00");
+    assert_eq!(h.balance(&Harness::settlement("USD")).await, "-26.00");
+    assert!(h.currency_sums().await.iter().all(|(_, sum)| sum.is_zero()));
+}
+
+#[tokio::test]
+async fn a_posted_transaction_moves_a_transfer_and_its_fee_at_once_and_only_once() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let (_, bob) = h.customer();
+    let a = h.open(&alice, "USD").await;
+    let b = h.open(&bob, "USD").await;
+    h.fund(&a, "20.00").await;
+    let fees = Harness::fee_income("USD");
+    let req = pb::PostTransactionRequest {
+        legs: vec![leg(&a, "10.50", Debit), leg(&b, "10.00", Credit), leg(&fees, "0.50", Credit)],
+        idempotency_key: key(),
+        description: "transfer with fee".into(),
+    };
+    let service = h.service();
+    let first = h.client.clone().post_transaction(authed(req.clone(), &service)).await.unwrap().into_inner();
+    let again = h.client.clone().post_transaction(authed(req.clone(), &service)).await.unwrap().into_inner();
+    assert_eq!(first, again, "a repeated key answers the first outcome");
+    let balances: Vec<_> = first.balances_after.iter().map(|b| b.balance.as_ref().unwrap().amount.clone()).collect();
+    assert_eq!(balances, ["9.50", "10.00", "0.50"]);
+    assert_eq!(
+        (h.balance(&a).await, h.balance(&b).await, h.balance(&fees).await),
+        ("9.50".into(), "10.00".into(), "0.50".into())
+    );
+
+    // Every event of the transaction names it and the other postings.
+    let envelopes: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT envelope FROM events WHERE transaction_id = $1::uuid ORDER BY seq")
+            .bind(&first.transaction_id)
+            .fetch_all(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(envelopes.len(), 3);
+    for bytes in envelopes {
+        let e = <pb::EventEnvelope as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let others: Vec<_> = e.counterparty_postings.iter().map(|p| p.account_id.clone()).collect();
+        assert_eq!(others.len(), 2);
+        assert!(!others.contains(&e.account_id));
+    }
+
+    // Customers may not post, not even to move their own money.
+    let err = h
+        .client
+        .clone()
+        .post_transaction(authed(
+            pb::PostTransactionRequest {
+                legs: vec![leg(&a, "1.00", Debit), leg(&fees, "1.00", Credit)],
+                idempotency_key: key(),
+                description: String::new(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(h.balance(&a).await, "9.50");
+}
+
+#[tokio::test]
+async fn bad_legs_are_named_and_move_nothing() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let a = h.open(&alice, "USD").await;
+    let closed = h.open(&alice, "USD").await;
+    let euros = h.open(&alice, "EUR").await;
+    h.fund(&a, "20.00").await;
+    let close = pb::CloseAccountRequest { account_id: closed.clone(), idempotency_key: key() };
+    h.client.clone().close_account(authed(close, &alice)).await.unwrap();
+    let fees = Harness::fee_income("USD");
+    let service = h.service();
+    let post = |legs: Vec<pb::PostingLeg>| {
+        let mut c = h.client.clone();
+        let service = service.clone();
+        async move {
+            let req = pb::PostTransactionRequest { legs, idempotency_key: key(), description: String::new() };
+            c.post_transaction(authed(req, &service)).await.unwrap_err()
+        }
+    };
+    let before = (h.count("events").await, h.count("postings").await, h.outbox_ids_issued().await);
+
+    let unbalanced = post(vec![leg(&a, "2.00", Debit), leg(&fees, "1.00", Credit)]).await;
+    assert_eq!((unbalanced.code(), violation_fields(&unbalanced)), (Code::InvalidArgument, vec!["legs".to_string()]));
+    assert!(unbalanced.message().contains("USD") || format!("{unbalanced:?}").contains("USD"), "{unbalanced:?}");
+
+    let duplicate = post(vec![leg(&a, "1.00", Debit), leg(&fees, "2.00", Credit), leg(&a, "1.00", Debit)]).await;
+    assert_eq!(
+        (duplicate.code(), violation_fields(&duplicate)),
+        (Code::InvalidArgument, vec!["legs[2].account_id".to_string()])
+    );
+
+    let one_sided = post(vec![leg(&a, "1.00", Debit), pb::PostingLeg { side: 0, ..leg(&fees, "1.00", Credit) }]).await;
+    assert_eq!(violation_fields(&one_sided), vec!["legs[1].side".to_string()]);
+
+    let wrong_currency = post(vec![leg(&a, "1.00", Debit), leg(&euros, "1.00", Credit)]).await;
+    assert_eq!(
+        (wrong_currency.code(), reason(&wrong_currency)),
+        (Code::FailedPrecondition, "CURRENCY_MISMATCH".into())
+    );
+    assert!(wrong_currency.message().starts_with("legs[1]"), "{}", wrong_currency.message());
+
+    let on_closed = post(vec![leg(&a, "1.00", Debit), leg(&closed, "1.00", Credit)]).await;
+    assert_eq!((on_closed.code(), reason(&on_closed)), (Code::FailedPrecondition, "ACCOUNT_CLOSED".into()));
+    assert!(on_closed.message().starts_with("legs[1]"), "{}", on_closed.message());
+
+    let overdraw = post(vec![leg(&fees, "21.00", Credit), leg(&a, "21.00", Debit)]).await;
+    assert_eq!(reason(&overdraw), "INSUFFICIENT_FUNDS");
+    assert!(overdraw.message().starts_with("legs[1]"), "{}", overdraw.message());
+
+    let missing = post(vec![leg(&a, "1.00", Debit), leg(&uuid::Uuid::now_v7().to_string(), "1.00", Credit)]).await;
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(missing.message().starts_with("legs[1]"), "{}", missing.message());
+
+    let after = (h.count("events").await, h.count("postings").await, h.outbox_ids_issued().await);
+    assert_eq!(before, after, "a refused transaction moved money");
+    assert_eq!((h.balance(&a).await, h.balance(&fees).await), ("20.00".into(), "0.00".into()));
+}
+
+#[tokio::test]
+async fn the_database_refuses_to_commit_an_unbalanced_transaction() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let acc = h.open(&alice, "USD").await;
+    h.fund(&acc, "5.00").await;
+    // Bypassing the application: a lone posting of an event written by hand.
+    let mut tx = h.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash)
+         VALUES ($1, $2::uuid, 99, $3, 'MoneyDeposited', $4, now(), 7, 12, ''::bytea, ''::bytea)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&acc)
+    .bind(uuid::Uuid::now_v7())
+    .bind(uuid::Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO postings (event_id, transaction_id, account_id, currency, amount)
+         SELECT event_id, transaction_id, account_id, 'USD', delta FROM events WHERE version = 99",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let err = tx.commit().await.unwrap_err();
+    assert!(err.to_string().contains("does not balance"), "{err}");
+    assert_eq!(h.count("events").await, h.system_events().await + 3);
 }

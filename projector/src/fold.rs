@@ -77,6 +77,8 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
         let kind = match pb::AccountType::try_from(o.r#type) {
             Ok(pb::AccountType::Checking) => "CHECKING",
             Ok(pb::AccountType::Savings) => "SAVINGS",
+            Ok(pb::AccountType::Settlement) => "SETTLEMENT",
+            Ok(pb::AccountType::FeeIncome) => "FEE_INCOME",
             _ => return Err("unknown account type".into()),
         };
         let view = AccountView {
@@ -148,6 +150,21 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
             Some(&e.from_account_id),
             &e.description,
         )?,
+        Payload::Posted(e) => {
+            // Signed on the wire; history keeps the direction as the kind.
+            let signed = amount(&e.amount, "amount")?;
+            let kind = if signed.is_sign_negative() { kind::DEBIT } else { kind::CREDIT };
+            let magnitude = e.amount.as_ref().map(|m| pb::Money {
+                currency_code: m.currency_code.clone(),
+                amount: m.amount.trim_start_matches('-').to_owned(),
+            });
+            // The one other posting, when there is exactly one, is the counterparty.
+            let other = match env.counterparty_postings.as_slice() {
+                [only] => Some(only.account_id.as_str()),
+                _ => None,
+            };
+            money(kind, &magnitude, &e.balance_before, &e.balance_after, other, &e.description)?
+        }
         Payload::AccountFrozen(_) => {
             view.status = "FROZEN".into();
             None

@@ -88,6 +88,8 @@ fn kind_proto(k: &str) -> pb::TransactionKind {
         kind::WITHDRAWAL => pb::TransactionKind::Withdrawal,
         kind::TRANSFER_OUT => pb::TransactionKind::TransferOut,
         kind::TRANSFER_IN => pb::TransactionKind::TransferIn,
+        kind::DEBIT => pb::TransactionKind::Debit,
+        kind::CREDIT => pb::TransactionKind::Credit,
         _ => pb::TransactionKind::Unspecified,
     }
 }
@@ -98,6 +100,8 @@ fn kind_name(k: pb::TransactionKind) -> Option<&'static str> {
         pb::TransactionKind::Withdrawal => Some(kind::WITHDRAWAL),
         pb::TransactionKind::TransferOut => Some(kind::TRANSFER_OUT),
         pb::TransactionKind::TransferIn => Some(kind::TRANSFER_IN),
+        pb::TransactionKind::Debit => Some(kind::DEBIT),
+        pb::TransactionKind::Credit => Some(kind::CREDIT),
         pb::TransactionKind::Unspecified => None,
     }
 }
@@ -106,7 +110,8 @@ pub fn account_proto(v: &AccountView) -> pb::Account {
     pb::Account {
         account_id: v.account_id.to_string(),
         owner_id: v.owner_id.to_string(),
-        r#type: (if v.kind == "SAVINGS" { pb::AccountType::Savings } else { pb::AccountType::Checking }) as i32,
+        r#type: pb::AccountType::from_str_name(&format!("ACCOUNT_TYPE_{}", v.kind))
+            .unwrap_or(pb::AccountType::Unspecified) as i32,
         currency_code: v.currency.clone(),
         balance: money(&v.currency, v.balance),
         status: status_proto(&v.status),
@@ -145,8 +150,10 @@ fn history_sql(tail: &str) -> String {
     format!("SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE {tail}")
 }
 
+/// Owners see their accounts; staff (tellers, admins) see every account,
+/// the bank's own included.
 fn may_see(caller: &Caller, v: &AccountView) -> bool {
-    caller.is_admin() || v.owner_id == caller.user_id
+    caller.is_teller() || v.owner_id == caller.user_id
 }
 
 impl QueryApi {
@@ -203,8 +210,8 @@ impl AccountQueryService for QueryApi {
             caller.user_id
         } else {
             let owner = parse_id("owner_id", &r.owner_id).map_err(QueryError::from)?;
-            if owner != caller.user_id && !caller.is_admin() {
-                return Err(QueryError::PermissionDenied("only an admin may list another user's accounts").into());
+            if owner != caller.user_id && !caller.is_teller() {
+                return Err(QueryError::PermissionDenied("only staff may list another user's accounts").into());
             }
             owner
         };

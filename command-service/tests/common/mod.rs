@@ -79,6 +79,35 @@ impl Harness {
         self.issuer.token_for(Uuid::now_v7(), &["service"], "ACTIVE", Duration::from_secs(600))
     }
 
+    /// Staff who may move money across the bank's boundary.
+    pub fn teller(&self) -> String {
+        self.issuer.token_for(Uuid::now_v7(), &["customer", "teller"], "ACTIVE", Duration::from_secs(600))
+    }
+
+    /// Puts `amount` USD into `account` the way money enters the bank: a teller's deposit.
+    pub async fn fund(&self, account: &str, amount: &str) -> pb::MoneyMovementResponse {
+        self.deposit(&self.teller(), account, amount).await.expect("a teller's deposit")
+    }
+
+    /// Sum of every account's balance per currency in the write model.
+    pub async fn currency_sums(&self) -> Vec<(String, rust_decimal::Decimal)> {
+        sqlx::query_as("SELECT currency::text, sum(balance) FROM accounts GROUP BY currency ORDER BY currency")
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// The bank's settlement account in `currency`.
+    pub fn settlement(currency: &str) -> String {
+        let c = bank_domain::Currency::from_code(currency).unwrap();
+        bank_domain::ledger::system_account_id(bank_domain::AccountKind::Settlement, c).to_string()
+    }
+
+    pub fn fee_income(currency: &str) -> String {
+        let c = bank_domain::Currency::from_code(currency).unwrap();
+        bank_domain::ledger::system_account_id(bank_domain::AccountKind::FeeIncome, c).to_string()
+    }
+
     pub fn admin(&self) -> String {
         self.issuer.admin(Uuid::now_v7())
     }
@@ -148,6 +177,22 @@ impl Harness {
             .await
             .unwrap();
         format!("{:.2}", b)
+    }
+
+    /// Accounts owned by customers (the bank's own excluded).
+    pub async fn customer_accounts(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM accounts WHERE kind IN ('CHECKING', 'SAVINGS')")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Events of the bank's own accounts being opened (one per system account).
+    pub async fn system_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM accounts WHERE kind IN ('SETTLEMENT', 'FEE_INCOME')")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
     }
 
     pub async fn count(&self, table: &str) -> i64 {

@@ -6,17 +6,26 @@ use uuid::Uuid;
 
 use crate::{Currency, DomainError, Money};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccountKind {
     Checking,
     Savings,
+    /// The bank's settlement/clearing account of a currency: the other side
+    /// of every deposit and withdrawal, so negative by what customers hold.
+    Settlement,
+    /// The bank's fee income in a currency.
+    FeeIncome,
 }
 
 impl AccountKind {
+    pub const SYSTEM: [AccountKind; 2] = [AccountKind::Settlement, AccountKind::FeeIncome];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AccountKind::Checking => "CHECKING",
             AccountKind::Savings => "SAVINGS",
+            AccountKind::Settlement => "SETTLEMENT",
+            AccountKind::FeeIncome => "FEE_INCOME",
         }
     }
 
@@ -24,8 +33,20 @@ impl AccountKind {
         match s {
             "CHECKING" => Some(AccountKind::Checking),
             "SAVINGS" => Some(AccountKind::Savings),
+            "SETTLEMENT" => Some(AccountKind::Settlement),
+            "FEE_INCOME" => Some(AccountKind::FeeIncome),
             _ => None,
         }
+    }
+
+    /// Owned by the bank, not by a customer.
+    pub fn is_system(self) -> bool {
+        Self::SYSTEM.contains(&self)
+    }
+
+    /// Only settlement goes negative: it mirrors money the bank owes out.
+    pub fn may_go_negative(self) -> bool {
+        self == AccountKind::Settlement
     }
 }
 
@@ -60,6 +81,7 @@ impl AccountStatus {
 pub struct Account {
     pub id: Uuid,
     pub owner_id: Uuid,
+    pub kind: AccountKind,
     pub currency: Currency,
     pub balance: Decimal,
     pub status: AccountStatus,
@@ -73,7 +95,28 @@ pub struct BalanceChange {
     pub after: Decimal,
 }
 
+/// Largest magnitude a system account may reach: what the schema's
+/// numeric(20, 3) holds, with a margin. (Customer accounts have `max_balance`.)
+pub const SYSTEM_BALANCE_MAX: Decimal = Decimal::from_parts(1_874_919_424, 2_328_306, 0, false, 0); // 10^16
+
 impl Account {
+    /// Applies a signed change: a credit (positive) within the account's
+    /// limit, a debit (negative) within its balance unless it may go negative.
+    pub fn post(&self, currency: Currency, delta: Decimal, max_balance: Decimal) -> Result<BalanceChange, DomainError> {
+        let money = Money::new(currency, delta.abs());
+        if delta.is_sign_negative() && !self.kind.may_go_negative() {
+            return self.withdraw(&money);
+        }
+        self.ensure_open_for_money()?;
+        self.ensure_currency(&money)?;
+        let after = self.balance + delta;
+        let limit = if self.kind.is_system() { SYSTEM_BALANCE_MAX } else { max_balance };
+        if after > limit || after < -limit {
+            return Err(DomainError::BalanceLimitExceeded);
+        }
+        Ok(BalanceChange { before: self.balance, after })
+    }
+
     fn ensure_open_for_money(&self) -> Result<(), DomainError> {
         match self.status {
             AccountStatus::Active => Ok(()),
@@ -170,6 +213,7 @@ mod tests {
         Account {
             id: Uuid::now_v7(),
             owner_id: Uuid::now_v7(),
+            kind: AccountKind::Checking,
             currency: usd(),
             balance: Decimal::from(balance),
             status,

@@ -22,6 +22,27 @@ pub enum DomainError {
     AccountNotFrozen,
     #[error("the resulting balance would exceed the maximum")]
     BalanceLimitExceeded,
+    #[error("account not found")]
+    AccountNotFound,
+    /// Someone else's account: answered like `AccountNotFound`, but audited.
+    #[error("account not found")]
+    NotOwner,
+    /// The caller's role may not do this (audited).
+    #[error("{0}")]
+    NotPermitted(&'static str),
+    /// One leg of a posted transaction, by its index in the request.
+    #[error("legs[{index}]: {cause}")]
+    Leg { index: usize, cause: Box<DomainError> },
+    #[error("a transaction has 2 to {max} legs")]
+    LegCount { max: usize },
+    #[error("a posting must move a non-zero amount")]
+    ZeroPosting,
+    #[error("the account is already posted to by legs[{first}]")]
+    DuplicateLeg { first: usize },
+    #[error("the {currency} postings sum to {sum}, not zero")]
+    Unbalanced { currency: String, sum: rust_decimal::Decimal },
+    #[error("the bank has no settlement account in {0}")]
+    SystemAccountMissing(String),
 }
 
 impl DomainError {
@@ -37,7 +58,56 @@ impl DomainError {
             DomainError::CustomerNotActive => "CUSTOMER_NOT_ACTIVE",
             DomainError::AccountNotFrozen => "ACCOUNT_NOT_FROZEN",
             DomainError::BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
+            DomainError::AccountNotFound | DomainError::NotOwner => "ACCOUNT_NOT_FOUND",
+            DomainError::NotPermitted(_) => "NOT_PERMITTED",
+            DomainError::Leg { cause, .. } => cause.reason(),
+            DomainError::LegCount { .. } => "LEG_COUNT",
+            DomainError::ZeroPosting => "ZERO_POSTING",
+            DomainError::DuplicateLeg { .. } => "DUPLICATE_LEG",
+            DomainError::Unbalanced { .. } => "UNBALANCED",
+            DomainError::SystemAccountMissing(_) => "SYSTEM_ACCOUNT_MISSING",
         }
+    }
+
+    /// What kind of answer this is, which decides what the command side
+    /// keeps: a business refusal is an outcome (kept under the idempotency
+    /// key, audited); the rest leave the key free.
+    pub fn class(&self) -> Refusal {
+        match self {
+            DomainError::AccountNotFound => Refusal::NotFound { audited: false },
+            DomainError::NotOwner => Refusal::NotFound { audited: true },
+            DomainError::NotPermitted(_) => Refusal::PermissionDenied,
+            DomainError::LegCount { .. } | DomainError::ZeroPosting | DomainError::DuplicateLeg { .. } => {
+                Refusal::InvalidArgument
+            }
+            DomainError::SystemAccountMissing(_) => Refusal::Unavailable,
+            DomainError::Leg { cause, .. } => cause.class(),
+            _ => Refusal::BusinessRule,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// FAILED_PRECONDITION: kept under the idempotency key and audited.
+    BusinessRule,
+    /// NOT_FOUND (someone else's account is audited, answered the same).
+    NotFound { audited: bool },
+    /// PERMISSION_DENIED, audited.
+    PermissionDenied,
+    /// INVALID_ARGUMENT: the request's shape (normally caught before the ledger).
+    InvalidArgument,
+    /// The bank's own setup is incomplete; retry later.
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn is_kept(self) -> bool {
+        self == Refusal::BusinessRule
+    }
+
+    pub fn is_audited(self) -> bool {
+        matches!(self, Refusal::BusinessRule | Refusal::PermissionDenied | Refusal::NotFound { audited: true })
     }
 }
 

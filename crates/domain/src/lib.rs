@@ -5,8 +5,9 @@
 pub mod account;
 pub mod consistency;
 pub mod error;
+pub mod ledger;
 pub mod money;
 
 pub use account::{Account, AccountKind, AccountStatus, BalanceChange, transfer};
-pub use error::{DomainError, InputError};
+pub use error::{DomainError, InputError, Refusal};
 pub use money::{Currency, Money, format_amount, parse_amount};

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use crate::InputError;
 
 /// An ISO 4217 currency this bank supports, with its minor unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency {
     code: &'static str,
     minor_unit: u32,
@@ -62,6 +62,11 @@ impl Currency {
             .find(|(c, _)| *c == code)
             .map(|&(code, minor_unit)| Currency { code, minor_unit })
             .ok_or_else(|| InputError::new("currency_code", "must be a supported ISO 4217 code such as USD"))
+    }
+
+    /// Every supported currency.
+    pub fn all() -> impl Iterator<Item = Currency> {
+        CURRENCIES.iter().map(|&(code, minor_unit)| Currency { code, minor_unit })
     }
 
     pub fn code(&self) -> &'static str {

@@ -341,6 +341,11 @@ impl TokenVerifier {
             _ => TokenError::Malformed,
         })?;
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::Malformed)?;
+        // The nil id is the bank itself (owner of the system accounts): no
+        // token may speak as it.
+        if user_id.is_nil() {
+            return Err(TokenError::Malformed);
+        }
         let caller = Caller { user_id, roles: data.claims.roles.clone(), status: data.claims.status.clone() };
         Ok((caller, data.claims))
     }
@@ -457,6 +462,15 @@ mod tests {
         let (caller, got) = verifier(&[signer]).verify(&token).await.unwrap();
         assert_eq!(caller.user_id.to_string(), c.sub);
         assert_eq!(got, c);
+    }
+
+    #[tokio::test]
+    async fn no_token_speaks_as_the_bank() {
+        let signer = TokenSigner::generate();
+        let mut c = claims(60, 0);
+        c.sub = Uuid::nil().to_string();
+        let token = signer.sign(&c).unwrap();
+        assert_eq!(verifier(&[signer]).verify(&token).await.unwrap_err(), TokenError::Malformed);
     }
 
     #[tokio::test]

@@ -62,6 +62,9 @@ pub mod kind {
     pub const WITHDRAWAL: &str = "WITHDRAWAL";
     pub const TRANSFER_OUT: &str = "TRANSFER_OUT";
     pub const TRANSFER_IN: &str = "TRANSFER_IN";
+    /// A posted leg that took money out (the proto's TRANSACTION_KIND_DEBIT).
+    pub const DEBIT: &str = "DEBIT";
+    pub const CREDIT: &str = "CREDIT";
 }
 
 /// What the projector announces after applying an event.
