@@ -44,6 +44,8 @@ fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
 struct World {
     accounts: Vec<String>,
     tokens: Vec<String>,
+    /// Deposits and withdrawals are staff's: a teller's token.
+    teller: String,
     commands: AccountCommandServiceClient<Channel>,
     queries: AccountQueryServiceClient<Channel>,
     health: HealthClient<Channel>,
@@ -85,9 +87,9 @@ impl World {
                 idempotency_key: req.idempotency_key,
                 description: req.description,
             };
-            c.withdraw(authed(w, &self.tokens[a])).await.map(|_| ())
+            c.withdraw(authed(w, &self.teller)).await.map(|_| ())
         } else {
-            c.deposit(authed(req, &self.tokens[a])).await.map(|_| ())
+            c.deposit(authed(req, &self.teller)).await.map(|_| ())
         };
         r.map_err(|s| s.code())
     }
@@ -114,8 +116,9 @@ async fn setup(
 ) -> Result<(Vec<String>, Vec<String>)> {
     // Twenty accounts per customer, each funded with 1,000,000.00.
     let owners: Vec<String> = (0..n.div_ceil(20)).map(|_| issuer.customer(Uuid::now_v7())).collect();
+    let teller = issuer.teller(Uuid::now_v7());
     let open_one = |k: usize| {
-        let (mut c, token) = (commands.clone(), owners[k / 20].clone());
+        let (mut c, token, teller) = (commands.clone(), owners[k / 20].clone(), teller.clone());
         async move {
             let req = pb::OpenAccountRequest {
                 r#type: 1,
@@ -129,7 +132,7 @@ async fn setup(
                 idempotency_key: Uuid::new_v4().to_string(),
                 description: "bench funding".into(),
             };
-            c.deposit(authed(dep, &token)).await?;
+            c.deposit(authed(dep, &teller)).await?;
             anyhow::Ok((id, token))
         }
     };
@@ -248,6 +251,7 @@ async fn main() -> Result<()> {
     let world = Arc::new(World {
         accounts,
         tokens,
+        teller: issuer.teller(Uuid::now_v7()),
         commands,
         queries: AccountQueryServiceClient::new(q_ch.clone()),
         health: HealthClient::new(q_ch),

@@ -75,14 +75,15 @@ impl World {
         self.client.clone().open_account(authed(req, token)).await.unwrap().into_inner().account.unwrap().account_id
     }
 
-    async fn deposit(&self, token: &str, acc: &str, amount: &str) {
+    /// A teller's deposit (customers may not deposit).
+    async fn deposit(&self, acc: &str, amount: &str) {
         let req = pb::DepositRequest {
             account_id: acc.into(),
             money: usd(amount),
             idempotency_key: Uuid::new_v4().to_string(),
             description: String::new(),
         };
-        self.client.clone().deposit(authed(req, token)).await.unwrap();
+        self.client.clone().deposit(authed(req, &self.issuer.teller(Uuid::now_v7()))).await.unwrap();
     }
 
     async fn transfer(&self, token: &str, from: &str, to: &str, amount: &str) {
@@ -107,7 +108,7 @@ impl World {
             let a = &accounts[i % 4];
             let b = &accounts[(i * 7 + 1) % 4];
             if i % 3 == 0 || a == b {
-                self.deposit(&token, a, &format!("{}.{:02}", i % 50 + 1, i % 100)).await;
+                self.deposit(a, &format!("{}.{:02}", i % 50 + 1, i % 100)).await;
             } else {
                 self.transfer(&token, a, b, "3.25").await;
             }
@@ -281,4 +282,202 @@ async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_ans
     projector::rebuild(&w.projector).await.unwrap();
     w.workload(5).await;
     w.assert_read_models_equal_the_fold().await;
+}
+
+/// A signed change to an account's balance carried by an event, and its currency.
+fn signed_change(env: &pb::EventEnvelope) -> Option<(String, Decimal)> {
+    use pb::event_envelope::Payload;
+    let (m, sign) = match env.payload.as_ref()? {
+        Payload::MoneyDeposited(e) => (e.amount.as_ref()?, Decimal::ONE),
+        Payload::TransferCredited(e) => (e.amount.as_ref()?, Decimal::ONE),
+        Payload::MoneyWithdrawn(e) => (e.amount.as_ref()?, Decimal::NEGATIVE_ONE),
+        Payload::TransferDebited(e) => (e.amount.as_ref()?, Decimal::NEGATIVE_ONE),
+        Payload::Posted(e) => (e.amount.as_ref()?, Decimal::ONE),
+        _ => return None,
+    };
+    Some((m.currency_code.clone(), m.amount.parse::<Decimal>().ok()? * sign))
+}
+
+fn all_zero(sums: &HashMap<String, Decimal>) -> bool {
+    sums.values().all(|s| s.is_zero())
+}
+
+#[tokio::test]
+async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everywhere() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let w = World::start().await;
+    let _p = w.start_projector().await;
+    // Three customers with a USD and a EUR account each.
+    let mut accounts: Vec<(String, String, &str)> = Vec::new();
+    for _ in 0..3 {
+        let token = w.issuer.customer(Uuid::now_v7());
+        for currency in ["USD", "EUR"] {
+            let req = pb::OpenAccountRequest {
+                r#type: 1,
+                currency_code: currency.into(),
+                idempotency_key: Uuid::new_v4().to_string(),
+            };
+            let id = w.client.clone().open_account(authed(req, &token)).await.unwrap().into_inner().account.unwrap();
+            accounts.push((token.clone(), id.account_id, currency));
+        }
+    }
+    let fee_account = |c: &str| {
+        let currency = bank_domain::Currency::from_code(c).unwrap();
+        bank_domain::ledger::system_account_id(bank_domain::AccountKind::FeeIncome, currency).to_string()
+    };
+    let callers = (0..6u64).map(|seed| {
+        let (w, accounts) = (&w, accounts.clone());
+        async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (teller, service) = (w.issuer.teller(Uuid::now_v7()), w.issuer.service(Uuid::now_v7()));
+            let mut c = w.client.clone();
+            for _ in 0..30 {
+                let (owner, acc, currency) = &accounts[rng.gen_range(0..accounts.len())];
+                let (_, other, other_currency) = &accounts[rng.gen_range(0..accounts.len())];
+                let cents = rng.gen_range(1..3000u32);
+                let money = |cents: u32| {
+                    Some(pb::Money {
+                        currency_code: currency.to_string(),
+                        amount: format!("{}.{:02}", cents / 100, cents % 100),
+                    })
+                };
+                let key = Uuid::new_v4().to_string();
+                let description = String::new();
+                // Refusals (funds, currency) are part of the workload; errors of any other kind are not.
+                let result = match rng.gen_range(0..4) {
+                    0 => c
+                        .deposit(authed(
+                            pb::DepositRequest {
+                                account_id: acc.clone(),
+                                money: money(cents),
+                                idempotency_key: key,
+                                description,
+                            },
+                            &teller,
+                        ))
+                        .await
+                        .map(|_| ()),
+                    1 => c
+                        .withdraw(authed(
+                            pb::WithdrawRequest {
+                                account_id: acc.clone(),
+                                money: money(cents),
+                                idempotency_key: key,
+                                description,
+                            },
+                            &service,
+                        ))
+                        .await
+                        .map(|_| ()),
+                    2 => c
+                        .transfer(authed(
+                            pb::TransferRequest {
+                                from_account_id: acc.clone(),
+                                to_account_id: other.clone(),
+                                money: money(cents),
+                                idempotency_key: key,
+                                description,
+                            },
+                            owner,
+                        ))
+                        .await
+                        .map(|_| ()),
+                    _ => {
+                        // A transfer plus its fee, as one balanced transaction.
+                        let fee = cents / 10 + 1;
+                        let leg = |account: &str, cents: u32, side: pb::PostingSide| pb::PostingLeg {
+                            account_id: account.into(),
+                            money: money(cents),
+                            side: side as i32,
+                        };
+                        let mut legs = vec![
+                            leg(acc, cents + fee, pb::PostingSide::Debit),
+                            leg(&fee_account(currency), fee, pb::PostingSide::Credit),
+                        ];
+                        if other != acc && other_currency == currency {
+                            legs.push(leg(other, cents, pb::PostingSide::Credit));
+                        } else {
+                            legs[0] = leg(acc, fee, pb::PostingSide::Debit);
+                        }
+                        c.post_transaction(authed(
+                            pb::PostTransactionRequest { legs, idempotency_key: key, description },
+                            &service,
+                        ))
+                        .await
+                        .map(|_| ())
+                    }
+                };
+                if let Err(s) = result {
+                    assert!(
+                        matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+    });
+    futures::future::join_all(callers).await;
+    w.assert_read_models_equal_the_fold().await;
+
+    // The write model: each currency sums to zero, each account equals the fold of its postings.
+    let write: Vec<(String, Decimal)> =
+        sqlx::query_as("SELECT currency::text, sum(balance) FROM accounts GROUP BY currency")
+            .fetch_all(&w.write_db)
+            .await
+            .unwrap();
+    assert!(write.iter().all(|(_, s)| s.is_zero()), "write model: {write:?}");
+    let moved: Decimal =
+        sqlx::query_scalar("SELECT sum(abs(amount)) FROM postings").fetch_one(&w.write_db).await.unwrap();
+    assert!(moved > Decimal::ZERO, "the workload moved no money");
+    let unfolded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS s FROM postings GROUP BY account_id) p ON p.account_id = a.id WHERE COALESCE(p.s, 0) <> a.balance",
+    )
+    .fetch_one(&w.write_db)
+    .await
+    .unwrap();
+    assert_eq!(unfolded, 0, "an account differs from the fold of its postings");
+
+    // The Postgres read model.
+    let g = bank_readmodel::active_generation(&w.read_db).await.unwrap();
+    let read: Vec<(String, Decimal)> =
+        sqlx::query_as("SELECT currency, sum(balance) FROM account_view WHERE generation = $1 GROUP BY currency")
+            .bind(g)
+            .fetch_all(&w.read_db)
+            .await
+            .unwrap();
+    assert_eq!(read.len(), write.len(), "every currency is projected");
+    assert!(read.iter().all(|(_, s)| s.is_zero()), "postgres read model: {read:?}");
+
+    // Redis: every account, system ones included, cached; per currency zero.
+    let ids: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, currency::text FROM accounts").fetch_all(&w.write_db).await.unwrap();
+    let keys = bank_readmodel::CacheKeys::new(w.projector.redis_prefix.clone());
+    let mut redis = w.redis.clone();
+    let mut cached: HashMap<String, Decimal> = HashMap::new();
+    for (id, currency) in &ids {
+        let h: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(keys.account(g, *id)).query_async(&mut redis).await.unwrap();
+        let view = bank_readmodel::from_cache(*id, &h).expect("every account is cached");
+        *cached.entry(currency.clone()).or_default() += view.balance;
+    }
+    assert!(all_zero(&cached), "redis: {cached:?}");
+
+    // The stream's fold: per currency zero, per account the write model's balance.
+    let js = w.js().await;
+    let mut stream = js.get_stream(&w.command.relay.stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let (mut per_currency, mut per_account) = (HashMap::<String, Decimal>::new(), HashMap::<String, Decimal>::new());
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let env = pb::EventEnvelope::decode(m.payload).unwrap();
+        if let Some((currency, delta)) = signed_change(&env) {
+            *per_currency.entry(currency).or_default() += delta;
+            *per_account.entry(env.account_id.clone()).or_default() += delta;
+        }
+    }
+    assert!(all_zero(&per_currency), "stream fold: {per_currency:?}");
+    let (fold, _) = w.fold().await;
+    for (id, (balance, _, _)) in fold {
+        assert_eq!(per_account.get(&id.to_string()).copied().unwrap_or_default(), balance, "stream fold of {id}");
+    }
 }

@@ -17,11 +17,11 @@ pub fn summarize(opening: Decimal, entries: &[HistoryEntry]) -> Result<Totals, S
     let (mut credits, mut debits, mut balance) = (Decimal::ZERO, Decimal::ZERO, opening);
     for e in entries {
         match e.kind.as_str() {
-            kind::DEPOSIT | kind::TRANSFER_IN => {
+            kind::DEPOSIT | kind::TRANSFER_IN | kind::CREDIT => {
                 credits += e.amount;
                 balance += e.amount;
             }
-            kind::WITHDRAWAL | kind::TRANSFER_OUT => {
+            kind::WITHDRAWAL | kind::TRANSFER_OUT | kind::DEBIT => {
                 debits += e.amount;
                 balance -= e.amount;
             }
@@ -57,10 +57,15 @@ mod tests {
 
     #[test]
     fn opening_plus_credits_minus_debits_is_closing() {
-        let entries =
-            [entry(kind::DEPOSIT, 50, 60), entry(kind::TRANSFER_OUT, 20, 40), entry(kind::TRANSFER_IN, 5, 45)];
+        let entries = [
+            entry(kind::DEPOSIT, 50, 60),
+            entry(kind::TRANSFER_OUT, 20, 40),
+            entry(kind::TRANSFER_IN, 5, 45),
+            entry(kind::DEBIT, 3, 42),
+            entry(kind::CREDIT, 1, 43),
+        ];
         let t = summarize(Decimal::from(10), &entries).unwrap();
-        assert_eq!((t.credits, t.debits, t.closing), (Decimal::from(55), Decimal::from(20), Decimal::from(45)));
+        assert_eq!((t.credits, t.debits, t.closing), (Decimal::from(56), Decimal::from(23), Decimal::from(43)));
     }
 
     #[test]

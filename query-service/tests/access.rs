@@ -19,6 +19,8 @@ enum Who {
     Owner,
     OtherCustomer,
     SuspendedOwner,
+    Teller,
+    Service,
     Admin,
 }
 
@@ -34,6 +36,7 @@ const RPCS: &[&str] = &[
     "Deposit",
     "Withdraw",
     "Transfer",
+    "PostTransaction",
     "FreezeAccount",
     "UnfreezeAccount",
     "CloseAccount",
@@ -49,6 +52,13 @@ fn expected(who: Who, rpc: &str) -> Code {
     );
     match who {
         Who::NoToken | Who::Expired | Who::UnknownKey => Unauthenticated,
+        // Customers move money only between accounts: across the bank's
+        // boundary (Deposit, Withdraw) and multi-leg postings are staff's.
+        _ if matches!(rpc, "Deposit" | "Withdraw" | "PostTransaction")
+            && matches!(who, Who::Owner | Who::OtherCustomer | Who::SuspendedOwner) =>
+        {
+            PermissionDenied
+        }
         Who::Owner => match rpc {
             "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             "CloseAccount" => FailedPrecondition, // balance not zero
@@ -65,9 +75,22 @@ fn expected(who: Who, rpc: &str) -> Code {
             "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             _ => FailedPrecondition,
         },
+        // Staff see every account and move money across the boundary, but
+        // spend nobody's money in their name and freeze nothing.
+        Who::Teller => match rpc {
+            "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
+            "Transfer" | "CloseAccount" => NotFound,
+            _ => Ok,
+        },
+        // A service posts and crosses the boundary; it reads no accounts and owns none.
+        Who::Service => match rpc {
+            "Deposit" | "Withdraw" | "PostTransaction" | "ListAccounts" => Ok,
+            "OpenAccount" | "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
+            _ => NotFound,
+        },
         Who::Admin => match rpc {
             // Money moves only from the owner's own session.
-            "Deposit" | "Withdraw" | "Transfer" | "CloseAccount" => NotFound,
+            "Transfer" | "CloseAccount" => NotFound,
             _ => Ok,
         },
     }
@@ -180,6 +203,24 @@ async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code 
             ))
             .await,
         ),
+        "PostTransaction" => {
+            let leg = |account_id: &str, side: pb::PostingSide| pb::PostingLeg {
+                account_id: account_id.into(),
+                money: usd("1.00"),
+                side: side as i32,
+            };
+            code(
+                c.post_transaction(req(
+                    pb::PostTransactionRequest {
+                        legs: vec![leg(&acc, pb::PostingSide::Debit), leg(&f.other_account, pb::PostingSide::Credit)],
+                        idempotency_key: key,
+                        description: String::new(),
+                    },
+                    token,
+                ))
+                .await,
+            )
+        }
         "FreezeAccount" => code(
             c.freeze_account(req(
                 pb::FreezeAccountRequest { account_id: acc, reason: "matrix".into(), idempotency_key: key },
@@ -210,7 +251,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_table_says() {
     let opened = bank.open(&owner_token).await;
     let account = opened.account.unwrap().account_id;
     let other_account = bank.open(&bank.customer()).await.account.unwrap().account_id;
-    let d = bank.deposit(&owner_token, &account, "100.00").await;
+    let d = bank.deposit(&account, "100.00").await;
     bank.balance(&owner_token, &account, &d.consistency_token).await.unwrap();
     let f = Fixture { account, other_account, transaction: d.transaction_id };
 
@@ -222,6 +263,8 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_table_says() {
         (Who::Owner, Some(owner_token.clone())),
         (Who::OtherCustomer, Some(bank.customer())),
         (Who::SuspendedOwner, Some(bank.issuer.token_for(owner, &["customer"], "SUSPENDED", Duration::from_secs(600)))),
+        (Who::Teller, Some(bank.teller())),
+        (Who::Service, Some(bank.issuer.token_for(Uuid::now_v7(), &["service"], "ACTIVE", Duration::from_secs(600)))),
         // Last: its freeze/unfreeze pair must not disturb the rows above.
         (Who::Admin, Some(bank.issuer.admin(Uuid::now_v7()))),
     ];

@@ -29,7 +29,7 @@ async fn sql_looking_and_unicode_descriptions_are_stored_and_served_verbatim() {
             idempotency_key: Uuid::new_v4().to_string(),
             description: d.into(),
         };
-        last = bank.commands.clone().deposit(authed(req, &alice)).await.unwrap().into_inner().consistency_token;
+        last = bank.commands.clone().deposit(authed(req, &bank.teller())).await.unwrap().into_inner().consistency_token;
     }
     let balance = bank.balance(&alice, &a, &last).await.unwrap();
     assert_eq!(balance.balance.unwrap().amount, "5.00", "the accounts table is still there and counting");
@@ -51,7 +51,7 @@ async fn an_oversized_request_is_refused_by_the_size_limit_and_writes_nothing() 
         idempotency_key: Uuid::new_v4().to_string(),
         description: "x".repeat(256 * 1024),
     };
-    let err = bank.commands.clone().deposit(authed(huge, &alice)).await.unwrap_err();
+    let err = bank.commands.clone().deposit(authed(huge, &bank.teller())).await.unwrap_err();
     assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
     // Just over the description limit but under the size limit: a field violation.
     let long = pb::DepositRequest {
@@ -60,11 +60,14 @@ async fn an_oversized_request_is_refused_by_the_size_limit_and_writes_nothing() 
         idempotency_key: Uuid::new_v4().to_string(),
         description: "x".repeat(141),
     };
-    assert_eq!(bank.commands.clone().deposit(authed(long, &alice)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        bank.commands.clone().deposit(authed(long, &bank.teller())).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let balance = bank.balance(&alice, &a, &opened.consistency_token).await.unwrap();
     assert_eq!((balance.balance.unwrap().amount.as_str(), balance.version), ("0.00", 1));
     // The service is still serving after the refusal.
-    bank.deposit(&alice, &a, "2.00").await;
+    bank.deposit(&a, "2.00").await;
 }
 
 #[tokio::test]

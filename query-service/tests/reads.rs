@@ -27,7 +27,7 @@ async fn the_very_first_read_with_the_consistency_token_shows_the_write() {
     let alice = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
     let b = bank.open(&alice).await.account.unwrap().account_id;
-    bank.deposit(&alice, &a, "100.00").await;
+    bank.deposit(&a, "100.00").await;
     let moved = bank.transfer(&alice, &a, &b, "30.25").await;
 
     let balance = bank.balance(&alice, &a, &moved.consistency_token).await.unwrap();
@@ -58,7 +58,7 @@ async fn two_hundred_fifty_transactions_page_by_twenty_exactly_once_newest_first
     let a = bank.open(&alice).await.account.unwrap().account_id;
     let mut last = String::new();
     for i in 1..=250 {
-        last = bank.deposit(&alice, &a, &format!("{i}.00")).await.consistency_token;
+        last = bank.deposit(&a, &format!("{i}.00")).await.consistency_token;
     }
     bank.balance(&alice, &a, &last).await.unwrap();
 
@@ -97,10 +97,10 @@ async fn a_statement_adds_up_over_its_period() {
     let alice = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
     let b = bank.open(&alice).await.account.unwrap().account_id;
-    bank.deposit(&alice, &a, "10.00").await;
+    bank.deposit(&a, "10.00").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let from = chrono::Utc::now();
-    bank.deposit(&alice, &a, "50.00").await;
+    bank.deposit(&a, "50.00").await;
     let t = bank.transfer(&alice, &a, &b, "15.50").await;
     let to = chrono::Utc::now() + chrono::Duration::seconds(1);
     let ts = |t: chrono::DateTime<chrono::Utc>| {
@@ -137,7 +137,7 @@ async fn another_customers_account_is_not_found_on_every_read_but_an_admin_sees_
     let alice = bank.customer();
     let mallory = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
-    let d = bank.deposit(&alice, &a, "5.00").await;
+    let d = bank.deposit(&a, "5.00").await;
     bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
 
     let q = || bank.queries.clone();
@@ -185,7 +185,7 @@ async fn watch_balance_sees_every_change_in_order_and_ends_when_the_client_leave
 
     let writer = async {
         for _ in 0..50 {
-            bank.deposit(&alice, &a, "1.00").await;
+            bank.deposit(&a, "1.00").await;
         }
     };
     let reader = async {
@@ -217,7 +217,7 @@ async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
     let bank = Bank::start().await;
     let alice = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
-    let d = bank.deposit(&alice, &a, "12.34").await;
+    let d = bank.deposit(&a, "12.34").await;
     bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
 
     let mut redis =
@@ -243,7 +243,7 @@ async fn balance_reads_answer_from_postgres_when_redis_is_down() {
     let bank = Bank::start_with_redis(&format!("redis://{dead}")).await;
     let alice = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
-    let d = bank.deposit(&alice, &a, "7.00").await;
+    let d = bank.deposit(&a, "7.00").await;
     let b = bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
     assert_eq!(b.balance.unwrap().amount, "7.00");
     assert!(bank.query_config.redis_url.contains(&dead.port().to_string()));

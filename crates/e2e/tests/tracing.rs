@@ -102,7 +102,7 @@ async fn one_trace_runs_from_the_client_through_the_relay_to_the_projector() {
         idempotency_key: Uuid::new_v4().into(),
         description: "traced".into(),
     };
-    let mut req = authed(deposit, &customer);
+    let mut req = authed(deposit, &sys.issuer.teller(Uuid::now_v7()));
     req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{client_span}-01").parse().unwrap());
     commands.deposit(req).await.unwrap();
 

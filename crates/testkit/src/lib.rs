@@ -151,6 +151,17 @@ impl TestIssuer {
     pub fn admin(&self, user_id: Uuid) -> String {
         self.token_for(user_id, &[ROLE_ADMIN], STATUS_ACTIVE, Duration::from_secs(900))
     }
+
+    /// Staff who move money across the bank's boundary (as auth-service
+    /// issues it: a teller is also a customer).
+    pub fn teller(&self, user_id: Uuid) -> String {
+        self.token_for(user_id, &[ROLE_CUSTOMER, "teller"], STATUS_ACTIVE, Duration::from_secs(900))
+    }
+
+    /// An internal service principal.
+    pub fn service(&self, user_id: Uuid) -> String {
+        self.token_for(user_id, &["service"], STATUS_ACTIVE, Duration::from_secs(900))
+    }
 }
 
 impl Drop for TestIssuer {

@@ -90,7 +90,14 @@ impl Bank {
         self.commands.clone().open_account(authed(req, token)).await.unwrap().into_inner()
     }
 
-    pub async fn deposit(&self, token: &str, acc: &str, amount: &str) -> pb::MoneyMovementResponse {
+    /// Staff who may move money across the bank's boundary.
+    pub fn teller(&self) -> String {
+        self.issuer.token_for(Uuid::now_v7(), &["customer", "teller"], "ACTIVE", std::time::Duration::from_secs(600))
+    }
+
+    /// A teller's deposit: how money enters the bank.
+    pub async fn deposit(&self, acc: &str, amount: &str) -> pb::MoneyMovementResponse {
+        let token = &self.teller();
         let req = pb::DepositRequest {
             account_id: acc.into(),
             money: usd(amount),

@@ -213,6 +213,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for t in 0..tasks {
         let token = sys.issuer.customer(Uuid::now_v7());
+        let teller = sys.issuer.teller(Uuid::now_v7());
         let client = sys.command_client().await;
         let queries = sys.query_client().await;
         let (ledger, stop) = (ledger.clone(), stop.clone());
@@ -268,7 +269,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                     };
                     retry(
                         || {
-                            let (mut c, r, t) = (client.clone(), req.clone(), token.clone());
+                            let (mut c, r, t) = (client.clone(), req.clone(), teller.clone());
                             async move { c.deposit(authed(r, &t)).await }
                         },
                         &ledger,
