@@ -287,7 +287,7 @@ pub async fn run(mut src: Sources) -> Result<Report> {
             compare("redis read model", &held, &cached, true, &mut report);
             for (c, totals) in report.currencies.iter_mut() {
                 let ids: Vec<&Uuid> = fold.keys().filter(|id| currency_of.get(*id) == Some(c)).collect();
-                if ids.iter().all(|id| cached.get(*id).is_some() && cached.get(*id) == fold.get(*id)) {
+                if ids.iter().all(|id| cached.contains_key(*id) && cached.get(*id) == fold.get(*id)) {
                     totals.cache = Some(ids.iter().filter_map(|id| cached.get(*id)).map(|s| s.balance).sum());
                 }
             }
