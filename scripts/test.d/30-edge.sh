@@ -127,7 +127,7 @@ echo "ok: killed upstream -> UNAVAILABLE, then recovered"
 
 # 6. A customer's whole journey through the edge, with the real auth-service:
 #    approved by the bootstrap admin, logs in again (the token now says ACTIVE),
-#    opens two accounts, deposits, transfers, and reads the result back through
+#    opens two accounts, a teller (the admin) deposits, she transfers, and reads the result back through
 #    query-service with the transfer's consistency token: the first read shows it.
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin)
 for k in sys.argv[1].split("."): d=d[k]
@@ -144,7 +144,7 @@ token=$(grpcurl -plaintext -d '{"email":"edge@example.com","password":"correct h
 acct() { call "$token" "{\"type\":\"ACCOUNT_TYPE_CHECKING\",\"currency_code\":\"USD\",\"idempotency_key\":\"$1\"}" \
   bank.v1.AccountCommandService/OpenAccount | field account.accountId; }
 a=$(acct journey-open-a) && b=$(acct journey-open-b) || fail "open accounts"
-call "$token" "{\"account_id\":\"$a\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"100.00\"},\"idempotency_key\":\"journey-dep\"}" \
+call "$admin" "{\"account_id\":\"$a\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"100.00\"},\"idempotency_key\":\"journey-dep\"}" \
   bank.v1.AccountCommandService/Deposit >/dev/null || fail "deposit"
 transfer=$(call "$token" "{\"from_account_id\":\"$a\",\"to_account_id\":\"$b\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"30.25\"},\"idempotency_key\":\"journey-tx\"}" \
   bank.v1.AccountCommandService/Transfer) || fail "transfer"
@@ -187,7 +187,8 @@ expect_rest 400 '"code":3' POST "/v1/accounts/$a:deposit" -d '{"money":{"currenc
 expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":5},"idempotency_key":"rest-bad-3"}'
 expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-4"}'
 expect_rest 400 '"field":"idempotencykey"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotencykey":"rest-bad-5"}'
-expect_rest 400 '"reason":"INSUFFICIENT_FUNDS"' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-6"}'
+# Customers do not take money out of the bank: 403.
+expect_rest 403 '"code":7' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-6"}'
 # The check cannot be sidestepped: a trailing slash, a content type that only
 # starts like gRPC's.
 expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit/" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-7"}'
@@ -196,8 +197,11 @@ expect_rest 200 '"amount":"69.75"' GET "/v1/accounts/$a/balance"
 token_saved=$token token=""
 expect_rest 401 '"code":16' GET "/v1/accounts/$a/balance"
 token=$token_saved
-# A REST deposit and transfer, read back with the consistency token.
+# A REST deposit (by a teller: the admin) and transfer, read back with the consistency token.
+token=$admin
 expect_rest 200 '"amount":"74.75"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotency_key":"rest-dep"}'
+expect_rest 400 '"reason":"INSUFFICIENT_FUNDS"' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-10"}'
+token=$token_saved
 ct=$(rest POST /v1/transfers -d "{\"from_account_id\":\"$a\",\"to_account_id\":\"$b\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"4.75\"},\"idempotency_key\":\"rest-tr\"}" \
   | cut -d' ' -f2- | field consistency_token)
 expect_rest 200 '"amount":"35.00"' GET "/v1/accounts/$b/balance" -G --data-urlencode "min_consistency_token=$ct"

@@ -119,13 +119,15 @@ for name in grpc rest; do
     || { cat "$work/$name.out"; fail "the README's $name walk-through failed"; }
 done
 check_outputs "$work/grpc.out" \
-  'docs[-2]["balance"] == {"currencyCode": "USD", "amount": "74.50"}' \
-  'len(docs[-1]["transactions"]) == 2' \
-  'docs[-1]["transactions"][0]["kind"] == "TRANSACTION_KIND_TRANSFER_OUT"' ||
+  'docs[-4]["balance"] == {"currencyCode": "USD", "amount": "74.50"}' \
+  'len(docs[-3]["transactions"]) == 2' \
+  'docs[-3]["transactions"][0]["kind"] == "TRANSACTION_KIND_TRANSFER_OUT"' \
+  'sorted((d["type"], d["balance"]["amount"]) for d in docs[-2:]) == [("ACCOUNT_TYPE_FEE_INCOME", "0.00"), ("ACCOUNT_TYPE_SETTLEMENT", "-100.00")]' ||
   fail "gRPC walk-through output"
 check_outputs "$work/rest.out" \
-  'docs[-3]["balance"] == {"currency_code": "USD", "amount": "4.50"}' \
-  '[t["kind"] for t in docs[-2]["transactions"]] == ["TRANSACTION_KIND_DEPOSIT"] * 2' \
+  'docs[-4]["balance"] == {"currency_code": "USD", "amount": "4.50"}' \
+  '[t["kind"] for t in docs[-3]["transactions"]] == ["TRANSACTION_KIND_DEPOSIT"] * 2' \
+  'docs[-2]["code"] == 7' \
   'docs[-1]["code"] == 3 and docs[-1]["details"][0]["field_violations"][0]["field"] == "money.amout"' ||
   fail "REST walk-through output"
 echo "ok: the README's gRPC and REST walk-throughs, as written, through the edge"
