@@ -414,3 +414,82 @@ async fn the_bootstrap_admin_is_ensured_idempotently() {
 async fn reqwest_free_get(addr: std::net::SocketAddr) -> HashMap<String, serde_json::Value> {
     serde_json::from_str(&bank_testkit::http_get(addr, "/.well-known/jwks.json").await.unwrap()).unwrap()
 }
+
+/// The roles as the money path sees them: a real command-service trusting
+/// this auth-service's JWKS. A teller's deposit goes through; once the role is
+/// revoked, the teller's next token is refused; a service principal's client
+/// credentials buy a token that may deposit too; a customer's may not.
+#[tokio::test]
+async fn tellers_and_service_principals_deposit_and_a_revoked_teller_no_longer_can() {
+    let a = Auth::start_with(|c| {
+        c.service_clients = Default::default();
+        c.service_clients.add(&format!("payments:{SERVICE_SECRET}"), ',', "test").unwrap()
+    })
+    .await;
+    let prefix = bank_testkit::unique_prefix("roles");
+    let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
+    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.database_url = bank_testkit::fresh_database_url("roles");
+    config.jwks_url = format!("http://{}/.well-known/jwks.json", a.running.http_addr);
+    config.jwt_issuer = a.config.issuer.clone();
+    config.jwt_audience = a.config.audience.clone();
+    config.relay.nats_url = bank_testkit::nats_url();
+    config.relay.stream = prefix.to_uppercase();
+    config.relay.subject_prefix = format!("{prefix}.events");
+    config.audit.read_database_url = None;
+    config.audit.redis_url = None;
+    let bank = command_service::start(config, CancellationToken::new()).await.unwrap();
+    let mut commands =
+        pb::account_command_service_client::AccountCommandServiceClient::connect(format!("http://{}", bank.grpc_addr))
+            .await
+            .unwrap();
+    let admin = a.admin_token().await;
+
+    // Ada, an approved customer with an account.
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id }, &admin)).await.unwrap();
+    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
+    let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: "open".into() };
+    let account = commands.open_account(authed(open, &ada_token)).await.unwrap().into_inner().account.unwrap();
+    let deposit = |token: String, key: &str| {
+        let req = pb::DepositRequest {
+            account_id: account.account_id.clone(),
+            money: Some(pb::Money { currency_code: "USD".into(), amount: "10.00".into() }),
+            idempotency_key: key.into(),
+            description: String::new(),
+        };
+        let mut c = commands.clone();
+        async move { c.deposit(authed(req, &token)).await }
+    };
+    assert_eq!(deposit(ada_token, "ada").await.unwrap_err().code(), Code::PermissionDenied);
+
+    // Tom, approved staff, granted teller: his next token deposits.
+    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: tom.user_id.clone() }, &admin)).await.unwrap();
+    let role = |user_id: &str| pb::GrantRoleRequest { user_id: user_id.into(), role: pb::Role::Teller as i32 };
+    a.c().grant_role(authed(role(&tom.user_id), &admin)).await.unwrap();
+    let session = a.login("tom@example.com", PASSWORD).await.unwrap();
+    deposit(session.access_token.clone(), "tom-1").await.unwrap();
+
+    // Revoked: the refreshed token of the same session no longer may.
+    let revoke = pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
+    a.c().revoke_role(authed(revoke, &admin)).await.unwrap();
+    let after = a.refresh(&session.refresh_token).await.unwrap();
+    assert_eq!(deposit(after.access_token, "tom-2").await.unwrap_err().code(), Code::PermissionDenied);
+
+    // A service principal, with a token of its own from its client credentials.
+    let service = a
+        .c()
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: "payments".into(),
+            client_secret: SERVICE_SECRET.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let moved = deposit(service, "payments-1").await.unwrap().into_inner();
+    assert_eq!(moved.balances_after[0].balance.as_ref().unwrap().amount, "20.00");
+    bank.stop().await.unwrap();
+}

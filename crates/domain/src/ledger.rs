@@ -40,8 +40,16 @@ pub struct Actor {
 }
 
 impl Actor {
-    fn may_cross_boundary(&self) -> bool {
-        self.teller || self.service
+    /// Staff or a service, and in good standing: a suspended or unapproved
+    /// teller moves no money.
+    fn ensure_may_cross_boundary(&self, what: &'static str) -> Result<(), DomainError> {
+        if !(self.teller || self.service) {
+            return Err(DomainError::NotPermitted(what));
+        }
+        if !self.active {
+            return Err(DomainError::NotPermitted("a suspended or unapproved user moves no money"));
+        }
+        Ok(())
     }
 
     fn ensure_customer(&self) -> Result<(), DomainError> {
@@ -206,11 +214,8 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
         Command::Deposit { account, money, description } | Command::Withdraw { account, money, description } => {
             let deposit = matches!(command, Command::Deposit { .. });
             // Checked before the account is looked up: a customer learns nothing.
-            if !actor.may_cross_boundary() {
-                return Err(DomainError::NotPermitted(
-                    "only tellers and service principals move money into or out of the bank",
-                ));
-            }
+            actor
+                .ensure_may_cross_boundary("only tellers and service principals move money into or out of the bank")?;
             let customer = find(account)?;
             if customer.kind.is_system() {
                 return Err(DomainError::NotPermitted("deposits and withdrawals are for customer accounts"));
@@ -250,9 +255,7 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             )
         }
         Command::Post { legs, description } => {
-            if !actor.may_cross_boundary() {
-                return Err(DomainError::NotPermitted("only service principals and staff post transactions"));
-            }
+            actor.ensure_may_cross_boundary("only service principals and staff post transactions")?;
             check_legs(legs)?;
             let mut events = Vec::with_capacity(legs.len());
             for (index, leg) in legs.iter().enumerate() {
@@ -558,6 +561,18 @@ mod tests {
         // Not even the existence of an account leaks to them.
         let unknown = Command::Deposit { account: Uuid::now_v7(), money: dollars(1), description: String::new() };
         assert!(matches!(g.when(&me, unknown), Err(DomainError::NotPermitted(_))));
+    }
+
+    #[test]
+    fn a_suspended_teller_moves_no_money() {
+        let mut g = given();
+        let acc = g.account(Uuid::now_v7(), 10);
+        let mut suspended = teller();
+        suspended.active = false;
+        let deposit = Command::Deposit { account: acc, money: dollars(1), description: String::new() };
+        assert!(matches!(g.when(&suspended, deposit), Err(DomainError::NotPermitted(_))));
+        let post = Command::Post { legs: vec![leg(acc, -1), leg(fees(usd()), 1)], description: String::new() };
+        assert!(matches!(g.when(&suspended, post), Err(DomainError::NotPermitted(_))));
     }
 
     #[test]
