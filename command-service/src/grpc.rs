@@ -75,6 +75,11 @@ fn money_fields(
 /// The legs of a PostTransaction as postings: each leg's fields checked, then
 /// the whole (count, distinct accounts, balanced per currency) by the domain.
 fn postings(legs: &[pb::PostingLeg], max_amount: rust_decimal::Decimal, v: &mut Violations) -> Option<Vec<Posting>> {
+    // Counted first: thousands of legs must not become thousands of violations.
+    if !(2..=rules::MAX_LEGS).contains(&legs.len()) {
+        v.add("legs", &format!("a transaction has 2 to {} legs", rules::MAX_LEGS));
+        return None;
+    }
     let mut out = Vec::with_capacity(legs.len());
     for (i, leg) in legs.iter().enumerate() {
         let account = v.check(parse_id(&format!("legs[{i}].account_id"), &leg.account_id));

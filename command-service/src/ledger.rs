@@ -352,7 +352,11 @@ fn respond(
     at: DateTime<Utc>,
 ) -> Vec<u8> {
     let account = |id: &Uuid| rows.get(id).map(account_proto);
+    // The token names the accounts the caller was answered about: a teller
+    // reading after a deposit waits for the customer's account, not for the
+    // bank's busy settlement account.
     let moved = |ids: Vec<Uuid>| {
+        let named: Vec<NewEvent> = events.iter().filter(|e| ids.contains(&e.account_id)).cloned().collect();
         pb::MoneyMovementResponse {
             transaction_id: tx.to_string(),
             balances_after: ids
@@ -364,7 +368,7 @@ fn respond(
                     version: r.account.version,
                 })
                 .collect(),
-            consistency_token: token_of(events),
+            consistency_token: token_of(&named),
             occurred_at: events::timestamp(at),
         }
         .encode_to_vec()

@@ -771,3 +771,45 @@ async fn the_database_refuses_to_commit_an_unbalanced_transaction() {
     assert!(err.to_string().contains("does not balance"), "{err}");
     assert_eq!(h.count("events").await, h.system_events().await + 3);
 }
+
+#[tokio::test]
+async fn a_frozen_settlement_account_makes_deposits_unavailable_without_spending_the_key() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let acc = h.open(&alice, "USD").await;
+    let admin = h.admin();
+    let settlement = Harness::settlement("USD");
+    let freeze =
+        pb::FreezeAccountRequest { account_id: settlement.clone(), reason: "audit".into(), idempotency_key: key() };
+    h.client.clone().freeze_account(authed(freeze, &admin)).await.unwrap();
+    let teller = h.teller();
+    let req = pb::DepositRequest {
+        account_id: acc.clone(),
+        money: usd("3.00"),
+        idempotency_key: key(),
+        description: String::new(),
+    };
+    let err = h.client.clone().deposit(authed(req.clone(), &teller)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let unfreeze = pb::UnfreezeAccountRequest { account_id: settlement, reason: "done".into(), idempotency_key: key() };
+    h.client.clone().unfreeze_account(authed(unfreeze, &admin)).await.unwrap();
+    // The bank's state was the problem, not the request: the same key now succeeds.
+    h.client.clone().deposit(authed(req, &teller)).await.unwrap();
+    assert_eq!(h.balance(&acc).await, "3.00");
+}
+
+#[tokio::test]
+async fn staff_do_not_move_money_on_their_own_accounts_and_transactions_have_at_most_eight_legs() {
+    let h = Harness::start().await;
+    let teller_id = uuid::Uuid::now_v7();
+    let teller = h.issuer.token_for(teller_id, &["customer", "teller"], "ACTIVE", Duration::from_secs(600));
+    let own = h.open(&teller, "USD").await;
+    let err = h.deposit(&teller, &own, "100.00").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(h.balance(&own).await, "0.00");
+
+    let legs: Vec<_> = (0..9).map(|_| leg(&uuid::Uuid::now_v7().to_string(), "1.00", Debit)).collect();
+    let req = pb::PostTransactionRequest { legs, idempotency_key: key(), description: String::new() };
+    let err = h.client.clone().post_transaction(authed(req, &h.service())).await.unwrap_err();
+    assert_eq!((err.code(), violation_fields(&err)), (Code::InvalidArgument, vec!["legs".to_string()]));
+}

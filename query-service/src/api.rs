@@ -150,10 +150,14 @@ fn history_sql(tail: &str) -> String {
     format!("SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE {tail}")
 }
 
-/// Owners see their accounts; staff (tellers, admins) see every account,
-/// the bank's own included.
+/// Owners see their accounts; staff (tellers, admins) in good standing see
+/// every account, the bank's own included.
 fn may_see(caller: &Caller, v: &AccountView) -> bool {
-    caller.is_teller() || v.owner_id == caller.user_id
+    is_staff(caller) || v.owner_id == caller.user_id
+}
+
+fn is_staff(caller: &Caller) -> bool {
+    caller.is_teller() && caller.is_active()
 }
 
 impl QueryApi {
@@ -210,7 +214,7 @@ impl AccountQueryService for QueryApi {
             caller.user_id
         } else {
             let owner = parse_id("owner_id", &r.owner_id).map_err(QueryError::from)?;
-            if owner != caller.user_id && !caller.is_teller() {
+            if owner != caller.user_id && !is_staff(&caller) {
                 return Err(QueryError::PermissionDenied("only staff may list another user's accounts").into());
             }
             owner

@@ -10,7 +10,8 @@ use crate::InputError;
 
 const PREFIX: &str = "ct1.";
 /// A token never names more accounts than a command touches.
-const MAX_ENTRIES: usize = 8;
+/// As many as one command touches (a posted transaction's legs, `ledger::MAX_LEGS`).
+pub const MAX_ENTRIES: usize = 8;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsistencyToken {

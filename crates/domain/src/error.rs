@@ -43,6 +43,14 @@ pub enum DomainError {
     Unbalanced { currency: String, sum: rust_decimal::Decimal },
     #[error("the bank has no settlement account in {0}")]
     SystemAccountMissing(String),
+    /// The bank's own side refused (settlement frozen, at its bound): the
+    /// bank's state, not the caller's request, so nothing is kept under the
+    /// key and a retry may succeed later.
+    #[error("the bank's {currency} settlement account cannot take this now: {cause}")]
+    SettlementRefused { currency: String, cause: Box<DomainError> },
+    /// Staff do not move money on their own accounts (separation of duties).
+    #[error("staff do not move money into or out of their own accounts")]
+    OwnAccount,
 }
 
 impl DomainError {
@@ -66,6 +74,8 @@ impl DomainError {
             DomainError::DuplicateLeg { .. } => "DUPLICATE_LEG",
             DomainError::Unbalanced { .. } => "UNBALANCED",
             DomainError::SystemAccountMissing(_) => "SYSTEM_ACCOUNT_MISSING",
+            DomainError::SettlementRefused { .. } => "SETTLEMENT_UNAVAILABLE",
+            DomainError::OwnAccount => "OWN_ACCOUNT",
         }
     }
 
@@ -80,7 +90,8 @@ impl DomainError {
             DomainError::LegCount { .. } | DomainError::ZeroPosting | DomainError::DuplicateLeg { .. } => {
                 Refusal::InvalidArgument
             }
-            DomainError::SystemAccountMissing(_) => Refusal::Unavailable,
+            DomainError::SystemAccountMissing(_) | DomainError::SettlementRefused { .. } => Refusal::Unavailable,
+            DomainError::OwnAccount => Refusal::PermissionDenied,
             DomainError::Leg { cause, .. } => cause.class(),
             _ => Refusal::BusinessRule,
         }

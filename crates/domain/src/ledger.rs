@@ -220,6 +220,9 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             if customer.kind.is_system() {
                 return Err(DomainError::NotPermitted("deposits and withdrawals are for customer accounts"));
             }
+            if customer.owner_id == actor.id {
+                return Err(DomainError::OwnAccount);
+            }
             let settlement_id = system_account_id(AccountKind::Settlement, money.currency);
             let delta = if deposit { money.amount } else { -money.amount };
             let change =
@@ -227,7 +230,9 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             let settlement = state
                 .get(&settlement_id)
                 .ok_or_else(|| DomainError::SystemAccountMissing(money.currency.code().to_owned()))?;
-            let bank_side = settlement.post(money.currency, -delta, limits.max_balance)?;
+            let bank_side = settlement.post(money.currency, -delta, limits.max_balance).map_err(|cause| {
+                DomainError::SettlementRefused { currency: money.currency.code().to_owned(), cause: Box::new(cause) }
+            })?;
             let kind = if deposit { PostingKind::Deposit } else { PostingKind::Withdrawal };
             two_sided(
                 (customer, change.before, change.after, kind, delta),
@@ -261,6 +266,9 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             for (index, leg) in legs.iter().enumerate() {
                 let in_leg = |cause: DomainError| DomainError::Leg { index, cause: Box::new(cause) };
                 let account = find(&leg.account).map_err(in_leg)?;
+                if account.owner_id == actor.id {
+                    return Err(in_leg(DomainError::OwnAccount));
+                }
                 let change = account.post(leg.currency, leg.amount, limits.max_balance).map_err(in_leg)?;
                 events.push(Event::Posted {
                     posting: leg.clone(),
@@ -336,8 +344,9 @@ fn two_sided(
     ]
 }
 
-/// Most legs one posted transaction may have.
-pub const MAX_LEGS: usize = 16;
+/// Most legs one posted transaction may have: as many accounts as a
+/// consistency token names, so its response reads back.
+pub const MAX_LEGS: usize = crate::consistency::MAX_ENTRIES;
 
 /// The shape of a posted transaction: 2..=MAX_LEGS legs on distinct accounts,
 /// none zero, balanced per currency.
@@ -613,7 +622,26 @@ mod tests {
         let acc = g.account(Uuid::now_v7(), 0);
         g.status(settlement(usd()), Event::AccountFrozen { account: settlement(usd()), reason: String::new() });
         let cmd = Command::Deposit { account: acc, money: dollars(1), description: String::new() };
-        assert_eq!(g.when(&teller(), cmd), Err(DomainError::AccountFrozen));
+        let err = g.when(&teller(), cmd).unwrap_err();
+        // The bank's state, not the request's: answered UNAVAILABLE, not kept under the key.
+        assert_eq!(
+            err,
+            DomainError::SettlementRefused { currency: "USD".into(), cause: Box::new(DomainError::AccountFrozen) }
+        );
+        assert_eq!(err.class(), crate::Refusal::Unavailable);
+    }
+
+    #[test]
+    fn staff_do_not_move_money_on_their_own_accounts() {
+        let mut g = given();
+        let me = teller();
+        let mine = g.account(me.id, 10);
+        let deposit = Command::Deposit { account: mine, money: dollars(1), description: String::new() };
+        assert_eq!(g.when(&me, deposit), Err(DomainError::OwnAccount));
+        let other = g.account(Uuid::now_v7(), 10);
+        let post = Command::Post { legs: vec![leg(other, -1), leg(mine, 1)], description: String::new() };
+        assert_eq!(g.when(&me, post).unwrap_err().reason(), "OWN_ACCOUNT");
+        assert_eq!(DomainError::OwnAccount.class(), crate::Refusal::PermissionDenied);
     }
 
     #[test]
@@ -764,7 +792,7 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_has_two_to_sixteen_nonzero_legs() {
+    fn a_transaction_has_two_to_eight_nonzero_legs() {
         let mut g = given();
         let a = g.account(Uuid::now_v7(), 10);
         let one = Command::Post { legs: vec![leg(a, 0)], description: String::new() };
