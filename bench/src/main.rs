@@ -95,7 +95,11 @@ impl World {
     }
 
     async fn balance(&self, a: usize, consistency: String) -> Result<pb::GetBalanceResponse, Code> {
-        let req = pb::GetBalanceRequest { account_id: self.accounts[a].clone(), min_consistency_token: consistency };
+        let req = pb::GetBalanceRequest {
+            account_id: self.accounts[a].clone(),
+            min_consistency_token: consistency,
+            as_of: None,
+        };
         self.queries
             .clone()
             .get_balance(authed(req, &self.tokens[a]))

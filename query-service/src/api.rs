@@ -186,6 +186,37 @@ impl QueryApi {
         }
     }
 
+    /// `v` as it stood at `as_of` (when given): the balance after the last
+    /// posting at or before that instant, and that posting's version (1, the
+    /// opening, before any). The one rule GetBalance, GetAccount and
+    /// statements share.
+    async fn at_instant(&self, mut v: AccountView, as_of: Option<DateTime<Utc>>) -> Result<AccountView, QueryError> {
+        let Some(at) = as_of else { return Ok(v) };
+        if at > Utc::now() {
+            return Err(InputError::new("as_of", "is in the future; balances are known up to now").into());
+        }
+        if at < v.opened_at {
+            return Err(InputError::new("as_of", "is before the account was opened").into());
+        }
+        let (balance, version) = self.balance_at(v.account_id, at).await?;
+        (v.balance, v.version) = (balance, version);
+        Ok(v)
+    }
+
+    async fn balance_at(&self, account: Uuid, at: DateTime<Utc>) -> Result<(Decimal, i64), QueryError> {
+        let generation = self.model.generation().await?;
+        let last: Option<(Decimal, i64)> = sqlx::query_as(
+            "SELECT balance_after, version FROM transaction_history
+             WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(generation)
+        .bind(account)
+        .bind(at)
+        .fetch_optional(&self.model.db)
+        .await?;
+        Ok(last.unwrap_or((Decimal::ZERO, 1)))
+    }
+
     async fn history<'q>(
         &self,
         query: sqlx::query::QueryAs<'q, sqlx::Postgres, HistoryEntry, sqlx::postgres::PgArguments>,
@@ -201,8 +232,10 @@ impl AccountQueryService for QueryApi {
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> QueryResult<pb::Account> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
+        let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
         let token = self.settle(&r.min_consistency_token, deadline).await?;
         let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let v = self.at_instant(v, as_of).await?;
         Ok(Response::new(account_proto(&v)))
     }
 
@@ -234,8 +267,10 @@ impl AccountQueryService for QueryApi {
     async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> QueryResult<pb::GetBalanceResponse> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
+        let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
         let token = self.settle(&r.min_consistency_token, deadline).await?;
         let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let v = self.at_instant(v, as_of).await?;
         Ok(Response::new(pb::GetBalanceResponse {
             account_id: v.account_id.to_string(),
             balance: money(&v.currency, v.balance),
@@ -380,20 +415,13 @@ impl AccountQueryService for QueryApi {
         let token = self.settle(&r.min_consistency_token, deadline).await?;
         let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         let generation = self.model.generation().await?;
-        let opening: Decimal = sqlx::query_scalar(
-            "SELECT balance_after FROM transaction_history WHERE generation = $1 AND account_id = $2 AND occurred_at < $3 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(generation)
-        .bind(account.account_id)
-        .bind(from)
-        .fetch_optional(&self.model.db)
-        .await
-        .map_err(QueryError::from)?
-        .unwrap_or(Decimal::ZERO);
+        // The as_of rule at both ends: opening = the balance at from_time,
+        // the entries after it up to and including to_time.
+        let (opening, _) = self.balance_at(account.account_id, from).await?;
         let entries = self
             .history(
                 sqlx::query_as(&history_sql(
-                    "generation = $1 AND account_id = $2 AND occurred_at >= $3 AND occurred_at < $4 ORDER BY version",
+                    "generation = $1 AND account_id = $2 AND occurred_at > $3 AND occurred_at <= $4 ORDER BY version",
                 ))
                 .bind(generation)
                 .bind(account.account_id)

@@ -256,7 +256,8 @@ async fn a_consistency_token_the_read_model_never_reaches_is_unavailable_within_
     let opened = bank.open(&alice).await;
     let a = opened.account.unwrap().account_id;
     let future = bank_domain::consistency::ConsistencyToken::new([(a.parse().unwrap(), 99)]).encode();
-    let mut req = authed(pb::GetBalanceRequest { account_id: a.clone(), min_consistency_token: future }, &alice);
+    let mut req =
+        authed(pb::GetBalanceRequest { account_id: a.clone(), min_consistency_token: future, as_of: None }, &alice);
     req.set_timeout(Duration::from_millis(800));
     let started = std::time::Instant::now();
     let err = bank.queries.clone().get_balance(req).await.unwrap_err();
@@ -264,4 +265,76 @@ async fn a_consistency_token_the_read_model_never_reaches_is_unavailable_within_
     assert!(started.elapsed() < Duration::from_secs(2));
     let bad = bank.balance(&alice, &a, "garbage").await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+fn at(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timestamp> {
+    let mut t = *t;
+    let nanos = t.nanos as i64 + micros * 1000;
+    t.seconds += nanos.div_euclid(1_000_000_000);
+    t.nanos = nanos.rem_euclid(1_000_000_000) as i32;
+    Some(t)
+}
+
+#[tokio::test]
+async fn balances_at_an_instant_are_exact_at_just_before_and_just_after_each_posting() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let b = bank.open(&alice).await.account.unwrap().account_id;
+    let first = bank.deposit(&a, "10.00").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = bank.transfer(&alice, &a, &b, "3.25").await;
+    let (t1, t2) = (first.occurred_at.unwrap(), second.occurred_at.unwrap());
+    let balance_at = |as_of: Option<prost_types::Timestamp>| {
+        let (mut q, alice, a, ct) = (bank.queries.clone(), alice.clone(), a.clone(), second.consistency_token.clone());
+        async move {
+            let req = pb::GetBalanceRequest { account_id: a, min_consistency_token: ct, as_of };
+            q.get_balance(authed(req, &alice)).await.map(|r| {
+                let r = r.into_inner();
+                (r.balance.unwrap().amount, r.version)
+            })
+        }
+    };
+    // Versions: 1 opened, 2 deposited, 3 transferred out.
+    assert_eq!(balance_at(at(&t1, -1)).await.unwrap(), ("0.00".into(), 1), "just before the deposit");
+    assert_eq!(balance_at(at(&t1, 0)).await.unwrap(), ("10.00".into(), 2), "at the deposit's instant");
+    assert_eq!(balance_at(at(&t1, 1)).await.unwrap(), ("10.00".into(), 2), "just after it");
+    assert_eq!(balance_at(at(&t2, -1)).await.unwrap(), ("10.00".into(), 2), "just before the transfer");
+    assert_eq!(balance_at(at(&t2, 0)).await.unwrap(), ("6.75".into(), 3), "at the transfer's instant");
+    assert_eq!(balance_at(None).await.unwrap(), ("6.75".into(), 3), "now");
+
+    // GetAccount follows the same rule.
+    let req = pb::GetAccountRequest { account_id: a.clone(), min_consistency_token: String::new(), as_of: at(&t2, -1) };
+    let acc = bank.queries.clone().get_account(authed(req, &alice)).await.unwrap().into_inner();
+    assert_eq!((acc.balance.unwrap().amount, acc.version), ("10.00".into(), 2));
+
+    // Before the account existed, or in the future: a clear error naming as_of.
+    let opened = bank
+        .queries
+        .clone()
+        .get_account(authed(pb::GetAccountRequest { account_id: a.clone(), ..Default::default() }, &alice))
+        .await
+        .unwrap()
+        .into_inner()
+        .opened_at
+        .unwrap();
+    for as_of in [at(&opened, -1_000_000), at(&t2, 3_600_000_000)] {
+        let err = balance_at(as_of).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.get_details_bad_request().unwrap().field_violations.iter().any(|v| v.field == "as_of"));
+    }
+
+    // Statements use the rule at both ends: (t1, t2] holds the transfer only,
+    // opening at the deposit's balance, closing at the transfer's.
+    let req = pb::GetStatementRequest {
+        account_id: a.clone(),
+        from_time: Some(t1),
+        to_time: Some(t2),
+        min_consistency_token: second.consistency_token.clone(),
+    };
+    let s = bank.queries.clone().get_statement(authed(req, &alice)).await.unwrap().into_inner();
+    let amount = |m: Option<pb::Money>| m.unwrap().amount;
+    assert_eq!((amount(s.opening_balance), amount(s.closing_balance)), ("10.00".into(), "6.75".into()));
+    assert_eq!(s.entries.len(), 1);
+    assert_eq!(s.entries[0].kind, pb::TransactionKind::TransferOut as i32);
 }

@@ -124,7 +124,8 @@ impl Bank {
         acc: &str,
         consistency: &str,
     ) -> Result<pb::GetBalanceResponse, tonic::Status> {
-        let req = pb::GetBalanceRequest { account_id: acc.into(), min_consistency_token: consistency.into() };
+        let req =
+            pb::GetBalanceRequest { account_id: acc.into(), min_consistency_token: consistency.into(), as_of: None };
         self.queries.clone().get_balance(authed(req, token)).await.map(|r| r.into_inner())
     }
 

@@ -296,7 +296,10 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                 };
                 // Every fourth write is read back with its consistency token.
                 if let Some((account_id, version, token_ct)) = written.filter(|_| n.is_multiple_of(4)) {
-                    let mut req = authed(pb::GetBalanceRequest { account_id, min_consistency_token: token_ct }, &token);
+                    let mut req = authed(
+                        pb::GetBalanceRequest { account_id, min_consistency_token: token_ct, as_of: None },
+                        &token,
+                    );
                     req.set_timeout(Duration::from_secs(2));
                     let read = queries.clone().get_balance(req).await;
                     let mut l = ledger.lock().unwrap();
