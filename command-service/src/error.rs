@@ -38,6 +38,21 @@ impl From<DomainError> for CommandError {
     }
 }
 
+/// A posted transaction's shape error as the field it is about: the leg
+/// (`legs[2].account_id` for a duplicate account), or `legs` for the whole.
+pub fn leg_violation(rule: &DomainError) -> InputError {
+    match rule {
+        DomainError::Leg { index, cause } => {
+            let field = match **cause {
+                DomainError::DuplicateLeg { .. } => format!("legs[{index}].account_id"),
+                _ => format!("legs[{index}]"),
+            };
+            InputError::new(field, cause.to_string())
+        }
+        other => InputError::new("legs", other.to_string()),
+    }
+}
+
 /// A leg's refusal names the leg (`legs[i]`); others name what they are about.
 fn refusal(rule: &DomainError) -> Status {
     match rule.class() {
@@ -47,13 +62,7 @@ fn refusal(rule: &DomainError) -> Status {
             _ => status::not_found("account"),
         },
         Refusal::PermissionDenied => status::permission_denied(rule.to_string()),
-        Refusal::InvalidArgument => {
-            let field = match rule {
-                DomainError::Leg { index, .. } => format!("legs[{index}]"),
-                _ => "legs".to_owned(),
-            };
-            status::invalid_argument(&[InputError::new(field, rule.to_string())])
-        }
+        Refusal::InvalidArgument => status::invalid_argument(&[leg_violation(rule)]),
         Refusal::Unavailable => status::unavailable(rule),
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bank_domain::{
-    AccountKind, Currency, DomainError, InputError, Money,
+    AccountKind, Currency, InputError, Money,
     ledger::{self as rules, Command, Posting},
     parse_amount,
 };
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     Reconciler,
+    error::leg_violation,
     ledger::{Ledger, Violations, check_description, check_idempotency_key, parse_id, parse_money},
 };
 
@@ -115,24 +116,7 @@ fn postings(legs: &[pb::PostingLeg], max_amount: rust_decimal::Decimal, v: &mut 
     if out.len() != legs.len() {
         return None;
     }
-    match rules::check_legs(&out) {
-        Ok(()) => Some(out),
-        Err(e) => {
-            let field = match &e {
-                DomainError::Leg { index, cause } if matches!(**cause, DomainError::DuplicateLeg { .. }) => {
-                    format!("legs[{index}].account_id")
-                }
-                DomainError::Leg { index, .. } => format!("legs[{index}]"),
-                _ => "legs".to_owned(),
-            };
-            let description = match &e {
-                DomainError::Leg { cause, .. } => cause.to_string(),
-                other => other.to_string(),
-            };
-            v.add(&field, &description);
-            None
-        }
-    }
+    v.check(rules::check_legs(&out).map_err(|e| leg_violation(&e))).map(|()| out)
 }
 
 #[tonic::async_trait]

@@ -43,6 +43,15 @@ pub struct Totals {
     pub cache: Option<Decimal>,
 }
 
+/// A source's sum over one currency's accounts, when it holds every one of
+/// them exactly as the fold does (a sum over a source still catching up, or
+/// missing accounts, would be a false alarm). Pure.
+pub fn caught_up_sum(fold: &BTreeMap<Uuid, State>, source: &HashMap<Uuid, State>, ids: &[Uuid]) -> Option<Decimal> {
+    ids.iter()
+        .all(|id| source.get(id) == fold.get(id)) // ids come from the fold: Some on both sides
+        .then(|| ids.iter().filter_map(|id| source.get(id)).map(|s| s.balance).sum())
+}
+
 /// Adds every source's sum that is not zero to the problems. Pure.
 pub fn check_conservation(report: &mut Report) {
     let mut problems = Vec::new();
@@ -258,16 +267,17 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         let read: HashMap<Uuid, State> =
             views.iter().map(|v| (v.account_id, State { balance: v.balance, version: v.version })).collect();
         compare("postgres read model", &fold, &read, true, &mut report);
-        // A currency's sum is only meaningful once every account in it caught up.
-        let caught_up = |ids: &mut dyn Iterator<Item = (&Uuid, &State)>, c: &str| {
-            ids.filter(|(id, _)| currency_of.get(id).is_some_and(|x| x == c)).all(|(id, s)| fold.get(id) == Some(s))
-        };
-        for (c, totals) in report.currencies.iter_mut() {
-            let in_currency = fold.keys().filter(|id| currency_of.get(id) == Some(c)).count();
-            let held = views.iter().filter(|v| v.currency == *c).count();
-            if held == in_currency && caught_up(&mut read.iter(), c) {
-                totals.read_model = Some(views.iter().filter(|v| v.currency == *c).map(|v| v.balance).sum());
+        // The fold's accounts per currency, grouped once for both read models.
+        let mut in_currency: HashMap<&str, Vec<Uuid>> = HashMap::new();
+        for id in fold.keys() {
+            if let Some(c) = currency_of.get(id) {
+                in_currency.entry(c.as_str()).or_default().push(*id);
             }
+        }
+        let no_accounts = Vec::new();
+        let accounts_in = |c: &str| in_currency.get(c).unwrap_or(&no_accounts);
+        for (c, totals) in report.currencies.iter_mut() {
+            totals.read_model = caught_up_sum(&fold, &read, accounts_in(c));
         }
         if let Some((redis, keys)) = src.redis.as_mut() {
             let mut cached = HashMap::new();
@@ -286,10 +296,7 @@ pub async fn run(mut src: Sources) -> Result<Report> {
                 fold.iter().filter(|(id, _)| cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
             compare("redis read model", &held, &cached, true, &mut report);
             for (c, totals) in report.currencies.iter_mut() {
-                let ids: Vec<&Uuid> = fold.keys().filter(|id| currency_of.get(*id) == Some(c)).collect();
-                if ids.iter().all(|id| cached.contains_key(*id) && cached.get(*id) == fold.get(*id)) {
-                    totals.cache = Some(ids.iter().filter_map(|id| cached.get(*id)).map(|s| s.balance).sum());
-                }
+                totals.cache = caught_up_sum(&fold, &cached, accounts_in(c));
             }
         }
     }
@@ -341,6 +348,16 @@ mod tests {
                 "conservation: EUR sums to 10 in the redis read model, not zero"
             ]
         );
+    }
+
+    #[test]
+    fn a_source_is_summed_only_when_it_holds_every_account_as_the_fold_does() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let fold = BTreeMap::from([(a, s(10, 2)), (b, s(-10, 2))]);
+        let ids = [a, b];
+        assert_eq!(caught_up_sum(&fold, &HashMap::from([(a, s(10, 2)), (b, s(-10, 2))]), &ids), Some(Decimal::ZERO));
+        assert_eq!(caught_up_sum(&fold, &HashMap::from([(a, s(10, 2))]), &ids), None, "missing an account");
+        assert_eq!(caught_up_sum(&fold, &HashMap::from([(a, s(10, 2)), (b, s(0, 1))]), &ids), None, "behind");
     }
 
     #[test]

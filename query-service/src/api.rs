@@ -198,13 +198,18 @@ impl QueryApi {
         if at < v.opened_at {
             return Err(InputError::new("as_of", "is before the account was opened").into());
         }
-        let (balance, version) = self.balance_at(v.account_id, at).await?;
+        let generation = self.model.generation().await?;
+        let (balance, version) = self.balance_at(generation, v.account_id, at).await?;
         (v.balance, v.version) = (balance, version);
         Ok(v)
     }
 
-    async fn balance_at(&self, account: Uuid, at: DateTime<Utc>) -> Result<(Decimal, i64), QueryError> {
-        let generation = self.model.generation().await?;
+    async fn balance_at(
+        &self,
+        generation: i32,
+        account: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<(Decimal, i64), QueryError> {
         let last: Option<(Decimal, i64)> = sqlx::query_as(
             "SELECT balance_after, version FROM transaction_history
              WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
@@ -417,7 +422,8 @@ impl AccountQueryService for QueryApi {
         let generation = self.model.generation().await?;
         // The as_of rule at both ends: opening = the balance at from_time,
         // the entries after it up to and including to_time.
-        let (opening, _) = self.balance_at(account.account_id, from).await?;
+        // One generation for the opening and the entries, even during a rebuild.
+        let (opening, _) = self.balance_at(generation, account.account_id, from).await?;
         let entries = self
             .history(
                 sqlx::query_as(&history_sql(

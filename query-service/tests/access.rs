@@ -264,7 +264,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_table_says() {
         (Who::OtherCustomer, Some(bank.customer())),
         (Who::SuspendedOwner, Some(bank.issuer.token_for(owner, &["customer"], "SUSPENDED", Duration::from_secs(600)))),
         (Who::Teller, Some(bank.teller())),
-        (Who::Service, Some(bank.issuer.token_for(Uuid::now_v7(), &["service"], "ACTIVE", Duration::from_secs(600)))),
+        (Who::Service, Some(bank.issuer.service(Uuid::now_v7()))),
         // Last: its freeze/unfreeze pair must not disturb the rows above.
         (Who::Admin, Some(bank.issuer.admin(Uuid::now_v7()))),
     ];

@@ -76,12 +76,12 @@ impl Harness {
 
     /// A service principal's token (as auth-service's IssueServiceToken makes it).
     pub fn service(&self) -> String {
-        self.issuer.token_for(Uuid::now_v7(), &["service"], "ACTIVE", Duration::from_secs(600))
+        self.issuer.service(Uuid::now_v7())
     }
 
     /// Staff who may move money across the bank's boundary.
     pub fn teller(&self) -> String {
-        self.issuer.token_for(Uuid::now_v7(), &["customer", "teller"], "ACTIVE", Duration::from_secs(600))
+        self.issuer.teller(Uuid::now_v7())
     }
 
     /// Puts `amount` USD into `account` the way money enters the bank: a teller's deposit.

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bank_platform::{
     CancellationToken,
-    auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, STATUS_ACTIVE, TokenSigner},
+    auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SERVICE, ROLE_TELLER, STATUS_ACTIVE, TokenSigner},
 };
 use uuid::Uuid;
 
@@ -155,12 +155,12 @@ impl TestIssuer {
     /// Staff who move money across the bank's boundary (as auth-service
     /// issues it: a teller is also a customer).
     pub fn teller(&self, user_id: Uuid) -> String {
-        self.token_for(user_id, &[ROLE_CUSTOMER, "teller"], STATUS_ACTIVE, Duration::from_secs(900))
+        self.token_for(user_id, &[ROLE_CUSTOMER, ROLE_TELLER], STATUS_ACTIVE, Duration::from_secs(900))
     }
 
     /// An internal service principal.
     pub fn service(&self, user_id: Uuid) -> String {
-        self.token_for(user_id, &["service"], STATUS_ACTIVE, Duration::from_secs(900))
+        self.token_for(user_id, &[ROLE_SERVICE], STATUS_ACTIVE, Duration::from_secs(900))
     }
 }
 

@@ -92,7 +92,7 @@ impl Bank {
 
     /// Staff who may move money across the bank's boundary.
     pub fn teller(&self) -> String {
-        self.issuer.token_for(Uuid::now_v7(), &["customer", "teller"], "ACTIVE", std::time::Duration::from_secs(600))
+        self.issuer.teller(Uuid::now_v7())
     }
 
     /// A teller's deposit: how money enters the bank.
