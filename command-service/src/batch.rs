@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::{
     error::CommandError,
     ledger::{self, Limits},
-    store::{self, AccountRow, PriorOutcome},
+    store::{self, AccountRow, HoldRow, PriorOutcome},
 };
 
 /// One command waiting for a batch.
@@ -56,13 +56,21 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(caller: &Caller, rpc: &'static str, key: &str, request_hash: &[u8], command: Command) -> Self {
+    /// `lock_ids`: the accounts the command locks (`store::accounts_to_lock`).
+    pub fn new(
+        caller: &Caller,
+        rpc: &'static str,
+        key: &str,
+        request_hash: &[u8],
+        command: Command,
+        lock_ids: Vec<Uuid>,
+    ) -> Self {
         Self {
             caller: caller.clone(),
             rpc,
             key: key.to_owned(),
             request_hash: request_hash.to_vec(),
-            lock_ids: command.accounts(),
+            lock_ids,
             command,
             span: tracing::Span::current(),
             reply: None,
@@ -172,8 +180,22 @@ impl Batcher {
         let mut ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.lock_ids.iter().copied()).collect();
         ids.sort();
         ids.dedup();
-        let mut state: HashMap<Uuid, AccountRow> =
-            store::lock_accounts(&mut tx, &ids).await?.into_iter().map(|r| (r.account.id, r)).collect();
+        let mut rows = store::lock_accounts(&mut tx, &ids).await?;
+        store::load_debits_since(&mut tx, &mut rows, ledger::now() - chrono::Duration::hours(24)).await?;
+        let mut state: HashMap<Uuid, AccountRow> = rows.into_iter().map(|r| (r.account.id, r)).collect();
+        // Holds and transactions named, read under their accounts' locks.
+        let hold_ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.command.hold()).collect();
+        let mut holds: HashMap<Uuid, HoldRow> =
+            store::load_holds(&mut tx, &hold_ids).await?.into_iter().map(|h| (h.hold.id, h)).collect();
+        let tx_ids: Vec<Uuid> = jobs
+            .iter()
+            .filter_map(|j| match j.command {
+                Command::Reverse { transaction, .. } => Some(transaction),
+                _ => None,
+            })
+            .collect();
+        let mut transactions = store::load_transactions(&mut tx, &tx_ids).await?;
+        let (mut created_holds, mut touched_holds) = (HashSet::new(), Vec::new());
         let claims: Vec<(Uuid, String, Vec<u8>)> =
             jobs.iter().map(|j| (j.caller.user_id, j.key.clone(), j.request_hash.clone())).collect();
         let claimed = store::claim_keys(&mut tx, &claims).await?;
@@ -224,8 +246,24 @@ impl Batcher {
             mine.sort_by_key(|r| r.account.id);
             mine.dedup_by_key(|r| r.account.id);
             let account = job.command.subject();
-            let outcome = match job.span.in_scope(|| ledger::decide(&self.limits, &job.caller, &job.command, &mine)) {
+            let decided = job
+                .span
+                .in_scope(|| ledger::decide(&self.limits, &job.caller, &job.command, &mine, &holds, &transactions));
+            let outcome = match decided {
                 Ok(plan) => {
+                    for h in plan.writes.holds {
+                        if !holds.contains_key(&h.hold.id) {
+                            created_holds.insert(h.hold.id);
+                        }
+                        touched_holds.push(h.hold.id);
+                        holds.insert(h.hold.id, h);
+                    }
+                    for r in &plan.writes.reversals {
+                        if let Some(t) = transactions.get_mut(&r.original) {
+                            t.reversed_by = Some(r.reversal);
+                        }
+                    }
+                    w.reversals.extend(plan.writes.reversals);
                     for r in &plan.writes.new_accounts {
                         created.insert(r.account.id);
                     }
@@ -268,6 +306,12 @@ impl Batcher {
         for id in touched {
             let row = state.get(&id).cloned().expect("touched rows are in the state");
             if created.contains(&id) { w.new_accounts.push(row) } else { w.changed_accounts.push(row) }
+        }
+        touched_holds.sort();
+        touched_holds.dedup();
+        for id in touched_holds {
+            let row = holds.get(&id).cloned().expect("touched holds are in the state");
+            if created_holds.contains(&id) { w.new_holds.push(row) } else { w.changed_holds.push(row) }
         }
         store::apply_batch(&mut tx, &self.subject_prefix, &w).await?;
         tx.commit().await?;

@@ -59,7 +59,7 @@ fn refusal(rule: &DomainError) -> Status {
         Refusal::BusinessRule => status::domain(rule),
         Refusal::NotFound { .. } => match rule {
             DomainError::Leg { .. } => status::with_reason(Code::NotFound, "NOT_FOUND", rule.to_string()),
-            _ => status::not_found("account"),
+            _ => status::not_found(rule.missing()),
         },
         Refusal::PermissionDenied => status::permission_denied(rule.to_string()),
         Refusal::InvalidArgument => status::invalid_argument(&[leg_violation(rule)]),

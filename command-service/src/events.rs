@@ -61,6 +61,10 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::AccountUnfrozen(_) => "AccountUnfrozen",
         Payload::AccountClosed(_) => "AccountClosed",
         Payload::Posted(_) => "Posted",
+        Payload::Reversed(_) => "Reversed",
+        Payload::HoldPlaced(_) => "HoldPlaced",
+        Payload::HoldReleased(_) => "HoldReleased",
+        Payload::LimitsSet(_) => "LimitsSet",
     }
 }
 

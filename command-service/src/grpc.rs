@@ -193,6 +193,116 @@ impl AccountCommandService for CommandApi {
         self.run(&caller, "PostTransaction", &r, &r.idempotency_key, command).await
     }
 
+    async fn place_hold(&self, req: Request<pb::PlaceHoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let from = v.check(parse_id("from_account_id", &r.from_account_id));
+        let to = v.check(parse_id("to_account_id", &r.to_account_id));
+        if from.is_some() && from == to {
+            v.add("to_account_id", "must differ from from_account_id");
+        }
+        let money = v.check_all(parse_money(r.money.as_ref(), self.ledger.limits().max_amount));
+        let expires_at = v.check(hold_deadline(r.expires_at.as_ref(), r.ttl_seconds, crate::ledger::now()));
+        v.check(check_idempotency_key(&r.idempotency_key));
+        v.check(check_description(&r.description));
+        let command = v.finish(|| {
+            Some(Command::PlaceHold {
+                id: Uuid::now_v7(),
+                from: from?,
+                to: to?,
+                money: money?,
+                expires_at: expires_at?,
+                description: r.description.clone(),
+            })
+        })?;
+        self.run(&caller, "PlaceHold", &r, &r.idempotency_key, command).await
+    }
+
+    async fn capture_hold(
+        &self,
+        req: Request<pb::CaptureHoldRequest>,
+    ) -> Result<Response<pb::MoneyMovementResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let hold = v.check(parse_id("hold_id", &r.hold_id));
+        let amount = match &r.amount {
+            None => Some(None),
+            Some(m) => v
+                .check_all(parse_money(Some(m), self.ledger.limits().max_amount).map_err(|errors| {
+                    errors
+                        .into_iter()
+                        .map(|e| InputError::new(e.field.replacen("money", "amount", 1), e.description))
+                        .collect()
+                }))
+                .map(Some),
+        };
+        v.check(check_idempotency_key(&r.idempotency_key));
+        let command = v.finish(|| Some(Command::CaptureHold { hold: hold?, amount: amount? }))?;
+        self.run(&caller, "CaptureHold", &r, &r.idempotency_key, command).await
+    }
+
+    async fn void_hold(&self, req: Request<pb::VoidHoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let hold = v.check(parse_id("hold_id", &r.hold_id));
+        v.check(check_idempotency_key(&r.idempotency_key));
+        let command = v.finish(|| Some(Command::VoidHold { hold: hold? }))?;
+        self.run(&caller, "VoidHold", &r, &r.idempotency_key, command).await
+    }
+
+    async fn reverse_transaction(
+        &self,
+        req: Request<pb::ReverseTransactionRequest>,
+    ) -> Result<Response<pb::MoneyMovementResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let transaction = v.check(parse_id("transaction_id", &r.transaction_id));
+        if r.reason.trim().is_empty() {
+            v.add("reason", "is required: it is shown in both accounts' history");
+        } else if r.reason.chars().count() > 140 || r.reason.chars().any(char::is_control) {
+            v.add("reason", "must be at most 140 characters without control characters");
+        }
+        v.check(check_idempotency_key(&r.idempotency_key));
+        let command = v.finish(|| Some(Command::Reverse { transaction: transaction?, reason: r.reason.clone() }))?;
+        self.run(&caller, "ReverseTransaction", &r, &r.idempotency_key, command).await
+    }
+
+    async fn set_account_limits(
+        &self,
+        req: Request<pb::SetAccountLimitsRequest>,
+    ) -> Result<Response<pb::AccountChangeResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let account = v.check(parse_id("account_id", &r.account_id));
+        let max = self.ledger.limits().max_balance;
+        let max_debit = v.check(limit("max_single_debit", r.max_single_debit.as_ref(), max));
+        let daily = v.check(limit("daily_debit_limit", r.daily_debit_limit.as_ref(), max));
+        let currency = match (max_debit.flatten(), daily.flatten()) {
+            (Some(a), Some(b)) if a.currency != b.currency => {
+                v.add("daily_debit_limit.currency_code", "must be the currency of max_single_debit");
+                None
+            }
+            (a, b) => a.or(b).map(|m| m.currency),
+        };
+        v.check(check_idempotency_key(&r.idempotency_key));
+        let command = v.finish(|| {
+            Some(Command::SetLimits {
+                account: account?,
+                limits: bank_domain::DebitLimits {
+                    max_debit: max_debit?.map(|m| m.amount),
+                    daily_debit: daily?.map(|m| m.amount),
+                },
+                currency,
+            })
+        })?;
+        self.run(&caller, "SetAccountLimits", &r, &r.idempotency_key, command).await
+    }
+
     async fn freeze_account(
         &self,
         req: Request<pb::FreezeAccountRequest>,
@@ -254,6 +364,50 @@ impl AccountCommandService for CommandApi {
             behind: report.behind,
         }))
     }
+}
+
+/// Longest a hold may last.
+const MAX_HOLD_SECONDS: i64 = 30 * 24 * 3600;
+
+/// A hold's deadline from exactly one of `expires_at` or `ttl_seconds`.
+fn hold_deadline(
+    expires_at: Option<&prost_types::Timestamp>,
+    ttl_seconds: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, InputError> {
+    let latest = now + chrono::Duration::seconds(MAX_HOLD_SECONDS);
+    match (expires_at, ttl_seconds) {
+        (Some(_), t) if t != 0 => Err(InputError::new("ttl_seconds", "give expires_at or ttl_seconds, not both")),
+        (None, 0) => Err(InputError::new("expires_at", "expires_at or ttl_seconds is required")),
+        (None, t) if !(1..=MAX_HOLD_SECONDS).contains(&t) => {
+            Err(InputError::new("ttl_seconds", format!("must be 1 to {MAX_HOLD_SECONDS}")))
+        }
+        (None, t) => Ok(now + chrono::Duration::seconds(t)),
+        (Some(ts), _) => {
+            let at = u32::try_from(ts.nanos)
+                .ok()
+                .and_then(|n| chrono::DateTime::from_timestamp(ts.seconds, n))
+                .ok_or_else(|| InputError::new("expires_at", "is not a valid timestamp"))?;
+            if at <= now || at > latest {
+                return Err(InputError::new("expires_at", "must be in the future and at most 30 days away"));
+            }
+            // Postgres keeps microseconds: the deadline stored is the one answered.
+            Ok(chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+        }
+    }
+}
+
+/// An optional limit: absent or an empty amount is no limit.
+fn limit(field: &str, money: Option<&pb::Money>, max: rust_decimal::Decimal) -> Result<Option<Money>, InputError> {
+    let Some(m) = money.filter(|m| !m.amount.is_empty() || !m.currency_code.is_empty()) else { return Ok(None) };
+    let currency = Currency::from_code(&m.currency_code).map_err(|_| {
+        InputError::new(format!("{field}.currency_code"), "must be a supported ISO 4217 code such as USD")
+    })?;
+    if m.amount.is_empty() {
+        return Ok(None);
+    }
+    let amount = parse_amount(&format!("{field}.amount"), &m.amount, currency, max)?;
+    Ok(Some(Money::new(currency, amount)))
 }
 
 /// Account, reason and key of a status change.

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::collections::HashMap;
 
 use bank_domain::{
-    AccountKind, AccountStatus, Currency, InputError, Money,
+    Account, AccountKind, AccountStatus, Currency, InputError, Money,
     consistency::ConsistencyToken,
-    ledger::{self as rules, Actor, Command, Event, Posting, PostingKind},
+    hold::HoldState,
+    ledger::{self as rules, Actor, Command, Event, Posting, PostingKind, Transaction},
     parse_amount,
 };
 use bank_platform::auth::Caller;
@@ -28,7 +29,7 @@ use crate::{
     batch::{Batcher, Job, Queue},
     error::CommandError,
     events::{self, EventDraft, NewEvent},
-    store::{self, AccountRow, Writes},
+    store::{self, AccountRow, HoldRow, ReversalRow, Writes},
 };
 
 /// Limits from configuration.
@@ -43,6 +44,7 @@ pub struct Limits {
 pub struct Ledger {
     limits: Limits,
     executor: Executor,
+    pool: PgPool,
 }
 
 /// How commands reach the batch executor.
@@ -62,7 +64,7 @@ pub struct Plan<R> {
 /// Genesis of every account's hash chain.
 pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     // Postgres keeps microseconds: truncate so the stored row and the
     // published envelope carry the same instant.
     let t = Utc::now();
@@ -162,6 +164,32 @@ pub fn account_proto(row: &AccountRow) -> pb::Account {
     }
 }
 
+pub fn hold_state(state: HoldState) -> pb::HoldState {
+    match state {
+        HoldState::Open => pb::HoldState::Open,
+        HoldState::Captured => pb::HoldState::Captured,
+        HoldState::Voided => pb::HoldState::Voided,
+        HoldState::Expired => pb::HoldState::Expired,
+    }
+}
+
+pub fn hold_proto(row: &HoldRow) -> pb::Hold {
+    let h = &row.hold;
+    pb::Hold {
+        hold_id: h.id.to_string(),
+        from_account_id: h.account.to_string(),
+        to_account_id: h.to.to_string(),
+        amount: events::money(h.money.currency, h.money.amount),
+        state: hold_state(h.state) as i32,
+        expires_at: events::timestamp(h.expires_at),
+        captured: events::money(h.money.currency, row.captured),
+    }
+}
+
+fn limit_text(limit: Option<Decimal>) -> String {
+    limit.map(|d| d.normalize().to_string()).unwrap_or_default()
+}
+
 fn token_of(events: &[NewEvent]) -> String {
     ConsistencyToken::new(events.iter().map(|e| (e.account_id, e.version))).encode()
 }
@@ -181,8 +209,10 @@ fn posting_proto(p: &Posting) -> pb::Posting {
     pb::Posting { account_id: p.account.to_string(), amount: events::money(p.currency, p.amount) }
 }
 
-/// The published payload of a domain event, and its signed balance change.
-fn payload(event: &Event, currency: Currency) -> (Payload, Decimal) {
+/// The published payload of a domain event on `account` (as the event left
+/// it), and its signed balance change.
+fn payload(event: &Event, account: &Account) -> (Payload, Decimal) {
+    let currency = account.currency;
     let m = |d: Decimal| events::money(currency, d);
     match event {
         Event::AccountOpened { kind, currency, owner, .. } => (
@@ -229,9 +259,44 @@ fn payload(event: &Event, currency: Currency) -> (Payload, Decimal) {
                     balance_after: after,
                     description,
                 }),
+                PostingKind::Reversal { original } => Payload::Reversed(pb::Reversed {
+                    amount: m(posting.amount),
+                    balance_before: before,
+                    balance_after: after,
+                    reverses_transaction_id: original.to_string(),
+                    reason: description,
+                }),
             };
             (p, posting.amount)
         }
+        Event::HoldPlaced { hold, description } => (
+            Payload::HoldPlaced(pb::HoldPlaced {
+                hold_id: hold.id.to_string(),
+                to_account_id: hold.to.to_string(),
+                amount: m(hold.money.amount),
+                expires_at: events::timestamp(hold.expires_at),
+                held_after: m(account.held),
+                description: description.clone(),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::HoldReleased { hold, released, state, captured, .. } => (
+            Payload::HoldReleased(pb::HoldReleased {
+                hold_id: hold.to_string(),
+                released: m(*released),
+                held_after: m(account.held),
+                state: hold_state(*state) as i32,
+                captured: m(*captured),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::LimitsSet { limits, .. } => (
+            Payload::LimitsSet(pb::LimitsSet {
+                max_single_debit: limit_text(limits.max_debit),
+                daily_debit_limit: limit_text(limits.daily_debit),
+            }),
+            Decimal::ZERO,
+        ),
         Event::AccountFrozen { reason, .. } => {
             (Payload::AccountFrozen(pb::AccountFrozen { reason: reason.clone() }), Decimal::ZERO)
         }
@@ -252,7 +317,7 @@ fn record(
     at: DateTime<Utc>,
     trace: &std::collections::BTreeMap<String, String>,
 ) -> NewEvent {
-    let (payload, delta) = payload(event, row.account.currency);
+    let (payload, delta) = payload(event, &row.account);
     let counterparties = match event {
         Event::Posted { counterparties, .. } => counterparties.iter().map(posting_proto).collect(),
         _ => Vec::new(),
@@ -312,10 +377,53 @@ pub(crate) fn decide(
     caller: &Caller,
     command: &Command,
     rows: &[AccountRow],
+    holds: &HashMap<Uuid, HoldRow>,
+    transactions: &HashMap<Uuid, Transaction>,
 ) -> Result<Plan<Vec<u8>>, CommandError> {
-    let state: rules::Accounts = rows.iter().map(|r| (r.account.id, r.account.clone())).collect();
-    let decided = rules::handle(&state, &actor(caller), command, &rules::Limits { max_balance: limits.max_balance })?;
-    let (tx, at, trace) = (Uuid::now_v7(), now(), bank_platform::telemetry::current_trace_context());
+    let at = now();
+    let mut world = rules::State::new(rows.iter().map(|r| (r.account.id, r.account.clone())).collect(), at);
+    if let Some(row) = command.hold().and_then(|id| holds.get(&id)) {
+        world.holds.insert(row.hold.id, row.hold.clone());
+    }
+    if let Command::Reverse { transaction, .. } = command
+        && let Some(t) = transactions.get(transaction)
+    {
+        world.transactions.insert(*transaction, t.clone());
+    }
+    let decided = rules::handle(&world, &actor(caller), command, &rules::Limits { max_balance: limits.max_balance })?;
+    let (tx, trace) = (Uuid::now_v7(), bank_platform::telemetry::current_trace_context());
+    let mut changed_holds: Vec<HoldRow> = Vec::new();
+    let mut reversals: Vec<ReversalRow> = Vec::new();
+    for event in &decided {
+        match event {
+            Event::HoldPlaced { hold, .. } => changed_holds.push(HoldRow {
+                hold: hold.clone(),
+                captured: Decimal::ZERO,
+                placed_at: at,
+                ended_at: None,
+            }),
+            Event::HoldReleased { hold, state, captured, .. } => {
+                let mut row = holds
+                    .get(hold)
+                    .cloned()
+                    .ok_or_else(|| CommandError::Internal(anyhow::anyhow!("released a hold it did not read")))?;
+                (row.hold.state, row.captured, row.ended_at) = (*state, *captured, Some(at));
+                changed_holds.push(row);
+            }
+            Event::Posted { kind: PostingKind::Reversal { original }, description, .. }
+                if !reversals.iter().any(|r| r.original == *original) =>
+            {
+                reversals.push(ReversalRow {
+                    original: *original,
+                    reversal: tx,
+                    by: caller.user_id,
+                    reason: description.clone(),
+                    at,
+                })
+            }
+            _ => {}
+        }
+    }
     let mut touched: HashMap<Uuid, AccountRow> = rows.iter().map(|r| (r.account.id, r.clone())).collect();
     let (mut order, mut opened, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     for event in &decided {
@@ -333,8 +441,8 @@ pub(crate) fn decide(
             order.push(id);
         }
     }
-    let response = respond(command, &touched, &sealed, tx, at);
-    let mut writes = Writes::default();
+    let response = respond(command, &touched, &changed_holds, &sealed, tx, at);
+    let mut writes = Writes { holds: changed_holds, reversals, ..Writes::default() };
     for id in order {
         let row = touched.remove(&id).expect("every event's account is touched");
         if opened.contains(&id) { writes.new_accounts.push(row) } else { writes.changed_accounts.push(row) }
@@ -347,6 +455,7 @@ pub(crate) fn decide(
 fn respond(
     command: &Command,
     rows: &HashMap<Uuid, AccountRow>,
+    holds: &[HoldRow],
     events: &[NewEvent],
     tx: Uuid,
     at: DateTime<Utc>,
@@ -381,9 +490,29 @@ fn respond(
         Command::Deposit { account, .. } | Command::Withdraw { account, .. } => moved(vec![*account]),
         Command::Transfer { from, to, .. } => moved(vec![*from, *to]),
         Command::Post { legs, .. } => moved(legs.iter().map(|l| l.account).collect()),
+        Command::CaptureHold { .. } | Command::Reverse { .. } => {
+            let mut ids: Vec<Uuid> = Vec::new();
+            for e in events.iter().filter(|e| e.delta != Decimal::ZERO) {
+                if !ids.contains(&e.account_id) {
+                    ids.push(e.account_id);
+                }
+            }
+            moved(ids)
+        }
+        Command::PlaceHold { .. } | Command::VoidHold { .. } | Command::ExpireHold { .. } => {
+            let hold = holds.first();
+            let source = hold.and_then(|h| rows.get(&h.hold.account));
+            pb::HoldResponse {
+                hold: hold.map(hold_proto),
+                available_balance: source.and_then(|r| events::money(r.account.currency, r.account.available())),
+                consistency_token: token_of(events),
+            }
+            .encode_to_vec()
+        }
         Command::Freeze { account: id, .. }
         | Command::Unfreeze { account: id, .. }
-        | Command::Close { account: id } => {
+        | Command::Close { account: id }
+        | Command::SetLimits { account: id, .. } => {
             pb::AccountChangeResponse { account: account(id), consistency_token: token_of(events) }.encode_to_vec()
         }
     }
@@ -391,8 +520,8 @@ fn respond(
 
 impl Ledger {
     pub fn new(pool: PgPool, limits: Limits, subject_prefix: String, outbox_written: Arc<Notify>) -> Self {
-        let direct = Arc::new(Batcher::new(pool, subject_prefix, outbox_written, limits.clone()));
-        Self { limits, executor: Executor::Direct(direct) }
+        let direct = Arc::new(Batcher::new(pool.clone(), subject_prefix, outbox_written, limits.clone()));
+        Self { limits, executor: Executor::Direct(direct), pool }
     }
 
     /// Sends every command through `queue` (batching mode).
@@ -415,7 +544,8 @@ impl Ledger {
         request_hash: &[u8],
         command: Command,
     ) -> Result<R, CommandError> {
-        let job = Job::new(caller, rpc, key, request_hash, command);
+        let lock_ids = store::accounts_to_lock(&self.pool, &command).await?;
+        let job = Job::new(caller, rpc, key, request_hash, command, lock_ids);
         let bytes = match &self.executor {
             Executor::Queued(queue) => queue.run(job).await?,
             Executor::Direct(batcher) => batcher.run_one(job).await?,

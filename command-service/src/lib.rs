@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod error;
 pub mod events;
+pub mod expiry;
 pub mod grpc;
 pub mod ledger;
 pub mod reconcile;
@@ -45,6 +46,8 @@ pub struct Config {
     /// Batching mode (`COMMAND_BATCHING`, on by default; `off` runs one
     /// transaction per command): see `batch`.
     pub batching: Option<batch::BatchConfig>,
+    /// How often due holds are looked for (`HOLD_EXPIRY_POLL_MS`).
+    pub hold_expiry_poll: Duration,
 }
 
 /// Where `reconcile` finds the read models; each is optional so the audit of
@@ -110,6 +113,7 @@ impl Config {
                     max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
                 }),
             },
+            hold_expiry_poll: Duration::from_millis(config::parse(env, "HOLD_EXPIRY_POLL_MS", 250)?),
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
@@ -146,6 +150,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);
+    let expiry = expiry::HoldExpiry { pool: pool.clone(), ledger: ledger.clone(), poll: config.hold_expiry_poll };
+    running.spawn(expiry.run(shutdown.clone()));
     let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));
     let api = AccountCommandServiceServer::new(CommandApi::new(ledger, reconciler))
         .max_decoding_message_size(server::MAX_REQUEST_BYTES);

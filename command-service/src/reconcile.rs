@@ -246,14 +246,15 @@ pub async fn run(mut src: Sources) -> Result<Report> {
 
     // Append-only guards still in place.
     let guards: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced') AND tgenabled <> 'D'",
+        "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced','holds_end_once','holds_no_delete','reversals_append_only','reversals_not_of_reversals') AND tgenabled <> 'D'",
     )
     .fetch_one(db)
     .await?;
-    if guards != 7 {
-        report
-            .problems
-            .push("append-only: a trigger guarding events, postings or audit_log is missing or disabled".into());
+    if guards != 11 {
+        report.problems.push(
+            "append-only: a trigger guarding events, postings, holds, reversals or audit_log is missing or disabled"
+                .into(),
+        );
     }
 
     // Read models: behind is fine (eventual consistency), different is not.

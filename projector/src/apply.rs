@@ -20,7 +20,7 @@ use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fold::{self, Decision};
+use crate::fold::{self, Decision, Side};
 
 static APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_events_applied_total", "events applied").expect("registers once")
@@ -124,6 +124,7 @@ impl Applier {
         let mut changed: Vec<Uuid> = Vec::new();
         let mut entries: Vec<(Uuid, HistoryEntry)> = Vec::new();
         let mut changes: Vec<AccountChange> = Vec::new();
+        let mut sides: Vec<Side> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
 
         // One span per event, continuing the relay's trace, closed when the
@@ -145,7 +146,8 @@ impl Applier {
                     DUPLICATES.inc();
                     Outcome::Ack
                 }
-                Decision::Apply { view, entry } => {
+                Decision::Apply { view, entry, side } => {
+                    sides.extend(side);
                     let (env, id) = d.as_ref().expect("applied events decoded");
                     if let Some(at) = fold::occurred_at(env) {
                         LAG.observe((Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
@@ -185,6 +187,7 @@ impl Applier {
         let changed_views: Vec<&AccountView> = changed.iter().filter_map(|id| views.get(id)).collect();
         write_views(&mut tx, generation, &changed_views).await?;
         write_history(&mut tx, generation, &entries).await?;
+        write_sides(&mut tx, generation, &sides).await?;
         tx.commit().await?;
         drop(spans);
 
@@ -231,10 +234,10 @@ async fn write_views(tx: &mut sqlx::PgConnection, generation: i32, views: &[&Acc
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, updated_at)
-         SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[])
+        "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, held, updated_at)
+         SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[], $10::numeric[])
          ON CONFLICT (generation, account_id) DO UPDATE SET balance = EXCLUDED.balance, status = EXCLUDED.status,
-             version = EXCLUDED.version, updated_at = now()",
+             version = EXCLUDED.version, held = EXCLUDED.held, updated_at = now()",
     )
     .bind(generation)
     .bind(views.iter().map(|v| v.account_id).collect::<Vec<_>>())
@@ -245,6 +248,7 @@ async fn write_views(tx: &mut sqlx::PgConnection, generation: i32, views: &[&Acc
     .bind(views.iter().map(|v| v.status.clone()).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.opened_at).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.held).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
@@ -255,10 +259,10 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO transaction_history (generation, account_id, version, event_id, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at)
-         SELECT $1, a, v, ev, t, k, am, bb, ba, c, d, o
-         FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[])
-              AS x(a, v, t, k, am, bb, ba, c, d, o, ev)
+        "INSERT INTO transaction_history (generation, account_id, version, event_id, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at, reverses_transaction_id)
+         SELECT $1, a, v, ev, t, k, am, bb, ba, c, d, o, r
+         FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[], $13::uuid[])
+              AS x(a, v, t, k, am, bb, ba, c, d, o, ev, r)
          ON CONFLICT DO NOTHING",
     )
     .bind(generation)
@@ -273,6 +277,67 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
     .bind(entries.iter().map(|(_, e)| e.description.clone()).collect::<Vec<_>>())
     .bind(entries.iter().map(|(_, e)| e.occurred_at).collect::<Vec<_>>())
     .bind(entries.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|(_, e)| e.reverses_transaction_id).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Holds placed (inserted) then ended (state updated), and reversal links;
+/// each idempotent, so a redelivered batch changes nothing.
+async fn write_sides(tx: &mut sqlx::PgConnection, generation: i32, sides: &[Side]) -> Result<()> {
+    if sides.is_empty() {
+        return Ok(());
+    }
+    let holds: Vec<&bank_readmodel::HoldView> = sides
+        .iter()
+        .filter_map(|s| match s {
+            Side::Hold(h) => Some(h),
+            Side::Reversal { .. } => None,
+        })
+        .collect();
+    let (placed, ended): (Vec<_>, Vec<_>) = holds.into_iter().partition(|h| h.state == "OPEN");
+    sqlx::query(
+        "INSERT INTO hold_view (generation, hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(generation)
+    .bind(placed.iter().map(|h| h.hold_id).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.account_id).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.to_account_id).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.currency.clone()).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.amount).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.state.clone()).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.captured).collect::<Vec<_>>())
+    .bind(placed.iter().map(|h| h.expires_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE hold_view h SET state = e.state, captured = e.captured
+         FROM UNNEST($2::uuid[], $3::text[], $4::numeric[]) AS e(id, state, captured)
+         WHERE h.generation = $1 AND h.hold_id = e.id",
+    )
+    .bind(generation)
+    .bind(ended.iter().map(|h| h.hold_id).collect::<Vec<_>>())
+    .bind(ended.iter().map(|h| h.state.clone()).collect::<Vec<_>>())
+    .bind(ended.iter().map(|h| h.captured).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    let links: Vec<(Uuid, Uuid)> = sides
+        .iter()
+        .filter_map(|s| match s {
+            Side::Reversal { original, reversal } => Some((*original, *reversal)),
+            Side::Hold(_) => None,
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO reversal_view (generation, original_transaction_id, reversal_transaction_id)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(generation)
+    .bind(links.iter().map(|l| l.0).collect::<Vec<_>>())
+    .bind(links.iter().map(|l| l.1).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())

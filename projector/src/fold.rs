@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use bank_proto::v1::{self as pb, event_envelope::Payload};
-use bank_readmodel::{AccountView, HistoryEntry, kind};
+use bank_readmodel::{AccountView, HistoryEntry, HoldView, kind};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -17,10 +17,30 @@ pub enum Decision {
     Duplicate,
     /// An earlier version is missing: retry later.
     Gap { stored: i64 },
-    /// The next version: the account after it, and its history line if it moved money.
-    Apply { view: AccountView, entry: Option<HistoryEntry> },
+    /// The next version: the account after it, its history line if it moved
+    /// money, and what it did to a hold or which transaction it reversed.
+    Apply { view: AccountView, entry: Option<HistoryEntry>, side: Option<Side> },
     /// Can never be applied; goes to the dead letters.
     Poison(String),
+}
+
+/// What an event changes beside its account and history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Side {
+    /// A hold placed or ended, in its new state.
+    Hold(HoldView),
+    /// (original, reversal): the original's entries are shown as reversed.
+    Reversal { original: Uuid, reversal: Uuid },
+}
+
+fn hold_state(state: i32) -> Result<&'static str, String> {
+    match pb::HoldState::try_from(state) {
+        Ok(pb::HoldState::Open) => Ok("OPEN"),
+        Ok(pb::HoldState::Captured) => Ok("CAPTURED"),
+        Ok(pb::HoldState::Voided) => Ok("VOIDED"),
+        Ok(pb::HoldState::Expired) => Ok("EXPIRED"),
+        _ => Err("unknown hold state".into()),
+    }
 }
 
 /// Identity fields of an envelope, needed before deciding.
@@ -90,8 +110,9 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
             status: "ACTIVE".into(),
             version: 1,
             opened_at: at,
+            held: Decimal::ZERO,
         };
-        return Ok(Decision::Apply { view, entry: None });
+        return Ok(Decision::Apply { view, entry: None, side: None });
     }
 
     let current = current.ok_or("event for an account that was never opened")?;
@@ -125,8 +146,11 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
             counterparty_account_id: counterparty,
             description: description.into(),
             occurred_at: at,
+            reverses_transaction_id: None,
+            reversed_by_transaction_id: None,
         }))
     };
+    let mut side = None;
     let entry = match payload {
         Payload::MoneyDeposited(e) => {
             money(kind::DEPOSIT, &e.amount, &e.balance_before, &e.balance_after, None, &e.description)?
@@ -150,21 +174,61 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
             Some(&e.from_account_id),
             &e.description,
         )?,
-        Payload::Posted(e) => {
-            // Signed on the wire; history keeps the direction as the kind.
-            let signed = amount(&e.amount, "amount")?;
-            let kind = if signed.is_sign_negative() { kind::DEBIT } else { kind::CREDIT };
-            let magnitude = e.amount.as_ref().map(|m| pb::Money {
-                currency_code: m.currency_code.clone(),
-                amount: m.amount.trim_start_matches('-').to_owned(),
-            });
-            // The one other posting, when there is exactly one, is the counterparty.
-            let other = match env.counterparty_postings.as_slice() {
-                [only] => Some(only.account_id.as_str()),
-                _ => None,
-            };
-            money(kind, &magnitude, &e.balance_before, &e.balance_after, other, &e.description)?
+        Payload::Posted(e) => signed(&mut money, env, &e.amount, &e.balance_before, &e.balance_after, &e.description)?,
+        Payload::Reversed(e) => {
+            let original =
+                Uuid::try_parse(&e.reverses_transaction_id).map_err(|_| "reverses_transaction_id is not a UUID")?;
+            side = Some(Side::Reversal { original, reversal: transaction_id });
+            let mut entry = signed(&mut money, env, &e.amount, &e.balance_before, &e.balance_after, &e.reason)?;
+            if let Some(entry) = entry.as_mut() {
+                entry.reverses_transaction_id = Some(original);
+            }
+            entry
         }
+        Payload::HoldPlaced(e) => {
+            let held = amount(&e.amount, "amount")?;
+            let after = amount(&e.held_after, "held_after")?;
+            if after != current.held + held {
+                return Err(format!("held_after {after} is not the read model's {} + {held}", current.held));
+            }
+            view.held = after;
+            side = Some(Side::Hold(HoldView {
+                hold_id: Uuid::try_parse(&e.hold_id).map_err(|_| "hold_id is not a UUID")?,
+                account_id,
+                to_account_id: Uuid::try_parse(&e.to_account_id).map_err(|_| "to_account_id is not a UUID")?,
+                currency: current.currency.clone(),
+                amount: held,
+                state: "OPEN".into(),
+                captured: Decimal::ZERO,
+                expires_at: e
+                    .expires_at
+                    .as_ref()
+                    .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                    .ok_or("expires_at missing")?,
+            }));
+            None
+        }
+        Payload::HoldReleased(e) => {
+            let released = amount(&e.released, "released")?;
+            let after = amount(&e.held_after, "held_after")?;
+            if after != current.held - released || after.is_sign_negative() {
+                return Err(format!("held_after {after} is not the read model's {} - {released}", current.held));
+            }
+            view.held = after;
+            // Only the state changes; the projector updates the placed row.
+            side = Some(Side::Hold(HoldView {
+                hold_id: Uuid::try_parse(&e.hold_id).map_err(|_| "hold_id is not a UUID")?,
+                account_id,
+                to_account_id: Uuid::nil(),
+                currency: current.currency.clone(),
+                amount: released,
+                state: hold_state(e.state)?.into(),
+                captured: amount(&e.captured, "captured")?,
+                expires_at: at,
+            }));
+            None
+        }
+        Payload::LimitsSet(_) => None,
         Payload::AccountFrozen(_) => {
             view.status = "FROZEN".into();
             None
@@ -179,7 +243,41 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
         }
         Payload::AccountOpened(_) => unreachable!("handled above"),
     };
-    Ok(Decision::Apply { view, entry })
+    Ok(Decision::Apply { view, entry, side })
+}
+
+type MoneyFold<'a> = dyn FnMut(
+        &str,
+        &Option<pb::Money>,
+        &Option<pb::Money>,
+        &Option<pb::Money>,
+        Option<&str>,
+        &str,
+    ) -> Result<Option<HistoryEntry>, String>
+    + 'a;
+
+/// A signed posting (a leg, or a reversal's): history keeps the magnitude
+/// with the direction as the kind, and the one other posting, when there is
+/// exactly one, as the counterparty.
+fn signed(
+    money: &mut MoneyFold<'_>,
+    env: &pb::EventEnvelope,
+    amount_signed: &Option<pb::Money>,
+    before: &Option<pb::Money>,
+    after: &Option<pb::Money>,
+    description: &str,
+) -> Result<Option<HistoryEntry>, String> {
+    let signed = amount(amount_signed, "amount")?;
+    let kind = if signed.is_sign_negative() { kind::DEBIT } else { kind::CREDIT };
+    let magnitude = amount_signed.as_ref().map(|m| pb::Money {
+        currency_code: m.currency_code.clone(),
+        amount: m.amount.trim_start_matches('-').to_owned(),
+    });
+    let other = match env.counterparty_postings.as_slice() {
+        [only] => Some(only.account_id.as_str()),
+        _ => None,
+    };
+    money(kind, &magnitude, before, after, other, description)
 }
 
 #[cfg(test)]
@@ -245,7 +343,7 @@ mod tests {
         let id = Uuid::now_v7();
         let view = opened(id);
         match decide(&envelope(id, 2, deposit("0.00", "5.00")), Some(&view)) {
-            Decision::Apply { view, entry } => {
+            Decision::Apply { view, entry, .. } => {
                 assert_eq!((view.version, view.balance), (2, Decimal::from(5)));
                 assert_eq!(entry.unwrap().kind, kind::DEPOSIT);
             }
@@ -283,7 +381,7 @@ mod tests {
         let id = Uuid::now_v7();
         let view = opened(id);
         match decide(&envelope(id, 2, Payload::AccountFrozen(pb::AccountFrozen { reason: "x".into() })), Some(&view)) {
-            Decision::Apply { view, entry } => assert_eq!((view.status.as_str(), entry), ("FROZEN", None)),
+            Decision::Apply { view, entry, .. } => assert_eq!((view.status.as_str(), entry), ("FROZEN", None)),
             other => panic!("{other:?}"),
         }
     }

@@ -264,7 +264,7 @@ pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
     let pool = applier.pool.clone();
     let old: i32 = bank_readmodel::active_generation(&pool).await?;
     let new = old + 1;
-    for table in ["account_view", "transaction_history"] {
+    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE generation = $1")).bind(new).execute(&pool).await?;
     }
     let js = jetstream(&config.nats_url).await?;
@@ -290,7 +290,7 @@ pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
 
     // Readers may hold the old generation for a moment; then it goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for table in ["account_view", "transaction_history"] {
+    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE generation < $1")).bind(new).execute(&pool).await?;
     }
     if let Some(redis) = applier.redis.as_mut() {

@@ -9,7 +9,7 @@ use bank_domain::{Currency, InputError, consistency::ConsistencyToken, format_am
 use bank_platform::auth::{Caller, caller};
 use bank_proto::v1::{self as pb, account_query_service_server::AccountQueryService};
 use bank_readmodel::{
-    ACCOUNT_VIEW_COLUMNS, AccountView, HISTORY_COLUMNS, HistoryEntry, kind,
+    ACCOUNT_VIEW_COLUMNS, AccountView, HISTORY_COLUMNS, HOLD_VIEW_COLUMNS, HistoryEntry, HoldView, kind,
     page_token::{PageCursor, PageTokenSigner},
 };
 use chrono::{DateTime, Utc};
@@ -132,6 +132,21 @@ fn entry_proto(e: &HistoryEntry, currency: &str) -> pb::TransactionEntry {
         description: e.description.clone(),
         occurred_at: timestamp(e.occurred_at),
         version: e.version,
+        reverses_transaction_id: e.reverses_transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+        reversed_by_transaction_id: e.reversed_by_transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+    }
+}
+
+fn hold_proto(h: &HoldView) -> pb::Hold {
+    pb::Hold {
+        hold_id: h.hold_id.to_string(),
+        from_account_id: h.account_id.to_string(),
+        to_account_id: h.to_account_id.to_string(),
+        amount: money(&h.currency, h.amount),
+        state: pb::HoldState::from_str_name(&format!("HOLD_STATE_{}", h.state)).unwrap_or(pb::HoldState::Unspecified)
+            as i32,
+        expires_at: timestamp(h.expires_at),
+        captured: money(&h.currency, h.captured),
     }
 }
 
@@ -143,6 +158,7 @@ fn update_proto(v: &AccountView, transaction_id: Option<Uuid>, at: Option<DateTi
         version: v.version,
         transaction_id: transaction_id.map(|t| t.to_string()).unwrap_or_default(),
         occurred_at: at.and_then(timestamp),
+        available_balance: money(&v.currency, v.balance - v.held),
     }
 }
 
@@ -275,12 +291,31 @@ impl AccountQueryService for QueryApi {
         let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
         let token = self.settle(&r.min_consistency_token, deadline).await?;
         let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        // Holds are of the present: an answer as of an instant has none.
+        let (available, open_holds) = match as_of {
+            Some(_) => (None, Vec::new()),
+            None => {
+                let generation = self.model.generation().await?;
+                let holds: Vec<HoldView> = sqlx::query_as(&format!(
+                    "SELECT {HOLD_VIEW_COLUMNS} FROM hold_view
+                     WHERE generation = $1 AND account_id = $2 AND state = 'OPEN' ORDER BY expires_at, hold_id"
+                ))
+                .bind(generation)
+                .bind(v.account_id)
+                .fetch_all(&self.model.db)
+                .await
+                .map_err(QueryError::from)?;
+                (money(&v.currency, v.balance - v.held), holds.iter().map(hold_proto).collect())
+            }
+        };
         let v = self.at_instant(v, as_of).await?;
         Ok(Response::new(pb::GetBalanceResponse {
             account_id: v.account_id.to_string(),
             balance: money(&v.currency, v.balance),
             status: status_proto(&v.status),
             version: v.version,
+            available_balance: available,
+            open_holds,
         }))
     }
 
@@ -544,7 +579,11 @@ async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::Bala
         .filter(|e| e.version <= current.version)
         .map(|e| {
             let at_version = AccountView { balance: e.balance_after, version: e.version, ..current.clone() };
-            update_proto(&at_version, Some(e.transaction_id), Some(e.occurred_at))
+            // What was held at a past version is not in history: unknown, not guessed.
+            pb::BalanceUpdate {
+                available_balance: None,
+                ..update_proto(&at_version, Some(e.transaction_id), Some(e.occurred_at))
+            }
         })
         .collect();
     // Status-only versions have no history line: end on the current state.

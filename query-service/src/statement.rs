@@ -52,6 +52,8 @@ mod tests {
             counterparty_account_id: None,
             description: String::new(),
             occurred_at: Utc::now(),
+            reverses_transaction_id: None,
+            reversed_by_transaction_id: None,
         }
     }
 

@@ -86,6 +86,22 @@ pub struct Account {
     pub balance: Decimal,
     pub status: AccountStatus,
     pub version: i64,
+    /// Reserved by open holds: the ledger balance stays, the available drops.
+    pub held: Decimal,
+    /// Staff-set debit limits.
+    pub limits: DebitLimits,
+    /// What the account was debited in the rolling day before the command,
+    /// as loaded with its row (kept only where a daily limit is set).
+    pub debited_last_day: Decimal,
+}
+
+/// Per-account debit limits set by staff; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DebitLimits {
+    /// Largest single debit.
+    pub max_debit: Option<Decimal>,
+    /// Most debited in any rolling 24 hours.
+    pub daily_debit: Option<Decimal>,
 }
 
 /// A balance before and after one event.
@@ -115,6 +131,44 @@ impl Account {
             return Err(DomainError::BalanceLimitExceeded);
         }
         Ok(BalanceChange { before: self.balance, after })
+    }
+
+    /// What may be spent: the ledger balance less open holds.
+    pub fn available(&self) -> Decimal {
+        self.balance - self.held
+    }
+
+    /// A debit of `amount` within the account's staff-set limits (checked
+    /// for debits a customer or service asks for; reversals are staff
+    /// corrections and are not limited).
+    pub fn check_debit_limits(&self, amount: Decimal) -> Result<(), DomainError> {
+        if let Some(max) = self.limits.max_debit
+            && amount > max
+        {
+            return Err(DomainError::LimitExceeded { limit: "single debit", max });
+        }
+        if let Some(max) = self.limits.daily_debit
+            && self.debited_last_day + amount > max
+        {
+            return Err(DomainError::LimitExceeded { limit: "debits per rolling day", max });
+        }
+        Ok(())
+    }
+
+    /// Reserves `money` for a hold: the account's own side of placing one.
+    pub fn reserve(&self, money: &Money) -> Result<(), DomainError> {
+        self.ensure_open_for_money()?;
+        self.ensure_currency(money)?;
+        if money.amount > self.available() {
+            return Err(DomainError::InsufficientFunds);
+        }
+        self.check_debit_limits(money.amount)
+    }
+
+    /// May take `money` in (a hold's destination, before the capture).
+    pub fn ensure_can_receive(&self, money: &Money) -> Result<(), DomainError> {
+        self.ensure_open_for_money()?;
+        self.ensure_currency(money)
     }
 
     fn ensure_open_for_money(&self) -> Result<(), DomainError> {
@@ -147,11 +201,11 @@ impl Account {
         Ok(BalanceChange { before: self.balance, after })
     }
 
-    /// Money out; never below zero.
+    /// Money out; never below zero, never into what holds reserve.
     pub fn withdraw(&self, money: &Money) -> Result<BalanceChange, DomainError> {
         self.ensure_open_for_money()?;
         self.ensure_currency(money)?;
-        if money.amount > self.balance {
+        if money.amount > self.available() {
             return Err(DomainError::InsufficientFunds);
         }
         Ok(BalanceChange { before: self.balance, after: self.balance - money.amount })
@@ -218,6 +272,9 @@ mod tests {
             balance: Decimal::from(balance),
             status,
             version: 1,
+            held: Decimal::ZERO,
+            limits: DebitLimits::default(),
+            debited_last_day: Decimal::ZERO,
         }
     }
 
@@ -281,6 +338,27 @@ mod tests {
     fn deposit_over_the_balance_limit_is_refused() {
         let acc = account(999_999_999, AccountStatus::Active);
         assert_eq!(acc.deposit(&usd_amount(2), MAX), Err(DomainError::BalanceLimitExceeded));
+    }
+
+    #[test]
+    fn held_money_cannot_be_withdrawn_but_stays_in_the_balance() {
+        let mut acc = account(10, AccountStatus::Active);
+        acc.held = Decimal::from(7);
+        assert_eq!(acc.available(), Decimal::from(3));
+        assert_eq!(acc.withdraw(&usd_amount(4)), Err(DomainError::InsufficientFunds));
+        assert_eq!(acc.reserve(&usd_amount(4)), Err(DomainError::InsufficientFunds));
+        assert_eq!(acc.withdraw(&usd_amount(3)).unwrap().after, Decimal::from(7));
+    }
+
+    #[test]
+    fn debit_limits_cap_one_debit_and_the_rolling_day() {
+        let mut acc = account(100, AccountStatus::Active);
+        acc.limits = DebitLimits { max_debit: Some(Decimal::from(30)), daily_debit: Some(Decimal::from(50)) };
+        assert!(acc.check_debit_limits(Decimal::from(30)).is_ok());
+        assert_eq!(acc.check_debit_limits(Decimal::from(31)).unwrap_err().reason(), "LIMIT_EXCEEDED");
+        acc.debited_last_day = Decimal::from(25);
+        assert!(acc.check_debit_limits(Decimal::from(25)).is_ok());
+        assert_eq!(acc.check_debit_limits(Decimal::from(26)).unwrap_err().reason(), "LIMIT_EXCEEDED");
     }
 
     #[test]

@@ -51,9 +51,42 @@ pub enum DomainError {
     /// Staff do not move money on their own accounts (separation of duties).
     #[error("staff do not move money into or out of their own accounts")]
     OwnAccount,
+    #[error("hold not found")]
+    HoldNotFound,
+    /// A hold the caller is no party to: answered like `HoldNotFound`, audited.
+    #[error("hold not found")]
+    NotHoldParty,
+    /// The hold already ended; the state is the reason.
+    #[error("the hold is already {}", .0.as_str().to_lowercase())]
+    HoldEnded(crate::hold::HoldState),
+    #[error("the capture of {requested} exceeds the {held} held")]
+    CaptureExceedsHold { requested: rust_decimal::Decimal, held: rust_decimal::Decimal },
+    /// Expiry asked for before the deadline (the expiry worker's clock ran
+    /// ahead): nothing is kept, it asks again later.
+    #[error("the hold is not due to expire yet")]
+    HoldNotDue,
+    #[error("the {limit} limit of {max} would be exceeded")]
+    LimitExceeded { limit: &'static str, max: rust_decimal::Decimal },
+    #[error("transaction not found")]
+    TransactionNotFound,
+    #[error("the transaction was already reversed by {by}")]
+    AlreadyReversed { by: uuid::Uuid },
+    #[error("the transaction is itself a reversal of {original}; post a new transaction instead")]
+    ReversalNotReversible { original: uuid::Uuid },
+    #[error("the reversal would overdraw account {account}, which holds only {available} available")]
+    ReversalWouldOverdraw { account: uuid::Uuid, available: rust_decimal::Decimal },
 }
 
 impl DomainError {
+    /// What a NOT_FOUND refusal is about (the resource named to the caller).
+    pub fn missing(&self) -> &'static str {
+        match self {
+            DomainError::HoldNotFound | DomainError::NotHoldParty => "hold",
+            DomainError::TransactionNotFound => "transaction",
+            _ => "account",
+        }
+    }
+
     /// Stable machine-readable reason (google.rpc.ErrorInfo.reason).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -76,6 +109,15 @@ impl DomainError {
             DomainError::SystemAccountMissing(_) => "SYSTEM_ACCOUNT_MISSING",
             DomainError::SettlementRefused { .. } => "SETTLEMENT_UNAVAILABLE",
             DomainError::OwnAccount => "OWN_ACCOUNT",
+            DomainError::HoldNotFound | DomainError::NotHoldParty => "HOLD_NOT_FOUND",
+            DomainError::HoldEnded(state) => state.ended_reason(),
+            DomainError::CaptureExceedsHold { .. } => "CAPTURE_EXCEEDS_HOLD",
+            DomainError::HoldNotDue => "HOLD_NOT_DUE",
+            DomainError::LimitExceeded { .. } => "LIMIT_EXCEEDED",
+            DomainError::TransactionNotFound => "TRANSACTION_NOT_FOUND",
+            DomainError::AlreadyReversed { .. } => "ALREADY_REVERSED",
+            DomainError::ReversalNotReversible { .. } => "REVERSAL_NOT_REVERSIBLE",
+            DomainError::ReversalWouldOverdraw { .. } => "REVERSAL_WOULD_OVERDRAW",
         }
     }
 
@@ -84,8 +126,11 @@ impl DomainError {
     /// key, audited); the rest leave the key free.
     pub fn class(&self) -> Refusal {
         match self {
-            DomainError::AccountNotFound => Refusal::NotFound { audited: false },
-            DomainError::NotOwner => Refusal::NotFound { audited: true },
+            DomainError::AccountNotFound | DomainError::HoldNotFound | DomainError::TransactionNotFound => {
+                Refusal::NotFound { audited: false }
+            }
+            DomainError::NotOwner | DomainError::NotHoldParty => Refusal::NotFound { audited: true },
+            DomainError::HoldNotDue => Refusal::Unavailable,
             DomainError::NotPermitted(_) => Refusal::PermissionDenied,
             DomainError::LegCount { .. } | DomainError::ZeroPosting | DomainError::DuplicateLeg { .. } => {
                 Refusal::InvalidArgument

@@ -11,10 +11,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::{Account, AccountKind, AccountStatus, Currency, DomainError, Money, account::transfer};
+use crate::{
+    Account, AccountKind, AccountStatus, Currency, DebitLimits, DomainError, Money,
+    account::transfer,
+    hold::{Hold, HoldState},
+};
 
 /// The owner of the bank's own accounts. No token may carry this subject.
 pub const BANK: Uuid = Uuid::nil();
@@ -108,10 +113,56 @@ pub enum Command {
     Close {
         account: Uuid,
     },
+    /// Reserves `money` on `from` for `to` until `expires_at`.
+    PlaceHold {
+        id: Uuid,
+        from: Uuid,
+        to: Uuid,
+        money: Money,
+        expires_at: DateTime<Utc>,
+        description: String,
+    },
+    /// Posts the transfer of `amount` (the whole hold if `None`) and
+    /// releases the rest.
+    CaptureHold {
+        hold: Uuid,
+        amount: Option<Money>,
+    },
+    VoidHold {
+        hold: Uuid,
+    },
+    /// The expiry worker's release of a hold at its deadline (the bank only).
+    ExpireHold {
+        hold: Uuid,
+    },
+    /// Posts the opposite of a transaction's postings (staff).
+    Reverse {
+        transaction: Uuid,
+        reason: String,
+    },
+    /// Sets an account's debit limits (staff), in `currency` (None when
+    /// both are removed).
+    SetLimits {
+        account: Uuid,
+        limits: DebitLimits,
+        currency: Option<Currency>,
+    },
 }
 
 impl Command {
-    /// The accounts the command reads and may change: lock these, in any order.
+    /// The hold a command names, whose accounts it locks.
+    pub fn hold(&self) -> Option<Uuid> {
+        match self {
+            Command::CaptureHold { hold, .. } | Command::VoidHold { hold } | Command::ExpireHold { hold } => {
+                Some(*hold)
+            }
+            _ => None,
+        }
+    }
+
+    /// The accounts the command reads and may change: lock these, in any
+    /// order. A command naming a hold or a transaction locks that one's
+    /// accounts, which the executor looks up (they never change).
     pub fn accounts(&self) -> Vec<Uuid> {
         match self {
             Command::OpenAccount { .. } => vec![],
@@ -120,9 +171,15 @@ impl Command {
             }
             Command::Transfer { from, to, .. } => vec![*from, *to],
             Command::Post { legs, .. } => legs.iter().map(|l| l.account).collect(),
-            Command::Freeze { account, .. } | Command::Unfreeze { account, .. } | Command::Close { account } => {
-                vec![*account]
-            }
+            Command::Freeze { account, .. }
+            | Command::Unfreeze { account, .. }
+            | Command::Close { account }
+            | Command::SetLimits { account, .. } => vec![*account],
+            Command::PlaceHold { from, to, .. } => vec![*from, *to],
+            Command::CaptureHold { .. }
+            | Command::VoidHold { .. }
+            | Command::ExpireHold { .. }
+            | Command::Reverse { .. } => vec![],
         }
     }
 
@@ -145,6 +202,10 @@ pub enum PostingKind {
     },
     /// A leg of a posted transaction, or the bank's side of a deposit or withdrawal.
     Leg,
+    /// The opposite of the named transaction's posting on this account.
+    Reversal {
+        original: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +236,25 @@ pub enum Event {
     AccountClosed {
         account: Uuid,
     },
+    /// On the source account: `hold.money` is reserved.
+    HoldPlaced {
+        hold: Hold,
+        description: String,
+    },
+    /// On the source account: the hold ended in `state` and its whole
+    /// amount is released (a capture posts its transfer in the same
+    /// transaction).
+    HoldReleased {
+        account: Uuid,
+        hold: Uuid,
+        released: Decimal,
+        state: HoldState,
+        captured: Decimal,
+    },
+    LimitsSet {
+        account: Uuid,
+        limits: DebitLimits,
+    },
 }
 
 impl Event {
@@ -183,14 +263,43 @@ impl Event {
             Event::AccountOpened { account, .. }
             | Event::AccountFrozen { account, .. }
             | Event::AccountUnfrozen { account, .. }
-            | Event::AccountClosed { account } => *account,
+            | Event::AccountClosed { account }
+            | Event::HoldReleased { account, .. }
+            | Event::LimitsSet { account, .. } => *account,
             Event::Posted { posting, .. } => posting.account,
+            Event::HoldPlaced { hold, .. } => hold.account,
         }
     }
 }
 
 /// The accounts a command may see: those it locked.
 pub type Accounts = HashMap<Uuid, Account>;
+
+/// A posted transaction as a reversal needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub postings: Vec<Posting>,
+    /// This transaction is the reversal of that one.
+    pub reverses: Option<Uuid>,
+    /// This transaction was reversed by that one.
+    pub reversed_by: Option<Uuid>,
+}
+
+/// What a command decides on: the accounts it locked, the holds and
+/// transactions it names (read under those locks), and the clock.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub accounts: Accounts,
+    pub holds: HashMap<Uuid, Hold>,
+    pub transactions: HashMap<Uuid, Transaction>,
+    pub now: DateTime<Utc>,
+}
+
+impl State {
+    pub fn new(accounts: Accounts, now: DateTime<Utc>) -> Self {
+        Self { accounts, holds: HashMap::new(), transactions: HashMap::new(), now }
+    }
+}
 
 /// Limits from configuration that the rules enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +310,8 @@ pub struct Limits {
 
 /// Decides `command` by `actor` against `state`: the events it produces, or
 /// the rule that refuses it. Every event's postings balance per currency.
-pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limits) -> Result<Vec<Event>, DomainError> {
+pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) -> Result<Vec<Event>, DomainError> {
+    let state = &world.accounts;
     let find = |id: &Uuid| state.get(id).ok_or(DomainError::AccountNotFound);
     let events = match command {
         Command::OpenAccount { id, kind, currency } => {
@@ -233,6 +343,9 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             let bank_side = settlement.post(money.currency, -delta, limits.max_balance).map_err(|cause| {
                 DomainError::SettlementRefused { currency: money.currency.code().to_owned(), cause: Box::new(cause) }
             })?;
+            if !deposit {
+                customer.check_debit_limits(money.amount)?;
+            }
             let kind = if deposit { PostingKind::Deposit } else { PostingKind::Withdrawal };
             two_sided(
                 (customer, change.before, change.after, kind, delta),
@@ -252,6 +365,7 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
                 return Err(DomainError::NotPermitted("the bank's own accounts take postings from staff only"));
             }
             let (debit, credit) = transfer(source, destination, money, limits.max_balance)?;
+            source.check_debit_limits(money.amount)?;
             two_sided(
                 (source, debit.before, debit.after, PostingKind::TransferOut { to: *to }, -money.amount),
                 (destination, credit.before, credit.after, PostingKind::TransferIn { from: *from }),
@@ -270,6 +384,9 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
                     return Err(in_leg(DomainError::OwnAccount));
                 }
                 let change = account.post(leg.currency, leg.amount, limits.max_balance).map_err(in_leg)?;
+                if leg.amount.is_sign_negative() && !account.kind.is_system() {
+                    account.check_debit_limits(-leg.amount).map_err(in_leg)?;
+                }
                 events.push(Event::Posted {
                     posting: leg.clone(),
                     before: change.before,
@@ -302,6 +419,140 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
             a.close()?;
             vec![Event::AccountClosed { account: *account }]
         }
+        Command::PlaceHold { id, from, to, money, expires_at, description } => {
+            let source = find(from)?;
+            if source.owner_id != actor.id {
+                return Err(DomainError::NotOwner);
+            }
+            actor.ensure_customer()?;
+            let destination = find(to)?;
+            if destination.kind.is_system() {
+                return Err(DomainError::NotPermitted("the bank's own accounts take postings from staff only"));
+            }
+            if from == to {
+                return Err(DomainError::SameAccount);
+            }
+            source.reserve(money)?;
+            destination.ensure_can_receive(money)?;
+            let hold = Hold {
+                id: *id,
+                account: *from,
+                to: *to,
+                money: *money,
+                state: HoldState::Open,
+                expires_at: *expires_at,
+                placed_by: actor.id,
+            };
+            vec![Event::HoldPlaced { hold, description: description.clone() }]
+        }
+        Command::CaptureHold { hold, amount } => {
+            let hold = party_to(world, actor, hold)?;
+            hold.ensure_open(world.now)?;
+            let money = amount.unwrap_or(hold.money);
+            if money.currency != hold.money.currency {
+                return Err(DomainError::CurrencyMismatch {
+                    account: hold.money.currency.code().to_owned(),
+                    requested: money.currency.code().to_owned(),
+                });
+            }
+            if money.amount > hold.money.amount {
+                return Err(DomainError::CaptureExceedsHold { requested: money.amount, held: hold.money.amount });
+            }
+            let release = released(hold, HoldState::Captured, money.amount);
+            // The transfer is decided on the source as the release leaves it.
+            let source = apply(Some(find(&hold.account)?), &release).ok_or(DomainError::AccountNotFound)?;
+            let destination = find(&hold.to)?;
+            let (debit, credit) = transfer(&source, destination, &money, limits.max_balance)?;
+            source.check_debit_limits(money.amount)?;
+            let mut events = vec![release];
+            events.extend(two_sided(
+                (&source, debit.before, debit.after, PostingKind::TransferOut { to: hold.to }, -money.amount),
+                (destination, credit.before, credit.after, PostingKind::TransferIn { from: hold.account }),
+                money.currency,
+                &format!("capture of hold {}", hold.id),
+            ));
+            events
+        }
+        Command::VoidHold { hold } => {
+            let hold = party_to(world, actor, hold)?;
+            hold.ensure_open(world.now)?;
+            vec![released(hold, HoldState::Voided, Decimal::ZERO)]
+        }
+        Command::ExpireHold { hold } => {
+            if actor.id != BANK {
+                return Err(DomainError::NotPermitted("holds expire by themselves"));
+            }
+            let hold = world.holds.get(hold).ok_or(DomainError::HoldNotFound)?;
+            if hold.state != HoldState::Open {
+                return Err(DomainError::HoldEnded(hold.state));
+            }
+            if world.now < hold.expires_at {
+                return Err(DomainError::HoldNotDue);
+            }
+            vec![released(hold, HoldState::Expired, Decimal::ZERO)]
+        }
+        Command::Reverse { transaction, reason } => {
+            if !actor.teller {
+                return Err(DomainError::NotPermitted("only staff reverse transactions"));
+            }
+            actor.ensure_may_cross_boundary("only staff reverse transactions")?;
+            let original = world.transactions.get(transaction).ok_or(DomainError::TransactionNotFound)?;
+            if let Some(original) = original.reverses {
+                return Err(DomainError::ReversalNotReversible { original });
+            }
+            if let Some(by) = original.reversed_by {
+                return Err(DomainError::AlreadyReversed { by });
+            }
+            let opposite: Vec<Posting> =
+                original.postings.iter().map(|p| Posting { amount: -p.amount, ..p.clone() }).collect();
+            let mut events = Vec::with_capacity(opposite.len());
+            for posting in &opposite {
+                let account = find(&posting.account)?;
+                if account.owner_id == actor.id {
+                    return Err(DomainError::OwnAccount);
+                }
+                // Policy: a reversal never overdraws a customer (nor takes
+                // what holds reserve); staff settle the shortfall first.
+                if posting.amount.is_sign_negative()
+                    && !account.kind.may_go_negative()
+                    && account.available() < -posting.amount
+                {
+                    return Err(DomainError::ReversalWouldOverdraw {
+                        account: account.id,
+                        available: account.available(),
+                    });
+                }
+                let change = account.post(posting.currency, posting.amount, limits.max_balance)?;
+                events.push(Event::Posted {
+                    posting: posting.clone(),
+                    before: change.before,
+                    after: change.after,
+                    kind: PostingKind::Reversal { original: *transaction },
+                    counterparties: opposite.iter().filter(|p| p.account != posting.account).cloned().collect(),
+                    description: reason.clone(),
+                });
+            }
+            events
+        }
+        Command::SetLimits { account, limits: new, currency } => {
+            if !actor.teller {
+                return Err(DomainError::NotPermitted("only staff set limits"));
+            }
+            actor.ensure_may_cross_boundary("only staff set limits")?;
+            let a = find(account)?;
+            if a.kind.is_system() {
+                return Err(DomainError::NotPermitted("the bank's own accounts have no customer limits"));
+            }
+            if let Some(c) = currency
+                && *c != a.currency
+            {
+                return Err(DomainError::CurrencyMismatch {
+                    account: a.currency.code().to_owned(),
+                    requested: c.code().to_owned(),
+                });
+            }
+            vec![Event::LimitsSet { account: *account, limits: *new }]
+        }
     };
     // Whatever the command, what it posts nets to zero per currency.
     let postings: Vec<Posting> = events
@@ -313,6 +564,21 @@ pub fn handle(state: &Accounts, actor: &Actor, command: &Command, limits: &Limit
         .collect();
     check_balanced(&postings)?;
     Ok(events)
+}
+
+/// The hold a capture or void names, if the actor is a party to it: whoever
+/// placed it, or staff and services (a merchant's acquirer).
+fn party_to<'a>(world: &'a State, actor: &Actor, id: &Uuid) -> Result<&'a Hold, DomainError> {
+    let hold = world.holds.get(id).ok_or(DomainError::HoldNotFound)?;
+    if hold.placed_by == actor.id || ((actor.teller || actor.service) && actor.active) {
+        Ok(hold)
+    } else {
+        Err(DomainError::NotHoldParty)
+    }
+}
+
+fn released(hold: &Hold, state: HoldState, captured: Decimal) -> Event {
+    Event::HoldReleased { account: hold.account, hold: hold.id, released: hold.money.amount, state, captured }
 }
 
 /// The two postings of a deposit, withdrawal or transfer.
@@ -397,6 +663,9 @@ pub fn apply(account: Option<&Account>, event: &Event) -> Option<Account> {
                 balance: Decimal::ZERO,
                 status: AccountStatus::Active,
                 version: 1,
+                held: Decimal::ZERO,
+                limits: DebitLimits::default(),
+                debited_last_day: Decimal::ZERO,
             });
         }
         (Some(a), _) => a.clone(),
@@ -404,7 +673,15 @@ pub fn apply(account: Option<&Account>, event: &Event) -> Option<Account> {
     };
     match event {
         Event::AccountOpened { .. } => return None, // opened twice: not an event of this account
-        Event::Posted { after, .. } => next.balance = *after,
+        Event::Posted { after, posting, .. } => {
+            next.balance = *after;
+            if posting.amount.is_sign_negative() {
+                next.debited_last_day += -posting.amount;
+            }
+        }
+        Event::HoldPlaced { hold, .. } => next.held += hold.money.amount,
+        Event::HoldReleased { released, .. } => next.held -= *released,
+        Event::LimitsSet { limits, .. } => next.limits = *limits,
         Event::AccountFrozen { .. } => next.status = AccountStatus::Frozen,
         Event::AccountUnfrozen { .. } => next.status = AccountStatus::Active,
         Event::AccountClosed { .. } => next.status = AccountStatus::Closed,
@@ -437,10 +714,18 @@ mod tests {
     /// A world of accounts, built by applying events (the only way state changes).
     struct Given {
         state: Accounts,
+        holds: HashMap<Uuid, Hold>,
+        transactions: HashMap<Uuid, Transaction>,
+        now: DateTime<Utc>,
     }
 
     fn given() -> Given {
-        let mut g = Given { state: Accounts::new() };
+        let mut g = Given {
+            state: Accounts::new(),
+            holds: HashMap::new(),
+            transactions: HashMap::new(),
+            now: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        };
         for kind in AccountKind::SYSTEM {
             for c in [usd(), eur()] {
                 g.record(Event::AccountOpened { account: system_account_id(kind, c), owner: BANK, kind, currency: c });
@@ -451,6 +736,13 @@ mod tests {
 
     impl Given {
         fn record(&mut self, e: Event) {
+            match &e {
+                Event::HoldPlaced { hold, .. } => {
+                    self.holds.insert(hold.id, hold.clone());
+                }
+                Event::HoldReleased { hold, state, .. } => self.holds.get_mut(hold).unwrap().state = *state,
+                _ => {}
+            }
             let id = e.account();
             let next = apply(self.state.get(&id), &e).expect("a valid event");
             self.state.insert(id, next);
@@ -478,7 +770,13 @@ mod tests {
         }
 
         fn when(&self, actor: &Actor, command: Command) -> Result<Vec<Event>, DomainError> {
-            handle(&self.state, actor, &command, &LIMITS)
+            let world = State {
+                accounts: self.state.clone(),
+                holds: self.holds.clone(),
+                transactions: self.transactions.clone(),
+                now: self.now,
+            };
+            handle(&world, actor, &command, &LIMITS)
         }
 
         fn balance(&self, id: Uuid) -> Decimal {
@@ -856,6 +1154,241 @@ mod tests {
         assert_eq!(apply(None, &stray), None);
         let reopen = Event::AccountOpened { account: a, owner: BANK, kind: AccountKind::Checking, currency: usd() };
         assert_eq!(apply(g.state.get(&a), &reopen), None);
+    }
+
+    // ---- holds ----
+
+    fn hold_cmd(id: Uuid, from: Uuid, to: Uuid, amount: i64, now: DateTime<Utc>) -> Command {
+        Command::PlaceHold {
+            id,
+            from,
+            to,
+            money: dollars(amount),
+            expires_at: now + chrono::Duration::minutes(10),
+            description: String::new(),
+        }
+    }
+
+    impl Given {
+        fn available(&self, id: Uuid) -> Decimal {
+            self.state[&id].available()
+        }
+
+        /// A hold of `amount` from `from` (owned by `owner`) to `to`, placed.
+        fn hold(&mut self, owner: &Actor, from: Uuid, to: Uuid, amount: i64) -> Uuid {
+            let id = Uuid::now_v7();
+            let events = self.when(owner, hold_cmd(id, from, to, amount, self.now)).unwrap();
+            self.then_apply(events);
+            id
+        }
+
+        /// Runs a money command and files it as a transaction a reversal can name.
+        fn transaction(&mut self, actor: &Actor, command: Command) -> Uuid {
+            let events = self.when(actor, command).unwrap();
+            let postings = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Posted { posting, .. } => Some(posting.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.then_apply(events);
+            let id = Uuid::now_v7();
+            self.transactions.insert(id, Transaction { postings, reverses: None, reversed_by: None });
+            id
+        }
+    }
+
+    #[test]
+    fn a_hold_lowers_the_available_balance_but_not_the_ledger_balance() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        g.hold(&me, from, to, 30);
+        assert_eq!((g.balance(from), g.available(from)), (Decimal::from(100), Decimal::from(70)));
+        // Held money is spent neither by a transfer nor by a second hold.
+        let transfer = Command::Transfer { from, to, money: dollars(71), description: String::new() };
+        assert_eq!(g.when(&me, transfer), Err(DomainError::InsufficientFunds));
+        assert_eq!(g.when(&me, hold_cmd(Uuid::now_v7(), from, to, 71, g.now)), Err(DomainError::InsufficientFunds));
+    }
+
+    #[test]
+    fn a_capture_posts_the_transfer_and_releases_the_whole_hold() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let hold = g.hold(&me, from, to, 30);
+        let events = g.when(&me, Command::CaptureHold { hold, amount: Some(dollars(20)) }).unwrap();
+        assert!(matches!(
+            events[0],
+            Event::HoldReleased { state: HoldState::Captured, released, captured, .. }
+                if released == Decimal::from(30) && captured == Decimal::from(20)
+        ));
+        g.then_apply(events);
+        // The partial capture released the other 10.
+        assert_eq!((g.balance(from), g.available(from), g.balance(to)), (80.into(), 80.into(), 20.into()));
+        assert_eq!(g.state[&from].version, 5, "opened, deposit, hold placed, released, debited");
+    }
+
+    #[test]
+    fn a_void_releases_the_hold_and_moves_no_money() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let hold = g.hold(&me, from, to, 30);
+        let events = g.when(&me, Command::VoidHold { hold }).unwrap();
+        g.then_apply(events);
+        assert_eq!((g.balance(from), g.available(from), g.balance(to)), (100.into(), 100.into(), 0.into()));
+    }
+
+    #[test]
+    fn every_command_after_the_end_of_a_hold_answers_its_state() {
+        for end in [HoldState::Captured, HoldState::Voided, HoldState::Expired] {
+            let mut g = given();
+            let me = customer();
+            let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+            let hold = g.hold(&me, from, to, 30);
+            let ending = match end {
+                HoldState::Captured => (me.clone(), Command::CaptureHold { hold, amount: None }),
+                HoldState::Voided => (me.clone(), Command::VoidHold { hold }),
+                _ => {
+                    g.now += chrono::Duration::minutes(10);
+                    (Actor { id: BANK, ..service() }, Command::ExpireHold { hold })
+                }
+            };
+            let events = g.when(&ending.0, ending.1).unwrap();
+            g.then_apply(events);
+            for again in [Command::CaptureHold { hold, amount: None }, Command::VoidHold { hold }] {
+                let refusal = g.when(&me, again).unwrap_err();
+                assert_eq!(refusal, DomainError::HoldEnded(end));
+                assert_eq!(refusal.reason(), end.ended_reason());
+            }
+            let expire = g.when(&Actor { id: BANK, ..service() }, Command::ExpireHold { hold });
+            assert_eq!(expire, Err(DomainError::HoldEnded(end)));
+        }
+    }
+
+    #[test]
+    fn a_hold_past_its_deadline_is_expired_before_the_worker_writes_so() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let hold = g.hold(&me, from, to, 30);
+        let bank = Actor { id: BANK, ..service() };
+        assert_eq!(g.when(&bank, Command::ExpireHold { hold }), Err(DomainError::HoldNotDue));
+        assert_eq!(DomainError::HoldNotDue.class(), crate::Refusal::Unavailable, "not kept: the worker asks again");
+        g.now += chrono::Duration::minutes(10);
+        let capture = g.when(&me, Command::CaptureHold { hold, amount: None });
+        assert_eq!(capture, Err(DomainError::HoldEnded(HoldState::Expired)));
+        // Nobody but the bank expires a hold.
+        assert!(matches!(g.when(&teller(), Command::ExpireHold { hold }), Err(DomainError::NotPermitted(_))));
+        let events = g.when(&bank, Command::ExpireHold { hold }).unwrap();
+        g.then_apply(events);
+        assert_eq!(g.available(from), Decimal::from(100));
+    }
+
+    #[test]
+    fn strangers_do_not_learn_of_a_hold_and_captures_stay_within_it() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let hold = g.hold(&me, from, to, 30);
+        assert_eq!(g.when(&customer(), Command::VoidHold { hold }), Err(DomainError::NotHoldParty));
+        assert_eq!(DomainError::NotHoldParty.class(), crate::Refusal::NotFound { audited: true });
+        let more = Command::CaptureHold { hold, amount: Some(dollars(31)) };
+        assert!(matches!(g.when(&me, more), Err(DomainError::CaptureExceedsHold { .. })));
+        // Staff and services may capture (a merchant's acquirer does).
+        assert!(g.when(&service(), Command::CaptureHold { hold, amount: None }).is_ok());
+        let unknown = Command::VoidHold { hold: Uuid::now_v7() };
+        assert_eq!(g.when(&me, unknown), Err(DomainError::HoldNotFound));
+    }
+
+    #[test]
+    fn a_hold_is_placed_only_by_the_owner_on_money_they_have() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 10), g.account(Uuid::now_v7(), 0));
+        let now = g.now;
+        assert_eq!(g.when(&customer(), hold_cmd(Uuid::now_v7(), from, to, 5, now)), Err(DomainError::NotOwner));
+        assert_eq!(g.when(&me, hold_cmd(Uuid::now_v7(), from, to, 11, now)), Err(DomainError::InsufficientFunds));
+        assert_eq!(g.when(&me, hold_cmd(Uuid::now_v7(), from, from, 1, now)), Err(DomainError::SameAccount));
+        let to_bank = hold_cmd(Uuid::now_v7(), from, settlement(usd()), 1, now);
+        assert!(matches!(g.when(&me, to_bank), Err(DomainError::NotPermitted(_))));
+    }
+
+    // ---- reversals ----
+
+    #[test]
+    fn a_reversal_restores_both_balances_and_links_to_the_original() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let original =
+            g.transaction(&me, Command::Transfer { from, to, money: dollars(40), description: String::new() });
+        let events = g.when(&teller(), Command::Reverse { transaction: original, reason: "error".into() }).unwrap();
+        assert!(
+            events.iter().all(
+                |e| matches!(e, Event::Posted { kind: PostingKind::Reversal { original: o }, .. } if *o == original)
+            )
+        );
+        g.then_apply(events);
+        assert_eq!((g.balance(from), g.balance(to)), (Decimal::from(100), Decimal::ZERO));
+    }
+
+    #[test]
+    fn a_second_reversal_and_a_reversal_of_a_reversal_are_refused() {
+        let mut g = given();
+        let (reversal, original) = (Uuid::now_v7(), Uuid::now_v7());
+        g.transactions.insert(original, Transaction { postings: vec![], reverses: None, reversed_by: Some(reversal) });
+        g.transactions.insert(reversal, Transaction { postings: vec![], reverses: Some(original), reversed_by: None });
+        let again = g.when(&teller(), Command::Reverse { transaction: original, reason: String::new() });
+        assert_eq!(again, Err(DomainError::AlreadyReversed { by: reversal }));
+        let undo = g.when(&teller(), Command::Reverse { transaction: reversal, reason: String::new() });
+        assert_eq!(undo, Err(DomainError::ReversalNotReversible { original }));
+        let unknown = g.when(&teller(), Command::Reverse { transaction: Uuid::now_v7(), reason: String::new() });
+        assert_eq!(unknown, Err(DomainError::TransactionNotFound));
+    }
+
+    #[test]
+    fn a_reversal_that_would_overdraw_a_customer_is_refused() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(me.id, 0));
+        let original =
+            g.transaction(&me, Command::Transfer { from, to, money: dollars(40), description: String::new() });
+        // The destination spent part of it: taking 40 back would overdraw it.
+        g.transaction(&me, Command::Transfer { from: to, to: from, money: dollars(15), description: String::new() });
+        let refused = g.when(&teller(), Command::Reverse { transaction: original, reason: String::new() });
+        assert_eq!(refused, Err(DomainError::ReversalWouldOverdraw { account: to, available: Decimal::from(25) }));
+        assert_eq!(refused.unwrap_err().reason(), "REVERSAL_WOULD_OVERDRAW");
+        // Customers reverse nothing.
+        let by_customer = g.when(&me, Command::Reverse { transaction: original, reason: String::new() });
+        assert!(matches!(by_customer, Err(DomainError::NotPermitted(_))));
+    }
+
+    // ---- limits ----
+
+    #[test]
+    fn limits_cap_single_debits_and_the_rolling_day_across_commands() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 1000), g.account(Uuid::now_v7(), 0));
+        let limits = DebitLimits { max_debit: Some(Decimal::from(100)), daily_debit: Some(Decimal::from(150)) };
+        let set = Command::SetLimits { account: from, limits, currency: Some(usd()) };
+        let events = g.when(&teller(), set.clone()).unwrap();
+        g.then_apply(events);
+        let send = |n| Command::Transfer { from, to, money: dollars(n), description: String::new() };
+        assert!(matches!(g.when(&me, send(101)), Err(DomainError::LimitExceeded { .. })));
+        let events = g.when(&me, send(100)).unwrap();
+        g.then_apply(events);
+        // The first debit counts toward the day, as it would within one batch.
+        assert!(matches!(g.when(&me, send(51)), Err(DomainError::LimitExceeded { .. })));
+        let hold = hold_cmd(Uuid::now_v7(), from, to, 51, g.now);
+        assert!(matches!(g.when(&me, hold), Err(DomainError::LimitExceeded { .. })));
+        assert!(g.when(&me, send(50)).is_ok());
+        assert!(matches!(g.when(&me, set), Err(DomainError::NotPermitted(_))));
+        let in_euros = Command::SetLimits { account: from, limits, currency: Some(eur()) };
+        assert_eq!(g.when(&teller(), in_euros).unwrap_err().reason(), "CURRENCY_MISMATCH");
     }
 
     mod properties {

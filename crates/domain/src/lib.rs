@@ -5,9 +5,10 @@
 pub mod account;
 pub mod consistency;
 pub mod error;
+pub mod hold;
 pub mod ledger;
 pub mod money;
 
-pub use account::{Account, AccountKind, AccountStatus, BalanceChange, transfer};
+pub use account::{Account, AccountKind, AccountStatus, BalanceChange, DebitLimits, transfer};
 pub use error::{DomainError, InputError, Refusal};
 pub use money::{Currency, Money, format_amount, parse_amount};

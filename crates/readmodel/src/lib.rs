@@ -35,9 +35,13 @@ pub struct AccountView {
     pub status: String,
     pub version: i64,
     pub opened_at: DateTime<Utc>,
+    /// Reserved by open holds: available = balance - held.
+    #[serde(default)]
+    pub held: Decimal,
 }
 
-pub const ACCOUNT_VIEW_COLUMNS: &str = "account_id, owner_id, kind, currency, balance, status, version, opened_at";
+pub const ACCOUNT_VIEW_COLUMNS: &str =
+    "account_id, owner_id, kind, currency, balance, status, version, opened_at, held";
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -52,9 +56,31 @@ pub struct HistoryEntry {
     pub counterparty_account_id: Option<Uuid>,
     pub description: String,
     pub occurred_at: DateTime<Utc>,
+    /// This entry belongs to the reversal of that transaction.
+    pub reverses_transaction_id: Option<Uuid>,
+    /// This entry's transaction was reversed by that one (read through
+    /// `reversal_view`, never stored on the entry).
+    pub reversed_by_transaction_id: Option<Uuid>,
 }
 
-pub const HISTORY_COLUMNS: &str = "account_id, version, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at";
+/// Columns of `transaction_history` (unaliased) as a `HistoryEntry`.
+pub const HISTORY_COLUMNS: &str = "account_id, version, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at, reverses_transaction_id, \
+    (SELECT r.reversal_transaction_id FROM reversal_view r WHERE r.generation = transaction_history.generation AND r.original_transaction_id = transaction_history.transaction_id) AS reversed_by_transaction_id";
+
+/// One hold as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HoldView {
+    pub hold_id: Uuid,
+    pub account_id: Uuid,
+    pub to_account_id: Uuid,
+    pub currency: String,
+    pub amount: Decimal,
+    pub state: String,
+    pub captured: Decimal,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub const HOLD_VIEW_COLUMNS: &str = "hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at";
 
 /// History kinds as stored (and as the proto's TransactionKind names them).
 pub mod kind {
@@ -121,6 +147,7 @@ pub fn cache_fields(a: &AccountView) -> Vec<(String, String)> {
         ("balance".into(), a.balance.to_string()),
         ("status".into(), a.status.clone()),
         ("opened_at".into(), a.opened_at.to_rfc3339()),
+        ("held".into(), a.held.to_string()),
     ]
 }
 
@@ -135,6 +162,8 @@ pub fn from_cache(id: Uuid, h: &HashMap<String, String>) -> Option<AccountView> 
         status: h.get("status")?.clone(),
         version: h.get("version")?.parse().ok()?,
         opened_at: DateTime::parse_from_rfc3339(h.get("opened_at")?).ok()?.with_timezone(&Utc),
+        // Entries written before holds existed lack it: refilled from Postgres.
+        held: h.get("held")?.parse().ok()?,
     })
 }
 
@@ -193,6 +222,7 @@ mod tests {
             status: "ACTIVE".into(),
             version: 3,
             opened_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            held: "2.50".parse().unwrap(),
         };
         let mut h: HashMap<String, String> = cache_fields(&a).into_iter().collect();
         h.insert("version".into(), "3".into());
