@@ -385,4 +385,56 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    fn hold_placed(amount: &str, held_after: &str) -> Payload {
+        Payload::HoldPlaced(pb::HoldPlaced {
+            hold_id: Uuid::now_v7().to_string(),
+            to_account_id: Uuid::now_v7().to_string(),
+            amount: usd(amount),
+            expires_at: Some(prost_types::Timestamp { seconds: 1_700_000_600, nanos: 0 }),
+            held_after: usd(held_after),
+            description: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_hold_changes_what_is_held_and_records_the_hold_but_no_history() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        match decide(&envelope(id, 2, hold_placed("5.00", "5.00")), Some(&view)) {
+            Decision::Apply { view, entry, side: Some(Side::Hold(h)) } => {
+                assert_eq!((view.balance, view.held, entry), (Decimal::ZERO, Decimal::from(5), None));
+                assert_eq!((h.state.as_str(), h.amount), ("OPEN", Decimal::from(5)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A held total that does not follow from the read model is poison.
+        let d = decide(&envelope(id, 2, hold_placed("5.00", "7.00")), Some(&view));
+        assert!(matches!(d, Decision::Poison(_)), "{d:?}");
+    }
+
+    #[test]
+    fn a_reversal_entry_names_the_transaction_it_reverses() {
+        let id = Uuid::now_v7();
+        let view = opened(id);
+        let original = Uuid::now_v7();
+        let e = envelope(
+            id,
+            2,
+            Payload::Reversed(pb::Reversed {
+                amount: usd("3.00"),
+                balance_before: usd("0"),
+                balance_after: usd("3.00"),
+                reverses_transaction_id: original.to_string(),
+                reason: "error".into(),
+            }),
+        );
+        match decide(&e, Some(&view)) {
+            Decision::Apply { entry: Some(entry), side: Some(Side::Reversal { original: o, .. }), .. } => {
+                assert_eq!((entry.kind.as_str(), entry.reverses_transaction_id), (kind::CREDIT, Some(original)));
+                assert_eq!(o, original);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
