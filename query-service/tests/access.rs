@@ -37,6 +37,11 @@ const RPCS: &[&str] = &[
     "Withdraw",
     "Transfer",
     "PostTransaction",
+    "PlaceHold",
+    "CaptureHold",
+    "VoidHold",
+    "ReverseTransaction",
+    "SetAccountLimits",
     "FreezeAccount",
     "UnfreezeAccount",
     "CloseAccount",
@@ -52,6 +57,10 @@ fn expected(who: Who, rpc: &str) -> Code {
     );
     match who {
         Who::NoToken | Who::Expired | Who::UnknownKey => Unauthenticated,
+        // Corrections and limits are staff's alone.
+        _ if matches!(rpc, "ReverseTransaction" | "SetAccountLimits") && !matches!(who, Who::Teller | Who::Admin) => {
+            PermissionDenied
+        }
         // Customers move money only between accounts: across the bank's
         // boundary (Deposit, Withdraw) and multi-leg postings are staff's.
         _ if matches!(rpc, "Deposit" | "Withdraw" | "PostTransaction")
@@ -71,7 +80,8 @@ fn expected(who: Who, rpc: &str) -> Code {
         },
         // Suspended customers keep read access to their own accounts but move no money.
         Who::SuspendedOwner => match rpc {
-            _ if read || rpc == "ListAccounts" => Ok,
+            // Releasing their own hold moves no money.
+            _ if read || rpc == "ListAccounts" || rpc == "VoidHold" => Ok,
             "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             _ => FailedPrecondition,
         },
@@ -79,18 +89,19 @@ fn expected(who: Who, rpc: &str) -> Code {
         // spend nobody's money in their name and freeze nothing.
         Who::Teller => match rpc {
             "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
-            "Transfer" | "CloseAccount" => NotFound,
+            "Transfer" | "CloseAccount" | "PlaceHold" => NotFound,
             _ => Ok,
         },
         // A service posts and crosses the boundary; it reads no accounts and owns none.
+        // It captures and voids holds (a merchant's acquirer does).
         Who::Service => match rpc {
-            "Deposit" | "Withdraw" | "PostTransaction" | "ListAccounts" => Ok,
+            "Deposit" | "Withdraw" | "PostTransaction" | "ListAccounts" | "CaptureHold" | "VoidHold" => Ok,
             "OpenAccount" | "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
             _ => NotFound,
         },
         Who::Admin => match rpc {
             // Money moves only from the owner's own session.
-            "Transfer" | "CloseAccount" => NotFound,
+            "Transfer" | "CloseAccount" | "PlaceHold" => NotFound,
             _ => Ok,
         },
     }
@@ -100,6 +111,25 @@ struct Fixture {
     account: String,
     other_account: String,
     transaction: String,
+    owner_token: String,
+}
+
+fn place_hold(f: &Fixture) -> pb::PlaceHoldRequest {
+    pb::PlaceHoldRequest {
+        from_account_id: f.account.clone(),
+        to_account_id: f.other_account.clone(),
+        money: usd("1.00"),
+        expires_at: None,
+        ttl_seconds: 600,
+        idempotency_key: Uuid::new_v4().to_string(),
+        description: String::new(),
+    }
+}
+
+/// A fresh open hold of the owner's, so every caller meets one.
+async fn fresh_hold(bank: &Bank, f: &Fixture) -> String {
+    let placed = bank.commands.clone().place_hold(authed(place_hold(f), &f.owner_token)).await.unwrap();
+    placed.into_inner().hold.unwrap().hold_id
 }
 
 async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code {
@@ -221,6 +251,41 @@ async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code 
                 .await,
             )
         }
+        "PlaceHold" => code(c.place_hold(req(place_hold(f), token)).await),
+        "CaptureHold" => {
+            let hold_id = fresh_hold(bank, f).await;
+            code(
+                c.capture_hold(req(pb::CaptureHoldRequest { hold_id, amount: None, idempotency_key: key }, token))
+                    .await,
+            )
+        }
+        "VoidHold" => {
+            let hold_id = fresh_hold(bank, f).await;
+            code(c.void_hold(req(pb::VoidHoldRequest { hold_id, idempotency_key: key }, token)).await)
+        }
+        "ReverseTransaction" => {
+            // A fresh deposit each time: a transaction is reversed once.
+            let transaction_id = bank.deposit(&acc, "1.00").await.transaction_id;
+            code(
+                c.reverse_transaction(req(
+                    pb::ReverseTransactionRequest { transaction_id, reason: "matrix".into(), idempotency_key: key },
+                    token,
+                ))
+                .await,
+            )
+        }
+        "SetAccountLimits" => code(
+            c.set_account_limits(req(
+                pb::SetAccountLimitsRequest {
+                    account_id: acc,
+                    max_single_debit: usd("1000.00"),
+                    daily_debit_limit: None,
+                    idempotency_key: key,
+                },
+                token,
+            ))
+            .await,
+        ),
         "FreezeAccount" => code(
             c.freeze_account(req(
                 pb::FreezeAccountRequest { account_id: acc, reason: "matrix".into(), idempotency_key: key },
@@ -253,7 +318,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_table_says() {
     let other_account = bank.open(&bank.customer()).await.account.unwrap().account_id;
     let d = bank.deposit(&account, "100.00").await;
     bank.balance(&owner_token, &account, &d.consistency_token).await.unwrap();
-    let f = Fixture { account, other_account, transaction: d.transaction_id };
+    let f = Fixture { account, other_account, transaction: d.transaction_id, owner_token: owner_token.clone() };
 
     let stranger = TestIssuer::start().await.unwrap();
     let tokens: Vec<(Who, Option<String>)> = vec![

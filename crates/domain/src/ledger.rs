@@ -447,6 +447,11 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
         }
         Command::CaptureHold { hold, amount } => {
             let hold = party_to(world, actor, hold)?;
+            if !(actor.teller || actor.service) {
+                // The customer who placed it: a suspended one moves no money
+                // (but may still void, which moves none).
+                actor.ensure_customer()?;
+            }
             hold.ensure_open(world.now)?;
             let money = amount.unwrap_or(hold.money);
             if money.currency != hold.money.currency {
@@ -1301,6 +1306,18 @@ mod tests {
         assert!(g.when(&service(), Command::CaptureHold { hold, amount: None }).is_ok());
         let unknown = Command::VoidHold { hold: Uuid::now_v7() };
         assert_eq!(g.when(&me, unknown), Err(DomainError::HoldNotFound));
+    }
+
+    #[test]
+    fn a_suspended_customer_may_void_their_hold_but_not_capture_it() {
+        let mut g = given();
+        let me = customer();
+        let (from, to) = (g.account(me.id, 100), g.account(Uuid::now_v7(), 0));
+        let hold = g.hold(&me, from, to, 30);
+        let suspended = Actor { active: false, ..me.clone() };
+        let capture = g.when(&suspended, Command::CaptureHold { hold, amount: None });
+        assert_eq!(capture, Err(DomainError::CustomerNotActive));
+        assert!(g.when(&suspended, Command::VoidHold { hold }).is_ok());
     }
 
     #[test]
