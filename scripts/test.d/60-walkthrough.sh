@@ -113,7 +113,7 @@ PY
 # 1. Up from a fresh clone, and the README's commands work as written.
 start_run
 echo "ok: scripts/run brought the mesh up from a fresh clone"
-for name in grpc rest; do
+for name in grpc rest holds; do
   block "$name" >"$work/$name.sh"
   (cd "$clone" && EDGE="127.0.0.1:$EDGE_PORT" bash -euo pipefail "$work/$name.sh") >"$work/$name.out" 2>&1 \
     || { cat "$work/$name.out"; fail "the README's $name walk-through failed"; }
@@ -130,7 +130,16 @@ check_outputs "$work/rest.out" \
   'docs[-2]["code"] == 7' \
   'docs[-1]["code"] == 3 and docs[-1]["details"][0]["field_violations"][0]["field"] == "money.amout"' ||
   fail "REST walk-through output"
-echo "ok: the README's gRPC and REST walk-throughs, as written, through the edge"
+check_outputs "$work/holds.out" \
+  'docs[0]["balance"]["amount"] == "80.00" and docs[0]["availableBalance"]["amount"] == "50.00"' \
+  'len(docs[0]["openHolds"]) == 1 and docs[0]["openHolds"][0]["state"] == "HOLD_STATE_OPEN"' \
+  'docs[1]["balance"]["amount"] == "60.00" and docs[1]["availableBalance"]["amount"] == "60.00"' \
+  '"openHolds" not in docs[1]' \
+  'docs[2]["transactions"][0]["reversesTransactionId"] == docs[2]["transactions"][1]["transactionId"]' \
+  'docs[2]["transactions"][1]["reversedByTransactionId"] == docs[2]["transactions"][0]["transactionId"]' \
+  'docs[2]["transactions"][0]["balanceAfter"]["amount"] == "80.00"' ||
+  fail "holds walk-through output"
+echo "ok: the README's gRPC, REST and holds walk-throughs, as written, through the edge"
 
 # 2. Ctrl-C stops everything it started and frees every port.
 pids=$(started_pids | tr '\n' ' ')
