@@ -94,6 +94,35 @@ impl World {
         r.map_err(|s| s.code())
     }
 
+    /// A hold of 0.03 from an account to another, then its capture (all of
+    /// it) or its void: two commands, the second on the hold's accounts.
+    async fn hold(&self, i: u64, capture: bool) -> Result<(), Code> {
+        let (n, src) = (self.accounts.len(), self.pick(i));
+        let dst = (src + 1 + (mix(i ^ 0x5A5A) % (n as u64 - 1)) as usize) % n;
+        let req = pb::PlaceHoldRequest {
+            from_account_id: self.accounts[src].clone(),
+            to_account_id: self.accounts[dst].clone(),
+            money: usd("0.03"),
+            expires_at: None,
+            ttl_seconds: 600,
+            idempotency_key: Uuid::new_v4().to_string(),
+            description: String::new(),
+        };
+        let mut c = self.commands.clone();
+        let placed = c.place_hold(authed(req, &self.tokens[src])).await.map_err(|s| s.code())?.into_inner();
+        let hold_id = placed.hold.map(|h| h.hold_id).unwrap_or_default();
+        let key = Uuid::new_v4().to_string();
+        let ended = if capture {
+            let req = pb::CaptureHoldRequest { hold_id, amount: None, idempotency_key: key };
+            c.capture_hold(authed(req, &self.tokens[src])).await.map(|_| ())
+        } else {
+            c.void_hold(authed(pb::VoidHoldRequest { hold_id, idempotency_key: key }, &self.tokens[src]))
+                .await
+                .map(|_| ())
+        };
+        ended.map_err(|s| s.code())
+    }
+
     async fn balance(&self, a: usize, consistency: String) -> Result<pb::GetBalanceResponse, Code> {
         let req = pb::GetBalanceRequest {
             account_id: self.accounts[a].clone(),
@@ -405,15 +434,18 @@ async fn main() -> Result<()> {
     let mix_run = closed(conc, secs, move |i: u64| {
         let w = w.clone();
         async move {
-            match i % 3 {
+            // Operations, not commands: a hold is placed then captured or voided.
+            match i % 5 {
                 0 => w.deposit(i, false).await,
                 1 => w.deposit(i, true).await,
-                _ => code_of(w.transfer(i, w.pick(i)).await),
+                2 => code_of(w.transfer(i, w.pick(i)).await),
+                3 => w.hold(i, true).await,
+                _ => w.hold(i, false).await,
             }
         }
     })
     .await;
-    record("deposit_withdraw_transfer_mix_max", &mix_run);
+    record("money_mix_with_holds_max", &mix_run);
     let w = world.clone();
     let ryw = closed(conc / 2, secs, move |i: u64| {
         let w = w.clone();
