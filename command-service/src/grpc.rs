@@ -73,6 +73,22 @@ fn money_fields(
     Ok(v.finish(|| Some((account_id?, money?)))?)
 }
 
+/// Source, destination (distinct) and money of a Transfer or PlaceHold.
+fn movement(
+    v: &mut Violations,
+    from: &str,
+    to: &str,
+    money: Option<&pb::Money>,
+    ledger: &Ledger,
+) -> (Option<Uuid>, Option<Uuid>, Option<Money>) {
+    let from = v.check(parse_id("from_account_id", from));
+    let to = v.check(parse_id("to_account_id", to));
+    if from.is_some() && from == to {
+        v.add("to_account_id", "must differ from from_account_id");
+    }
+    (from, to, v.check_all(parse_money(money, ledger.limits().max_amount)))
+}
+
 /// The legs of a PostTransaction as postings: each leg's fields checked, then
 /// the whole (count, distinct accounts, balanced per currency) by the domain.
 fn postings(legs: &[pb::PostingLeg], max_amount: rust_decimal::Decimal, v: &mut Violations) -> Option<Vec<Posting>> {
@@ -165,12 +181,7 @@ impl AccountCommandService for CommandApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let from = v.check(parse_id("from_account_id", &r.from_account_id));
-        let to = v.check(parse_id("to_account_id", &r.to_account_id));
-        if from.is_some() && from == to {
-            v.add("to_account_id", "must differ from from_account_id");
-        }
-        let money = v.check_all(parse_money(r.money.as_ref(), self.ledger.limits().max_amount));
+        let (from, to, money) = movement(&mut v, &r.from_account_id, &r.to_account_id, r.money.as_ref(), &self.ledger);
         v.check(check_idempotency_key(&r.idempotency_key));
         v.check(check_description(&r.description));
         let command = v.finish(|| {
@@ -197,12 +208,7 @@ impl AccountCommandService for CommandApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let from = v.check(parse_id("from_account_id", &r.from_account_id));
-        let to = v.check(parse_id("to_account_id", &r.to_account_id));
-        if from.is_some() && from == to {
-            v.add("to_account_id", "must differ from from_account_id");
-        }
-        let money = v.check_all(parse_money(r.money.as_ref(), self.ledger.limits().max_amount));
+        let (from, to, money) = movement(&mut v, &r.from_account_id, &r.to_account_id, r.money.as_ref(), &self.ledger);
         let expires_at = v.check(hold_deadline(r.expires_at.as_ref(), r.ttl_seconds, crate::ledger::now()));
         v.check(check_idempotency_key(&r.idempotency_key));
         v.check(check_description(&r.description));

@@ -7,20 +7,12 @@ use std::time::Duration;
 
 use bank_proto::v1 as pb;
 use bank_testkit::authed;
-use common::{Bank, usd};
+use common::{Bank, at, usd};
 use futures::StreamExt;
 use uuid::Uuid;
 
 fn amount(m: Option<pb::Money>) -> String {
     m.map(|m| m.amount).unwrap_or_default()
-}
-
-fn shifted(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timestamp> {
-    let mut t = *t;
-    let nanos = t.nanos as i64 + micros * 1000;
-    t.seconds += nanos.div_euclid(1_000_000_000);
-    t.nanos = nanos.rem_euclid(1_000_000_000) as i32;
-    Some(t)
 }
 
 #[tokio::test]
@@ -130,15 +122,15 @@ async fn a_reversal_and_its_original_both_stay_in_history_and_statements_linked_
     assert_eq!((amount(s.total_debits), amount(s.total_credits)), ("30.00".into(), "30.00".into()));
 
     // as_of across the reversal.
-    let at = |as_of| {
+    let balance_at = |as_of| {
         let (mut q, alice, a) = (bank.queries.clone(), alice.clone(), a.clone());
         async move {
             let req = pb::GetBalanceRequest { account_id: a, min_consistency_token: String::new(), as_of };
             amount(q.get_balance(authed(req, &alice)).await.unwrap().into_inner().balance)
         }
     };
-    assert_eq!(at(shifted(&t1, -1)).await, "100.00", "before the original");
-    assert_eq!(at(shifted(&t1, 0)).await, "70.00", "at the original");
-    assert_eq!(at(shifted(&t2, -1)).await, "70.00", "just before the reversal");
-    assert_eq!(at(shifted(&t2, 0)).await, "100.00", "at the reversal");
+    assert_eq!(balance_at(at(&t1, -1)).await, "100.00", "before the original");
+    assert_eq!(balance_at(at(&t1, 0)).await, "70.00", "at the original");
+    assert_eq!(balance_at(at(&t2, -1)).await, "70.00", "just before the reversal");
+    assert_eq!(balance_at(at(&t2, 0)).await, "100.00", "at the reversal");
 }

@@ -7,7 +7,7 @@ use std::{collections::HashSet, time::Duration};
 
 use bank_proto::v1 as pb;
 use bank_testkit::{assert_eventually, authed};
-use common::Bank;
+use common::{Bank, at};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -265,14 +265,6 @@ async fn a_consistency_token_the_read_model_never_reaches_is_unavailable_within_
     assert!(started.elapsed() < Duration::from_secs(2));
     let bad = bank.balance(&alice, &a, "garbage").await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
-}
-
-fn at(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timestamp> {
-    let mut t = *t;
-    let nanos = t.nanos as i64 + micros * 1000;
-    t.seconds += nanos.div_euclid(1_000_000_000);
-    t.nanos = nanos.rem_euclid(1_000_000_000) as i32;
-    Some(t)
 }
 
 #[tokio::test]

@@ -25,6 +25,15 @@ pub fn usd(a: &str) -> Option<pb::Money> {
     Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
 }
 
+/// `t` shifted by `micros` microseconds.
+pub fn at(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timestamp> {
+    let mut t = *t;
+    let nanos = t.nanos as i64 + micros * 1000;
+    t.seconds += nanos.div_euclid(1_000_000_000);
+    t.nanos = nanos.rem_euclid(1_000_000_000) as i32;
+    Some(t)
+}
+
 impl Bank {
     pub async fn start() -> Self {
         Self::start_with_redis(&bank_testkit::redis_url()).await
