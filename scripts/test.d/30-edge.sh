@@ -211,6 +211,9 @@ echo "ok: REST paths, filters, read-your-writes, errors as HTTP + google.rpc.Sta
 #    it answers through the edge with a status it documents.
 python3 scripts/check_openapi_edge.py --doc envoy/openapi.json --base "$api" --token "$admin" \
   --param account_id="$a" --param transaction_id="$tx" --param user_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --param hold_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --expect AccountCommandService_CaptureHold=400 --expect AccountCommandService_VoidHold=400 \
+  --expect AccountCommandService_ReverseTransaction=400 --expect AccountCommandService_SetAccountLimits=400 \
   --expect AuthService_ApproveCustomer=404 --expect AuthService_SuspendCustomer=404 \
   --expect AccountQueryService_GetBalance=200 --expect AccountQueryService_GetTransaction=200 \
   --expect AccountQueryService_ListTransactions=200 --expect AuthService_WhoAmI=200 --expect AccountCommandService_Deposit=400 \
