@@ -144,6 +144,11 @@ impl AuthApi {
                 return Err(AuthError::Invalid(violations));
             }
         };
+        // Checked before hashing: a taken address costs no argon2 work. (The
+        // insert below still settles a race between two registrations.)
+        if store::user_by_email(&self.db, &email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
         let password = r.password.clone();
         let hash = blocking(move || credentials::hash_password(&password)).await??;
         let user = User {
@@ -186,6 +191,37 @@ impl AuthApi {
         let res = self.issue(&mut tx, &user, Uuid::now_v7()).await?;
         tx.commit().await?;
         Ok(res)
+    }
+
+    async fn change_password(&self, caller: &Caller, r: pb::ChangePasswordRequest) -> Result<(), AuthError> {
+        let user = store::user_by_id(&self.db, caller.user_id).await?.ok_or(AuthError::UserNotFound)?;
+        // Guesses at the current password with a stolen access token are
+        // throttled like guesses at login.
+        if self.throttle.check(&user.email, &format!("user {}", user.id)).await? {
+            return Err(AuthError::Throttled);
+        }
+        let mut violations = Vec::new();
+        if let Err(e) = validate::password(&r.new_password, Some(&user.email)) {
+            violations.push(bank_domain::InputError::new("new_password", e.description));
+        } else if r.new_password == r.current_password {
+            violations.push(bank_domain::InputError::new("new_password", "must differ from the current password"));
+        }
+        let (current, hash) = (r.current_password.clone(), user.password_hash.clone());
+        if !blocking(move || credentials::verify_password(&current, &hash)).await? {
+            self.throttle.record_failure(&user.email).await?;
+            violations.insert(0, bank_domain::InputError::new("current_password", "is not the current password"));
+        }
+        if !violations.is_empty() {
+            return Err(AuthError::Invalid(violations));
+        }
+        let new = r.new_password;
+        let hash = blocking(move || credentials::hash_password(&new)).await??;
+        let mut tx = self.db.begin().await?;
+        store::set_password(&mut tx, user.id, &hash).await?;
+        store::revoke_user(&mut tx, user.id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "password changed; every session revoked");
+        Ok(())
     }
 
     /// Grants (or revokes) a staff role; the user as it is afterwards.
@@ -289,6 +325,15 @@ impl AuthService for AuthApi {
             store::revoke_family(&self.db, family).await.map_err(Status::from)?;
         }
         Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = caller(&req)?;
+        AuthApi::change_password(self, &caller, req.into_inner()).await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::User>, Status> {

@@ -239,7 +239,13 @@ async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str
         roles: vec!["admin".into()],
         created_at: chrono::Utc::now(),
     };
-    store::ensure_admin(pool, &admin).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    let is_admin = store::ensure_admin(pool, &admin).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    if !is_admin {
+        anyhow::bail!(
+            "BOOTSTRAP_ADMIN_EMAIL {email} belongs to an existing user who is not an admin; \
+             refusing to promote it (set BOOTSTRAP_ADMIN_EMAIL to an address nobody has registered)"
+        );
+    }
     tracing::info!(%email, "bootstrap admin ensured");
     Ok(())
 }

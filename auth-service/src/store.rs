@@ -60,10 +60,15 @@ pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {
 
 /// Makes sure the bootstrap admin exists, is an admin and is active; an
 /// existing user's password is left alone. Safe when instances race.
-pub async fn ensure_admin(db: &PgPool, user: &User) -> Result<(), AuthError> {
+/// Creates the bootstrap admin unless a user with its email exists. An
+/// existing user is never changed: not promoted (whoever registered the
+/// address first would become admin with their own password), not
+/// reactivated (an admin suspended by another stays suspended). Returns
+/// whether that existing user is an admin.
+pub async fn ensure_admin(db: &PgPool, user: &User) -> Result<bool, AuthError> {
     sqlx::query(
         "INSERT INTO users (id, email, full_name, password_hash, status, roles) VALUES ($1, $2, $3, $4, 'ACTIVE', ARRAY['admin'])
-         ON CONFLICT (email) DO UPDATE SET status = 'ACTIVE', roles = ARRAY['admin'], updated_at = now()",
+         ON CONFLICT (email) DO NOTHING",
     )
     .bind(user.id)
     .bind(&user.email)
@@ -71,6 +76,17 @@ pub async fn ensure_admin(db: &PgPool, user: &User) -> Result<(), AuthError> {
     .bind(&user.password_hash)
     .execute(db)
     .await?;
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT roles FROM users WHERE email = $1").bind(&user.email).fetch_one(db).await?;
+    Ok(roles.iter().any(|r| r == bank_platform::auth::ROLE_ADMIN))
+}
+
+pub async fn set_password(db: &mut PgConnection, id: Uuid, hash: &str) -> Result<(), AuthError> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

@@ -493,3 +493,89 @@ async fn tellers_and_service_principals_deposit_and_a_revoked_teller_no_longer_c
     assert_eq!(moved.balances_after[0].balance.as_ref().unwrap().amount, "20.00");
     bank.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_registered_bootstrap_email_is_never_promoted_and_the_service_says_why() {
+    let a = Auth::start().await;
+    // Someone registers the address an operator is about to configure.
+    a.register("squatter@bank.test", PASSWORD).await.unwrap();
+    let err = auth_service::start(
+        auth_service::Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            bootstrap_admin: Some(("squatter@bank.test".into(), "the operator's password".into())),
+            ..a.config.clone()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("auth-service refuses to start");
+    assert!(format!("{err:#}").contains("refusing to promote"), "{err:#}");
+    let (roles, _) = claims(&a.login("squatter@bank.test", PASSWORD).await.unwrap().access_token);
+    assert_eq!(roles, vec!["customer".to_string()], "the squatter did not become admin");
+    assert!(a.login("squatter@bank.test", "the operator's password").await.is_err());
+}
+
+#[tokio::test]
+async fn a_changed_password_ends_every_session_and_the_old_password() {
+    let a = Auth::start().await;
+    a.register("ada@example.com", PASSWORD).await.unwrap();
+    let first = a.login("ada@example.com", PASSWORD).await.unwrap();
+    let second = a.login("ada@example.com", PASSWORD).await.unwrap();
+    let change = |current: &str, new: &str| pb::ChangePasswordRequest {
+        current_password: current.into(),
+        new_password: new.into(),
+    };
+    let new = "a much better passphrase";
+
+    let err = a.c().change_password(change(PASSWORD, new)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "a token is required");
+    let err = a.c().change_password(authed(change("wrong guess", new), &first.access_token)).await.unwrap_err();
+    assert_eq!((err.code(), fields(&err)), (Code::InvalidArgument, vec!["current_password".to_string()]));
+    let err = a.c().change_password(authed(change(PASSWORD, "short"), &first.access_token)).await.unwrap_err();
+    assert_eq!(fields(&err), vec!["new_password".to_string()]);
+    assert!(a.login("ada@example.com", PASSWORD).await.is_ok(), "refused changes changed nothing");
+
+    a.c().change_password(authed(change(PASSWORD, new), &first.access_token)).await.unwrap();
+    assert_eq!(a.login("ada@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(a.login("ada@example.com", new).await.is_ok());
+    for session in [&first, &second] {
+        let err = a.refresh(&session.refresh_token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "a session from before the change still refreshes");
+    }
+}
+
+#[tokio::test]
+async fn made_up_method_paths_do_not_grow_the_metrics() {
+    let a = Auth::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", a.running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..100 {
+        // Public-looking paths: the token check lets them through to routing.
+        let path = format!("/bank.v1.AuthService/Register{marker}{i}").parse().unwrap();
+        grpc.ready().await.unwrap();
+        let req = pb::RegisterRequest::default();
+        let res = grpc
+            .unary::<_, pb::RegisterResponse, _>(
+                tonic::Request::new(req),
+                path,
+                tonic_prost::ProstCodec::<pb::RegisterRequest, pb::RegisterResponse>::default(),
+            )
+            .await;
+        assert!(res.is_err());
+    }
+    let metrics = bank_testkit::http_get(a.running.http_addr, "/metrics").await.unwrap();
+    assert!(!metrics.contains(&marker), "a made-up path became a metric label");
+    let unknown: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rpc_requests_total{") && l.contains("method=\"unknown\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(unknown >= 100.0, "unknown paths are counted under one label: {unknown}");
+}

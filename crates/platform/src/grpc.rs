@@ -52,7 +52,17 @@ pub async fn serve(
     let routes =
         routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
 
-    let layers = tower::ServiceBuilder::new().layer(RpcMetricsLayer).layer(auth);
+    let infrastructure = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    let methods = service_names
+        .iter()
+        .flat_map(|name| bank_proto::method_paths(name))
+        .chain(infrastructure.into_iter().map(str::to_owned));
+    let layers = tower::ServiceBuilder::new().layer(RpcMetricsLayer::new(methods)).layer(auth);
     let shutting_down = {
         let reporter = reporter.clone();
         let names: Vec<String> = service_names.iter().map(|s| s.to_string()).collect();

@@ -3,7 +3,8 @@
 //! tower layer on the gRPC server.
 
 use std::{
-    sync::LazyLock,
+    collections::HashSet,
+    sync::{Arc, LazyLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -35,19 +36,35 @@ pub fn render() -> String {
     encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+/// Labels RPC metrics by method, from the methods the server knows only:
+/// a label per raw request path would let anyone grow the registry (and the
+/// process) without bound by calling made-up paths.
+#[derive(Debug, Clone, Default)]
+pub struct RpcMetricsLayer {
+    known: Arc<HashSet<String>>,
+}
+
+/// The label of every path that names no method the server serves.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+impl RpcMetricsLayer {
+    /// `methods`: the full gRPC paths (`/pkg.Service/Method`) this server serves.
+    pub fn new(methods: impl IntoIterator<Item = String>) -> Self {
+        Self { known: Arc::new(methods.into_iter().collect()) }
+    }
+}
 
 impl<S> Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics { inner, known: self.known.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    known: Arc<HashSet<String>>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
@@ -65,7 +82,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        let path = req.uri().path();
+        let method = if self.known.contains(path) { path.to_owned() } else { UNKNOWN_METHOD.to_owned() };
         let started = Instant::now();
         // One server span per RPC, continuing the caller's trace (traceparent metadata).
         let span = tracing::info_span!("grpc.server", otel.name = %method, otel.kind = "server", rpc.system = "grpc");
