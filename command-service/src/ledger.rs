@@ -441,7 +441,7 @@ pub(crate) fn decide(
             order.push(id);
         }
     }
-    let response = respond(command, &touched, &changed_holds, &sealed, tx, at);
+    let response = respond(caller, command, &touched, &changed_holds, &sealed, tx, at);
     let mut writes = Writes { holds: changed_holds, reversals, ..Writes::default() };
     for id in order {
         let row = touched.remove(&id).expect("every event's account is touched");
@@ -453,6 +453,7 @@ pub(crate) fn decide(
 
 /// The response of a decided command, encoded.
 fn respond(
+    caller: &Caller,
     command: &Command,
     rows: &HashMap<Uuid, AccountRow>,
     holds: &[HoldRow],
@@ -464,7 +465,16 @@ fn respond(
     // The token names the accounts the caller was answered about: a teller
     // reading after a deposit waits for the customer's account, not for the
     // bank's busy settlement account.
+    //
+    // And only accounts the caller may see (their own; staff and services
+    // any): a sender learns nothing of the payee's balance, and the token
+    // stays one the query side accepts from them.
+    let sees_all = (caller.is_teller() && caller.is_active()) || caller.is_service();
     let moved = |ids: Vec<Uuid>| {
+        let ids: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| sees_all || rows.get(id).is_some_and(|r| r.account.owner_id == caller.user_id))
+            .collect();
         let named: Vec<NewEvent> = events.iter().filter(|e| ids.contains(&e.account_id)).cloned().collect();
         pb::MoneyMovementResponse {
             transaction_id: tx.to_string(),

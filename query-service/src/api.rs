@@ -19,12 +19,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{error::QueryError, readmodel::ReadModel, statement};
+use crate::{error::QueryError, limits::PerCaller, readmodel::ReadModel, statement};
 
 pub struct QueryApi {
     pub model: Arc<ReadModel>,
     pub pages: PageTokenSigner,
+    /// Reads waiting for a consistency token, per caller.
+    pub parked: Arc<PerCaller>,
+    /// Open WatchBalance streams, per caller.
+    pub streams: Arc<PerCaller>,
 }
+
+/// Most reads one caller may have waiting for consistency tokens at once.
+pub const MAX_PARKED_PER_CALLER: usize = 16;
+/// Most WatchBalance streams one caller may hold open.
+pub const MAX_STREAMS_PER_CALLER: usize = 8;
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_DEADLINE: Duration = Duration::from_secs(30);
@@ -177,13 +186,52 @@ fn is_staff(caller: &Caller) -> bool {
 }
 
 impl QueryApi {
-    /// Parses and honours `min_consistency_token` before a read.
-    async fn settle(&self, token: &str, deadline: Instant) -> Result<Option<ConsistencyToken>, QueryError> {
+    /// Parses and honours `min_consistency_token` before a read. A token
+    /// naming an account the caller may not see is refused before any wait:
+    /// waiting on it would tell them how far that account has moved. An
+    /// account not in the read model yet is waited for (a new account's id
+    /// cannot be guessed) and checked once it is there.
+    async fn settle(
+        &self,
+        caller: &Caller,
+        token: &str,
+        deadline: Instant,
+    ) -> Result<Option<ConsistencyToken>, QueryError> {
         let token = ConsistencyToken::parse("min_consistency_token", token)?;
-        if let Some(t) = &token {
+        let Some(t) = &token else { return Ok(None) };
+        let unseen = self.check_token_visibility(caller, t, t.versions.keys().copied().collect()).await?;
+        {
+            let _slot = self.parked.acquire(caller.user_id).ok_or(QueryError::TooMany(
+                "too many reads of yours are waiting for consistency tokens; retry when some have answered",
+            ))?;
             self.model.wait_for(t, deadline).await?;
         }
+        self.check_token_visibility(caller, t, unseen).await?;
         Ok(token)
+    }
+
+    /// Refuses `token` if any of `ids` is an account the caller may not see;
+    /// returns those not in the read model yet.
+    async fn check_token_visibility(
+        &self,
+        caller: &Caller,
+        token: &ConsistencyToken,
+        ids: Vec<Uuid>,
+    ) -> Result<Vec<Uuid>, QueryError> {
+        if is_staff(caller) {
+            return Ok(Vec::new());
+        }
+        let mut unseen = Vec::new();
+        for id in ids.into_iter().filter(|id| token.versions.contains_key(id)) {
+            match self.model.account(id, 0).await? {
+                Some(v) if !may_see(caller, &v) => {
+                    return Err(InputError::new("min_consistency_token", "names an account you cannot see").into());
+                }
+                Some(_) => {}
+                None => unseen.push(id),
+            }
+        }
+        Ok(unseen)
     }
 
     /// The account if the caller may see it; NOT_FOUND otherwise, whichever the reason.
@@ -254,7 +302,7 @@ impl AccountQueryService for QueryApi {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
-        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         let v = self.at_instant(v, as_of).await?;
         Ok(Response::new(account_proto(&v)))
@@ -263,7 +311,7 @@ impl AccountQueryService for QueryApi {
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> QueryResult<pb::ListAccountsResponse> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
-        self.settle(&r.min_consistency_token, deadline).await?;
+        self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let owner = if r.owner_id.is_empty() {
             caller.user_id
         } else {
@@ -289,7 +337,7 @@ impl AccountQueryService for QueryApi {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
-        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let v = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         // Holds are of the present: an answer as of an instant has none.
         let (available, open_holds) = match as_of {
@@ -354,7 +402,7 @@ impl AccountQueryService for QueryApi {
         if !violations.is_empty() {
             return Err(QueryError::Invalid(violations).into());
         }
-        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         // The filters are part of the cursor: a token only continues the listing it came from.
         let filters = format!(
@@ -415,7 +463,7 @@ impl AccountQueryService for QueryApi {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let id = parse_id("transaction_id", &r.transaction_id).map_err(QueryError::from)?;
-        self.settle(&r.min_consistency_token, deadline).await?;
+        self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let generation = self.model.generation().await?;
         let rows = self
             .history(
@@ -452,7 +500,7 @@ impl AccountQueryService for QueryApi {
                 return Err(QueryError::from(InputError::new("from_time", "from_time and to_time are required")).into());
             }
         };
-        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         let generation = self.model.generation().await?;
         // The as_of rule at both ends: opening = the balance at from_time,
@@ -489,14 +537,18 @@ impl AccountQueryService for QueryApi {
     async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
-        let token = self.settle(&r.min_consistency_token, deadline).await?;
+        let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         // Subscribe before reading the current state, so no change slips between.
         let mut changes = self.model.changes.subscribe();
         let current = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let slot = self
+            .streams
+            .acquire(caller.user_id)
+            .ok_or(QueryError::TooMany("too many WatchBalance streams of yours are open; close one first"))?;
         let (tx, rx) = mpsc::channel(64);
         let model = self.model.clone();
         tokio::spawn(async move {
-            let _active = WatchGuard::new();
+            let (_active, _slot) = (WatchGuard::new(), slot);
             let id = current.account_id;
             let mut last = current.version;
             if tx.send(Ok(update_proto(&current, None, None))).await.is_err() {

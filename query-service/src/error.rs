@@ -15,6 +15,9 @@ pub enum QueryError {
     PermissionDenied(&'static str),
     #[error("the read model has not caught up with the requested consistency token yet")]
     ConsistencyTimeout,
+    /// A per-caller cap on parked reads or open streams.
+    #[error("{0}")]
+    TooMany(&'static str),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("internal: {0:#}")]
@@ -38,6 +41,7 @@ impl From<QueryError> for Status {
                 "CONSISTENCY_TIMEOUT",
                 "the read model has not reached the requested consistency token within the deadline; retry",
             ),
+            QueryError::TooMany(why) => status::with_reason(Code::ResourceExhausted, "TOO_MANY_OPEN_CALLS", why),
             QueryError::Db(err) => status::from_db(&err),
             QueryError::Internal(err) => status::internal(&format!("{err:#}")),
         }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod error;
+pub mod limits;
 pub mod readmodel;
 pub mod statement;
 
@@ -94,7 +95,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
     let verifier =
         Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
-    let api = QueryApi { model: model.clone(), pages: PageTokenSigner::new(secret) };
+    let api = QueryApi {
+        model: model.clone(),
+        pages: PageTokenSigner::new(secret),
+        parked: limits::PerCaller::new(api::MAX_PARKED_PER_CALLER),
+        streams: limits::PerCaller::new(api::MAX_STREAMS_PER_CALLER),
+    };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),
     );

@@ -65,7 +65,9 @@ async fn balances_and_the_live_stream_show_ledger_and_available_balance_with_ope
     let read = bank.balance(&alice, &a, &captured.consistency_token).await.unwrap();
     assert_eq!((amount(read.balance), amount(read.available_balance)), ("75.00".into(), "75.00".into()));
     assert!(read.open_holds.is_empty(), "a captured hold is not shown as pending");
-    let to = bank.balance(&bob, &b, &captured.consistency_token).await.unwrap();
+    // Alice's token names her account only; bob waits for his own version 2.
+    let bobs = bank_domain::consistency::ConsistencyToken::new([(Uuid::parse_str(&b).unwrap(), 2)]).encode();
+    let to = bank.balance(&bob, &b, &bobs).await.unwrap();
     assert_eq!(amount(to.balance), "25.00");
     // The stream saw the release, then the debit, each with both balances.
     let mut seen = Vec::new();
@@ -92,9 +94,13 @@ async fn a_reversal_and_its_original_both_stay_in_history_and_statements_linked_
         reason: "sent to the wrong account".into(),
         idempotency_key: Uuid::new_v4().to_string(),
     };
-    let reversal = bank.commands.clone().reverse_transaction(authed(req, &bank.teller())).await.unwrap().into_inner();
-    assert_eq!(amount(bank.balance(&alice, &a, &reversal.consistency_token).await.unwrap().balance), "100.00");
-    assert_eq!(amount(bank.balance(&bob, &b, &reversal.consistency_token).await.unwrap().balance), "0.00");
+    let teller = bank.teller();
+    let reversal = bank.commands.clone().reverse_transaction(authed(req, &teller)).await.unwrap().into_inner();
+    // The token names both customers' accounts: the teller may wait on it, they may not.
+    let refused = bank.balance(&alice, &a, &reversal.consistency_token).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(amount(bank.balance(&teller, &a, &reversal.consistency_token).await.unwrap().balance), "100.00");
+    assert_eq!(amount(bank.balance(&teller, &b, &reversal.consistency_token).await.unwrap().balance), "0.00");
 
     // History: the original stays, marked reversed; the reversal names it.
     for (who, account) in [(&alice, &a), (&bob, &b)] {
@@ -113,7 +119,7 @@ async fn a_reversal_and_its_original_both_stay_in_history_and_statements_linked_
         account_id: a.clone(),
         from_time: Some(t0),
         to_time: Some(t2),
-        min_consistency_token: reversal.consistency_token.clone(),
+        min_consistency_token: String::new(), // the teller's read above waited for it
     };
     let s = bank.queries.clone().get_statement(authed(req, &alice)).await.unwrap().into_inner();
     assert_eq!((amount(s.opening_balance), amount(s.closing_balance)), ("100.00".into(), "100.00".into()));

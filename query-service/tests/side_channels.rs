@@ -1,0 +1,155 @@
+//! Consistency tokens and streams as attack tools: a token naming someone
+//! else's account must not make a read wait (its timing would tell how that
+//! account moves), and one caller must not park or hold open enough calls to
+//! starve the others.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bank_domain::consistency::ConsistencyToken;
+use bank_proto::v1 as pb;
+use bank_testkit::authed;
+use common::Bank;
+use futures::future::join_all;
+use tonic::Code;
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+/// A token for `account` at a version it will never reach.
+fn unreachable_token(account: &str) -> String {
+    ConsistencyToken::new([(Uuid::parse_str(account).unwrap(), 1_000_000)]).encode()
+}
+
+fn balance_request(
+    account: &str,
+    token: &str,
+    caller: &str,
+    timeout: Duration,
+) -> tonic::Request<pb::GetBalanceRequest> {
+    let mut req = authed(
+        pb::GetBalanceRequest { account_id: account.into(), min_consistency_token: token.into(), as_of: None },
+        caller,
+    );
+    req.set_timeout(timeout);
+    req
+}
+
+#[tokio::test]
+async fn a_token_naming_someone_elses_account_is_refused_before_any_wait() {
+    let bank = Bank::start().await;
+    let (alice, bob) = (bank.customer(), bank.customer());
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let opened = bank.open(&bob).await;
+    let b = opened.account.unwrap().account_id;
+    bank.balance(&bob, &b, &opened.consistency_token).await.unwrap();
+    bank.balance(&alice, &a, "").await.unwrap();
+
+    let started = Instant::now();
+    let err = bank
+        .queries
+        .clone()
+        .get_balance(balance_request(&b, &unreachable_token(&a), &bob, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "the read waited {:?}", started.elapsed());
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        err.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, vec!["min_consistency_token"]);
+
+    // Every read that takes a token refuses it the same way.
+    let list = pb::ListAccountsRequest { min_consistency_token: unreachable_token(&a), owner_id: String::new() };
+    let err = bank.queries.clone().list_accounts(authed(list, &bob)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Staff may see the account, so for them the token is only a wait.
+    let err = bank
+        .queries
+        .clone()
+        .get_balance(balance_request(&b, &unreachable_token(&a), &bank.teller(), Duration::from_millis(800)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
+
+#[tokio::test]
+async fn one_caller_cannot_park_more_than_its_share_of_reads() {
+    let bank = Bank::start().await;
+    let (alice, bob) = (bank.customer(), bank.customer());
+    let opened = bank.open(&alice).await;
+    let a = opened.account.unwrap().account_id;
+    bank.balance(&alice, &a, &opened.consistency_token).await.unwrap();
+    let b = bank.open(&bob).await.account.unwrap().account_id;
+    let parked_token = unreachable_token(&a);
+
+    let parked = join_all((0..query_service::api::MAX_PARKED_PER_CALLER).map(|_| {
+        let (mut q, req) = (bank.queries.clone(), balance_request(&a, &parked_token, &alice, Duration::from_secs(3)));
+        tokio::spawn(async move { q.get_balance(req).await })
+    }));
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let over = bank
+            .queries
+            .clone()
+            .get_balance(balance_request(&a, &parked_token, &alice, Duration::from_secs(3)))
+            .await
+            .unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Another caller reads as usual meanwhile, and so does alice without a token.
+        bank.balance(&bob, &b, "").await.unwrap();
+        bank.balance(&alice, &a, "").await.unwrap();
+    };
+    let (parked, ()) = tokio::join!(parked, probe);
+    for r in parked {
+        assert_eq!(r.unwrap().unwrap_err().code(), Code::Unavailable);
+    }
+    // The parked slots were given back.
+    let err = bank
+        .queries
+        .clone()
+        .get_balance(balance_request(&a, &parked_token, &alice, Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn one_caller_cannot_hold_more_than_its_share_of_streams() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let opened = bank.open(&alice).await;
+    let a = opened.account.unwrap().account_id;
+    bank.balance(&alice, &a, &opened.consistency_token).await.unwrap();
+    let watch = || {
+        let (mut q, a, alice) = (bank.queries.clone(), a.clone(), alice.clone());
+        async move {
+            let req = pb::WatchBalanceRequest { account_id: a, min_consistency_token: String::new() };
+            let mut stream = q.watch_balance(authed(req, &alice)).await?.into_inner();
+            stream.message().await?;
+            Ok::<_, tonic::Status>(stream)
+        }
+    };
+    let mut open = Vec::new();
+    for _ in 0..query_service::api::MAX_STREAMS_PER_CALLER {
+        open.push(watch().await.unwrap());
+    }
+    let err = watch().await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match watch().await {
+            Ok(s) => {
+                open.push(s);
+                break;
+            }
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a closed stream's slot was not given back: {e:?}"),
+        }
+    }
+}
