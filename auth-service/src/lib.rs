@@ -5,6 +5,7 @@
 pub mod api;
 pub mod credentials;
 pub mod error;
+pub mod feed;
 pub mod service_clients;
 pub mod store;
 pub mod throttle;
@@ -43,6 +44,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Service principals (client credentials); secrets as digests only.
     pub service_clients: service_clients::ServiceClients,
+    /// Where every change of a user's status or roles is published.
+    pub standing_feed: bank_platform::standing::Feed,
 }
 
 impl std::fmt::Debug for Config {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Config {
             .field("throttle", &self.throttle)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("service_clients", &self.service_clients)
+            .field("standing_feed", &self.standing_feed)
             .finish()
     }
 }
@@ -110,6 +114,7 @@ impl Config {
                 window: Duration::from_secs(config::parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)?),
             },
             trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
+            standing_feed: bank_platform::standing::Feed::from_env(env),
             service_clients,
         })
     }
@@ -167,6 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         dummy_hash: Arc::new(dummy_hash),
         service_clients: Arc::new(config.service_clients.clone()),
     };
+    running.spawn(feed::run(api.db.clone(), config.standing_feed.clone(), shutdown.clone()));
     let routes =
         tonic::service::Routes::new(AuthServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES));
     running.spawn(server::serve(

@@ -35,7 +35,10 @@ impl Auth {
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.database_url = bank_testkit::fresh_database_url("auth");
         config.redis_url = bank_testkit::redis_url();
-        config.redis_prefix = format!("{}:", bank_testkit::unique_prefix("auth"));
+        let prefix = bank_testkit::unique_prefix("auth");
+        config.redis_prefix = format!("{prefix}:");
+        config.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
+        config.standing_feed.subject_prefix = format!("{prefix}.users");
         config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
         tweak(&mut config);
         let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
@@ -419,13 +422,9 @@ async fn reqwest_free_get(addr: std::net::SocketAddr) -> HashMap<String, serde_j
 /// this auth-service's JWKS. A teller's deposit goes through; once the role is
 /// revoked, the teller's next token is refused; a service principal's client
 /// credentials buy a token that may deposit too; a customer's may not.
-#[tokio::test]
-async fn tellers_and_service_principals_deposit_and_a_revoked_teller_no_longer_can() {
-    let a = Auth::start_with(|c| {
-        c.service_clients = Default::default();
-        c.service_clients.add(&format!("payments:{SERVICE_SECRET}"), ',', "test").unwrap()
-    })
-    .await;
+/// A command-service trusting this auth-service's keys and following its
+/// feed of user standings.
+async fn money_path(a: &Auth) -> (Running, pb::account_command_service_client::AccountCommandServiceClient<Channel>) {
     let prefix = bank_testkit::unique_prefix("roles");
     let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
     config.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -437,13 +436,26 @@ async fn tellers_and_service_principals_deposit_and_a_revoked_teller_no_longer_c
     config.relay.nats_url = bank_testkit::nats_url();
     config.relay.stream = prefix.to_uppercase();
     config.relay.subject_prefix = format!("{prefix}.events");
+    // Suspensions and role changes reach it from this test's auth-service.
+    config.standing_feed = a.config.standing_feed.clone();
     config.audit.read_database_url = None;
     config.audit.redis_url = None;
     let bank = command_service::start(config, CancellationToken::new()).await.unwrap();
-    let mut commands =
+    let commands =
         pb::account_command_service_client::AccountCommandServiceClient::connect(format!("http://{}", bank.grpc_addr))
             .await
             .unwrap();
+    (bank, commands)
+}
+
+#[tokio::test]
+async fn tellers_and_service_principals_deposit_and_a_revoked_teller_no_longer_can() {
+    let a = Auth::start_with(|c| {
+        c.service_clients = Default::default();
+        c.service_clients.add(&format!("payments:{SERVICE_SECRET}"), ',', "test").unwrap()
+    })
+    .await;
+    let (bank, mut commands) = money_path(&a).await;
     let admin = a.admin_token().await;
 
     // Ada, an approved customer with an account.
@@ -578,4 +590,69 @@ async fn made_up_method_paths_do_not_grow_the_metrics() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(unknown >= 100.0, "unknown paths are counted under one label: {unknown}");
+}
+
+#[tokio::test]
+async fn a_suspension_and_a_revoked_role_stop_money_at_once_while_the_tokens_are_still_valid() {
+    let a = Auth::start().await;
+    let (bank, commands) = money_path(&a).await;
+    let admin = a.admin_token().await;
+    let approve = |id: &str| pb::ApproveCustomerRequest { user_id: id.into() };
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(approve(&ada.user_id), &admin)).await.unwrap();
+    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(approve(&tom.user_id), &admin)).await.unwrap();
+    let grant = pb::GrantRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
+    a.c().grant_role(authed(grant, &admin)).await.unwrap();
+    // Tokens issued now stay valid for their whole lifetime (15 minutes).
+    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
+    let tom_token = a.login("tom@example.com", PASSWORD).await.unwrap().access_token;
+    let open =
+        |key: &str| pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: key.into() };
+    let mut c = commands.clone();
+    let from = c.open_account(authed(open("o1"), &ada_token)).await.unwrap().into_inner().account.unwrap().account_id;
+    let to = c.open_account(authed(open("o2"), &ada_token)).await.unwrap().into_inner().account.unwrap().account_id;
+    let deposit = |key: &str| pb::DepositRequest {
+        account_id: from.clone(),
+        money: Some(pb::Money { currency_code: "USD".into(), amount: "50.00".into() }),
+        idempotency_key: key.into(),
+        description: String::new(),
+    };
+    let transfer = |key: &str| pb::TransferRequest {
+        from_account_id: from.clone(),
+        to_account_id: to.clone(),
+        money: Some(pb::Money { currency_code: "USD".into(), amount: "1.00".into() }),
+        idempotency_key: key.into(),
+        description: String::new(),
+    };
+    c.deposit(authed(deposit("d1"), &tom_token)).await.unwrap();
+    c.transfer(authed(transfer("t1"), &ada_token)).await.unwrap();
+
+    // The admin suspends Ada and takes Tom's teller role away.
+    a.c()
+        .suspend_customer(authed(
+            pb::SuspendCustomerRequest { user_id: ada.user_id.clone(), reason: "fraud review".into() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let revoke = pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
+    a.c().revoke_role(authed(revoke, &admin)).await.unwrap();
+
+    // As soon as the change reaches the money path, the old tokens move nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    let (ada_refused, tom_refused) = loop {
+        attempt += 1;
+        let t = c.transfer(authed(transfer(&format!("t-after-{attempt}")), &ada_token)).await;
+        let d = c.deposit(authed(deposit(&format!("d-after-{attempt}")), &tom_token)).await;
+        if let (Err(t), Err(d)) = (&t, &d) {
+            break (t.clone(), d.clone());
+        }
+        assert!(std::time::Instant::now() < deadline, "the old tokens still move money after 10 s: {t:?} {d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((ada_refused.code(), reason(&ada_refused)), (Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE".into()));
+    assert_eq!(tom_refused.code(), Code::PermissionDenied);
+    bank.stop().await.unwrap();
 }

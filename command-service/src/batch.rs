@@ -196,6 +196,9 @@ impl Batcher {
             .collect();
         let mut transactions = store::load_transactions(&mut tx, &tx_ids).await?;
         let (mut created_holds, mut touched_holds) = (HashSet::new(), Vec::new());
+        // Each caller's newest standing, read in this transaction.
+        let callers: Vec<Uuid> = jobs.iter().map(|j| j.caller.user_id).collect();
+        let standings = crate::standing::load(&mut tx, &callers).await?;
         let claims: Vec<(Uuid, String, Vec<u8>)> =
             jobs.iter().map(|j| (j.caller.user_id, j.key.clone(), j.request_hash.clone())).collect();
         let claimed = store::claim_keys(&mut tx, &claims).await?;
@@ -246,9 +249,17 @@ impl Batcher {
             mine.sort_by_key(|r| r.account.id);
             mine.dedup_by_key(|r| r.account.id);
             let account = job.command.subject();
-            let decided = job
-                .span
-                .in_scope(|| ledger::decide(&self.limits, &job.caller, &job.command, &mine, &holds, &transactions));
+            let decided = job.span.in_scope(|| {
+                ledger::decide(
+                    &self.limits,
+                    &job.caller,
+                    &job.command,
+                    &mine,
+                    &holds,
+                    &transactions,
+                    standings.get(&user),
+                )
+            });
             let outcome = match decided {
                 Ok(plan) => {
                     for h in plan.writes.holds {

@@ -16,7 +16,7 @@ use bank_domain::{
     ledger::{self as rules, Actor, Command, Event, Posting, PostingKind, Transaction},
     parse_amount,
 };
-use bank_platform::auth::Caller;
+use bank_platform::{auth::Caller, standing::Standing};
 use bank_proto::v1::{self as pb, event_envelope::Payload};
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -194,13 +194,21 @@ fn token_of(events: &[NewEvent]) -> String {
     ConsistencyToken::new(events.iter().map(|e| (e.account_id, e.version))).encode()
 }
 
-/// The actor the rules see, from the verified token.
-pub fn actor(caller: &Caller) -> Actor {
+/// The actor the rules see: the verified token, narrowed by the user's newest
+/// standing from auth-service where there is one. A suspension or a revoked
+/// role counts at once; an approval or a grant waits for a new token (it
+/// only ever takes away what the token gives).
+pub fn actor(caller: &Caller, standing: Option<&Standing>) -> Actor {
+    use bank_platform::auth::{ROLE_ADMIN, ROLE_TELLER};
+    let (active, teller, admin) = match standing {
+        None => (true, true, true),
+        Some(s) => (s.is_active(), s.has(ROLE_TELLER) || s.has(ROLE_ADMIN), s.has(ROLE_ADMIN)),
+    };
     Actor {
         id: caller.user_id,
-        active: caller.is_active(),
-        teller: caller.is_teller(),
-        admin: caller.is_admin(),
+        active: caller.is_active() && active,
+        teller: caller.is_teller() && teller,
+        admin: caller.is_admin() && admin,
         service: caller.is_service(),
     }
 }
@@ -379,6 +387,7 @@ pub(crate) fn decide(
     rows: &[AccountRow],
     holds: &HashMap<Uuid, HoldRow>,
     transactions: &HashMap<Uuid, Transaction>,
+    standing: Option<&Standing>,
 ) -> Result<Plan<Vec<u8>>, CommandError> {
     let at = now();
     let mut world = rules::State::new(rows.iter().map(|r| (r.account.id, r.account.clone())).collect(), at);
@@ -390,7 +399,8 @@ pub(crate) fn decide(
     {
         world.transactions.insert(*transaction, t.clone());
     }
-    let decided = rules::handle(&world, &actor(caller), command, &rules::Limits { max_balance: limits.max_balance })?;
+    let actor = actor(caller, standing);
+    let decided = rules::handle(&world, &actor, command, &rules::Limits { max_balance: limits.max_balance })?;
     let (tx, trace) = (Uuid::now_v7(), bank_platform::telemetry::current_trace_context());
     let mut changed_holds: Vec<HoldRow> = Vec::new();
     let mut reversals: Vec<ReversalRow> = Vec::new();

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod ledger;
 pub mod reconcile;
 pub mod relay;
+pub mod standing;
 pub mod store;
 
 use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
@@ -48,6 +49,8 @@ pub struct Config {
     pub batching: Option<batch::BatchConfig>,
     /// How often due holds are looked for (`HOLD_EXPIRY_POLL_MS`).
     pub hold_expiry_poll: Duration,
+    /// auth-service's feed of user standings (suspensions, role changes).
+    pub standing_feed: bank_platform::standing::Feed,
 }
 
 /// Where `reconcile` finds the read models; each is optional so the audit of
@@ -114,6 +117,7 @@ impl Config {
                 }),
             },
             hold_expiry_poll: Duration::from_millis(config::parse(env, "HOLD_EXPIRY_POLL_MS", 250)?),
+            standing_feed: bank_platform::standing::Feed::from_env(env),
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
@@ -150,6 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);
+    running.spawn(standing::run(pool.clone(), config.standing_feed.clone(), shutdown.clone()));
     let expiry = expiry::HoldExpiry { pool: pool.clone(), ledger: ledger.clone(), poll: config.hold_expiry_poll };
     running.spawn(expiry.run(shutdown.clone()));
     let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));

@@ -22,7 +22,8 @@ DESCRIPTOR="$logs/bank.pb"
 edge_config target/debug/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
 export BOOTSTRAP_ADMIN_EMAIL=edge-admin@bank.test BOOTSTRAP_ADMIN_PASSWORD="edge admin password"
 export AUTH_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_auth_$$" COMMAND_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_command_$$"
-export READ_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_read_$$" NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events"
+export READ_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_read_$$" NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
+  USERS_STREAM="EDGE_USERS_$$" USERS_SUBJECT_PREFIX="edge$$.users"
 export REDIS_PREFIX="edge$$:" AUTH_REDIS_PREFIX="edge$$:auth:" PROJECTOR_DURABLE="edge$$"
 
 pids=()

@@ -53,6 +53,8 @@ impl Harness {
         config.relay.nats_url = nats_url.to_owned();
         config.relay.stream = prefix.to_uppercase();
         config.relay.subject_prefix = format!("{prefix}.events");
+        config.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
+        config.standing_feed.subject_prefix = format!("{prefix}.users");
         // No read side here: reconcile audits the write side and the stream.
         config.audit.read_database_url = None;
         config.audit.redis_url = None;

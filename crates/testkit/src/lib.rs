@@ -47,6 +47,8 @@ pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str
         ("NATS_URL", nats_url()),
         ("NATS_STREAM", prefix.to_uppercase()),
         ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
+        ("USERS_STREAM", format!("{}_USERS", prefix.to_uppercase())),
+        ("USERS_SUBJECT_PREFIX", format!("{prefix}.users")),
         ("PROJECTOR_DURABLE", prefix.to_owned()),
         ("REDIS_URL", redis_url()),
         ("REDIS_PREFIX", format!("{prefix}:")),

@@ -55,6 +55,8 @@ impl Bank {
         command.relay.nats_url = bank_testkit::nats_url();
         command.relay.stream = prefix.to_uppercase();
         command.relay.subject_prefix = format!("{prefix}.events");
+        command.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
+        command.standing_feed.subject_prefix = format!("{prefix}.users");
         let read_db = bank_testkit::fresh_database_url("qr");
         let redis_prefix = format!("{prefix}:");
         command.audit.read_database_url = Some(read_db.clone());

@@ -1,0 +1,63 @@
+//! Publishes each recorded change of a user's standing (`user_changes`, filled
+//! by a trigger in the changing transaction) to JetStream, in order, deleting
+//! a row only after JetStream acknowledged it; the message id makes a
+//! republish after a crash a duplicate JetStream drops.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream};
+use bank_platform::{
+    CancellationToken,
+    standing::{Feed, Standing},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const BATCH: i64 = 256;
+
+pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match publish_all(&pool, &feed, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "user standing feed interrupted; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    Ok(())
+}
+
+async fn publish_all(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let client = async_nats::connect(&feed.nats_url).await?;
+    let js = jetstream::new(client);
+    feed.stream(&js).await?;
+    loop {
+        let rows: Vec<(i64, Uuid, String, Vec<String>)> =
+            sqlx::query_as("SELECT seq, user_id, status, roles FROM user_changes ORDER BY seq LIMIT $1")
+                .bind(BATCH)
+                .fetch_all(pool)
+                .await?;
+        for (seq, user_id, status, roles) in &rows {
+            let standing = Standing { user_id: *user_id, status: status.clone(), roles: roles.clone(), seq: *seq };
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("user-change-{seq}").as_str());
+            let subject = format!("{}.{user_id}", feed.subject_prefix);
+            js.publish_with_headers(subject, headers, serde_json::to_vec(&standing)?.into())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            sqlx::query("DELETE FROM user_changes WHERE seq = $1").bind(seq).execute(pool).await?;
+        }
+        if rows.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}

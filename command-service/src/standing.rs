@@ -1,0 +1,86 @@
+//! Keeps `user_standing` current from auth-service's feed (a durable
+//! JetStream consumer shared by every instance: they share the table), so the
+//! money path checks each caller's newest standing in its own transaction.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::jetstream::{self, consumer::pull};
+use bank_platform::{
+    CancellationToken,
+    standing::{Feed, Standing},
+};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::CommandError;
+
+const CONSUMER: &str = "command-service-standing";
+
+pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        if let Err(e) = consume(&pool, &feed, &shutdown).await {
+            tracing::warn!(error = %e, "user standing feed interrupted; reconnecting");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    Ok(())
+}
+
+async fn consume(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let js = jetstream::new(async_nats::connect(&feed.nats_url).await?);
+    let stream = feed.stream(&js).await?;
+    let consumer = stream
+        .get_or_create_consumer(CONSUMER, pull::Config { durable_name: Some(CONSUMER.into()), ..Default::default() })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let Some(message) = message else { anyhow::bail!("the feed ended") };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        match serde_json::from_slice::<Standing>(&message.payload) {
+            Ok(s) => record(pool, &s).await?,
+            // Not a standing: nothing to keep, and it must not block the rest.
+            Err(e) => tracing::warn!(error = %e, subject = %message.subject, "unreadable user standing skipped"),
+        }
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+}
+
+/// Keeps the newest standing: an older one arriving late changes nothing.
+async fn record(pool: &PgPool, s: &Standing) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO user_standing (user_id, status, roles, seq) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE SET status = EXCLUDED.status, roles = EXCLUDED.roles, seq = EXCLUDED.seq
+         WHERE user_standing.seq < EXCLUDED.seq",
+    )
+    .bind(s.user_id)
+    .bind(&s.status)
+    .bind(&s.roles)
+    .bind(s.seq)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The standings of `users` known here (read in the command's transaction).
+pub async fn load(conn: &mut PgConnection, users: &[Uuid]) -> Result<HashMap<Uuid, Standing>, CommandError> {
+    let rows: Vec<(Uuid, String, Vec<String>, i64)> =
+        sqlx::query_as("SELECT user_id, status, roles, seq FROM user_standing WHERE user_id = ANY($1)")
+            .bind(users)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, status, roles, seq)| (user_id, Standing { user_id, status, roles, seq }))
+        .collect())
+}

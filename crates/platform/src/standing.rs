@@ -1,0 +1,68 @@
+//! A user's standing (status and roles) as auth-service publishes each change
+//! of it, so services that act on a token can act on the newest standing
+//! instead: a suspension or a revoked role takes effect at once, not when the
+//! access token runs out.
+//!
+//! auth-service records every change in the same transaction as the change
+//! (a trigger on `users`) and publishes it to JetStream, subject
+//! `<prefix>.<user_id>`, message id `user-change-<seq>`; `seq` only grows.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream::StorageType};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    pub user_id: Uuid,
+    pub status: String,
+    pub roles: Vec<String>,
+    /// Order of changes: a newer standing has a larger seq.
+    pub seq: i64,
+}
+
+impl Standing {
+    pub fn is_active(&self) -> bool {
+        self.status == crate::auth::STATUS_ACTIVE
+    }
+
+    pub fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Where standings are published.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    pub nats_url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+}
+
+impl Feed {
+    /// From `NATS_URL`, `USERS_STREAM` and `USERS_SUBJECT_PREFIX`: the same
+    /// variables for the publisher (auth-service) and its consumers.
+    pub fn from_env(env: &impl crate::config::Env) -> Self {
+        use crate::config::string;
+        Self {
+            nats_url: string(env, "NATS_URL", "nats://127.0.0.1:4222"),
+            stream: string(env, "USERS_STREAM", "BANK_USERS"),
+            subject_prefix: string(env, "USERS_SUBJECT_PREFIX", "bank.users"),
+        }
+    }
+
+    /// The stream, created on first use by whichever side comes first (the
+    /// same settings on both).
+    pub async fn stream(&self, js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
