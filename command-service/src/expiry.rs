@@ -25,7 +25,7 @@ const PASS: i64 = 256;
 
 impl HoldExpiry {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let bank = Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into() };
+        let bank = Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into(), expires_at: None };
         loop {
             let full = match self.pass(&bank).await {
                 Ok(n) => n as i64 == PASS,

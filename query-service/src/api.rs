@@ -554,9 +554,15 @@ impl AccountQueryService for QueryApi {
             if tx.send(Ok(update_proto(&current, None, None))).await.is_err() {
                 return;
             }
+            // The stream lives no longer than the token that opened it.
+            let token_ends = caller_expiry(&caller);
             loop {
                 let change = tokio::select! {
                     _ = tx.closed() => return, // the client went away
+                    () = tokio::time::sleep_until(token_ends) => {
+                        let _ = tx.send(Err(Status::unauthenticated("the access token expired; open a new stream with a fresh one"))).await;
+                        return;
+                    }
                     c = changes.recv() => c,
                 };
                 let behind = match change {
@@ -592,6 +598,14 @@ impl AccountQueryService for QueryApi {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// When the caller's token runs out, as a tokio instant (far away for a
+/// caller without one).
+fn caller_expiry(caller: &Caller) -> tokio::time::Instant {
+    let now = Utc::now().timestamp();
+    let left = caller.expires_at.map_or(i64::from(u32::MAX), |exp| exp - now).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 static WATCHERS: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {

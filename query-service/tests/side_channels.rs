@@ -153,3 +153,22 @@ async fn one_caller_cannot_hold_more_than_its_share_of_streams() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_the_token_that_opened_it_expires() {
+    let bank = Bank::start().await;
+    let user = Uuid::now_v7();
+    let long = bank.issuer.customer(user);
+    let opened = bank.open(&long).await;
+    let a = opened.account.unwrap().account_id;
+    bank.balance(&long, &a, &opened.consistency_token).await.unwrap();
+    let short = bank.issuer.token_for(user, &["customer"], "ACTIVE", Duration::from_secs(3));
+    let req = pb::WatchBalanceRequest { account_id: a.clone(), min_consistency_token: String::new() };
+    let mut stream = bank.queries.clone().watch_balance(authed(req, &short)).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    let started = Instant::now();
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("the stream outlived its token");
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    assert!(started.elapsed() < Duration::from_secs(5), "ended {:?} after opening", started.elapsed());
+}

@@ -55,6 +55,9 @@ pub struct Caller {
     pub user_id: Uuid,
     pub roles: Vec<String>,
     pub status: String,
+    /// When the token runs out (Unix seconds); `None` for internal callers.
+    /// Long-lived calls (WatchBalance) end then.
+    pub expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -346,7 +349,12 @@ impl TokenVerifier {
         if user_id.is_nil() {
             return Err(TokenError::Malformed);
         }
-        let caller = Caller { user_id, roles: data.claims.roles.clone(), status: data.claims.status.clone() };
+        let caller = Caller {
+            user_id,
+            roles: data.claims.roles.clone(),
+            status: data.claims.status.clone(),
+            expires_at: Some(data.claims.exp),
+        };
         Ok((caller, data.claims))
     }
 
