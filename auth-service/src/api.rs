@@ -33,6 +33,8 @@ pub struct AuthApi {
     /// Client-credential failures: per (address, client), so a stranger who
     /// guesses at a client's id locks out only their own address.
     pub client_throttle: LoginThrottle,
+    /// Registrations per client address (each costs an argon2 hash).
+    pub register_throttle: LoginThrottle,
     pub settings: Settings,
     /// Verified against when the email is unknown, so both failures cost the same.
     pub dummy_hash: Arc<String>,
@@ -108,6 +110,7 @@ impl AuthApi {
             user.id,
             &user.roles,
             &user.status,
+            user.standing_seq,
         )?;
         let refresh = credentials::new_refresh_token();
         let refresh_expires = Utc::now() + s.refresh_ttl;
@@ -129,7 +132,11 @@ impl AuthApi {
         Uuid::try_parse(user_id).map_err(|_| bank_domain::InputError::new("user_id", "must be a UUID").into())
     }
 
-    async fn register(&self, r: pb::RegisterRequest) -> Result<pb::User, AuthError> {
+    async fn register(&self, r: pb::RegisterRequest, address: &str) -> Result<pb::User, AuthError> {
+        // Every attempt counts against the address, valid or not, before any work.
+        if self.register_throttle.check("", address).await? {
+            return Err(AuthError::RegistrationThrottled);
+        }
         let email = validate::email(&r.email);
         let mut violations = Vec::new();
         if let Err(e) = validate::password(&r.password, email.as_deref().ok()) {
@@ -159,6 +166,7 @@ impl AuthApi {
             status: "PENDING_KYC".into(),
             roles: vec!["customer".into()],
             created_at: Utc::now(),
+            standing_seq: 0,
         };
         if !store::insert_user(&self.db, &user).await? {
             return Err(AuthError::EmailTaken);
@@ -260,8 +268,16 @@ impl AuthApi {
         self.client_throttle.record_success(&throttle_key).await?;
         let s = &self.settings;
         let roles = [bank_platform::auth::ROLE_SERVICE.to_owned()];
-        let access =
-            credentials::access_token(&self.signer, &s.issuer, &s.audience, s.access_ttl, subject, &roles, "ACTIVE")?;
+        let access = credentials::access_token(
+            &self.signer,
+            &s.issuer,
+            &s.audience,
+            s.access_ttl,
+            subject,
+            &roles,
+            "ACTIVE",
+            0,
+        )?;
         tracing::info!(client_id = %r.client_id, %subject, "service token issued");
         Ok(pb::IssueServiceTokenResponse {
             access_token: access.token,
@@ -302,7 +318,8 @@ impl AuthApi {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let user = AuthApi::register(self, req.into_inner()).await?;
+        let address = self.client_address(&req);
+        let user = AuthApi::register(self, req.into_inner(), &address).await?;
         Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
     }
 

@@ -70,6 +70,7 @@ pub fn access_token(
     user: Uuid,
     roles: &[String],
     status: &str,
+    standing_seq: i64,
 ) -> Result<AccessToken> {
     let now = Utc::now();
     let expires_at = now + ttl;
@@ -83,6 +84,7 @@ pub fn access_token(
         jti: Uuid::now_v7().to_string(),
         roles: role_claims(roles),
         status: status.into(),
+        sv: standing_seq,
     };
     Ok(AccessToken { token: signer.sign(&claims)?, expires_at })
 }

@@ -17,6 +17,8 @@ pub enum AuthError {
     InvalidClientCredentials,
     #[error("too many login attempts")]
     Throttled,
+    #[error("too many registrations from this address")]
+    RegistrationThrottled,
     #[error("refresh token is invalid, expired or revoked")]
     InvalidRefreshToken,
     #[error("refresh token was already used; the session has been revoked")]
@@ -54,6 +56,11 @@ impl From<AuthError> for Status {
                 Code::ResourceExhausted,
                 "LOGIN_THROTTLED",
                 "too many login attempts; try again later",
+            ),
+            AuthError::RegistrationThrottled => status::with_reason(
+                Code::ResourceExhausted,
+                "REGISTER_THROTTLED",
+                "too many registrations from this address; try again later",
             ),
             AuthError::InvalidRefreshToken => {
                 status::with_reason(Code::Unauthenticated, "INVALID_REFRESH_TOKEN", message)

@@ -161,6 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         db: pool,
         signer: config.signers[0].clone(),
         client_throttle: throttle.namespaced("client"),
+        register_throttle: throttle.namespaced("register"),
         throttle,
         settings: api::Settings {
             issuer: config.issuer.clone(),
@@ -244,6 +245,7 @@ async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str
         status: "ACTIVE".into(),
         roles: vec!["admin".into()],
         created_at: chrono::Utc::now(),
+        standing_seq: 0,
     };
     let is_admin = store::ensure_admin(pool, &admin).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
     if !is_admin {

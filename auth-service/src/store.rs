@@ -15,6 +15,8 @@ pub struct User {
     pub status: String,
     pub roles: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// The sequence number of the user's last standing change (0: none).
+    pub standing_seq: i64,
 }
 
 /// Adds `role` to the user's roles (once); false when there is no such user.
@@ -39,7 +41,7 @@ pub async fn revoke_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool
     Ok(r.rows_affected() == 1)
 }
 
-const USER_COLUMNS: &str = "id, email, full_name, password_hash, status, roles, created_at";
+const USER_COLUMNS: &str = "id, email, full_name, password_hash, status, roles, created_at, standing_seq";
 
 pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {
     let inserted = sqlx::query(

@@ -201,6 +201,7 @@ async fn bad_tokens_are_unauthenticated() {
         jti: "x".into(),
         roles: vec!["admin".into()],
         status: "ACTIVE".into(),
+        sv: 0,
     };
     let foreign = stranger.sign(&claims).unwrap();
     claims.exp = now - 600;
@@ -655,4 +656,19 @@ async fn a_suspension_and_a_revoked_role_stop_money_at_once_while_the_tokens_are
     assert_eq!((ada_refused.code(), reason(&ada_refused)), (Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE".into()));
     assert_eq!(tom_refused.code(), Code::PermissionDenied);
     bank.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_throttled_before_any_hashing() {
+    let a = Auth::start_with(|c| c.throttle.attempts_per_address = 3).await;
+    let before = a.users().await;
+    for i in 0..3 {
+        a.register(&format!("user{i}@example.com"), PASSWORD).await.unwrap();
+    }
+    let err = a.register("user3@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, "REGISTER_THROTTLED".to_string()));
+    // Invalid attempts count too, and nothing more is stored.
+    let err = a.register("not an email", "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(a.users().await, before + 3);
 }

@@ -25,7 +25,8 @@ const PASS: i64 = 256;
 
 impl HoldExpiry {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let bank = Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into(), expires_at: None };
+        let bank =
+            Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into(), expires_at: None, standing_version: 0 };
         loop {
             let full = match self.pass(&bank).await {
                 Ok(n) => n as i64 == PASS,

@@ -195,14 +195,18 @@ fn token_of(events: &[NewEvent]) -> String {
 }
 
 /// The actor the rules see: the verified token, narrowed by the user's newest
-/// standing from auth-service where there is one. A suspension or a revoked
-/// role counts at once; an approval or a grant waits for a new token (it
-/// only ever takes away what the token gives).
+/// standing from auth-service where that is newer than the token. A
+/// suspension or a revoked role counts at once; an approval or a grant waits
+/// for a new token (a standing only ever takes away what the token gives).
 pub fn actor(caller: &Caller, standing: Option<&Standing>) -> Actor {
     use bank_platform::auth::{ROLE_ADMIN, ROLE_TELLER};
     let (active, teller, admin) = match standing {
-        None => (true, true, true),
-        Some(s) => (s.is_active(), s.has(ROLE_TELLER) || s.has(ROLE_ADMIN), s.has(ROLE_ADMIN)),
+        // Only a standing newer than the token counts: one the token already
+        // reflects (or an older one still in flight) says nothing new.
+        Some(s) if s.seq > caller.standing_version => {
+            (s.is_active(), s.has(ROLE_TELLER) || s.has(ROLE_ADMIN), s.has(ROLE_ADMIN))
+        }
+        _ => (true, true, true),
     };
     Actor {
         id: caller.user_id,

@@ -47,6 +47,10 @@ pub struct Claims {
     pub roles: Vec<String>,
     /// The user's status when the token was issued (PENDING_KYC, ACTIVE, SUSPENDED).
     pub status: String,
+    /// The user's standing sequence number when the token was issued: a
+    /// published standing with a larger one is newer than the token.
+    #[serde(default)]
+    pub sv: i64,
 }
 
 /// Who is calling, from a verified token. Never from a request field.
@@ -58,6 +62,8 @@ pub struct Caller {
     /// When the token runs out (Unix seconds); `None` for internal callers.
     /// Long-lived calls (WatchBalance) end then.
     pub expires_at: Option<i64>,
+    /// The standing sequence number the token was issued at (claim `sv`).
+    pub standing_version: i64,
 }
 
 impl Caller {
@@ -354,6 +360,7 @@ impl TokenVerifier {
             roles: data.claims.roles.clone(),
             status: data.claims.status.clone(),
             expires_at: Some(data.claims.exp),
+            standing_version: data.claims.sv,
         };
         Ok((caller, data.claims))
     }
@@ -455,6 +462,7 @@ mod tests {
             jti: Uuid::now_v7().to_string(),
             roles: vec![ROLE_CUSTOMER.into()],
             status: STATUS_ACTIVE.into(),
+            sv: 0,
         }
     }
 

@@ -141,6 +141,7 @@ impl TestIssuer {
             jti: Uuid::now_v7().to_string(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             status: status.into(),
+            sv: 0,
         };
         self.signer.sign(&claims).expect("test token signs")
     }
