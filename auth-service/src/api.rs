@@ -191,7 +191,7 @@ impl AuthApi {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.throttle.record_success(&email).await?;
+        self.throttle.record_success(&email, Some(address)).await?;
         if user.status == "SUSPENDED" {
             return Err(AuthError::Suspended);
         }
@@ -265,7 +265,7 @@ impl AuthApi {
             self.client_throttle.record_failure(&throttle_key).await?;
             return Err(AuthError::InvalidClientCredentials);
         };
-        self.client_throttle.record_success(&throttle_key).await?;
+        self.client_throttle.record_success(&throttle_key, None).await?;
         let s = &self.settings;
         let roles = [bank_platform::auth::ROLE_SERVICE.to_owned()];
         let access = credentials::access_token(

@@ -13,10 +13,16 @@ pub struct Limits {
     pub window: Duration,
 }
 
-/// Whether counts already seen forbid another attempt. Pure.
-pub fn is_throttled(limits: &Limits, email_failures: u32, address_attempts: u32) -> bool {
-    email_failures >= limits.failures_per_email || address_attempts >= limits.attempts_per_address
+/// Whether counts already seen forbid another attempt. Pure. An address the
+/// email's owner has logged in from before is not locked out by failures
+/// elsewhere (a stranger's guesses must not lock the owner out); it keeps its
+/// own per-address limit.
+pub fn is_throttled(limits: &Limits, email_failures: u32, address_attempts: u32, known_address: bool) -> bool {
+    (email_failures >= limits.failures_per_email && !known_address) || address_attempts >= limits.attempts_per_address
 }
+
+/// How long an address stays known for an email after a successful login.
+const KNOWN_ADDRESS_SECS: i64 = 30 * 24 * 3600;
 
 pub struct LoginThrottle {
     redis: ConnectionManager,
@@ -42,11 +48,15 @@ impl LoginThrottle {
         format!("{}login:addr:{address}", self.prefix)
     }
 
+    fn known_key(&self, email: &str) -> String {
+        format!("{}login:known:{email}", self.prefix)
+    }
+
     /// Counts this attempt against the address and says whether to refuse it.
     pub async fn check(&self, email: &str, address: &str) -> redis::RedisResult<bool> {
         let mut r = self.redis.clone();
         let window = self.limits.window.as_secs().max(1) as i64;
-        let (failures, attempts): (Option<u32>, u32) = redis::pipe()
+        let (failures, attempts, known): (Option<u32>, u32, bool) = redis::pipe()
             .get(self.email_key(email))
             .incr(self.address_key(address), 1)
             .cmd("EXPIRE")
@@ -54,10 +64,11 @@ impl LoginThrottle {
             .arg(window)
             .arg("NX")
             .ignore()
+            .sismember(self.known_key(email), address)
             .query_async(&mut r)
             .await?;
         // The attempt just counted is allowed up to and including the limit.
-        Ok(is_throttled(&self.limits, failures.unwrap_or(0), attempts.saturating_sub(1)))
+        Ok(is_throttled(&self.limits, failures.unwrap_or(0), attempts.saturating_sub(1), known))
     }
 
     pub async fn record_failure(&self, email: &str) -> redis::RedisResult<()> {
@@ -75,9 +86,18 @@ impl LoginThrottle {
             .await
     }
 
-    pub async fn record_success(&self, email: &str) -> redis::RedisResult<()> {
+    /// Clears the email's failures and, given an address, remembers it as
+    /// one the owner logs in from. (Client credentials are throttled per
+    /// address already: they remember none.)
+    pub async fn record_success(&self, email: &str, known: Option<&str>) -> redis::RedisResult<()> {
         let mut r = self.redis.clone();
-        redis::cmd("DEL").arg(self.email_key(email)).query_async::<()>(&mut r).await
+        let mut pipe = redis::pipe();
+        pipe.del(self.email_key(email)).ignore();
+        if let Some(address) = known {
+            pipe.sadd(self.known_key(email), address).ignore();
+            pipe.expire(self.known_key(email), KNOWN_ADDRESS_SECS).ignore();
+        }
+        pipe.query_async::<()>(&mut r).await
     }
 }
 
@@ -88,9 +108,16 @@ mod tests {
     #[test]
     fn the_limit_is_inclusive_per_email_and_per_address() {
         let l = Limits { failures_per_email: 5, attempts_per_address: 20, window: Duration::from_secs(900) };
-        assert!(!is_throttled(&l, 4, 0));
-        assert!(is_throttled(&l, 5, 0));
-        assert!(!is_throttled(&l, 0, 19));
-        assert!(is_throttled(&l, 0, 20));
+        assert!(!is_throttled(&l, 4, 0, false));
+        assert!(is_throttled(&l, 5, 0, false));
+        assert!(!is_throttled(&l, 0, 19, false));
+        assert!(is_throttled(&l, 0, 20, false));
+    }
+
+    #[test]
+    fn failures_elsewhere_do_not_lock_the_owner_out_of_a_known_address() {
+        let l = Limits { failures_per_email: 5, attempts_per_address: 20, window: Duration::from_secs(900) };
+        assert!(!is_throttled(&l, 50, 0, true));
+        assert!(is_throttled(&l, 50, 20, true), "a known address keeps its own limit");
     }
 }

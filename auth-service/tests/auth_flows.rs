@@ -672,3 +672,27 @@ async fn registrations_from_one_address_are_throttled_before_any_hashing() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(a.users().await, before + 3);
 }
+
+#[tokio::test]
+async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_an_address_she_used_before() {
+    let a = Auth::start_with(|c| c.trust_forwarded_for = true).await;
+    a.register("ada@example.com", PASSWORD).await.unwrap();
+    let login_from = |password: &str, address: &str| {
+        let mut req =
+            tonic::Request::new(pb::LoginRequest { email: "ada@example.com".into(), password: password.into() });
+        req.metadata_mut().insert("x-forwarded-for", address.parse().unwrap());
+        let mut c = a.c();
+        async move { c.login(req).await }
+    };
+    login_from(PASSWORD, "198.51.100.7").await.unwrap();
+    // A stranger guesses from elsewhere until the email is locked there.
+    for _ in 0..6 {
+        let _ = login_from("a wrong guess", "203.0.113.66").await;
+    }
+    let stranger = login_from(PASSWORD, "203.0.113.66").await.unwrap_err();
+    assert_eq!((stranger.code(), reason(&stranger)), (Code::ResourceExhausted, "LOGIN_THROTTLED".into()));
+    let new_place = login_from(PASSWORD, "192.0.2.1").await.unwrap_err();
+    assert_eq!(new_place.code(), Code::ResourceExhausted, "an address never used before stays locked for now");
+    // Ada, from where she logged in before, still gets in.
+    login_from(PASSWORD, "198.51.100.7").await.unwrap();
+}
