@@ -18,7 +18,13 @@ const BATCH: i64 = 256;
 pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match publish_all(&pool, &feed, &shutdown).await {
+        // Cancellable at any await: an interrupted publish is published
+        // again at the next start, and JetStream drops the duplicate.
+        let published = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = publish_all(&pool, &feed, &shutdown) => r,
+        };
+        match published {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(error = %e, "user standing feed interrupted; retrying"),
         }

@@ -97,6 +97,9 @@ pub fn seal(
         hash: Vec::new(),
         counterparty_postings: draft.counterparties,
         payload: Some(draft.payload),
+        // Added by the relay when it publishes (see `relay::signed`).
+        signature: Vec::new(),
+        signing_key_id: String::new(),
     };
     let hash = chain_hash(previous_hash, &envelope);
     envelope.hash = hash.clone();

@@ -28,7 +28,13 @@ impl HoldExpiry {
         let bank =
             Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into(), expires_at: None, standing_version: 0 };
         loop {
-            let full = match self.pass(&bank).await {
+            // Cancellable mid-pass: a pass waiting on a database that is going
+            // away must not hold up shutdown (an interrupted expiry rolls back).
+            let pass = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                p = self.pass(&bank) => p,
+            };
+            let full = match pass {
                 Ok(n) => n as i64 == PASS,
                 Err(e) => {
                     tracing::warn!(error = %e, "hold expiry pass failed; retrying");

@@ -51,6 +51,8 @@ pub struct Config {
     pub hold_expiry_poll: Duration,
     /// auth-service's feed of user standings (suspensions, role changes).
     pub standing_feed: bank_platform::standing::Feed,
+    /// Signs every published event (`EVENT_SIGNING_KEY`).
+    pub event_signer: bank_platform::auth::TokenSigner,
 }
 
 /// Where `reconcile` finds the read models; each is optional so the audit of
@@ -75,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("relay", &self.relay)
             .field("batching", &self.batching.as_ref().map(|b| (b.batchers, b.max_batch)))
+            .field("event_signing_kid", &self.event_signer.kid())
             .field("read_database_url", &self.audit.read_database_url.as_deref().map(config::redact_url))
             .finish()
     }
@@ -118,6 +121,7 @@ impl Config {
             },
             hold_expiry_poll: Duration::from_millis(config::parse(env, "HOLD_EXPIRY_POLL_MS", 250)?),
             standing_feed: bank_platform::standing::Feed::from_env(env),
+            event_signer: bank_platform::signing::signer_from_env(env)?,
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
@@ -168,7 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         AuthLayer::new(verifier, &[]),
         shutdown.clone(),
     ));
-    running.spawn(OutboxRelay::new(pool, config.relay, wake).run(shutdown.clone()));
+    running.spawn(OutboxRelay::new(pool, config.relay, wake, config.event_signer.clone()).run(shutdown.clone()));
     running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
     Ok(running)
 }

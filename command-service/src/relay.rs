@@ -46,6 +46,20 @@ pub struct OutboxRelay {
     pool: PgPool,
     config: RelayConfig,
     wake: Arc<Notify>,
+    signer: bank_platform::auth::TokenSigner,
+}
+
+/// The envelope as published: as stored, then its signature and key id as
+/// the last fields (appending protobuf fields to an encoded message is the
+/// encoding of the message with them set).
+pub fn signed(envelope: &[u8], signer: &bank_platform::auth::TokenSigner) -> Vec<u8> {
+    let suffix = bank_proto::v1::EventEnvelope {
+        signature: signer.sign_bytes(envelope),
+        signing_key_id: signer.kid().to_owned(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    [envelope, suffix.as_slice()].concat()
 }
 
 struct Backoff(Duration);
@@ -74,8 +88,8 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, config: RelayConfig, wake: Arc<Notify>) -> Self {
-        Self { pool, config, wake }
+    pub fn new(pool: PgPool, config: RelayConfig, wake: Arc<Notify>, signer: bank_platform::auth::TokenSigner) -> Self {
+        Self { pool, config, wake, signer }
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
@@ -194,7 +208,8 @@ impl OutboxRelay {
                 for (k, v) in span.in_scope(telemetry::current_trace_context) {
                     headers.insert(k.as_str(), v.as_str());
                 }
-                match tracing::Instrument::instrument(js.publish_with_headers(subject, headers, envelope.into()), span)
+                let payload = signed(&envelope, &self.signer);
+                match tracing::Instrument::instrument(js.publish_with_headers(subject, headers, payload.into()), span)
                     .await
                 {
                     Ok(ack) => pending.push((id, ack)),

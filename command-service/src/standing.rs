@@ -20,7 +20,11 @@ const CONSUMER: &str = "command-service-standing";
 pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&pool, &feed, &shutdown).await {
+        let consumed = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = consume(&pool, &feed, &shutdown) => r,
+        };
+        if let Err(e) = consumed {
             tracing::warn!(error = %e, "user standing feed interrupted; reconnecting");
         }
         tokio::select! {

@@ -31,6 +31,13 @@ static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
 static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_dead_letters_total", "messages sent to the dead letters").expect("registers once")
 });
+static REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "projector_rejected_events_total",
+        "events refused before applying: unsigned, badly signed, or on another account's subject"
+    )
+    .expect("registers once")
+});
 static GAPS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_gaps_total", "events naked because an earlier version is missing")
         .expect("registers once")
@@ -72,6 +79,10 @@ pub struct Applier {
     pub keys: CacheKeys,
     /// After this many deliveries a gap is treated as permanent.
     pub max_deliveries: i64,
+    /// Keys every event must be signed with; `None`: not checked (dev).
+    pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
+    /// Events of account A must arrive on `<prefix>.A`.
+    pub subject_prefix: String,
 }
 
 /// Delay before a gap is retried: doubling from 100 ms to 2 s. The missing
@@ -109,6 +120,13 @@ impl Applier {
                 let env = pb::EventEnvelope::decode(m.payload.as_slice())
                     .map_err(|e| format!("undecodable envelope: {e}"))?;
                 let (id, _) = fold::account_of(&env)?;
+                if let Some(keys) = &self.event_keys {
+                    fold::verify_signature(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
+                }
+                if m.subject != format!("{}.{id}", self.subject_prefix) {
+                    REJECTED.inc();
+                    return Err(format!("published on {} but names account {id}", m.subject));
+                }
                 Ok((env, id))
             })
             .collect();

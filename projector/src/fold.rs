@@ -43,6 +43,27 @@ fn hold_state(state: i32) -> Result<&'static str, String> {
     }
 }
 
+/// The envelope's signature (its last fields, appended by the relay) over
+/// everything before them, by a key in `keys`.
+pub fn verify_signature(
+    payload: &[u8],
+    env: &pb::EventEnvelope,
+    keys: &bank_platform::signing::EventKeys,
+) -> Result<(), String> {
+    use prost::Message;
+    if env.signature.is_empty() {
+        return Err("unsigned event".into());
+    }
+    let suffix = pb::EventEnvelope {
+        signature: env.signature.clone(),
+        signing_key_id: env.signing_key_id.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signed = payload.strip_suffix(suffix.as_slice()).ok_or("the signature is not the envelope's last field")?;
+    keys.verify(&env.signing_key_id, signed, &env.signature).map_err(|e| format!("bad signature: {e}"))
+}
+
 /// Identity fields of an envelope, needed before deciding.
 pub fn account_of(env: &pb::EventEnvelope) -> Result<(Uuid, i64), String> {
     let id = Uuid::try_parse(&env.account_id).map_err(|_| "account_id is not a UUID".to_owned())?;

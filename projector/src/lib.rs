@@ -38,6 +38,9 @@ pub struct Config {
     /// Largest batch applied in one transaction (and in flight unacked).
     pub batch: usize,
     pub max_deliveries: i64,
+    /// Public keys events must be signed with (`EVENT_VERIFYING_KEYS`).
+    /// `None` applies unsigned events: a development stack only.
+    pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for Config {
             .field("durable_name", &self.durable_name)
             .field("batch", &self.batch)
             .field("max_deliveries", &self.max_deliveries)
+            .field("verifies_signatures", &self.event_keys.is_some())
             .finish()
     }
 }
@@ -71,6 +75,7 @@ impl Config {
             batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
             // With delays capped at 2 s this is minutes: far beyond the ack wait.
             max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 100)?,
+            event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
         })
     }
 }
@@ -92,6 +97,9 @@ pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
 }
 
 async fn applier(config: &Config) -> Result<Applier> {
+    if config.event_keys.is_none() {
+        tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
+    }
     let pool = db::connect(&config.database_url, 4).await?;
     bank_readmodel::MIGRATOR.run(&pool).await?;
     Ok(Applier {
@@ -101,6 +109,8 @@ async fn applier(config: &Config) -> Result<Applier> {
         last_redis_attempt: std::time::Instant::now(),
         keys: CacheKeys::new(config.redis_prefix.clone()),
         max_deliveries: config.max_deliveries,
+        event_keys: config.event_keys.clone(),
+        subject_prefix: config.subject_prefix.clone(),
     })
 }
 

@@ -56,6 +56,9 @@ impl World {
         projector.nats_url = bank_testkit::nats_url();
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
+        // The projector verifies every event against command-service's key.
+        let keys = bank_platform::signing::EventKeys::of(std::slice::from_ref(&command.event_signer));
+        projector.event_keys = Some(std::sync::Arc::new(keys));
         projector.max_deliveries = 5;
         let write_db = bank_platform::db::connect(&command.database_url, 2).await.unwrap();
         let read_db = bank_platform::db::connect(&projector.database_url, 2).await.unwrap();
@@ -172,6 +175,21 @@ impl World {
                 "redis differs for {id}"
             );
         }
+    }
+
+    /// The payload published for `account` at `version`, as the stream holds it.
+    async fn published_payload(&self, account: &str, version: i64) -> Vec<u8> {
+        let js = self.js().await;
+        let mut stream = js.get_stream(&self.command.relay.stream).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        for seq in 1..=last {
+            let msg = stream.get_raw_message(seq).await.unwrap();
+            let env = pb::EventEnvelope::decode(msg.payload.clone()).unwrap();
+            if env.account_id == account && env.version == version {
+                return msg.payload.to_vec();
+            }
+        }
+        panic!("no event {account} v{version} on the stream");
     }
 
     async fn js(&self) -> async_nats::jetstream::Context {
@@ -482,4 +500,69 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
     for (id, (balance, _, _)) in fold {
         assert_eq!(per_account.get(&id.to_string()).copied().unwrap_or_default(), balance, "stream fold of {id}");
     }
+}
+
+/// The attack of the security review: a `MoneyDeposited` published straight
+/// on NATS at the account's next version. Unsigned, signed with another key,
+/// or a real event replayed on another account's subject: each is refused
+/// before it is applied, and the real events keep flowing.
+#[tokio::test]
+async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
+    let w = World::start().await;
+    let _p = w.start_projector().await;
+    let token = w.issuer.customer(Uuid::now_v7());
+    let (a, b) = (w.open(&token).await, w.open(&token).await);
+    w.deposit(&a, "100.00").await;
+    assert_eventually!(w.converged().await, Duration::from_secs(20), "the deposit was not projected");
+
+    let forged = |version: i64| pb::EventEnvelope {
+        event_id: Uuid::now_v7().to_string(),
+        account_id: a.clone(),
+        version,
+        transaction_id: Uuid::now_v7().to_string(),
+        occurred_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
+        actor: Uuid::now_v7().to_string(),
+        payload: Some(pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
+            amount: usd("5000.00"),
+            balance_before: usd("100.00"),
+            balance_after: usd("5100.00"),
+            description: "forged".into(),
+        })),
+        ..Default::default()
+    };
+    let js = w.js().await;
+    let subject = |account: &str| format!("{}.{account}", w.command.relay.subject_prefix);
+    // 1. Unsigned.
+    js.publish(subject(&a), forged(3).encode_to_vec().into()).await.unwrap().await.unwrap();
+    // 2. Signed, but by a key the projector does not hold.
+    let stranger = bank_platform::auth::TokenSigner::generate();
+    let signed_by_stranger = command_service::relay::signed(&forged(3).encode_to_vec(), &stranger);
+    js.publish(subject(&a), signed_by_stranger.into()).await.unwrap().await.unwrap();
+    // 3. A genuine, correctly signed event of `a`, replayed on `b`'s subject.
+    let genuine = w.published_payload(&a, 2).await;
+    js.publish(subject(&b), genuine.into()).await.unwrap().await.unwrap();
+
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 3,
+        Duration::from_secs(30),
+        "the forged events did not all reach the dead letters"
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY id").fetch_all(&w.read_db).await.unwrap();
+    assert!(reasons[0].contains("unsigned"), "{reasons:?}");
+    assert!(reasons[1].contains("unknown key"), "{reasons:?}");
+    assert!(reasons[2].contains("names account"), "{reasons:?}");
+    // The real next event still applies: the forgery took no version.
+    w.deposit(&a, "10.00").await;
+    w.assert_read_models_equal_the_fold().await;
+    let balance: rust_decimal::Decimal = sqlx::query_scalar(
+        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
+    )
+    .bind(&a)
+    .fetch_one(&w.read_db)
+    .await
+    .unwrap();
+    assert_eq!(balance, rust_decimal::Decimal::from(110));
+    let rejected = bank_testkit::metric(_p.http_addr, "projector_rejected_events_total").await;
+    assert!(rejected >= 3.0, "rejections are counted: {rejected}");
 }

@@ -205,6 +205,20 @@ services_env() {
   export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
   export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
   export JWKS_URL="http://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json"
+  event_keys
+}
+
+# event_keys: the Ed25519 key command-service signs events with, and its
+# public half the projector verifies them with (files under $STATE/keys,
+# made once with openssl; the private key is readable by its owner only).
+event_keys() {
+  local dir="$STATE/keys"
+  if [ ! -s "$dir/event-signing.pem" ] || [ ! -s "$dir/event-verifying.pem" ]; then
+    mkdir -p "$dir" && chmod 700 "$dir"
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/event-signing.pem" 2>/dev/null)
+    openssl pkey -in "$dir/event-signing.pem" -pubout -out "$dir/event-verifying.pem" 2>/dev/null
+  fi
+  export EVENT_SIGNING_KEY="$dir/event-signing.pem" EVENT_VERIFYING_KEYS="$dir/event-verifying.pem"
 }
 
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:

@@ -120,6 +120,11 @@ impl From<TokenError> for Status {
     }
 }
 
+/// A key's id: a digest of the public key, stable across restarts.
+pub fn kid_of(key: &ed25519_dalek::VerifyingKey) -> String {
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(key.to_bytes())[..12])
+}
+
 /// An Ed25519 signing key with its key id.
 #[derive(Clone)]
 pub struct TokenSigner {
@@ -147,9 +152,7 @@ impl TokenSigner {
     }
 
     fn from_signing_key(signing: SigningKey) -> Self {
-        let public = signing.verifying_key().to_bytes();
-        // kid = a digest of the public key: stable across restarts for a given key.
-        let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
+        let kid = kid_of(&signing.verifying_key());
         let der = signing.to_pkcs8_der().expect("ed25519 keys encode as PKCS#8");
         let encoding = EncodingKey::from_ed_der(der.as_bytes());
         Self { kid, signing, encoding }
@@ -157,6 +160,25 @@ impl TokenSigner {
 
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// A raw Ed25519 signature of `message` (event envelopes).
+    pub fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        self.signing.sign(message).to_bytes().to_vec()
+    }
+
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM): key files for
+    /// processes started by tests.
+    pub fn to_pems(&self) -> (String, String) {
+        use ed25519_dalek::pkcs8::{EncodePublicKey, spki::der::pem::LineEnding};
+        let private = self.signing.to_pkcs8_pem(LineEnding::LF).expect("ed25519 keys encode as PKCS#8");
+        let public = self.verifying_key().to_public_key_pem(LineEnding::LF).expect("ed25519 keys encode as SPKI");
+        (private.to_string(), public)
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String> {

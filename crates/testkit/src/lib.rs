@@ -56,10 +56,27 @@ pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str
         ("JWT_ISSUER", ISSUER.to_owned()),
         ("JWT_AUDIENCE", AUDIENCE.to_owned()),
         ("PAGE_TOKEN_SECRET", prefix.to_owned()),
+        ("EVENT_SIGNING_KEY", event_key_files().0.display().to_string()),
+        ("EVENT_VERIFYING_KEYS", event_key_files().1.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// Key files (signing, verifying) for the events of processes this test
+/// process starts: one pair per test process, in a private temp directory.
+pub fn event_key_files() -> &'static (std::path::PathBuf, std::path::PathBuf) {
+    static FILES: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bankmesh-event-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (private, public) = bank_platform::auth::TokenSigner::generate().to_pems();
+        let (signing, verifying) = (dir.join("signing.pem"), dir.join("verifying.pem"));
+        std::fs::write(&signing, private).expect("key file");
+        std::fs::write(&verifying, public).expect("key file");
+        (signing, verifying)
+    })
 }
 
 /// GET `path` over a plain HTTP/1.0 connection: the response body (the

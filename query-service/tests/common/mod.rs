@@ -70,6 +70,9 @@ impl Bank {
         projector.nats_url = bank_testkit::nats_url();
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
+        // The projector verifies every event against command-service's key.
+        let keys = bank_platform::signing::EventKeys::of(std::slice::from_ref(&command.event_signer));
+        projector.event_keys = Some(std::sync::Arc::new(keys));
         let mut query = query_service::Config::from_env(&ProcessEnv).unwrap();
         query.grpc_addr = "127.0.0.1:0".parse().unwrap();
         query.http_addr = "127.0.0.1:0".parse().unwrap();

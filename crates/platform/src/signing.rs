@@ -1,0 +1,85 @@
+//! Signed events. command-service's relay signs each event envelope exactly
+//! as stored (Ed25519, `EVENT_SIGNING_KEY`) and appends the signature and its
+//! key id as the envelope's last fields; a consumer verifies them against the
+//! public keys it was given (`EVENT_VERIFYING_KEYS`) before applying anything.
+//! Whoever can publish on NATS but does not hold the key cannot make an event
+//! the projector applies.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::{Signature, VerifyingKey, pkcs8::DecodePublicKey};
+
+use crate::auth::{TokenSigner, kid_of};
+
+/// The public keys events may be signed with, by key id.
+#[derive(Debug, Clone, Default)]
+pub struct EventKeys(HashMap<String, VerifyingKey>);
+
+impl EventKeys {
+    /// The public halves of `signers` (tests).
+    pub fn of(signers: &[TokenSigner]) -> Self {
+        Self(signers.iter().map(|s| (s.kid().to_owned(), s.verifying_key())).collect())
+    }
+
+    /// SubjectPublicKeyInfo PEMs, as `openssl pkey -pubout` writes them.
+    pub fn from_public_pems<'a>(pems: impl IntoIterator<Item = (&'a str, String)>) -> Result<Self> {
+        let mut keys = HashMap::new();
+        for (name, pem) in pems {
+            let key = VerifyingKey::from_public_key_pem(&pem)
+                .with_context(|| format!("{name} is not an Ed25519 public key PEM"))?;
+            keys.insert(kid_of(&key), key);
+        }
+        Ok(Self(keys))
+    }
+
+    /// From `EVENT_VERIFYING_KEYS` (comma-separated file paths); `None` when unset.
+    pub fn from_env(env: &impl crate::config::Env) -> Result<Option<Self>> {
+        let Some(paths) = env.var("EVENT_VERIFYING_KEYS") else { return Ok(None) };
+        let mut pems = Vec::new();
+        for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read event key {path}"))?;
+            pems.push((path, pem));
+        }
+        Self::from_public_pems(pems.iter().map(|(p, k)| (*p, k.clone()))).map(Some)
+    }
+
+    /// Checks `signature` over `message` by the key `kid`.
+    pub fn verify(&self, kid: &str, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        let key = self.0.get(kid).ok_or_else(|| format!("signed with an unknown key {kid:?}"))?;
+        let signature = Signature::from_slice(signature).map_err(|_| "the signature is malformed".to_owned())?;
+        key.verify_strict(message, &signature).map_err(|_| "the signature does not verify".to_owned())
+    }
+}
+
+/// The signing key of command-service: `EVENT_SIGNING_KEY` (a PKCS#8 PEM
+/// file), or a generated one for development.
+pub fn signer_from_env(env: &impl crate::config::Env) -> Result<TokenSigner> {
+    match env.var("EVENT_SIGNING_KEY") {
+        Some(path) => {
+            let pem =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read EVENT_SIGNING_KEY {path}"))?;
+            TokenSigner::from_pem(&pem).with_context(|| format!("EVENT_SIGNING_KEY {path}"))
+        }
+        None => {
+            tracing::warn!("EVENT_SIGNING_KEY not set: events are signed with a generated dev key");
+            Ok(TokenSigner::generate())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_right_key_and_the_exact_message_verify() {
+        let (signer, other) = (TokenSigner::generate(), TokenSigner::generate());
+        let keys = EventKeys::of(std::slice::from_ref(&signer));
+        let sig = signer.sign_bytes(b"event");
+        assert!(keys.verify(signer.kid(), b"event", &sig).is_ok());
+        assert!(keys.verify(signer.kid(), b"evenT", &sig).is_err());
+        assert!(keys.verify(other.kid(), b"event", &other.sign_bytes(b"event")).is_err(), "unknown key");
+        assert!(keys.verify(signer.kid(), b"event", &other.sign_bytes(b"event")).is_err(), "someone else's signature");
+    }
+}
