@@ -8,7 +8,8 @@ ALTER TABLE accounts ADD CONSTRAINT accounts_held_within_balance CHECK (held >= 
 ALTER TABLE accounts ADD COLUMN max_debit numeric(20, 3) CHECK (max_debit > 0);
 ALTER TABLE accounts ADD COLUMN daily_debit_limit numeric(20, 3) CHECK (daily_debit_limit > 0);
 -- The rolling-day debit sum reads the account's events through the
--- (account_id, version) index, for limited accounts only. No index of its own
+-- (account_id, version) index prefix, filtering on occurred_at, for limited
+-- accounts only. No index of its own
 -- on the event store: measured, one on (account_id, occurred_at) cost about a
 -- sixth of the uniform transfer throughput (bench 2026-11-25T133134Z vs T133726Z).
 

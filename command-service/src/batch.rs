@@ -181,7 +181,8 @@ impl Batcher {
         ids.sort();
         ids.dedup();
         let mut rows = store::lock_accounts(&mut tx, &ids).await?;
-        store::load_debits_since(&mut tx, &mut rows, ledger::now() - chrono::Duration::hours(24)).await?;
+        let sets_limits = jobs.iter().any(|j| matches!(j.command, Command::SetLimits { .. }));
+        store::load_debits_since(&mut tx, &mut rows, ledger::now() - chrono::Duration::hours(24), sets_limits).await?;
         let mut state: HashMap<Uuid, AccountRow> = rows.into_iter().map(|r| (r.account.id, r)).collect();
         // Holds and transactions named, read under their accounts' locks.
         let hold_ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.command.hold()).collect();

@@ -74,13 +74,19 @@ pub async fn lock_accounts(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<
 /// Fills in what each locked account with a daily limit was debited since
 /// `since`. A statement of its own, after the locks: its snapshot then
 /// includes every debit committed before this transaction got the rows.
+/// With `all`, every customer account's (a batch that sets limits may give
+/// one a daily limit before a later command of the batch debits it).
 pub async fn load_debits_since(
     conn: &mut PgConnection,
     rows: &mut [AccountRow],
     since: DateTime<Utc>,
+    all: bool,
 ) -> Result<(), CommandError> {
-    let limited: Vec<Uuid> =
-        rows.iter().filter(|r| r.account.limits.daily_debit.is_some()).map(|r| r.account.id).collect();
+    let limited: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.account.limits.daily_debit.is_some() || (all && !r.account.kind.is_system()))
+        .map(|r| r.account.id)
+        .collect();
     if limited.is_empty() {
         return Ok(());
     }

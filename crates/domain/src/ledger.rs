@@ -463,6 +463,10 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
             if money.amount > hold.money.amount {
                 return Err(DomainError::CaptureExceedsHold { requested: money.amount, held: hold.money.amount });
             }
+            // Staff and services capture for others, never into their own account.
+            if hold.placed_by != actor.id && find(&hold.to)?.owner_id == actor.id {
+                return Err(DomainError::OwnAccount);
+            }
             let release = released(hold, HoldState::Captured, money.amount);
             // The transfer is decided on the source as the release leaves it.
             let source = apply(Some(find(&hold.account)?), &release).ok_or(DomainError::AccountNotFound)?;
@@ -547,6 +551,9 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
             let a = find(account)?;
             if a.kind.is_system() {
                 return Err(DomainError::NotPermitted("the bank's own accounts have no customer limits"));
+            }
+            if a.owner_id == actor.id {
+                return Err(DomainError::OwnAccount);
             }
             if let Some(c) = currency
                 && *c != a.currency
@@ -1302,8 +1309,10 @@ mod tests {
         assert_eq!(DomainError::NotHoldParty.class(), crate::Refusal::NotFound { audited: true });
         let more = Command::CaptureHold { hold, amount: Some(dollars(31)) };
         assert!(matches!(g.when(&me, more), Err(DomainError::CaptureExceedsHold { .. })));
-        // Staff and services may capture (a merchant's acquirer does).
+        // Staff and services may capture (a merchant's acquirer does), but not into their own account.
         assert!(g.when(&service(), Command::CaptureHold { hold, amount: None }).is_ok());
+        let payee = Actor { id: g.state[&to].owner_id, teller: true, ..customer() };
+        assert_eq!(g.when(&payee, Command::CaptureHold { hold, amount: None }), Err(DomainError::OwnAccount));
         let unknown = Command::VoidHold { hold: Uuid::now_v7() };
         assert_eq!(g.when(&me, unknown), Err(DomainError::HoldNotFound));
     }
@@ -1404,6 +1413,10 @@ mod tests {
         assert!(matches!(g.when(&me, hold), Err(DomainError::LimitExceeded { .. })));
         assert!(g.when(&me, send(50)).is_ok());
         assert!(matches!(g.when(&me, set), Err(DomainError::NotPermitted(_))));
+        let own = teller();
+        let staff_account = g.account(own.id, 0);
+        let mine = Command::SetLimits { account: staff_account, limits: DebitLimits::default(), currency: None };
+        assert_eq!(g.when(&own, mine), Err(DomainError::OwnAccount), "staff do not lift their own limits");
         let in_euros = Command::SetLimits { account: from, limits, currency: Some(eur()) };
         assert_eq!(g.when(&teller(), in_euros).unwrap_err().reason(), "CURRENCY_MISMATCH");
     }
