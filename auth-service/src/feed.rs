@@ -38,7 +38,7 @@ pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyho
 }
 
 async fn publish_all(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let client = async_nats::connect(&feed.nats_url).await?;
+    let client = bank_platform::nats::connect(&feed.nats_url).await?;
     let js = jetstream::new(client);
     feed.stream(&js).await?;
     loop {

@@ -9,7 +9,7 @@ use bank_platform::{
     service::Running,
 };
 use bank_proto::v1::{self as pb, auth_service_client::AuthServiceClient};
-use bank_testkit::authed;
+use bank_testkit::{Principal, authed};
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -34,9 +34,10 @@ impl Auth {
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.database_url = bank_testkit::fresh_database_url("auth");
-        config.redis_url = bank_testkit::redis_url();
+        config.redis_url = bank_testkit::redis_url_as(Principal::Auth);
         let prefix = bank_testkit::unique_prefix("auth");
-        config.redis_prefix = format!("{prefix}:");
+        config.redis_prefix = format!("bank:auth:{prefix}:");
+        config.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Auth);
         config.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         config.standing_feed.subject_prefix = format!("{prefix}.users");
         config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
@@ -434,11 +435,12 @@ async fn money_path(a: &Auth) -> (Running, pb::account_command_service_client::A
     config.jwks_url = format!("http://{}/.well-known/jwks.json", a.running.http_addr);
     config.jwt_issuer = a.config.issuer.clone();
     config.jwt_audience = a.config.audience.clone();
-    config.relay.nats_url = bank_testkit::nats_url();
+    config.relay.nats_url = bank_testkit::nats_url_as(Principal::Command);
     config.relay.stream = prefix.to_uppercase();
     config.relay.subject_prefix = format!("{prefix}.events");
     // Suspensions and role changes reach it from this test's auth-service.
     config.standing_feed = a.config.standing_feed.clone();
+    config.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Command);
     config.audit.read_database_url = None;
     config.audit.redis_url = None;
     let bank = command_service::start(config, CancellationToken::new()).await.unwrap();

@@ -477,7 +477,7 @@ async fn main() -> Result<()> {
     record("unbatched_transfers_open_70pct", &unbatched_open);
 
     // --- The rest of the references ---
-    let redis_get = refs::redis_get(&bank_testkit::redis_url(), conc).unwrap_or(f64::NAN);
+    let redis_get = refs::redis_get(&bank_testkit::redis_admin_url(), conc).unwrap_or(f64::NAN);
     let fsync = refs::pg_test_fsync(&state).unwrap_or(Value::Null);
 
     // --- Money and counts ---
@@ -486,6 +486,7 @@ async fn main() -> Result<()> {
     }
     let reconcile = std::process::Command::new(system::sibling("command-service")?)
         .arg("reconcile")
+        .envs(bank_testkit::service_credentials("command-service"))
         .envs(services.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "error")
         .output()?;
@@ -496,7 +497,7 @@ async fn main() -> Result<()> {
     )
     .fetch_one(&read_db)
     .await?;
-    let js = async_nats::jetstream::new(async_nats::connect(bank_testkit::nats_url()).await?);
+    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await?);
     let published = js.get_stream(prefix.to_uppercase()).await?.info().await?.state.messages as i64;
     let conserved = reconcile.status.success()
         && report_text.contains("RESULT: clean")

@@ -103,11 +103,30 @@ impl Pgbench<'_> {
     }
 }
 
-/// GET/s from redis-benchmark at `clients` concurrent connections.
+/// GET/s from redis-benchmark at `clients` concurrent connections, as the
+/// user of `redis_url` (`redis://user:password@host:port`).
 pub fn redis_get(redis_url: &str, clients: usize) -> Result<f64> {
-    let port = redis_url.rsplit(':').next().unwrap_or("6379").trim_end_matches('/').to_owned();
+    let rest = redis_url.trim_start_matches("redis://").trim_end_matches('/');
+    let (creds, host_port) = rest.rsplit_once('@').context("a Redis URL with a user")?;
+    let (user, password) = creds.split_once(':').context("a Redis URL with a password")?;
+    let port = host_port.rsplit(':').next().unwrap_or("6379").to_owned();
     let out = Command::new(tool("redis-benchmark")?)
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "get", "-n", "200000", "-q", "--csv"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--user",
+            user,
+            "-a",
+            password,
+            "-t",
+            "get",
+            "-n",
+            "200000",
+            "-q",
+            "--csv",
+        ])
         .arg("-c")
         .arg(clients.to_string())
         .output()

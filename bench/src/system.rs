@@ -43,6 +43,7 @@ impl Services {
         let mut children = Vec::new();
         for name in ["command-service", "projector", "query-service"] {
             let child = Command::new(sibling(name)?)
+                .envs(bank_testkit::service_credentials(name))
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -70,6 +71,7 @@ impl Services {
         }
         self.children.retain(|(n, _)| *n != name);
         let child = Command::new(sibling(name)?)
+            .envs(bank_testkit::service_credentials(name))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
             .stdout(Stdio::null())

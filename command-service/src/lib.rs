@@ -219,7 +219,7 @@ impl Reconciler {
         };
         let relay = &self.config.relay;
         let stream_messages = async {
-            let client = async_nats::connect(&relay.nats_url).await.ok()?;
+            let client = bank_platform::nats::connect(&relay.nats_url).await.ok()?;
             let mut stream = async_nats::jetstream::new(client).get_stream(&relay.stream).await.ok()?;
             stream.info().await.ok().map(|i| i.state.messages)
         }

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use async_nats::jetstream::{self, context::PublishAckFuture, stream::StorageType};
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
@@ -33,13 +33,25 @@ static BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("outbox_backlog", "outbox rows waiting to be published").expect("registers once")
 });
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RelayConfig {
     pub nats_url: String,
     pub stream: String,
     pub subject_prefix: String,
     pub batch: i64,
     pub poll: Duration,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("nats_url", &bank_platform::config::redact_url(&self.nats_url))
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("batch", &self.batch)
+            .field("poll", &self.poll)
+            .finish()
+    }
 }
 
 pub struct OutboxRelay {
@@ -94,12 +106,7 @@ impl OutboxRelay {
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         // Connect lazily: a NATS outage must not stop commands from committing.
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(&self.config.nats_url)
-            .await
-            .context("invalid NATS options")?;
+        let client = bank_platform::nats::connect_lazily(&self.config.nats_url).await?;
         let js = jetstream::new(client);
         let mut backoff = Backoff(Backoff::MIN);
         while !shutdown.is_cancelled() {
@@ -146,6 +153,9 @@ impl OutboxRelay {
             subjects: vec![format!("{}.>", self.config.subject_prefix)],
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            // Nobody, whatever their permissions, removes what was published.
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await

@@ -37,7 +37,7 @@ pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyho
 }
 
 async fn consume(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let js = jetstream::new(async_nats::connect(&feed.nats_url).await?);
+    let js = jetstream::new(bank_platform::nats::connect(&feed.nats_url).await?);
     let stream = feed.stream(&js).await?;
     let consumer = stream
         .get_or_create_consumer(CONSUMER, pull::Config { durable_name: Some(CONSUMER.into()), ..Default::default() })

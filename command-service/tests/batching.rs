@@ -6,15 +6,17 @@
 mod common;
 
 use bank_proto::v1 as pb;
-use bank_testkit::authed;
+use bank_testkit::{Principal, authed};
 use command_service::batch::BatchConfig;
 use common::{Harness, key, reason, usd};
 use futures::future::join_all;
 use tonic::Code;
 
 async fn batching() -> Harness {
-    Harness::start_with(&bank_testkit::nats_url(), |c| c.batching = Some(BatchConfig { batchers: 2, max_batch: 64 }))
-        .await
+    Harness::start_with(&bank_testkit::nats_url_as(Principal::Command), |c| {
+        c.batching = Some(BatchConfig { batchers: 2, max_batch: 64 })
+    })
+    .await
 }
 
 async fn metric(h: &Harness, name: &str) -> f64 {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bank_proto::v1 as pb;
-use bank_testkit::authed;
+use bank_testkit::{Principal, authed};
 use common::{Harness, key, reason, usd, violation_fields};
 use futures::future::join_all;
 use rust_decimal::Decimal;
@@ -19,7 +19,7 @@ fn fast_expiry(c: &mut command_service::Config) {
 }
 
 async fn start() -> Harness {
-    Harness::start_with(&bank_testkit::nats_url(), fast_expiry).await
+    Harness::start_with(&bank_testkit::nats_url_as(Principal::Command), fast_expiry).await
 }
 
 fn place(from: &str, to: &str, amount: &str, ttl_seconds: i64) -> pb::PlaceHoldRequest {

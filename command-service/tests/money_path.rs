@@ -5,7 +5,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use bank_proto::v1 as pb;
-use bank_testkit::{assert_eventually, authed};
+use bank_testkit::{Principal, assert_eventually, authed};
 use common::{Harness, key, reason, usd, violation_fields};
 use futures::future::join_all;
 use rust_decimal::Decimal;
@@ -458,13 +458,13 @@ async fn every_committed_event_reaches_jetstream_once_in_version_order() {
         }
     }))
     .await;
-    assert_stream_matches_event_store(&h, &bank_testkit::nats_url()).await;
+    assert_stream_matches_event_store(&h, &bank_testkit::nats_admin_url()).await;
 }
 
 #[tokio::test]
 async fn events_committed_while_nats_is_down_are_published_when_it_returns() {
     let mut nats = bank_testkit::NatsProcess::start().await.unwrap();
-    let h = Harness::start_with_nats(&nats.url()).await;
+    let h = Harness::start_with_nats(&nats.url_as(Principal::Command)).await;
     let (_, alice) = h.customer();
     let a = h.open(&alice, "USD").await;
     let b = h.open(&alice, "USD").await;
@@ -486,7 +486,7 @@ async fn events_committed_while_nats_is_down_are_published_when_it_returns() {
         nats.resume().await.unwrap();
     };
     tokio::join!(burst, outage);
-    assert_stream_matches_event_store(&h, &nats.url()).await;
+    assert_stream_matches_event_store(&h, &nats.url_as(Principal::Admin)).await;
 }
 
 #[tokio::test]
@@ -519,7 +519,7 @@ async fn two_instances_share_one_database_and_publish_each_event_once() {
         }
     }
     assert_eq!(first.balance(&acc).await, "20.00");
-    assert_stream_matches_event_store(&first, &bank_testkit::nats_url()).await;
+    assert_stream_matches_event_store(&first, &bank_testkit::nats_admin_url()).await;
     first.stop().await;
     second.stop().await.unwrap();
 }

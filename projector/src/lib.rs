@@ -8,7 +8,7 @@ pub mod fold;
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
@@ -50,7 +50,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &config::redact_url(&self.database_url))
             .field("redis_url", &config::redact_url(&self.redis_url))
             .field("redis_prefix", &self.redis_prefix)
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &config::redact_url(&self.nats_url))
             .field("stream", &self.stream)
             .field("subject_prefix", &self.subject_prefix)
             .field("durable_name", &self.durable_name)
@@ -115,13 +115,7 @@ async fn applier(config: &Config) -> Result<Applier> {
 }
 
 async fn jetstream(url: &str) -> Result<jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(url)
-        .await
-        .context("invalid NATS options")?;
-    Ok(jetstream::new(client))
+    Ok(jetstream::new(bank_platform::nats::connect_lazily(url).await?))
 }
 
 /// Applies one batch and acknowledges each message by its outcome. A failed
@@ -303,13 +297,9 @@ pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
     for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE generation < $1")).bind(new).execute(&pool).await?;
     }
-    if let Some(redis) = applier.redis.as_mut() {
-        let pattern = format!("{}g{old}:*", config.redis_prefix);
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(redis).await.unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(redis).await;
-        }
-    }
+    // The old generation's cache entries are left to expire (CACHE_TTL_SECS):
+    // the projector's Redis user may not list keys, which would show it every
+    // other service's key names.
     let accounts = sqlx::query_scalar("SELECT count(*) FROM account_view WHERE generation = $1")
         .bind(new)
         .fetch_one(&pool)

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
-use bank_testkit::{TestIssuer, assert_eventually, authed};
+use bank_testkit::{Principal, TestIssuer, assert_eventually, authed};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -41,7 +41,8 @@ impl World {
         command.jwks_url = issuer.jwks_url.clone();
         command.jwt_issuer = bank_testkit::ISSUER.into();
         command.jwt_audience = bank_testkit::AUDIENCE.into();
-        command.relay.nats_url = bank_testkit::nats_url();
+        command.relay.nats_url = bank_testkit::nats_url_as(Principal::Command);
+        command.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Command);
         command.relay.stream = prefix.to_uppercase();
         command.relay.subject_prefix = format!("{prefix}.events");
         command.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
@@ -51,9 +52,9 @@ impl World {
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
         projector.http_addr = "127.0.0.1:0".parse().unwrap();
         projector.database_url = bank_testkit::fresh_database_url("prjr");
-        projector.redis_url = bank_testkit::redis_url();
-        projector.redis_prefix = format!("{prefix}:");
-        projector.nats_url = bank_testkit::nats_url();
+        projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
+        projector.redis_prefix = bank_testkit::read_model_prefix(&prefix);
+        projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
         // The projector verifies every event against command-service's key.
@@ -63,7 +64,8 @@ impl World {
         let write_db = bank_platform::db::connect(&command.database_url, 2).await.unwrap();
         let read_db = bank_platform::db::connect(&projector.database_url, 2).await.unwrap();
         bank_readmodel::MIGRATOR.run(&read_db).await.unwrap();
-        let redis = projector::connect_redis(&projector.redis_url).await.unwrap();
+        // The test reads and tampers with the cache as admin.
+        let redis = projector::connect_redis(&bank_testkit::redis_admin_url()).await.unwrap();
         Self { issuer, _command: running, client, write_db, read_db, redis, command, projector }
     }
 
@@ -193,7 +195,7 @@ impl World {
     }
 
     async fn js(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(async_nats::connect(bank_testkit::nats_url()).await.unwrap())
+        async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap())
     }
 }
 

@@ -221,7 +221,7 @@ async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
     bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
 
     let mut redis =
-        redis::Client::open(bank_testkit::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        redis::Client::open(bank_testkit::redis_admin_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> =
         redis::cmd("KEYS").arg(format!("{}*", bank.redis_prefix)).query_async(&mut redis).await.unwrap();
     assert!(!keys.is_empty());

@@ -109,13 +109,46 @@ restart_postgres() {
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# stack_secrets: the passwords of the stack's NATS and Redis users
+# (deploy/nats/nats.conf, deploy/redis/users.acl.in), made once under
+# $STATE/secrets (owner-only files) and exported as NATS_<USER>_PASSWORD and
+# REDIS_<USER>_PASSWORD. Compose takes the same variables from its .env.
+stack_secrets() {
+  local dir="$STATE/secrets" server user
+  mkdir -p "$dir" && chmod 700 "$dir"
+  for server in nats redis; do
+    for user in admin command auth projector query; do
+      [ "$server/$user" = nats/query ] && continue # query-service does not use NATS
+      local file="$dir/$server-$user"
+      [ -s "$file" ] || (umask 077 && openssl rand -hex 24 >"$file")
+      export "${server^^}_${user^^}_PASSWORD=$(cat "$file")"
+    done
+  done
+}
+
+# service_credentials <service>: NATS_URL and REDIS_URL as that service's own
+# user, as NAME=value words (for env).
+service_credentials() {
+  local user
+  case $1 in
+    auth-service) user=auth ;; command-service) user=command ;;
+    projector) user=projector ;; query-service) user=query ;;
+    *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
+  esac
+  stack_secrets
+  local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
+  echo "REDIS_URL=redis://$user:${!redis_pw}@127.0.0.1:$REDIS_PORT"
+  [ "$user" = query ] || echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
+}
+
 start_nats() {
   mkdir -p "$STATE/nats" "$STATE/logs" "$STATE/run"
   if pid_alive "$STATE/run/nats.pid" && port_open "$NATS_PORT"; then
     log "nats already running on 127.0.0.1:$NATS_PORT"
     return 0
   fi
-  nohup nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$STATE/nats" \
+  stack_secrets
+  nohup nats-server -c "$REPO/deploy/nats/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$STATE/nats" \
     >>"$STATE/logs/nats.log" 2>&1 &
   echo $! >"$STATE/run/nats.pid"
   wait_for nats 20 curl -fs "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
@@ -133,21 +166,28 @@ stop_nats() {
   rm -f "$STATE/run/nats.pid"
 }
 
+# redis_admin <args>: redis-cli as the stack's admin user.
+redis_admin() { stack_secrets; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$REDIS_PORT" "$@"; }
+redis_up() { [ "$(redis_admin ping 2>/dev/null)" = PONG ]; }
+
 start_redis() {
   mkdir -p "$STATE/redis" "$STATE/logs" "$STATE/run"
-  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  if redis_up; then
     log "redis already running on 127.0.0.1:$REDIS_PORT"
     return 0
   fi
+  stack_secrets
+  "$REPO/deploy/redis/render-acl.sh" "$REPO/deploy/redis/users.acl.in" "$STATE/redis/users.acl"
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" --daemonize yes \
+    --aclfile "$STATE/redis/users.acl" \
     --pidfile "$STATE/run/redis.pid" --logfile "$STATE/logs/redis.log" --save '' --appendonly no
-  wait_for redis 10 redis-cli -p "$REDIS_PORT" ping
+  wait_for redis 10 redis_up
   log "redis started on 127.0.0.1:$REDIS_PORT"
 }
 
 stop_redis() {
-  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  if redis_up; then
+    redis_admin shutdown nosave >/dev/null 2>&1 || true
     log "redis stopped"
   fi
 }
@@ -165,7 +205,7 @@ stack_owns() { # stack_owns <port variable>: that port is held by this state fol
 }
 
 stack_running() {
-  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1
+  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis_up
 }
 
 stack_env() {
@@ -173,8 +213,14 @@ stack_env() {
   export AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_auth"
   export COMMAND_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_command"
   export READ_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_read"
-  export NATS_URL="nats://127.0.0.1:$NATS_PORT"
-  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  # No NATS_URL or REDIS_URL here: each service connects as its own user
+  # (service_credentials); the tests' own checks use the admin URLs, and
+  # the tests build each service's URL from the passwords and addresses.
+  unset NATS_URL REDIS_URL
+  stack_secrets
+  export NATS_ADDR="127.0.0.1:$NATS_PORT" REDIS_ADDR="127.0.0.1:$REDIS_PORT"
+  export NATS_ADMIN_URL="nats://admin:$NATS_ADMIN_PASSWORD@$NATS_ADDR"
+  export REDIS_ADMIN_URL="redis://admin:$REDIS_ADMIN_PASSWORD@$REDIS_ADDR"
   export PATH
 }
 

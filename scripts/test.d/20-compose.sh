@@ -5,3 +5,20 @@ cd "$(dirname "$0")/../.."
 command -v check-jsonschema >/dev/null || python3 -m pip install -q --disable-pip-version-check check-jsonschema
 check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 python3 -c "import json; json.load(open('deploy/grafana/dashboards/bankmesh.json'))"
+# NATS and Redis in compose run with the users and permissions the tests run
+# with (the same files), and every service reaches them as its own user.
+python3 - <<'PY'
+import re, yaml
+c = yaml.safe_load(open("compose.yaml"))["services"]
+assert "/etc/nats/nats.conf" in c["nats"]["command"] and "./deploy/nats:/etc/nats:ro" in c["nats"]["volumes"], "nats: deploy/nats/nats.conf"
+assert "render-acl.sh" in " ".join(c["redis"]["command"]) and "./deploy/redis:/etc/redis-acl:ro" in c["redis"]["volumes"], "redis: deploy/redis ACL"
+users = {"auth-service": "auth", "command-service": "command", "projector": "projector", "query-service": "query"}
+for name, user in users.items():
+    env = c[name]["environment"]
+    assert re.match(rf"redis://{user}:\$\{{REDIS_{user.upper()}_PASSWORD:\?", env["REDIS_URL"]), (name, "REDIS_URL")
+    if user != "query":
+        assert re.match(rf"nats://{user}:\$\{{NATS_{user.upper()}_PASSWORD:\?", env["NATS_URL"]), (name, "NATS_URL")
+    else:
+        assert "NATS_URL" not in env, "query-service has no NATS user"
+print("ok -- compose: NATS and Redis users per service, from deploy/")
+PY

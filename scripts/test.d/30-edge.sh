@@ -24,7 +24,7 @@ export BOOTSTRAP_ADMIN_EMAIL=edge-admin@bank.test BOOTSTRAP_ADMIN_PASSWORD="edge
 export AUTH_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_auth_$$" COMMAND_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_command_$$"
 export READ_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_read_$$" NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
   USERS_STREAM="EDGE_USERS_$$" USERS_SUBJECT_PREFIX="edge$$.users"
-export REDIS_PREFIX="edge$$:" AUTH_REDIS_PREFIX="edge$$:auth:" PROJECTOR_DURABLE="edge$$"
+export REDIS_PREFIX="bank:rm:edge$$:" AUTH_REDIS_PREFIX="bank:auth:edge$$:" PROJECTOR_DURABLE="edge$$"
 
 pids=()
 declare -A pid_of
@@ -45,11 +45,11 @@ trap cleanup EXIT
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 
-start auth target/debug/auth-service
+start auth env $(service_credentials auth-service) target/debug/auth-service
 wait_port auth-service "$AUTH_GRPC_PORT"
-start command target/debug/command-service
-start projector target/debug/projector
-start query target/debug/query-service
+start command env $(service_credentials command-service) target/debug/command-service
+start projector env $(service_credentials projector) target/debug/projector
+start query env $(service_credentials query-service) target/debug/query-service
 wait_port command-service "$COMMAND_GRPC_PORT"
 wait_port query-service "$QUERY_GRPC_PORT"
 start envoy envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
@@ -125,7 +125,7 @@ echo "ok: gRPC-Web request answered"
 kill "${pid_of[command]}"; wait "${pid_of[command]}" 2>/dev/null || true
 open='{"type":"ACCOUNT_TYPE_CHECKING","currency_code":"USD","idempotency_key":"edge-1"}'
 expect "Unavailable" grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount
-start command target/debug/command-service
+start command env $(service_credentials command-service) target/debug/command-service
 recovered=0
 for _ in $(seq 1 100); do
   out=$(grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount 2>&1 || true)

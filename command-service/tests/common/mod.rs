@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bank_platform::{CancellationToken, auth::STATUS_ACTIVE, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
-use bank_testkit::{TestIssuer, authed};
+use bank_testkit::{Principal, TestIssuer, authed};
 use prost::Message;
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -30,7 +30,7 @@ pub fn key() -> String {
 
 impl Harness {
     pub async fn start() -> Self {
-        Self::start_with_nats(&bank_testkit::nats_url()).await
+        Self::start_with_nats(&bank_testkit::nats_url_as(Principal::Command)).await
     }
 
     pub async fn start_with_nats(nats_url: &str) -> Self {
@@ -53,6 +53,7 @@ impl Harness {
         config.relay.nats_url = nats_url.to_owned();
         config.relay.stream = prefix.to_uppercase();
         config.relay.subject_prefix = format!("{prefix}.events");
+        config.standing_feed.nats_url = nats_url.to_owned();
         config.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         config.standing_feed.subject_prefix = format!("{prefix}.users");
         // No read side here: reconcile audits the write side and the stream.
@@ -211,7 +212,7 @@ impl Harness {
 
     /// Every envelope on this test's stream, in stream order.
     pub async fn published(&self, nats_url: &str) -> Vec<pb::EventEnvelope> {
-        let client = async_nats::connect(nats_url).await.unwrap();
+        let client = bank_platform::nats::connect(nats_url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(&self.config.relay.stream).await.unwrap();
         let last = stream.info().await.unwrap().state.last_sequence;

@@ -8,6 +8,7 @@ pub mod db;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod nats;
 pub mod service;
 pub mod shutdown;
 pub mod signing;

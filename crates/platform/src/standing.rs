@@ -33,11 +33,21 @@ impl Standing {
 }
 
 /// Where standings are published.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Feed {
     pub nats_url: String,
     pub stream: String,
     pub subject_prefix: String,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("nats_url", &crate::config::redact_url(&self.nats_url))
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .finish()
+    }
 }
 
 impl Feed {
@@ -60,6 +70,9 @@ impl Feed {
             subjects: vec![format!("{}.>", self.subject_prefix)],
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            // Nobody, whatever their permissions, removes what was published.
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await

@@ -29,29 +29,103 @@ pub fn fresh_database_url(tag: &str) -> String {
     format!("{base}/t_{tag}_{}", Uuid::new_v4().simple())
 }
 
-pub fn nats_url() -> String {
-    env_or("NATS_URL", "nats://127.0.0.1:4222")
+/// Who connects to NATS or Redis: each service has a user of its own with
+/// only the permissions it needs (deploy/nats/nats.conf,
+/// deploy/redis/users.acl.in); `Admin` is the tests' own checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    Command,
+    Projector,
+    Query,
+    Auth,
 }
 
-pub fn redis_url() -> String {
-    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+impl Principal {
+    pub fn user(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Command => "command",
+            Self::Projector => "projector",
+            Self::Query => "query",
+            Self::Auth => "auth",
+        }
+    }
+
+    /// The principal a service binary runs as.
+    pub fn of_service(binary: &str) -> Option<Self> {
+        match binary {
+            "command-service" => Some(Self::Command),
+            "projector" => Some(Self::Projector),
+            "query-service" => Some(Self::Query),
+            "auth-service" => Some(Self::Auth),
+            _ => None,
+        }
+    }
+
+    /// Its password on `server` ("NATS" or "REDIS"), from the environment
+    /// `scripts/test` sets (`<SERVER>_<USER>_PASSWORD`).
+    fn password(self, server: &str) -> String {
+        let var = format!("{server}_{}_PASSWORD", self.user().to_uppercase());
+        std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through scripts/test"))
+    }
+}
+
+/// The test NATS server as `who` (host and port from `NATS_ADDR`).
+pub fn nats_url_as(who: Principal) -> String {
+    nats_url_at(&env_or("NATS_ADDR", "127.0.0.1:4222"), who)
+}
+
+fn nats_url_at(addr: &str, who: Principal) -> String {
+    format!("nats://{}:{}@{addr}", who.user(), who.password("NATS"))
+}
+
+/// The test NATS server as the tests themselves (admin).
+pub fn nats_admin_url() -> String {
+    nats_url_as(Principal::Admin)
+}
+
+/// The test Redis as `who` (host and port from `REDIS_ADDR`).
+pub fn redis_url_as(who: Principal) -> String {
+    format!("redis://{}:{}@{}", who.user(), who.password("REDIS"), env_or("REDIS_ADDR", "127.0.0.1:6379"))
+}
+
+/// The test Redis as the tests themselves (admin).
+pub fn redis_admin_url() -> String {
+    redis_url_as(Principal::Admin)
+}
+
+/// The Redis prefix of one test's read models: under the read-model prefix
+/// that the services' Redis users are limited to.
+pub fn read_model_prefix(test_prefix: &str) -> String {
+    format!("bank:rm:{test_prefix}:")
+}
+
+/// The environment that connects service `binary` to NATS and Redis as its
+/// own user (processes started by the fault tests and the benchmark).
+pub fn service_credentials(binary: &str) -> Vec<(String, String)> {
+    let who = Principal::of_service(binary).unwrap_or_else(|| panic!("{binary} is not a service"));
+    let mut env = vec![("REDIS_URL".to_owned(), redis_url_as(who))];
+    if who != Principal::Query {
+        env.push(("NATS_URL".to_owned(), nats_url_as(who)));
+    }
+    env
 }
 
 /// The environment that points command-service, projector and query-service
 /// processes at their own databases, stream, consumer and Redis prefix, with
-/// tokens from `jwks_url`: what the fault tests and the benchmark start them with.
+/// tokens from `jwks_url`: what the fault tests and the benchmark start them
+/// with (each also with its own `service_credentials`).
 pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str) -> Vec<(String, String)> {
     [
         ("COMMAND_DATABASE_URL", write_url.to_owned()),
         ("READ_DATABASE_URL", read_url.to_owned()),
-        ("NATS_URL", nats_url()),
         ("NATS_STREAM", prefix.to_uppercase()),
         ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
         ("USERS_STREAM", format!("{}_USERS", prefix.to_uppercase())),
         ("USERS_SUBJECT_PREFIX", format!("{prefix}.users")),
         ("PROJECTOR_DURABLE", prefix.to_owned()),
-        ("REDIS_URL", redis_url()),
-        ("REDIS_PREFIX", format!("{prefix}:")),
+        ("REDIS_PREFIX", read_model_prefix(prefix)),
         ("JWKS_URL", jwks_url.to_owned()),
         ("JWT_ISSUER", ISSUER.to_owned()),
         ("JWT_AUDIENCE", AUDIENCE.to_owned()),
@@ -233,15 +307,22 @@ impl NatsProcess {
         Ok(me)
     }
 
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+    /// Its URL as `who`: the server has the users and permissions of
+    /// deploy/nats/nats.conf, with the passwords of the shared test server.
+    pub fn url_as(&self, who: Principal) -> String {
+        nats_url_at(&format!("127.0.0.1:{}", self.port), who)
     }
 
     /// Starts the server again on the same port and store.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/nats.conf");
+        let who = [Principal::Admin, Principal::Command, Principal::Projector, Principal::Auth];
         let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .envs(who.map(|w| (format!("NATS_{}_PASSWORD", w.user().to_uppercase()), w.password("NATS"))))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

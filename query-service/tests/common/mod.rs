@@ -7,7 +7,7 @@ use bank_proto::v1::{
     self as pb, account_command_service_client::AccountCommandServiceClient,
     account_query_service_client::AccountQueryServiceClient,
 };
-use bank_testkit::{TestIssuer, authed};
+use bank_testkit::{Principal, TestIssuer, authed};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ pub fn at(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timest
 
 impl Bank {
     pub async fn start() -> Self {
-        Self::start_with_redis(&bank_testkit::redis_url()).await
+        Self::start_with_redis(&bank_testkit::redis_url_as(Principal::Query)).await
     }
 
     /// `query_redis` lets a test point the query side at a dead Redis.
@@ -52,22 +52,23 @@ impl Bank {
         command.jwks_url = issuer.jwks_url.clone();
         command.jwt_issuer = bank_testkit::ISSUER.into();
         command.jwt_audience = bank_testkit::AUDIENCE.into();
-        command.relay.nats_url = bank_testkit::nats_url();
+        command.relay.nats_url = bank_testkit::nats_url_as(Principal::Command);
+        command.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Command);
         command.relay.stream = prefix.to_uppercase();
         command.relay.subject_prefix = format!("{prefix}.events");
         command.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         command.standing_feed.subject_prefix = format!("{prefix}.users");
         let read_db = bank_testkit::fresh_database_url("qr");
-        let redis_prefix = format!("{prefix}:");
+        let redis_prefix = bank_testkit::read_model_prefix(&prefix);
         command.audit.read_database_url = Some(read_db.clone());
-        command.audit.redis_url = Some(bank_testkit::redis_url());
+        command.audit.redis_url = Some(bank_testkit::redis_url_as(Principal::Command));
         command.audit.redis_prefix = redis_prefix.clone();
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
         projector.http_addr = "127.0.0.1:0".parse().unwrap();
         projector.database_url = read_db.clone();
-        projector.redis_url = bank_testkit::redis_url();
+        projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
         projector.redis_prefix = redis_prefix.clone();
-        projector.nats_url = bank_testkit::nats_url();
+        projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
         // The projector verifies every event against command-service's key.

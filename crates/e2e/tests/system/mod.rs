@@ -92,6 +92,7 @@ impl System {
 
     fn spawn(&mut self, name: &'static str) {
         let child = Command::new(bin(name))
+            .envs(bank_testkit::service_credentials(name))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -146,6 +147,7 @@ impl System {
     pub fn reconcile(&self) -> (bool, String) {
         let out = Command::new(bin("command-service"))
             .arg("reconcile")
+            .envs(bank_testkit::service_credentials("command-service"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();

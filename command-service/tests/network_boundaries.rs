@@ -1,0 +1,188 @@
+//! Issue 15, attacks 1 and 2: NATS and Redis let nobody in without a
+//! password, and each service only as far as its work needs. Each attack of
+//! the review is made here against the test stack's servers, which run with
+//! the same users and permissions as compose (deploy/nats/nats.conf,
+//! deploy/redis/users.acl.in); a control shows each step can succeed for the
+//! one who may take it, so a refusal is the permission and not a typo.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bank_testkit::{Principal, assert_eventually, nats_admin_url, nats_url_as, redis_admin_url, redis_url_as};
+use common::Harness;
+use futures::StreamExt;
+use redis::AsyncCommands;
+
+/// A JetStream context that gives up quickly: a refused request gets no reply.
+async fn js_as(url: &str) -> jetstream::Context {
+    let mut js = jetstream::new(bank_platform::nats::connect(url).await.unwrap());
+    js.set_timeout(Duration::from_secs(1));
+    js
+}
+
+/// A harness whose relay has created its stream and published one deposit
+/// (two events): the stream an attacker would go after.
+async fn bank_with_a_deposit() -> (Harness, u64) {
+    let h = Harness::start().await;
+    let (_, ada) = h.customer();
+    let account = h.open(&ada, "USD").await;
+    h.fund(&account, "100.00").await;
+    // Account opened, and the deposit on the account and on settlement.
+    assert_eventually!(messages_in(&h).await >= 3, Duration::from_secs(10), "the relay published the deposit");
+    let stored = messages_in(&h).await;
+    (h, stored)
+}
+
+/// Messages stored in the harness's event stream (0 before it exists).
+async fn messages_in(h: &Harness) -> u64 {
+    let admin = js_as(&nats_admin_url()).await;
+    match admin.get_stream(&h.config.relay.stream).await {
+        Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn nats_refuses_clients_without_the_right_password() {
+    let addr = std::env::var("NATS_ADDR").unwrap_or_else(|_| "127.0.0.1:4222".into());
+    let anonymous = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).connect(&addr).await;
+    assert!(anonymous.is_err(), "an anonymous client was let in");
+    let wrong = bank_platform::nats::connect(&format!("nats://command:not-the-password@{addr}")).await;
+    assert!(wrong.is_err(), "a wrong password was let in");
+    assert!(bank_platform::nats::connect(&nats_url_as(Principal::Command)).await.is_ok(), "control: the right one is");
+}
+
+#[tokio::test]
+async fn only_command_service_may_publish_events() {
+    let (h, before) = bank_with_a_deposit().await;
+    let subject = format!("{}.{}", h.config.relay.subject_prefix, uuid::Uuid::new_v4());
+    for forger in [Principal::Projector, Principal::Auth] {
+        let client = bank_platform::nats::connect(&nats_url_as(forger)).await.unwrap();
+        let _ = client.publish(subject.clone(), "forged MoneyDeposited".into()).await;
+        // The round trip of a flush: the server has dealt with the publish.
+        client.flush().await.unwrap();
+        assert_eq!(messages_in(&h).await, before, "{forger:?} could publish an event");
+    }
+    // Control: command-service's user can, so the count above could move.
+    let client = bank_platform::nats::connect(&nats_url_as(Principal::Command)).await.unwrap();
+    client.publish(subject, "control".into()).await.unwrap();
+    client.flush().await.unwrap();
+    assert_eventually!(messages_in(&h).await == before + 1, Duration::from_secs(5), "command's publish was stored");
+}
+
+#[tokio::test]
+async fn nobody_reads_the_transactions_off_the_wire_and_auth_cannot_read_the_stream() {
+    let (h, _) = bank_with_a_deposit().await;
+    let everything = format!("{}.>", h.config.relay.subject_prefix);
+    let mut spies = Vec::new();
+    for spy in [Principal::Projector, Principal::Auth, Principal::Command] {
+        let client = bank_platform::nats::connect(&nats_url_as(spy)).await.unwrap();
+        let sub = client.subscribe(everything.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        spies.push((spy, client, sub));
+    }
+    let admin = bank_platform::nats::connect(&nats_admin_url()).await.unwrap();
+    let mut control = admin.subscribe(everything).await.unwrap();
+    admin.flush().await.unwrap();
+
+    // A new transaction goes over the wire.
+    let (_, bo) = h.customer();
+    let account = h.open(&bo, "USD").await;
+    h.fund(&account, "5.00").await;
+
+    let seen = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
+    assert!(matches!(seen, Ok(Some(_))), "control: the admin's subscription sees the new events");
+    for (spy, _client, mut sub) in spies {
+        let got = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+        assert!(!matches!(got, Ok(Some(_))), "{spy:?} read an event off the wire");
+    }
+
+    // auth-service may not open a consumer on the event stream at all.
+    let auth = js_as(&nats_url_as(Principal::Auth)).await;
+    let stream = auth.get_stream(&h.config.relay.stream).await;
+    let consumer = match stream {
+        Ok(s) => s.create_consumer(jetstream::consumer::pull::Config::default()).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!consumer, "auth-service opened a consumer on the event stream");
+}
+
+#[tokio::test]
+async fn no_one_purges_or_deletes_the_stream_or_a_message_in_it() {
+    let (h, before) = bank_with_a_deposit().await;
+    let name = h.config.relay.stream.clone();
+    for who in [Principal::Command, Principal::Projector, Principal::Auth] {
+        let js = js_as(&nats_url_as(who)).await;
+        if let Ok(stream) = js.get_stream(&name).await {
+            assert!(stream.purge().await.is_err(), "{who:?} purged the stream");
+            assert!(stream.delete_message(1).await.is_err(), "{who:?} deleted an event");
+        }
+        assert!(js.delete_stream(&name).await.is_err(), "{who:?} deleted the stream");
+    }
+    // The stream itself refuses purges and deletions, even to an admin
+    // (deny_purge, deny_delete: only deleting the whole stream remains).
+    let admin = js_as(&nats_admin_url()).await;
+    let stream = admin.get_stream(&name).await.unwrap();
+    assert!(stream.purge().await.is_err(), "the admin purged the stream");
+    assert!(stream.delete_message(1).await.is_err(), "the admin deleted an event");
+    assert_eq!(messages_in(&h).await, before, "every event is still there");
+}
+
+async fn redis_as(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+fn refused(result: redis::RedisResult<redis::Value>, what: &str) {
+    let error = result.expect_err(what).to_string();
+    assert!(error.contains("NOPERM") || error.contains("NOAUTH"), "{what}: refused for another reason: {error}");
+}
+
+#[tokio::test]
+async fn redis_lets_nobody_tamper_with_the_cache_the_change_channel_or_the_throttle() {
+    let test = bank_testkit::unique_prefix("acl");
+    let account = bank_testkit::read_model_prefix(&test) + "g1:acct:" + &uuid::Uuid::new_v4().to_string();
+    let changes = bank_testkit::read_model_prefix(&test) + "changes";
+    let throttle = format!("bank:auth:{test}:login:email:ada@example.com");
+    let mut admin = redis_as(&redis_admin_url()).await;
+    let _: () = admin.hset(&account, "owner_id", "ada").await.unwrap();
+    let _: () = admin.set(&throttle, 5).await.unwrap();
+
+    // Without a password, nothing at all.
+    let addr = std::env::var("REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into());
+    let mut anonymous = redis_as(&format!("redis://{addr}")).await;
+    refused(anonymous.hset(&account, "owner_id", "mallory").await, "anonymous HSET");
+    refused(anonymous.hgetall(&account).await, "anonymous HGETALL");
+
+    // query-service reads the cache and nothing more.
+    let mut query = redis_as(&redis_url_as(Principal::Query)).await;
+    let _: std::collections::HashMap<String, String> = query.hgetall(&account).await.expect("control: query reads");
+    refused(query.hset(&account, "owner_id", "mallory").await, "query HSET owner_id");
+    refused(query.publish(&changes, "{\"false\":\"update\"}").await, "query PUBLISH on the change channel");
+    refused(query.del(&throttle).await, "query DEL of a throttle key");
+
+    // command-service reads the cache for reconcile, and nothing more.
+    let mut command = redis_as(&redis_url_as(Principal::Command)).await;
+    refused(command.hset(&account, "owner_id", "mallory").await, "command HSET owner_id");
+    refused(command.del(&throttle).await, "command DEL of a throttle key");
+
+    // The projector writes read models only: not the throttle, not the key list.
+    let mut projector = redis_as(&redis_url_as(Principal::Projector)).await;
+    let _: () = projector.publish(&changes, "{}").await.expect("control: the projector announces changes");
+    refused(projector.del(&throttle).await, "projector DEL of a throttle key");
+    refused(projector.hgetall(&throttle).await, "projector reading the throttle");
+    refused(redis::cmd("KEYS").arg("*").query_async(&mut projector).await, "projector KEYS");
+
+    // auth-service keeps its throttle and touches no read model.
+    let mut auth = redis_as(&redis_url_as(Principal::Auth)).await;
+    let _: i64 = auth.incr(&throttle, 1).await.expect("control: auth counts failures");
+    refused(auth.hset(&account, "owner_id", "mallory").await, "auth HSET owner_id");
+    refused(auth.publish(&changes, "{}").await, "auth PUBLISH on the change channel");
+
+    let owner: String = admin.hget(&account, "owner_id").await.unwrap();
+    assert_eq!(owner, "ada", "the cache entry is untouched");
+    let failures: i64 = admin.get(&throttle).await.unwrap();
+    assert_eq!(failures, 6, "the throttle still counts (only auth's own increment)");
+    let _: () = admin.del(&[&account, &throttle]).await.unwrap();
+}

@@ -1,0 +1,91 @@
+//! NATS connections as a named user. async-nats ignores credentials in a
+//! URL, so they are taken out of it here and sent as user and password; the
+//! request inbox is the user's own (`_INBOX_<user>`), because the server lets
+//! each user subscribe to its own inboxes only (deploy/nats/nats.conf):
+//! nobody reads the replies and deliveries meant for another service.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::{Client, ConnectOptions};
+
+/// A URL's credentials, if any, and the URL without them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub user: Option<(String, String)>,
+}
+
+impl Endpoint {
+    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        // The URL is not repeated in the error: it may hold a password.
+        let mut url = url::Url::parse(raw).context("NATS_URL is not a URL")?;
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = match url.username() {
+            "" => None,
+            name => Some((decode(name), decode(url.password().unwrap_or_default()))),
+        };
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(Self { url: url.as_str().trim_end_matches('/').to_owned(), user })
+    }
+
+    /// Options for this endpoint: user, password and the user's own inbox.
+    pub fn options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new();
+        match &self.user {
+            Some((user, password)) => {
+                options.user_and_password(user.clone(), password.clone()).custom_inbox_prefix(format!("_INBOX_{user}"))
+            }
+            None => options,
+        }
+    }
+}
+
+/// Connects at once; fails when the server is unreachable or refuses us.
+pub async fn connect(raw_url: &str) -> anyhow::Result<Client> {
+    let endpoint = Endpoint::parse(raw_url)?;
+    endpoint
+        .options()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(&endpoint.url)
+        .await
+        .with_context(|| format!("NATS at {}", endpoint.url))
+}
+
+/// Connects in the background: the client retries until the server answers
+/// (for loops that must keep working while NATS is away).
+pub async fn connect_lazily(raw_url: &str) -> anyhow::Result<Client> {
+    let endpoint = Endpoint::parse(raw_url)?;
+    endpoint
+        .options()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(&endpoint.url)
+        .await
+        .context("invalid NATS options")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_and_become_the_user() {
+        let e = Endpoint::parse("nats://command:s%40cret@127.0.0.1:4222").unwrap();
+        assert_eq!(e.url, "nats://127.0.0.1:4222");
+        assert_eq!(e.user, Some(("command".into(), "s@cret".into())));
+    }
+
+    #[test]
+    fn a_url_without_credentials_connects_anonymously() {
+        let e = Endpoint::parse("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(e, Endpoint { url: "nats://127.0.0.1:4222".into(), user: None });
+    }
+
+    #[test]
+    fn a_bad_url_is_an_error_that_hides_the_password() {
+        let err = Endpoint::parse("not a url:secret@x").unwrap_err();
+        assert!(!format!("{err:#}").contains("secret@"), "{err:#}");
+    }
+}
