@@ -133,7 +133,7 @@ pub const PUBLIC_METHODS: &[&str] = &[
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
     let pool = db::connect(&config.database_url, 8).await?;
-    MIGRATOR.run(&pool).await?;
+    db::ensure_migrated(&pool, &MIGRATOR, "auth-service").await?;
     if let Some((email, password)) = &config.bootstrap_admin {
         ensure_bootstrap_admin(&pool, email, password).await?;
     }

@@ -9,7 +9,7 @@ use bank_platform::{
     service::Running,
 };
 use bank_proto::v1::{self as pb, auth_service_client::AuthServiceClient};
-use bank_testkit::{Principal, authed};
+use bank_testkit::{DbRole, Principal, TestDb, authed};
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -33,7 +33,8 @@ impl Auth {
         let mut config = auth_service::Config::from_env(&ProcessEnv).unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.database_url = bank_testkit::fresh_database_url("auth");
+        let database = TestDb::migrated("auth", DbRole::AuthOwner, &auth_service::MIGRATOR).await;
+        config.database_url = database.url_as(DbRole::Auth);
         config.redis_url = bank_testkit::redis_url_as(Principal::Auth);
         let prefix = bank_testkit::unique_prefix("auth");
         config.redis_prefix = format!("bank:auth:{prefix}:");
@@ -44,7 +45,7 @@ impl Auth {
         tweak(&mut config);
         let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = AuthServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
-        let db = bank_platform::db::connect(&config.database_url, 2).await.unwrap();
+        let db = bank_platform::db::connect(&database.admin_url(), 2).await.unwrap();
         Self { running, client, db, config }
     }
 
@@ -431,7 +432,8 @@ async fn money_path(a: &Auth) -> (Running, pb::account_command_service_client::A
     let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
     config.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
-    config.database_url = bank_testkit::fresh_database_url("roles");
+    config.database_url =
+        TestDb::migrated("roles", DbRole::CommandOwner, &command_service::MIGRATOR).await.url_as(DbRole::Command);
     config.jwks_url = format!("http://{}/.well-known/jwks.json", a.running.http_addr);
     config.jwt_issuer = a.config.issuer.clone();
     config.jwt_audience = a.config.audience.clone();
@@ -697,4 +699,34 @@ async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_an_address_she
     assert_eq!(new_place.code(), Code::ResourceExhausted, "an address never used before stays locked for now");
     // Ada, from where she logged in before, still gets in.
     login_from(PASSWORD, "198.51.100.7").await.unwrap();
+}
+
+/// Issue 15, attack 3: only auth-service's own role reaches its database (the
+/// password hashes), and that role can neither change the schema nor turn
+/// off the trigger that records every change of standing.
+#[tokio::test]
+async fn no_other_service_reaches_the_password_hashes_and_auth_cannot_turn_off_its_trigger() {
+    use sqlx::Connection;
+    let a = Auth::start().await;
+    let db = TestDb { name: a.config.database_url.rsplit('/').next().unwrap().to_owned() };
+    for role in [DbRole::Command, DbRole::CommandOwner, DbRole::Projector, DbRole::Query, DbRole::ReadOwner] {
+        let refusal = sqlx::PgConnection::connect(&db.url_as(role)).await.err().map(|e| e.to_string());
+        assert!(refusal.unwrap_or_default().contains("permission denied"), "{role:?} reached auth's database");
+    }
+    let mut own = sqlx::PgConnection::connect(&db.url_as(DbRole::Auth)).await.unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut own).await.expect("control");
+    assert!(users >= 1, "the bootstrap admin");
+    for sql in [
+        "SET session_replication_role = replica",
+        "ALTER TABLE users DISABLE TRIGGER USER",
+        "DELETE FROM users",
+        "DROP TABLE user_changes",
+        "CREATE TABLE mine (x int)",
+    ] {
+        let error = sqlx::query(sql).execute(&mut own).await.expect_err(sql).to_string();
+        assert!(
+            error.contains("permission denied") || error.contains("must be owner"),
+            "{sql}: refused for another reason: {error}"
+        );
+    }
 }

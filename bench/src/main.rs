@@ -269,12 +269,13 @@ async fn main() -> Result<()> {
 
     let issuer = TestIssuer::start().await?;
     let prefix = bank_testkit::unique_prefix("bench");
-    let write_url = bank_testkit::fresh_database_url("benchw");
-    let read_url = bank_testkit::fresh_database_url("benchr");
-    let pg_url = bank_testkit::fresh_database_url("benchpg");
-    let mut base_env = bank_testkit::service_env(&prefix, &issuer.jwks_url, &write_url, &read_url);
+    let dbs = bank_testkit::migrated_by_processes("bench", |name| system::sibling(name).expect("binary path")).await;
+    let (write_url, read_url) = (dbs.0.admin_url(), dbs.1.admin_url());
+    // The reference runs as the superuser on a database of its own.
+    let pg_url = bank_testkit::TestDb::create("benchpg", bank_testkit::DbRole::CommandOwner).await.admin_url();
+    let mut base_env = bank_testkit::service_env(&prefix, &issuer.jwks_url);
     base_env.push(("DB_MAX_CONNECTIONS".into(), pool_size.to_string()));
-    let mut services = system::Services::start(base_env).await?;
+    let mut services = system::Services::start(base_env, dbs).await?;
     let channel = |addr| Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
     let (cmd_ch, q_ch) = (channel(services.command), channel(services.query));
     let commands = AccountCommandServiceClient::new(cmd_ch);
@@ -486,7 +487,7 @@ async fn main() -> Result<()> {
     }
     let reconcile = std::process::Command::new(system::sibling("command-service")?)
         .arg("reconcile")
-        .envs(bank_testkit::service_credentials("command-service"))
+        .envs(bank_testkit::service_credentials("command-service", &services.dbs.0, &services.dbs.1))
         .envs(services.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "error")
         .output()?;

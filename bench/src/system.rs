@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 pub struct Services {
     pub children: Vec<(&'static str, Child)>,
     pub env: Vec<(String, String)>,
+    /// The write and read databases the services run on.
+    pub dbs: (bank_testkit::TestDb, bank_testkit::TestDb),
     pub command: SocketAddr,
     pub query: SocketAddr,
     pub projector_http: SocketAddr,
@@ -25,7 +27,10 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 impl Services {
-    pub async fn start(base_env: Vec<(String, String)>) -> Result<Self> {
+    pub async fn start(
+        base_env: Vec<(String, String)>,
+        dbs: (bank_testkit::TestDb, bank_testkit::TestDb),
+    ) -> Result<Self> {
         let (command, query, projector_http) =
             (bank_testkit::free_addr(), bank_testkit::free_addr(), bank_testkit::free_addr());
         let mut env = base_env;
@@ -43,7 +48,7 @@ impl Services {
         let mut children = Vec::new();
         for name in ["command-service", "projector", "query-service"] {
             let child = Command::new(sibling(name)?)
-                .envs(bank_testkit::service_credentials(name))
+                .envs(bank_testkit::service_credentials(name, &dbs.0, &dbs.1))
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -60,7 +65,7 @@ impl Services {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(Self { children, env, command, query, projector_http })
+        Ok(Self { children, env, dbs, command, query, projector_http })
     }
 
     /// Restarts one service with `extra` environment on the same addresses.
@@ -71,7 +76,7 @@ impl Services {
         }
         self.children.retain(|(n, _)| *n != name);
         let child = Command::new(sibling(name)?)
-            .envs(bank_testkit::service_credentials(name))
+            .envs(bank_testkit::service_credentials(name, &self.dbs.0, &self.dbs.1))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
             .stdout(Stdio::null())

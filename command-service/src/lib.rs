@@ -135,7 +135,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
     let pool = db::connect(&config.database_url, config.db_max_connections).await?;
-    MIGRATOR.run(&pool).await?;
+    db::ensure_migrated(&pool, &MIGRATOR, "command-service").await?;
     let grpc_listener = server::bind(config.grpc_addr).await?;
     let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use bank_testkit::{Principal, assert_eventually, nats_admin_url, nats_url_as, redis_admin_url, redis_url_as};
+use bank_testkit::{DbRole, Principal, assert_eventually, nats_admin_url, nats_url_as, redis_admin_url, redis_url_as};
 use common::Harness;
 use futures::StreamExt;
 use redis::AsyncCommands;
@@ -135,8 +135,8 @@ async fn redis_as(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 fn refused(result: redis::RedisResult<redis::Value>, what: &str) {
-    let error = result.expect_err(what).to_string();
-    assert!(error.contains("NOPERM") || error.contains("NOAUTH"), "{what}: refused for another reason: {error}");
+    let error = result.expect_err(what).to_string().to_lowercase();
+    assert!(error.contains("noperm") || error.contains("noauth"), "{what}: refused for another reason: {error}");
 }
 
 #[tokio::test]
@@ -155,12 +155,14 @@ async fn redis_lets_nobody_tamper_with_the_cache_the_change_channel_or_the_throt
     refused(anonymous.hset(&account, "owner_id", "mallory").await, "anonymous HSET");
     refused(anonymous.hgetall(&account).await, "anonymous HGETALL");
 
-    // query-service reads the cache and nothing more.
+    // query-service reads the cache (and refills what is missing: see
+    // SECURITY.md), but sends no change and touches no throttle.
     let mut query = redis_as(&redis_url_as(Principal::Query)).await;
     let _: std::collections::HashMap<String, String> = query.hgetall(&account).await.expect("control: query reads");
-    refused(query.hset(&account, "owner_id", "mallory").await, "query HSET owner_id");
     refused(query.publish(&changes, "{\"false\":\"update\"}").await, "query PUBLISH on the change channel");
     refused(query.del(&throttle).await, "query DEL of a throttle key");
+    refused(query.incr(&throttle, -5).await, "query lowering a throttle count");
+    refused(query.del(&account).await, "query DEL of a cache entry");
 
     // command-service reads the cache for reconcile, and nothing more.
     let mut command = redis_as(&redis_url_as(Principal::Command)).await;
@@ -185,4 +187,80 @@ async fn redis_lets_nobody_tamper_with_the_cache_the_change_channel_or_the_throt
     let failures: i64 = admin.get(&throttle).await.unwrap();
     assert_eq!(failures, 6, "the throttle still counts (only auth's own increment)");
     let _: () = admin.del(&[&account, &throttle]).await.unwrap();
+}
+
+/// Connects to `url`; the error text when refused.
+async fn pg_refuses(url: &str) -> Option<String> {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.err().map(|e| e.to_string())
+}
+
+/// Runs `sql` on `conn`; the error text, which must be a refusal of privilege.
+async fn refused_sql(conn: &mut sqlx::PgConnection, sql: &str) {
+    let error = sqlx::query(sql).execute(&mut *conn).await.expect_err(sql).to_string();
+    assert!(
+        error.contains("permission denied") || error.contains("must be owner") || error.contains("must be superuser"),
+        "{sql}: refused for another reason: {error}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_asks_everyone_for_a_password() {
+    let admin = bank_testkit::admin_database_url();
+    let host_port = admin.rsplit_once('@').map_or(admin.as_str(), |(_, r)| r).split('/').next().unwrap().to_owned();
+    for user in ["postgres", "bank_command", "bank_command_owner"] {
+        let refusal = pg_refuses(&format!("postgres://{user}@{host_port}/postgres")).await;
+        assert!(refusal.is_some(), "{user} got in without a password");
+        let refusal = pg_refuses(&format!("postgres://{user}:wrong@{host_port}/postgres")).await;
+        assert!(refusal.unwrap_or_default().contains("password authentication failed"), "{user}: wrong password");
+    }
+}
+
+#[tokio::test]
+async fn command_services_role_can_neither_rewrite_history_nor_turn_off_its_guards() {
+    use sqlx::Connection;
+    let (h, _) = bank_with_a_deposit().await;
+    let url = h.config.database_url.clone();
+    assert!(url.starts_with("postgres://bank_command:"), "the service runs as its runtime role");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    // The attack of the review: replica mode (triggers off), then rewrite.
+    refused_sql(&mut conn, "SET session_replication_role = replica").await;
+    refused_sql(&mut conn, "ALTER TABLE events DISABLE TRIGGER USER").await;
+    for (table, column) in
+        [("events", "account_id"), ("postings", "account_id"), ("audit_log", "actor"), ("reversals", "reason")]
+    {
+        refused_sql(&mut conn, &format!("UPDATE {table} SET {column} = {column}")).await;
+        refused_sql(&mut conn, &format!("DELETE FROM {table}")).await;
+        refused_sql(&mut conn, &format!("TRUNCATE {table}")).await;
+    }
+    refused_sql(&mut conn, "DELETE FROM holds").await;
+    refused_sql(&mut conn, "DROP TABLE events").await;
+    refused_sql(&mut conn, "CREATE TABLE mine (x int)").await;
+    refused_sql(&mut conn, "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'").await;
+    refused_sql(&mut conn, "CREATE DATABASE mine").await;
+    refused_sql(&mut conn, "CREATE ROLE mine").await;
+    // Control: what the service does, it may.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await.unwrap();
+    assert!(events >= 3);
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes_nothing() {
+    use sqlx::Connection;
+    let write = bank_testkit::TestDb::migrated("pgw", DbRole::CommandOwner, &command_service::MIGRATOR).await;
+    let read = bank_testkit::TestDb::migrated("pgr", DbRole::ReadOwner, &bank_readmodel::MIGRATOR).await;
+    // The write model is command-service's alone.
+    for role in [DbRole::Projector, DbRole::Query, DbRole::ReadOwner, DbRole::AuthOwner, DbRole::Auth] {
+        let refusal = pg_refuses(&write.url_as(role)).await;
+        assert!(refusal.unwrap_or_default().contains("permission denied"), "{role:?} reached the write model");
+    }
+    let mut query = sqlx::PgConnection::connect(&read.url_as(DbRole::Query)).await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM account_view").fetch_one(&mut query).await.expect("control");
+    refused_sql(&mut query, "UPDATE account_view SET owner_id = owner_id").await;
+    refused_sql(&mut query, "DELETE FROM transaction_history").await;
+    refused_sql(&mut query, "INSERT INTO dead_letters (subject, reason, payload) VALUES ('x', 'y', '')").await;
+    let mut projector = sqlx::PgConnection::connect(&read.url_as(DbRole::Projector)).await.unwrap();
+    refused_sql(&mut projector, "ALTER TABLE account_view ADD COLUMN x int").await;
+    refused_sql(&mut projector, "SET session_replication_role = replica").await;
 }

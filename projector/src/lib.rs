@@ -101,7 +101,7 @@ async fn applier(config: &Config) -> Result<Applier> {
         tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
     }
     let pool = db::connect(&config.database_url, 4).await?;
-    bank_readmodel::MIGRATOR.run(&pool).await?;
+    db::ensure_migrated(&pool, &bank_readmodel::MIGRATOR, "projector").await?;
     Ok(Applier {
         pool,
         redis: connect_redis(&config.redis_url).await,

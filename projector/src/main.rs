@@ -1,10 +1,15 @@
 use bank_platform::{config::ProcessEnv, shutdown, telemetry};
 
 /// `projector` runs the live consumer; `projector rebuild` rebuilds the read
-/// models from the start of the stream while reads keep being answered.
+/// models from the start of the stream while reads keep being answered;
+/// `projector migrate` brings the read models' schema up to date as the
+/// migration role (`READ_MIGRATE_DATABASE_URL`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("projector", "info,sqlx=warn");
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        return bank_platform::db::migrate_from_env("READ_MIGRATE_DATABASE_URL", &bank_readmodel::MIGRATOR).await;
+    }
     let config = projector::Config::from_env(&ProcessEnv)?;
     tracing::info!(?config, "projector starting");
     match std::env::args().nth(1).as_deref() {
@@ -21,6 +26,6 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}; usage: projector [rebuild]"),
+        Some(other) => anyhow::bail!("unknown command {other:?}; usage: projector [rebuild|migrate]"),
     }
 }

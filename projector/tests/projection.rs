@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
-use bank_testkit::{Principal, TestIssuer, assert_eventually, authed};
+use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, assert_eventually, authed};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -36,7 +36,8 @@ impl World {
         let mut command = command_service::Config::from_env(&ProcessEnv).unwrap();
         command.grpc_addr = "127.0.0.1:0".parse().unwrap();
         command.http_addr = "127.0.0.1:0".parse().unwrap();
-        command.database_url = bank_testkit::fresh_database_url("prjw");
+        let write = TestDb::migrated("prjw", DbRole::CommandOwner, &command_service::MIGRATOR).await;
+        command.database_url = write.url_as(DbRole::Command);
         command.db_max_connections = 8;
         command.jwks_url = issuer.jwks_url.clone();
         command.jwt_issuer = bank_testkit::ISSUER.into();
@@ -51,7 +52,8 @@ impl World {
         let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
         projector.http_addr = "127.0.0.1:0".parse().unwrap();
-        projector.database_url = bank_testkit::fresh_database_url("prjr");
+        let read = TestDb::migrated("prjr", DbRole::ReadOwner, &bank_readmodel::MIGRATOR).await;
+        projector.database_url = read.url_as(DbRole::Projector);
         projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
         projector.redis_prefix = bank_testkit::read_model_prefix(&prefix);
         projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
@@ -61,9 +63,9 @@ impl World {
         let keys = bank_platform::signing::EventKeys::of(std::slice::from_ref(&command.event_signer));
         projector.event_keys = Some(std::sync::Arc::new(keys));
         projector.max_deliveries = 5;
-        let write_db = bank_platform::db::connect(&command.database_url, 2).await.unwrap();
-        let read_db = bank_platform::db::connect(&projector.database_url, 2).await.unwrap();
-        bank_readmodel::MIGRATOR.run(&read_db).await.unwrap();
+        // The tests' own checks (and tampering) run as the superuser.
+        let write_db = bank_platform::db::connect(&write.admin_url(), 2).await.unwrap();
+        let read_db = bank_platform::db::connect(&read.admin_url(), 2).await.unwrap();
         // The test reads and tampers with the cache as admin.
         let redis = projector::connect_redis(&bank_testkit::redis_admin_url()).await.unwrap();
         Self { issuer, _command: running, client, write_db, read_db, redis, command, projector }

@@ -71,8 +71,8 @@ impl Config {
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
     let pool = db::connect(&config.database_url, 16).await?;
-    // Idempotent: lets the query side start before the projector.
-    bank_readmodel::MIGRATOR.run(&pool).await?;
+    // The read models' schema is the projector's to migrate (`projector migrate`).
+    db::ensure_migrated(&pool, &bank_readmodel::MIGRATOR, "projector").await?;
     let redis = readmodel::connect_redis(&config.redis_url).await;
     if redis.is_none() {
         tracing::warn!("Redis unavailable: answering from Postgres");

@@ -74,9 +74,16 @@ start_postgres() {
   while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
   chown postgres "$STATE/run"
   touch "$STATE/logs/postgres.log" && chown postgres "$STATE/logs/postgres.log"
+  stack_secrets
   if [ ! -s "$data/PG_VERSION" ]; then
     mkdir -p "$data" && chown postgres "$data" && chmod 700 "$data"
-    pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 >/dev/null
+    # Passwords (scram) over TCP for everyone; the local socket admits the
+    # postgres OS user as the superuser (peer), for the stack's own scripts.
+    local pwfile; pwfile="$(mktemp)"
+    printf '%s\n' "$PG_POSTGRES_PASSWORD" >"$pwfile" && chown postgres "$pwfile" && chmod 600 "$pwfile"
+    pg "$PGBIN/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=peer \
+      --pwfile="$pwfile" --encoding=UTF8 >/dev/null
+    rm -f "$pwfile"
     cat >>"$data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PGPORT
@@ -94,6 +101,7 @@ CONF
     log "postgres started on 127.0.0.1:$PGPORT"
   fi
   wait_for postgres 30 "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT"
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$REPO/deploy/postgres/provision.sh" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres
 }
 
 stop_postgres() {
@@ -109,36 +117,84 @@ restart_postgres() {
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# stack_secrets: the passwords of the stack's NATS and Redis users
-# (deploy/nats/nats.conf, deploy/redis/users.acl.in), made once under
-# $STATE/secrets (owner-only files) and exported as NATS_<USER>_PASSWORD and
-# REDIS_<USER>_PASSWORD. Compose takes the same variables from its .env.
+# Postgres roles (deploy/postgres/provision.sql): per database a migration
+# role that owns it, and the roles the services run as.
+# The databases the services use (the edge test moves them).
+AUTH_DB="${AUTH_DB:-bank_auth}" COMMAND_DB="${COMMAND_DB:-bank_command}" READ_DB="${READ_DB:-bank_read}"
+PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_owner bank_projector bank_query)
+
+# stack_secrets: the passwords of the stack's users, made once under
+# $STATE/secrets (owner-only files) and exported: NATS_<USER>_PASSWORD and
+# REDIS_<USER>_PASSWORD (deploy/nats/nats.conf, deploy/redis/users.acl.in),
+# PG_POSTGRES_PASSWORD (the superuser) and PG_<ROLE>_PASSWORD. Compose takes
+# the same variables from its .env.
 stack_secrets() {
-  local dir="$STATE/secrets" server user
+  local dir="$STATE/secrets" name
   mkdir -p "$dir" && chmod 700 "$dir"
-  for server in nats redis; do
-    for user in admin command auth projector query; do
-      [ "$server/$user" = nats/query ] && continue # query-service does not use NATS
-      local file="$dir/$server-$user"
-      [ -s "$file" ] || (umask 077 && openssl rand -hex 24 >"$file")
-      export "${server^^}_${user^^}_PASSWORD=$(cat "$file")"
-    done
+  # query-service does not use NATS.
+  for name in nats_admin nats_command nats_auth nats_projector \
+    redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}"; do
+    local file="$dir/$name"
+    [ -s "$file" ] || (umask 077 && openssl rand -hex 24 >"$file")
+    export "${name^^}_PASSWORD=$(cat "$file")"
   done
+}
+
+# create_databases: AUTH_DB, COMMAND_DB and READ_DB, each owned by its
+# migration role, as provision.sql makes the stack's own (for tests).
+create_databases() {
+  local db owner db_owner
+  for db_owner in "$AUTH_DB:bank_auth_owner" "$COMMAND_DB:bank_command_owner" "$READ_DB:bank_read_owner"; do
+    db=${db_owner%%:*} owner=${db_owner#*:}
+    psql -q "$DATABASE_ADMIN_URL" -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
+  done
+}
+
+# pg_url <role> <database>: a URL for that role (with its password).
+pg_url() {
+  local var="PG_${1^^}_PASSWORD"
+  echo "postgres://$1:${!var}@127.0.0.1:$PGPORT/$2"
 }
 
 # service_credentials <service>: NATS_URL and REDIS_URL as that service's own
 # user, as NAME=value words (for env).
 service_credentials() {
   local user
+  stack_secrets
   case $1 in
-    auth-service) user=auth ;; command-service) user=command ;;
-    projector) user=projector ;; query-service) user=query ;;
+    auth-service) user=auth
+      echo "AUTH_DATABASE_URL=$(pg_url bank_auth "$AUTH_DB")" ;;
+    command-service) user=command
+      echo "COMMAND_DATABASE_URL=$(pg_url bank_command "$COMMAND_DB")"
+      echo "READ_DATABASE_URL=$(pg_url bank_command "$READ_DB")" ;; # reconcile reads the read models
+    projector) user=projector
+      echo "READ_DATABASE_URL=$(pg_url bank_projector "$READ_DB")" ;;
+    query-service) user=query
+      echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")" ;;
     *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
   esac
-  stack_secrets
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
   echo "REDIS_URL=redis://$user:${!redis_pw}@127.0.0.1:$REDIS_PORT"
   [ "$user" = query ] || echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
+}
+
+# migrations_env: the migration roles' URLs (`<service> migrate`).
+migrations_env() {
+  stack_secrets
+  export AUTH_MIGRATE_DATABASE_URL; AUTH_MIGRATE_DATABASE_URL="$(pg_url bank_auth_owner "$AUTH_DB")"
+  export COMMAND_MIGRATE_DATABASE_URL; COMMAND_MIGRATE_DATABASE_URL="$(pg_url bank_command_owner "$COMMAND_DB")"
+  export READ_MIGRATE_DATABASE_URL; READ_MIGRATE_DATABASE_URL="$(pg_url bank_read_owner "$READ_DB")"
+}
+
+# run_migrations <binary dir>: every database's migrations, each as its
+# migration role; only these processes ever see those roles' passwords.
+run_migrations() {
+  (
+    migrations_env
+    "$1/auth-service" migrate
+    "$1/command-service" migrate
+    "$1/projector" migrate
+  )
 }
 
 start_nats() {
@@ -209,10 +265,12 @@ stack_running() {
 }
 
 stack_env() {
-  export DATABASE_ADMIN_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
-  export AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_auth"
-  export COMMAND_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_command"
-  export READ_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/bank_read"
+  stack_secrets
+  # The superuser, for the tests' own checks and operators; the services'
+  # URLs come from service_credentials.
+  DATABASE_ADMIN_URL="$(pg_url postgres postgres)"
+  export DATABASE_ADMIN_URL
+  unset AUTH_DATABASE_URL COMMAND_DATABASE_URL READ_DATABASE_URL
   # No NATS_URL or REDIS_URL here: each service connects as its own user
   # (service_credentials); the tests' own checks use the admin URLs, and
   # the tests build each service's URL from the passwords and addresses.

@@ -20,5 +20,15 @@ for name, user in users.items():
         assert re.match(rf"nats://{user}:\$\{{NATS_{user.upper()}_PASSWORD:\?", env["NATS_URL"]), (name, "NATS_URL")
     else:
         assert "NATS_URL" not in env, "query-service has no NATS user"
-print("ok -- compose: NATS and Redis users per service, from deploy/")
+# Postgres: provisioned by the stack's own script; the services connect as
+# their runtime roles, never as the superuser or a schema owner.
+assert "./deploy/postgres/provision.sh:/docker-entrypoint-initdb.d/10-provision.sh:ro" in c["postgres"]["volumes"], "postgres: provision.sh"
+roles = {"auth-service": {"AUTH_DATABASE_URL": "bank_auth"},
+         "command-service": {"COMMAND_DATABASE_URL": "bank_command", "READ_DATABASE_URL": "bank_command"},
+         "projector": {"READ_DATABASE_URL": "bank_projector"}, "query-service": {"READ_DATABASE_URL": "bank_query"}}
+for name, urls in roles.items():
+    for var, role in urls.items():
+        assert c[name]["environment"][var].startswith(f"postgres://{role}:${{"), (name, var)
+    assert not any("_owner:" in str(v) or "postgres://postgres" in str(v) for v in c[name]["environment"].values()), name
+print("ok -- compose: NATS, Redis and Postgres users per service, from deploy/")
 PY

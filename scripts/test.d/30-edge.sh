@@ -21,8 +21,8 @@ services_env
 DESCRIPTOR="$logs/bank.pb"
 edge_config target/debug/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
 export BOOTSTRAP_ADMIN_EMAIL=edge-admin@bank.test BOOTSTRAP_ADMIN_PASSWORD="edge admin password"
-export AUTH_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_auth_$$" COMMAND_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_command_$$"
-export READ_DATABASE_URL="${DATABASE_ADMIN_URL%/*}/edge_read_$$" NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
+AUTH_DB="edge_auth_$$" COMMAND_DB="edge_command_$$" READ_DB="edge_read_$$"
+export NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
   USERS_STREAM="EDGE_USERS_$$" USERS_SUBJECT_PREFIX="edge$$.users"
 export REDIS_PREFIX="bank:rm:edge$$:" AUTH_REDIS_PREFIX="bank:auth:edge$$:" PROJECTOR_DURABLE="edge$$"
 
@@ -42,6 +42,8 @@ cleanup() {
   done
 }
 trap cleanup EXIT
+create_databases
+run_migrations target/debug >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&2; exit 1; }
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 

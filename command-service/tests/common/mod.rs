@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bank_platform::{CancellationToken, auth::STATUS_ACTIVE, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
-use bank_testkit::{Principal, TestIssuer, authed};
+use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, authed};
 use prost::Message;
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -45,7 +45,8 @@ impl Harness {
         let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.database_url = bank_testkit::fresh_database_url("cmd");
+        let database = TestDb::migrated("cmd", DbRole::CommandOwner, &command_service::MIGRATOR).await;
+        config.database_url = database.url_as(DbRole::Command);
         config.db_max_connections = 10;
         config.jwks_url = issuer.jwks_url.clone();
         config.jwt_issuer = bank_testkit::ISSUER.into();
@@ -62,7 +63,8 @@ impl Harness {
         adjust(&mut config);
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
-        let db = bank_platform::db::connect(&config.database_url, 4).await.unwrap();
+        // The tests' own checks (and tampering) run as the superuser.
+        let db = bank_platform::db::connect(&database.admin_url(), 4).await.unwrap();
         Self { issuer, running: Some(running), client, db, config }
     }
 

@@ -1,18 +1,20 @@
-//! Postgres connections. Each service owns its database and creates it when
-//! missing, so a fresh machine (or a fresh test) needs no manual step.
+//! Postgres connections. Databases and roles are provisioned outside the
+//! services (deploy/postgres/provision.sql); each database's migration role
+//! runs its migrations (`<service> migrate`), and the services run as roles
+//! that own nothing and change no schema (issue 15).
 
 use std::{str::FromStr, time::Duration};
 
 use anyhow::{Context, Result};
 use sqlx::{
-    ConnectOptions, Connection, PgConnection, PgPool,
+    ConnectOptions, PgPool,
+    migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-/// Connects a pool to `url`, creating the database first if it does not exist.
+/// Connects a pool to `url` (the database must exist).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
-    ensure_database(&options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -21,26 +23,28 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .context("failed to connect to Postgres")
 }
 
-async fn ensure_database(options: &PgConnectOptions) -> Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else {
-        return Ok(());
-    };
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+/// `<service> migrate`: runs `migrator` as the migration role whose URL is
+/// in `$var`, then returns.
+pub async fn migrate_from_env(var: &str, migrator: &Migrator) -> Result<()> {
+    let url = std::env::var(var).with_context(|| format!("{var} (the migration role's database URL) is not set"))?;
+    let pool = connect(&url, 1).await?;
+    migrator.run(&pool).await.context("migrations failed")?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Refuses to run against a database whose schema is not the one this build
+/// expects, naming the fix (the service itself never migrates).
+pub async fn ensure_migrated(pool: &PgPool, migrator: &Migrator, service: &str) -> Result<()> {
+    let expected = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
         .await
-        .context("failed to connect to Postgres")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
-    if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut admin).await {
-            Ok(_) => {}
-            // Another process created it between our check and our CREATE.
-            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
-            Err(e) => return Err(e).context("failed to create database"),
-        }
-    }
-    admin.close().await.ok();
+        .unwrap_or(None);
+    anyhow::ensure!(
+        applied == Some(expected),
+        "the database is at migration {applied:?}, this build needs {expected}: run `{service} migrate` \
+         with the migration role's URL first"
+    );
     Ok(())
 }

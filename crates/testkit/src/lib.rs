@@ -22,11 +22,87 @@ pub fn admin_database_url() -> String {
     env_or("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 }
 
-/// A URL naming a database no other test uses (services create it on connect).
-pub fn fresh_database_url(tag: &str) -> String {
+/// The stack's Postgres roles (deploy/postgres/provision.sql): per
+/// database a migration role that owns the schema, and the roles the
+/// services run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbRole {
+    AuthOwner,
+    Auth,
+    CommandOwner,
+    Command,
+    ReadOwner,
+    Projector,
+    Query,
+}
+
+impl DbRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AuthOwner => "bank_auth_owner",
+            Self::Auth => "bank_auth",
+            Self::CommandOwner => "bank_command_owner",
+            Self::Command => "bank_command",
+            Self::ReadOwner => "bank_read_owner",
+            Self::Projector => "bank_projector",
+            Self::Query => "bank_query",
+        }
+    }
+
+    fn password(self) -> String {
+        let var = format!("PG_{}_PASSWORD", self.name().to_uppercase());
+        std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through scripts/test"))
+    }
+}
+
+/// A database of one test's own, created by the admin the way the stack
+/// provisions one: owned by its migration role.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates it (empty: `migrated` runs the migrations too).
+    pub async fn create(tag: &str, owner: DbRole) -> Self {
+        use sqlx::Connection;
+        let name = format!("t_{tag}_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("the test Postgres");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\" OWNER {}", owner.name()))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = admin.close().await;
+        Self { name }
+    }
+
+    /// Creates it and runs `migrator` as its migration role `owner`.
+    pub async fn migrated(tag: &str, owner: DbRole, migrator: &sqlx::migrate::Migrator) -> Self {
+        let db = Self::create(tag, owner).await;
+        let pool = bank_platform::db::connect(&db.url_as(owner), 1).await.expect("the migration role connects");
+        migrator.run(&pool).await.expect("migrations run as the migration role");
+        pool.close().await;
+        db
+    }
+
+    /// Its URL as `role`.
+    pub fn url_as(&self, role: DbRole) -> String {
+        format!("postgres://{}:{}@{}/{}", role.name(), role.password(), pg_host_port(), self.name)
+    }
+
+    /// Its URL as the superuser (the tests' own checks and tampering).
+    pub fn admin_url(&self) -> String {
+        let admin = admin_database_url();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+}
+
+/// `host:port` of the test Postgres, from the admin URL.
+fn pg_host_port() -> String {
     let admin = admin_database_url();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    format!("{base}/t_{tag}_{}", Uuid::new_v4().simple())
+    let after_at = admin.rsplit_once('@').map_or(admin.as_str(), |(_, rest)| rest);
+    after_at.split('/').next().unwrap_or("127.0.0.1:5432").to_owned()
 }
 
 /// Who connects to NATS or Redis: each service has a user of its own with
@@ -103,23 +179,46 @@ pub fn read_model_prefix(test_prefix: &str) -> String {
 
 /// The environment that connects service `binary` to NATS and Redis as its
 /// own user (processes started by the fault tests and the benchmark).
-pub fn service_credentials(binary: &str) -> Vec<(String, String)> {
+/// and to the write and read databases as its own Postgres role.
+pub fn service_credentials(binary: &str, write: &TestDb, read: &TestDb) -> Vec<(String, String)> {
     let who = Principal::of_service(binary).unwrap_or_else(|| panic!("{binary} is not a service"));
     let mut env = vec![("REDIS_URL".to_owned(), redis_url_as(who))];
     if who != Principal::Query {
         env.push(("NATS_URL".to_owned(), nats_url_as(who)));
     }
+    let role = match who {
+        Principal::Projector => DbRole::Projector,
+        Principal::Query => DbRole::Query,
+        _ => DbRole::Command,
+    };
+    env.push(("READ_DATABASE_URL".to_owned(), read.url_as(role)));
+    if who == Principal::Command {
+        env.push(("COMMAND_DATABASE_URL".to_owned(), write.url_as(DbRole::Command)));
+    }
     env
 }
 
+/// A write and a read database for service processes, migrated by the
+/// services' own `migrate` commands (`bin` gives a binary's path).
+pub async fn migrated_by_processes(tag: &str, bin: impl Fn(&str) -> std::path::PathBuf) -> (TestDb, TestDb) {
+    let write = TestDb::create(&format!("{tag}w"), DbRole::CommandOwner).await;
+    let read = TestDb::create(&format!("{tag}r"), DbRole::ReadOwner).await;
+    for (binary, var, url) in [
+        ("command-service", "COMMAND_MIGRATE_DATABASE_URL", write.url_as(DbRole::CommandOwner)),
+        ("projector", "READ_MIGRATE_DATABASE_URL", read.url_as(DbRole::ReadOwner)),
+    ] {
+        let out = std::process::Command::new(bin(binary)).arg("migrate").env(var, url).output().expect("migrate");
+        assert!(out.status.success(), "{binary} migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (write, read)
+}
+
 /// The environment that points command-service, projector and query-service
-/// processes at their own databases, stream, consumer and Redis prefix, with
+/// processes at their own stream, consumer and Redis prefix, with
 /// tokens from `jwks_url`: what the fault tests and the benchmark start them
 /// with (each also with its own `service_credentials`).
-pub fn service_env(prefix: &str, jwks_url: &str, write_url: &str, read_url: &str) -> Vec<(String, String)> {
+pub fn service_env(prefix: &str, jwks_url: &str) -> Vec<(String, String)> {
     [
-        ("COMMAND_DATABASE_URL", write_url.to_owned()),
-        ("READ_DATABASE_URL", read_url.to_owned()),
         ("NATS_STREAM", prefix.to_uppercase()),
         ("NATS_SUBJECT_PREFIX", format!("{prefix}.events")),
         ("USERS_STREAM", format!("{}_USERS", prefix.to_uppercase())),

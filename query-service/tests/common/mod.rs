@@ -7,7 +7,7 @@ use bank_proto::v1::{
     self as pb, account_command_service_client::AccountCommandServiceClient,
     account_query_service_client::AccountQueryServiceClient,
 };
-use bank_testkit::{Principal, TestIssuer, authed};
+use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, authed};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -47,7 +47,8 @@ impl Bank {
         let mut command = command_service::Config::from_env(&ProcessEnv).unwrap();
         command.grpc_addr = "127.0.0.1:0".parse().unwrap();
         command.http_addr = "127.0.0.1:0".parse().unwrap();
-        command.database_url = bank_testkit::fresh_database_url("qw");
+        command.database_url =
+            TestDb::migrated("qw", DbRole::CommandOwner, &command_service::MIGRATOR).await.url_as(DbRole::Command);
         command.db_max_connections = 8;
         command.jwks_url = issuer.jwks_url.clone();
         command.jwt_issuer = bank_testkit::ISSUER.into();
@@ -58,14 +59,14 @@ impl Bank {
         command.relay.subject_prefix = format!("{prefix}.events");
         command.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         command.standing_feed.subject_prefix = format!("{prefix}.users");
-        let read_db = bank_testkit::fresh_database_url("qr");
+        let read = TestDb::migrated("qr", DbRole::ReadOwner, &bank_readmodel::MIGRATOR).await;
         let redis_prefix = bank_testkit::read_model_prefix(&prefix);
-        command.audit.read_database_url = Some(read_db.clone());
+        command.audit.read_database_url = Some(read.url_as(DbRole::Command));
         command.audit.redis_url = Some(bank_testkit::redis_url_as(Principal::Command));
         command.audit.redis_prefix = redis_prefix.clone();
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
         projector.http_addr = "127.0.0.1:0".parse().unwrap();
-        projector.database_url = read_db.clone();
+        projector.database_url = read.url_as(DbRole::Projector);
         projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
         projector.redis_prefix = redis_prefix.clone();
         projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
@@ -77,7 +78,7 @@ impl Bank {
         let mut query = query_service::Config::from_env(&ProcessEnv).unwrap();
         query.grpc_addr = "127.0.0.1:0".parse().unwrap();
         query.http_addr = "127.0.0.1:0".parse().unwrap();
-        query.database_url = read_db;
+        query.database_url = read.url_as(DbRole::Query);
         query.redis_url = query_redis.into();
         query.redis_prefix = redis_prefix.clone();
         query.jwks_url = issuer.jwks_url.clone();

@@ -46,6 +46,7 @@ pub struct Service {
 pub struct System {
     pub issuer: TestIssuer,
     env: Vec<(String, String)>,
+    dbs: (bank_testkit::TestDb, bank_testkit::TestDb),
     services: HashMap<&'static str, Service>,
     pub command_addr: SocketAddr,
     pub query_addr: SocketAddr,
@@ -63,9 +64,8 @@ impl System {
         let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("e2e");
         let (command_addr, query_addr) = (bank_testkit::free_addr(), bank_testkit::free_addr());
-        let write_url = bank_testkit::fresh_database_url("e2ew");
-        let read_url = bank_testkit::fresh_database_url("e2er");
-        let mut env = bank_testkit::service_env(&prefix, &issuer.jwks_url, &write_url, &read_url);
+        let dbs = bank_testkit::migrated_by_processes("e2e", bin).await;
+        let mut env = bank_testkit::service_env(&prefix, &issuer.jwks_url);
         env.extend(
             [
                 ("COMMAND_GRPC_ADDR", command_addr.to_string()),
@@ -79,9 +79,10 @@ impl System {
             .chain(extra_env.iter().cloned())
             .map(|(k, v)| (k.to_string(), v)),
         );
-        let write_db = bank_platform::db::connect(&write_url, 2).await.unwrap();
-        let read_db = bank_platform::db::connect(&read_url, 2).await.unwrap();
-        let mut sys = Self { issuer, env, services: HashMap::new(), command_addr, query_addr, write_db, read_db };
+        // The tests' own checks read both databases as the superuser.
+        let write_db = bank_platform::db::connect(&dbs.0.admin_url(), 2).await.unwrap();
+        let read_db = bank_platform::db::connect(&dbs.1.admin_url(), 2).await.unwrap();
+        let mut sys = Self { issuer, env, dbs, services: HashMap::new(), command_addr, query_addr, write_db, read_db };
         for name in ["command-service", "projector", "query-service"] {
             sys.spawn(name);
         }
@@ -92,7 +93,7 @@ impl System {
 
     fn spawn(&mut self, name: &'static str) {
         let child = Command::new(bin(name))
-            .envs(bank_testkit::service_credentials(name))
+            .envs(bank_testkit::service_credentials(name, &self.dbs.0, &self.dbs.1))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -147,7 +148,7 @@ impl System {
     pub fn reconcile(&self) -> (bool, String) {
         let out = Command::new(bin("command-service"))
             .arg("reconcile")
-            .envs(bank_testkit::service_credentials("command-service"))
+            .envs(bank_testkit::service_credentials("command-service", &self.dbs.0, &self.dbs.1))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
