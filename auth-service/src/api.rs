@@ -79,19 +79,22 @@ fn user_proto(u: &User) -> pb::User {
     }
 }
 
+/// The address throttling counts against: the peer's, or behind the edge
+/// (`trust_forwarded_for`) the entry Envoy appended to x-forwarded-for
+/// (use_remote_address): the rightmost. Anything left of it is what the
+/// client claimed, and counts for nothing.
+fn client_address(forwarded: Option<&str>, trust_forwarded_for: bool, peer: Option<SocketAddr>) -> String {
+    let edge_seen = forwarded.and_then(|v| v.rsplit(',').next()).map(str::trim).filter(|s| !s.is_empty());
+    match edge_seen.filter(|_| trust_forwarded_for) {
+        Some(address) => address.to_owned(),
+        None => peer.map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()),
+    }
+}
+
 impl AuthApi {
     fn client_address<T>(&self, req: &Request<T>) -> String {
-        let forwarded = req
-            .metadata()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        if let Some(first) = forwarded.filter(|_| self.settings.trust_forwarded_for) {
-            return first.to_owned();
-        }
-        req.remote_addr().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+        let forwarded = req.metadata().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        client_address(forwarded, self.settings.trust_forwarded_for, req.remote_addr())
     }
 
     /// A new access token plus a refresh token in `family`, stored in `tx`.
@@ -411,5 +414,21 @@ impl AuthService for AuthApi {
         tx.commit().await.map_err(AuthError::from)?;
         tracing::info!(user_id = %id, admin = %caller.user_id, "customer suspended");
         Ok(Response::new(user_proto(&user)))
+    }
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+
+    #[test]
+    fn behind_the_edge_the_address_envoy_saw_counts_and_what_the_client_claimed_does_not() {
+        let envoy = Some("127.0.0.1:40000".parse().unwrap());
+        assert_eq!(client_address(Some("203.0.113.9, 198.51.100.7"), true, envoy), "198.51.100.7");
+        assert_eq!(client_address(Some("198.51.100.7"), true, envoy), "198.51.100.7");
+        // Not behind a trusted edge: the header is ignored.
+        assert_eq!(client_address(Some("203.0.113.9"), false, envoy), "127.0.0.1");
+        assert_eq!(client_address(None, true, envoy), "127.0.0.1");
+        assert_eq!(client_address(Some(" , "), true, None), "unknown");
     }
 }

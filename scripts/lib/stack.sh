@@ -309,6 +309,8 @@ services_env() {
   export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
   export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
   export JWKS_URL="http://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json"
+  # Envoy (use_remote_address) appends the client address it saw.
+  export TRUST_X_FORWARDED_FOR=true
   event_keys
 }
 

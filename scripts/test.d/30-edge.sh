@@ -4,7 +4,7 @@
 # rendered for them from the template): reflection per service, JWT at the
 # edge, a token reaching a service, REST (resource paths, errors as HTTP codes
 # with google.rpc.Status bodies, bad input), the OpenAPI document against the
-# running edge, gRPC-Web, Login rate limiting, and an upstream killed and
+# running edge, gRPC-Web, Login rate limiting per client address, and an upstream killed and
 # restarted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -247,6 +247,18 @@ for _ in $(seq 1 15); do
 done
 [ "$limited" = 1 ] || fail "Login was not rate limited"
 echo "ok: Login rate-limited at the edge"
+# 7b. Per client address, the one the edge saw: claiming another address in
+# x-forwarded-for does not escape the limit, and another client (another
+# loopback address) is not held up by this one's.
+login_from() { # login_from <source address> [header]: the HTTP status of a REST Login
+  curl -s -o /dev/null -w '%{http_code}' --interface "$1" ${2:+-H "$2"} -H 'content-type: application/json' \
+    -d '{"email":"edge@example.com","password":"correct horse battery"}' "http://127.0.0.1:$EDGE_PORT/v1/auth:login"
+}
+code=$(login_from 127.0.0.1 "x-forwarded-for: 203.0.113.9")
+[ "$code" = 429 ] || fail "a forged x-forwarded-for escaped the Login limit (HTTP $code)"
+code=$(login_from 127.0.0.2)
+[ "$code" = 200 ] || fail "another client was held up by this one's Login limit (HTTP $code)"
+echo "ok: the Login limit is per client address, and x-forwarded-for cannot move it"
 # 10. The REST body check fails closed: with auth-service down a REST write is
 #     UNAVAILABLE (503, google.rpc.Status), never let through unchecked.
 kill "${pid_of[auth]}"; wait "${pid_of[auth]}" 2>/dev/null || true
