@@ -28,6 +28,8 @@ pub struct QueryApi {
     pub parked: Arc<PerCaller>,
     /// Open WatchBalance streams, per caller.
     pub streams: Arc<PerCaller>,
+    /// Each user's newest standing: a stream ends when its caller's does.
+    pub standings: Arc<crate::standing::Standings>,
 }
 
 /// Most reads one caller may have waiting for consistency tokens at once.
@@ -537,9 +539,14 @@ impl AccountQueryService for QueryApi {
     async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
+        if let Some(why) = self.standings.revokes(&caller) {
+            return Err(QueryError::StandingRevoked(why).into());
+        }
         let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         // Subscribe before reading the current state, so no change slips between.
         let mut changes = self.model.changes.subscribe();
+        let mut standing_changes = self.standings.subscribe();
+        let standings = self.standings.clone();
         let current = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         let slot = self
             .streams
@@ -562,6 +569,13 @@ impl AccountQueryService for QueryApi {
                     () = tokio::time::sleep_until(token_ends) => {
                         let _ = tx.send(Err(Status::unauthenticated("the access token expired; open a new stream with a fresh one"))).await;
                         return;
+                    }
+                    Ok(()) = standing_changes.changed() => {
+                        if let Some(why) = standings.revokes(&caller) {
+                            let _ = tx.send(Err(QueryError::StandingRevoked(why).into())).await;
+                            return;
+                        }
+                        continue;
                     }
                     c = changes.recv() => c,
                 };

@@ -15,6 +15,10 @@ pub enum QueryError {
     PermissionDenied(&'static str),
     #[error("the read model has not caught up with the requested consistency token yet")]
     ConsistencyTimeout,
+    /// The caller's standing changed after its token was issued (suspended,
+    /// or a role revoked): a new token decides what it may read.
+    #[error("{0}")]
+    StandingRevoked(&'static str),
     /// A per-caller cap on parked reads or open streams.
     #[error("{0}")]
     TooMany(&'static str),
@@ -40,6 +44,11 @@ impl From<QueryError> for Status {
                 Code::Unavailable,
                 "CONSISTENCY_TIMEOUT",
                 "the read model has not reached the requested consistency token within the deadline; retry",
+            ),
+            QueryError::StandingRevoked(why) => status::with_reason(
+                Code::PermissionDenied,
+                "STANDING_REVOKED",
+                format!("{why}; sign in again for a token that reflects it"),
             ),
             QueryError::TooMany(why) => status::with_reason(Code::ResourceExhausted, "TOO_MANY_OPEN_CALLS", why),
             QueryError::Db(err) => status::from_db(&err),

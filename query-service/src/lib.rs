@@ -6,6 +6,7 @@ pub mod api;
 pub mod error;
 pub mod limits;
 pub mod readmodel;
+pub mod standing;
 pub mod statement;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -35,6 +36,9 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub page_token_secret: Option<String>,
+    /// auth-service's feed of user standings (`NATS_URL`, `USERS_STREAM`,
+    /// `USERS_SUBJECT_PREFIX`): open streams end when their caller's ends.
+    pub standing_feed: bank_platform::standing::Feed,
 }
 
 impl std::fmt::Debug for Config {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("page_token_secret", &self.page_token_secret.as_ref().map(|_| "***"))
+            .field("standing_feed", &self.standing_feed)
             .finish()
     }
 }
@@ -65,6 +70,7 @@ impl Config {
             jwt_issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
             jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
             page_token_secret: env.var("PAGE_TOKEN_SECRET"),
+            standing_feed: bank_platform::standing::Feed::from_env(env),
         })
     }
 }
@@ -95,11 +101,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
     let verifier =
         Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
+    let standings = Arc::new(standing::Standings::default());
+    running.spawn(standing::follow(config.standing_feed.clone(), standings.clone(), shutdown.clone()));
     let api = QueryApi {
         model: model.clone(),
         pages: PageTokenSigner::new(secret),
         parked: limits::PerCaller::new(api::MAX_PARKED_PER_CALLER),
         streams: limits::PerCaller::new(api::MAX_STREAMS_PER_CALLER),
+        standings: standings.clone(),
     };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),

@@ -172,3 +172,61 @@ async fn a_stream_ends_when_the_token_that_opened_it_expires() {
     assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     assert!(started.elapsed() < Duration::from_secs(5), "ended {:?} after opening", started.elapsed());
 }
+
+/// Publishes `user`'s standing on the feed the way auth-service does (as the
+/// NATS admin here: the test plays auth-service).
+async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str], seq: i64) {
+    let feed = &bank.query_config.standing_feed;
+    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap());
+    let standing = bank_platform::standing::Standing {
+        user_id: user,
+        status: status.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        seq,
+    };
+    let subject = format!("{}.{user}", feed.subject_prefix);
+    let payload = serde_json::to_vec(&standing).unwrap();
+    // command-service creates the stream as it starts following the feed.
+    bank_testkit::assert_eventually!(
+        match js.publish(subject.clone(), payload.clone().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        },
+        Duration::from_secs(10),
+        "the standing was published"
+    );
+}
+
+/// Issue 15, attack 4: a suspension ends an open WatchBalance stream at
+/// once, though the token that opened it is still valid; a standing that
+/// takes nothing away does not; a new stream on the old token is refused.
+#[tokio::test]
+async fn a_stream_ends_at_once_when_its_caller_is_suspended() {
+    let bank = Bank::start().await;
+    let user = Uuid::now_v7();
+    let token = bank.issuer.customer(user); // valid for 15 minutes, standing version 0
+    let opened = bank.open(&token).await;
+    let a = opened.account.unwrap().account_id;
+    bank.balance(&token, &a, &opened.consistency_token).await.unwrap();
+    let req = pb::WatchBalanceRequest { account_id: a.clone(), min_consistency_token: String::new() };
+    let mut stream = bank.queries.clone().watch_balance(authed(req.clone(), &token)).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    // Control: a newer standing that takes nothing away leaves it open.
+    publish_standing(&bank, user, "ACTIVE", &["customer"], 1).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+    assert!(quiet.is_err(), "the stream ended on a standing that changed nothing: {quiet:?}");
+
+    publish_standing(&bank, user, "SUSPENDED", &["customer"], 2).await;
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream outlived the suspension");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "STANDING_REVOKED");
+    assert!(started.elapsed() < Duration::from_secs(5), "ended {:?} after the suspension", started.elapsed());
+
+    let again = bank.queries.clone().watch_balance(authed(req, &token)).await.unwrap_err();
+    assert_eq!(again.code(), Code::PermissionDenied, "a new stream on the old token: {again:?}");
+}

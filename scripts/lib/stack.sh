@@ -131,8 +131,7 @@ PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_ow
 stack_secrets() {
   local dir="$STATE/secrets" name
   mkdir -p "$dir" && chmod 700 "$dir"
-  # query-service does not use NATS.
-  for name in nats_admin nats_command nats_auth nats_projector \
+  for name in nats_admin nats_command nats_auth nats_projector nats_query \
     redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}"; do
     local file="$dir/$name"
     [ -s "$file" ] || (umask 077 && openssl rand -hex 24 >"$file")
@@ -175,7 +174,7 @@ service_credentials() {
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
   echo "REDIS_URL=redis://$user:${!redis_pw}@127.0.0.1:$REDIS_PORT"
-  [ "$user" = query ] || echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
+  echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
 }
 
 # migrations_env: the migration roles' URLs (`<service> migrate`).

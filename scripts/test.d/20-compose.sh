@@ -16,10 +16,7 @@ users = {"auth-service": "auth", "command-service": "command", "projector": "pro
 for name, user in users.items():
     env = c[name]["environment"]
     assert re.match(rf"redis://{user}:\$\{{REDIS_{user.upper()}_PASSWORD:\?", env["REDIS_URL"]), (name, "REDIS_URL")
-    if user != "query":
-        assert re.match(rf"nats://{user}:\$\{{NATS_{user.upper()}_PASSWORD:\?", env["NATS_URL"]), (name, "NATS_URL")
-    else:
-        assert "NATS_URL" not in env, "query-service has no NATS user"
+    assert re.match(rf"nats://{user}:\$\{{NATS_{user.upper()}_PASSWORD:\?", env["NATS_URL"]), (name, "NATS_URL")
 # Postgres: provisioned by the stack's own script; the services connect as
 # their runtime roles, never as the superuser or a schema owner.
 assert "./deploy/postgres/provision.sh:/docker-entrypoint-initdb.d/10-provision.sh:ro" in c["postgres"]["volumes"], "postgres: provision.sh"

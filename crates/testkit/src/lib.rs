@@ -182,10 +182,7 @@ pub fn read_model_prefix(test_prefix: &str) -> String {
 /// and to the write and read databases as its own Postgres role.
 pub fn service_credentials(binary: &str, write: &TestDb, read: &TestDb) -> Vec<(String, String)> {
     let who = Principal::of_service(binary).unwrap_or_else(|| panic!("{binary} is not a service"));
-    let mut env = vec![("REDIS_URL".to_owned(), redis_url_as(who))];
-    if who != Principal::Query {
-        env.push(("NATS_URL".to_owned(), nats_url_as(who)));
-    }
+    let mut env = vec![("REDIS_URL".to_owned(), redis_url_as(who)), ("NATS_URL".to_owned(), nats_url_as(who))];
     let role = match who {
         Principal::Projector => DbRole::Projector,
         Principal::Query => DbRole::Query,
@@ -415,7 +412,7 @@ impl NatsProcess {
     /// Starts the server again on the same port and store.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/nats.conf");
-        let who = [Principal::Admin, Principal::Command, Principal::Projector, Principal::Auth];
+        let who = [Principal::Admin, Principal::Command, Principal::Projector, Principal::Auth, Principal::Query];
         let child = std::process::Command::new("nats-server")
             .arg("-c")
             .arg(&config)

@@ -84,6 +84,9 @@ impl Bank {
         query.jwks_url = issuer.jwks_url.clone();
         query.jwt_issuer = bank_testkit::ISSUER.into();
         query.jwt_audience = bank_testkit::AUDIENCE.into();
+        // The same standing feed command-service follows, as query's own NATS user.
+        query.standing_feed = command.standing_feed.clone();
+        query.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Query);
         let c = command_service::start(command, CancellationToken::new()).await.unwrap();
         let q = query_service::start(query.clone(), CancellationToken::new()).await.unwrap();
         let p = projector::start(projector, CancellationToken::new()).await.unwrap();
