@@ -27,5 +27,9 @@ for name, urls in roles.items():
     for var, role in urls.items():
         assert c[name]["environment"][var].startswith(f"postgres://{role}:${{"), (name, var)
     assert not any("_owner:" in str(v) or "postgres://postgres" in str(v) for v in c[name]["environment"].values()), name
-print("ok -- compose: NATS, Redis and Postgres users per service, from deploy/")
+# Keys from files: events signed and verified, tokens signed with a stable key.
+assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run/secrets/")
+assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
+assert c["auth-service"]["environment"]["JWT_SIGNING_KEYS"].startswith("/run/secrets/")
+print("ok -- compose: NATS, Redis and Postgres users per service, from deploy/; keys from files")
 PY
