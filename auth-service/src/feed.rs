@@ -1,13 +1,17 @@
 //! Publishes each recorded change of a user's standing (`user_changes`, filled
 //! by a trigger in the changing transaction) to JetStream, in order, deleting
 //! a row only after JetStream acknowledged it; the message id makes a
-//! republish after a crash a duplicate JetStream drops.
+//! republish after a crash a duplicate JetStream drops. Each standing is
+//! signed with the token signing key (`TokenSigner::sign_standing`): its
+//! readers check it against the JWKS they already trust for tokens, so a
+//! standing nobody signed cannot mask a suspension.
 
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
 use bank_platform::{
     CancellationToken,
+    auth::TokenSigner,
     standing::{Feed, Standing},
 };
 use sqlx::PgPool;
@@ -15,14 +19,14 @@ use uuid::Uuid;
 
 const BATCH: i64 = 256;
 
-pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(pool: PgPool, feed: Feed, signer: TokenSigner, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         // Cancellable at any await: an interrupted publish is published
         // again at the next start, and JetStream drops the duplicate.
         let published = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = publish_all(&pool, &feed, &shutdown) => r,
+            r = publish_all(&pool, &feed, &signer, &shutdown) => r,
         };
         match published {
             Ok(()) => return Ok(()),
@@ -37,7 +41,12 @@ pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyho
     Ok(())
 }
 
-async fn publish_all(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn publish_all(
+    pool: &PgPool,
+    feed: &Feed,
+    signer: &TokenSigner,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let client = bank_platform::nats::connect(&feed.nats_url).await?;
     let js = jetstream::new(client);
     feed.stream(&js).await?;
@@ -52,7 +61,7 @@ async fn publish_all(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("user-change-{seq}").as_str());
             let subject = format!("{}.{user_id}", feed.subject_prefix);
-            js.publish_with_headers(subject, headers, serde_json::to_vec(&standing)?.into())
+            js.publish_with_headers(subject, headers, signer.sign_standing(&standing)?.into_bytes().into())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .await

@@ -173,7 +173,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         dummy_hash: Arc::new(dummy_hash),
         service_clients: Arc::new(config.service_clients.clone()),
     };
-    running.spawn(feed::run(api.db.clone(), config.standing_feed.clone(), shutdown.clone()));
+    running.spawn(feed::run(api.db.clone(), config.standing_feed.clone(), config.signers[0].clone(), shutdown.clone()));
     let routes =
         tonic::service::Routes::new(AuthServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES));
     running.spawn(server::serve(

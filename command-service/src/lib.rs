@@ -158,7 +158,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);
-    running.spawn(standing::run(pool.clone(), config.standing_feed.clone(), shutdown.clone()));
+    running.spawn(standing::run(pool.clone(), config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
     let expiry = expiry::HoldExpiry { pool: pool.clone(), ledger: ledger.clone(), poll: config.hold_expiry_poll };
     running.spawn(expiry.run(shutdown.clone()));
     let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));

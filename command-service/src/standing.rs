@@ -2,12 +2,13 @@
 //! JetStream consumer shared by every instance: they share the table), so the
 //! money path checks each caller's newest standing in its own transaction.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, consumer::pull};
 use bank_platform::{
     CancellationToken,
-    standing::{Feed, Standing},
+    auth::KeyCache,
+    standing::{Feed, Standing, verified},
 };
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
@@ -17,12 +18,12 @@ use crate::error::CommandError;
 
 const CONSUMER: &str = "command-service-standing";
 
-pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(pool: PgPool, feed: Feed, keys: Arc<KeyCache>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let consumed = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = consume(&pool, &feed, &shutdown) => r,
+            r = consume(&pool, &feed, &keys, &shutdown) => r,
         };
         if let Err(e) = consumed {
             tracing::warn!(error = %e, "user standing feed interrupted; reconnecting");
@@ -36,7 +37,7 @@ pub async fn run(pool: PgPool, feed: Feed, shutdown: CancellationToken) -> anyho
     Ok(())
 }
 
-async fn consume(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let js = jetstream::new(bank_platform::nats::connect(&feed.nats_url).await?);
     let stream = feed.stream(&js).await?;
     let consumer = stream
@@ -51,10 +52,13 @@ async fn consume(pool: &PgPool, feed: &Feed, shutdown: &CancellationToken) -> an
         };
         let Some(message) = message else { anyhow::bail!("the feed ended") };
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        match serde_json::from_slice::<Standing>(&message.payload) {
+        match verified(keys, &message.subject, &message.payload).await {
             Ok(s) => record(pool, &s).await?,
-            // Not a standing: nothing to keep, and it must not block the rest.
-            Err(e) => tracing::warn!(error = %e, subject = %message.subject, "unreadable user standing skipped"),
+            // Not a standing auth-service signed for this subject: nothing to
+            // keep, and it must not block the rest.
+            Err(why) => {
+                tracing::warn!(reason = %why, subject = %message.subject, "user standing refused");
+            }
         }
         message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -264,3 +264,62 @@ async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes
     refused_sql(&mut projector, "ALTER TABLE account_view ADD COLUMN x int").await;
     refused_sql(&mut projector, "SET session_replication_role = replica").await;
 }
+
+/// Publishes `payload` on the standing subject of `user` (as the NATS admin:
+/// whoever stole a way to publish there).
+async fn publish_on_feed(h: &Harness, user: uuid::Uuid, payload: Vec<u8>) {
+    let js = js_as(&nats_admin_url()).await;
+    let subject = format!("{}.{user}", h.config.standing_feed.subject_prefix);
+    assert_eventually!(
+        match js.publish(subject.clone(), payload.clone().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        },
+        Duration::from_secs(10),
+        "published on the standing feed"
+    );
+}
+
+/// Issue 15, attacks 1 and 4: a standing nobody signed (or signed with
+/// another key, or for another user) cannot mask a later suspension with a
+/// huge sequence number; the real suspension stops the customer's money.
+#[tokio::test]
+async fn a_standing_nobody_signed_cannot_mask_a_suspension() {
+    use bank_platform::standing::Standing;
+    let h = Harness::start().await;
+    let (ada, ada_token) = h.customer();
+    let (_, bo_token) = h.customer();
+    let from = h.open(&ada_token, "USD").await;
+    let to = h.open(&bo_token, "USD").await;
+    h.fund(&from, "100.00").await;
+    let standing = |user, status: &str, seq| Standing {
+        user_id: user,
+        status: status.into(),
+        roles: vec!["customer".into()],
+        seq,
+    };
+    let mask = standing(ada, "ACTIVE", 1_000_000);
+    let stranger = bank_platform::auth::TokenSigner::generate();
+    publish_on_feed(&h, ada, serde_json::to_vec(&mask).unwrap()).await;
+    publish_on_feed(&h, ada, stranger.sign_standing(&mask).unwrap().into_bytes()).await;
+    // Signed by the real key, but about someone else, on Ada's subject.
+    let other = standing(uuid::Uuid::now_v7(), "ACTIVE", 1_000_000);
+    publish_on_feed(&h, ada, h.issuer.sign_standing(&other).into_bytes()).await;
+    h.transfer(&ada_token, &from, &to, "1.00").await.expect("control: none of those changed anything");
+
+    publish_on_feed(&h, ada, h.issuer.sign_standing(&standing(ada, "SUSPENDED", 5)).into_bytes()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match h.transfer(&ada_token, &from, &to, "1.00").await {
+            Err(e) => break e,
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "the suspension was masked"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (refused.code(), common::reason(&refused)),
+        (tonic::Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE".into())
+    );
+    let refusals = bank_testkit::metric(h.running.as_ref().unwrap().http_addr, "user_standings_refused_total").await;
+    assert!(refusals >= 3.0, "the three forgeries were counted: {refusals}");
+}

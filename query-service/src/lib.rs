@@ -102,7 +102,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let verifier =
         Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
     let standings = Arc::new(standing::Standings::default());
-    running.spawn(standing::follow(config.standing_feed.clone(), standings.clone(), shutdown.clone()));
+    running.spawn(standing::follow(config.standing_feed.clone(), verifier.keys(), standings.clone(), shutdown.clone()));
     let api = QueryApi {
         model: model.clone(),
         pages: PageTokenSigner::new(secret),

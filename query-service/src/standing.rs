@@ -18,8 +18,8 @@ use async_nats::jetstream::{
 };
 use bank_platform::{
     CancellationToken,
-    auth::Caller,
-    standing::{Feed, Standing},
+    auth::{Caller, KeyCache},
+    standing::{Feed, Standing, verified},
 };
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -69,10 +69,15 @@ impl Standings {
 }
 
 /// Follows the feed until shutdown, reconnecting with backoff.
-pub async fn follow(feed: Feed, standings: Arc<Standings>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn follow(
+    feed: Feed,
+    keys: Arc<KeyCache>,
+    standings: Arc<Standings>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&feed, &standings, &shutdown).await {
+        if let Err(e) = consume(&feed, &keys, &standings, &shutdown).await {
             tracing::warn!(error = %format!("{e:#}"), "user standing feed unavailable; retrying");
         }
         tokio::select! {
@@ -84,7 +89,12 @@ pub async fn follow(feed: Feed, standings: Arc<Standings>, shutdown: Cancellatio
     Ok(())
 }
 
-async fn consume(feed: &Feed, standings: &Standings, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn consume(
+    feed: &Feed,
+    keys: &KeyCache,
+    standings: &Standings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let js = jetstream::new(bank_platform::nats::connect(&feed.nats_url).await?);
     // auth-service and command-service create the stream; we only read it.
     let stream = js.get_stream(&feed.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", feed.stream))?;
@@ -107,9 +117,9 @@ async fn consume(feed: &Feed, standings: &Standings, shutdown: &CancellationToke
         };
         let Some(message) = message else { anyhow::bail!("the feed ended") };
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        match serde_json::from_slice::<Standing>(&message.payload) {
+        match verified(keys, &message.subject, &message.payload).await {
             Ok(s) => standings.record(s),
-            Err(e) => tracing::warn!(error = %e, subject = %message.subject, "unreadable user standing skipped"),
+            Err(why) => tracing::warn!(reason = %why, subject = %message.subject, "user standing refused"),
         }
     }
 }

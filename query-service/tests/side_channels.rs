@@ -173,8 +173,8 @@ async fn a_stream_ends_when_the_token_that_opened_it_expires() {
     assert!(started.elapsed() < Duration::from_secs(5), "ended {:?} after opening", started.elapsed());
 }
 
-/// Publishes `user`'s standing on the feed the way auth-service does (as the
-/// NATS admin here: the test plays auth-service).
+/// Publishes `user`'s standing on the feed the way auth-service does, signed
+/// by the token issuer (as the NATS admin here: the test plays auth-service).
 async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str], seq: i64) {
     let feed = &bank.query_config.standing_feed;
     let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap());
@@ -185,7 +185,7 @@ async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str],
         seq,
     };
     let subject = format!("{}.{user}", feed.subject_prefix);
-    let payload = serde_json::to_vec(&standing).unwrap();
+    let payload = bank.issuer.sign_standing(&standing).into_bytes();
     // command-service creates the stream as it starts following the feed.
     bank_testkit::assert_eventually!(
         match js.publish(subject.clone(), payload.clone().into()).await {

@@ -187,6 +187,16 @@ impl TokenSigner {
         jsonwebtoken::encode(&header, claims, &self.encoding).context("failed to sign token")
     }
 
+    /// A user's standing as auth-service publishes it: a JWS over the
+    /// standing, for the audience `STANDING_AUDIENCE` and without expiry, so
+    /// it can never pass as an access token (nor an access token as it).
+    pub fn sign_standing(&self, standing: &crate::standing::Standing) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        let claims = SignedStanding { aud: crate::standing::STANDING_AUDIENCE.to_owned(), standing: standing.clone() };
+        jsonwebtoken::encode(&header, &claims, &self.encoding).context("failed to sign standing")
+    }
+
     /// The public half as a JWK (kty OKP, crv Ed25519).
     pub fn jwk(&self) -> serde_json::Value {
         serde_json::json!({
@@ -198,6 +208,13 @@ impl TokenSigner {
             "x": URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes()),
         })
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedStanding {
+    aud: String,
+    #[serde(flatten)]
+    standing: crate::standing::Standing,
 }
 
 /// A JWKS document for a set of signers (all live keys, for rotation).
@@ -272,6 +289,24 @@ impl KeyCache {
             .context("JWKS is not valid JSON")?;
         self.load(&set);
         Ok(())
+    }
+
+    /// The standing inside `jws` if auth-service signed it (one of the keys
+    /// of its JWKS); otherwise why not.
+    pub async fn verify_standing(&self, jws: &str) -> Result<crate::standing::Standing, String> {
+        let header = jsonwebtoken::decode_header(jws).map_err(|_| "not a signed standing".to_owned())?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(format!("algorithm {:?} is not accepted", header.alg));
+        }
+        let kid = header.kid.ok_or("no key id")?;
+        let key = self.get(&kid).await.ok_or_else(|| format!("signed with an unknown key {kid:?}"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[crate::standing::STANDING_AUDIENCE]);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["aud"]);
+        jsonwebtoken::decode::<SignedStanding>(jws, &key, &validation)
+            .map(|d| d.claims.standing)
+            .map_err(|e| format!("the standing does not verify: {e}"))
     }
 
     async fn get(&self, kid: &str) -> Option<DecodingKey> {
@@ -387,6 +422,12 @@ impl TokenVerifier {
         Ok((caller, data.claims))
     }
 
+    /// The keys it checks against (also those of auth-service's other
+    /// signed messages: the standing feed).
+    pub fn keys(&self) -> Arc<KeyCache> {
+        self.keys.clone()
+    }
+
     /// Verifies the `authorization: Bearer …` value of a request.
     pub async fn verify_header(&self, value: Option<&str>) -> Result<(Caller, Claims), TokenError> {
         let value = value.ok_or(TokenError::Missing)?;
@@ -490,6 +531,32 @@ mod tests {
 
     fn verifier(signers: &[TokenSigner]) -> TokenVerifier {
         TokenVerifier::new(Arc::new(KeyCache::fixed(signers).unwrap()), ISS, AUD)
+    }
+
+    #[tokio::test]
+    async fn a_standing_verifies_only_as_signed_and_never_passes_for_a_token() {
+        let (signer, other) = (TokenSigner::generate(), TokenSigner::generate());
+        let standing = crate::standing::Standing {
+            user_id: Uuid::now_v7(),
+            status: "SUSPENDED".into(),
+            roles: vec![ROLE_CUSTOMER.into()],
+            seq: 7,
+        };
+        let keys = KeyCache::fixed(std::slice::from_ref(&signer)).unwrap();
+        let jws = signer.sign_standing(&standing).unwrap();
+        assert_eq!(keys.verify_standing(&jws).await.unwrap(), standing);
+        assert!(keys.verify_standing(&other.sign_standing(&standing).unwrap()).await.is_err(), "another key");
+        assert!(keys.verify_standing(&serde_json::to_string(&standing).unwrap()).await.is_err(), "unsigned");
+        let (head, rest) = jws.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let forged = serde_json::json!({"aud": crate::standing::STANDING_AUDIENCE, "user_id": standing.user_id,
+            "status": "ACTIVE", "roles": ["customer"], "seq": 1_000_000});
+        let forged = format!("{head}.{}.{sig}", URL_SAFE_NO_PAD.encode(forged.to_string()));
+        assert!(keys.verify_standing(&forged).await.is_err(), "a changed body under the old signature");
+        // Neither kind of message passes for the other.
+        assert!(verifier(std::slice::from_ref(&signer)).verify(&jws).await.is_err(), "a standing as a token");
+        let token = signer.sign(&claims(60, 0)).unwrap();
+        assert!(keys.verify_standing(&token).await.is_err(), "a token as a standing");
     }
 
     #[tokio::test]

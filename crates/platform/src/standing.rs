@@ -13,6 +13,9 @@ use async_nats::jetstream::{self, stream::StorageType};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The audience of a signed standing (`TokenSigner::sign_standing`).
+pub const STANDING_AUDIENCE: &str = "bankmesh-standing";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Standing {
     pub user_id: Uuid,
@@ -78,4 +81,31 @@ impl Feed {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
     }
+}
+
+static REFUSED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "user_standings_refused_total",
+        "standings on the feed that auth-service did not sign, or that name another user than their subject"
+    )
+    .expect("registers once")
+});
+
+/// The standing a feed message carries, if auth-service signed it (a key of
+/// its JWKS) and it is about the user its subject names; otherwise why not
+/// (counted in `user_standings_refused_total`).
+pub async fn verified(keys: &crate::auth::KeyCache, subject: &str, payload: &[u8]) -> Result<Standing, String> {
+    let result = async {
+        let jws = std::str::from_utf8(payload).map_err(|_| "not a signed standing".to_owned())?;
+        let standing = keys.verify_standing(jws).await?;
+        if !subject.ends_with(&format!(".{}", standing.user_id)) {
+            return Err("published on another user's subject".to_owned());
+        }
+        Ok(standing)
+    }
+    .await;
+    if result.is_err() {
+        REFUSED.inc();
+    }
+    result
 }

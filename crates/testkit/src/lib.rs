@@ -333,6 +333,12 @@ impl TestIssuer {
         self.signer.sign(&claims).expect("test token signs")
     }
 
+    /// `standing` signed as auth-service signs its feed (with this issuer's
+    /// key, which the services trust through its JWKS).
+    pub fn sign_standing(&self, standing: &bank_platform::standing::Standing) -> String {
+        self.signer.sign_standing(standing).expect("a standing signs")
+    }
+
     /// A KYC-active customer's token.
     pub fn customer(&self, user_id: Uuid) -> String {
         self.token_for(user_id, &[ROLE_CUSTOMER], STATUS_ACTIVE, Duration::from_secs(900))
