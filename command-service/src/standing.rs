@@ -8,9 +8,8 @@ use async_nats::jetstream::{self, consumer::pull};
 use bank_platform::{
     CancellationToken,
     auth::KeyCache,
-    standing::{Feed, Standing, verified},
+    standing::{Feed, Standing, read_feed},
 };
-use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -44,24 +43,14 @@ async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
         .get_or_create_consumer(CONSUMER, pull::Config { durable_name: Some(CONSUMER.into()), ..Default::default() })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let Some(message) = message else { anyhow::bail!("the feed ended") };
-        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        match verified(keys, &message.subject, &message.payload).await {
-            Ok(s) => record(pool, &s).await?,
-            // Not a standing auth-service signed for this subject: nothing to
-            // keep, and it must not block the rest.
-            Err(why) => {
-                tracing::warn!(reason = %why, subject = %message.subject, "user standing refused");
-            }
+    let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    read_feed(messages, keys, shutdown, |standing, message| async move {
+        if let Some(s) = standing {
+            record(pool, &s).await?;
         }
-        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await
 }
 
 /// Keeps the newest standing: an older one arriving late changes nothing.

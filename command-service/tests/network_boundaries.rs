@@ -268,16 +268,7 @@ async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes
 /// Publishes `payload` on the standing subject of `user` (as the NATS admin:
 /// whoever stole a way to publish there).
 async fn publish_on_feed(h: &Harness, user: uuid::Uuid, payload: Vec<u8>) {
-    let js = js_as(&nats_admin_url()).await;
-    let subject = format!("{}.{user}", h.config.standing_feed.subject_prefix);
-    assert_eventually!(
-        match js.publish(subject.clone(), payload.clone().into()).await {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        },
-        Duration::from_secs(10),
-        "published on the standing feed"
-    );
+    bank_testkit::publish_stored(&format!("{}.{user}", h.config.standing_feed.subject_prefix), payload).await;
 }
 
 /// Issue 15, attacks 1 and 4: a standing nobody signed (or signed with

@@ -19,9 +19,8 @@ use async_nats::jetstream::{
 use bank_platform::{
     CancellationToken,
     auth::{Caller, KeyCache},
-    standing::{Feed, Standing, verified},
+    standing::{Feed, Standing, read_feed},
 };
-use futures::StreamExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -109,19 +108,15 @@ async fn consume(
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let Some(message) = message else { anyhow::bail!("the feed ended") };
-        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        match verified(keys, &message.subject, &message.payload).await {
-            Ok(s) => standings.record(s),
-            Err(why) => tracing::warn!(reason = %why, subject = %message.subject, "user standing refused"),
+    let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Ordered: nothing to acknowledge.
+    read_feed(messages, keys, shutdown, |standing, _| {
+        if let Some(s) = standing {
+            standings.record(s);
         }
-    }
+        std::future::ready(Ok(()))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -176,25 +176,15 @@ async fn a_stream_ends_when_the_token_that_opened_it_expires() {
 /// Publishes `user`'s standing on the feed the way auth-service does, signed
 /// by the token issuer (as the NATS admin here: the test plays auth-service).
 async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str], seq: i64) {
-    let feed = &bank.query_config.standing_feed;
-    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap());
     let standing = bank_platform::standing::Standing {
         user_id: user,
         status: status.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         seq,
     };
-    let subject = format!("{}.{user}", feed.subject_prefix);
-    let payload = bank.issuer.sign_standing(&standing).into_bytes();
+    let subject = format!("{}.{user}", bank.query_config.standing_feed.subject_prefix);
     // command-service creates the stream as it starts following the feed.
-    bank_testkit::assert_eventually!(
-        match js.publish(subject.clone(), payload.clone().into()).await {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        },
-        Duration::from_secs(10),
-        "the standing was published"
-    );
+    bank_testkit::publish_stored(&subject, bank.issuer.sign_standing(&standing).into_bytes()).await;
 }
 
 /// Issue 15, attack 4: a suspension ends an open WatchBalance stream at

@@ -109,3 +109,39 @@ pub async fn verified(keys: &crate::auth::KeyCache, subject: &str, payload: &[u8
     }
     result
 }
+
+/// Reads a consumer's `messages` until shutdown, handing each to `handle`
+/// with the standing it carries if auth-service signed it (a refused one is
+/// logged, counted and handed over as None, so it never blocks the rest).
+/// Returns an error when the feed ends or fails.
+pub async fn read_feed<S, E, F, Fut>(
+    messages: S,
+    keys: &crate::auth::KeyCache,
+    shutdown: &crate::CancellationToken,
+    mut handle: F,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>>,
+    E: std::fmt::Display,
+    F: FnMut(Option<Standing>, jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures::StreamExt;
+    let mut messages = std::pin::pin!(messages);
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let Some(message) = message else { anyhow::bail!("the feed ended") };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let standing = match verified(keys, &message.subject, &message.payload).await {
+            Ok(s) => Some(s),
+            Err(why) => {
+                tracing::warn!(reason = %why, subject = %message.subject, "user standing refused");
+                None
+            }
+        };
+        handle(standing, message).await?;
+    }
+}

@@ -161,6 +161,22 @@ pub fn nats_admin_url() -> String {
     nats_url_as(Principal::Admin)
 }
 
+/// Publishes `payload` on `subject` as the NATS admin and waits for
+/// JetStream to store it (retrying while the stream is yet to be created by
+/// the service that owns it).
+pub async fn publish_stored(subject: &str, payload: Vec<u8>) {
+    let client = bank_platform::nats::connect(&nats_admin_url()).await.expect("the test NATS");
+    let js = async_nats::jetstream::new(client);
+    assert_eventually!(
+        match js.publish(subject.to_owned(), payload.clone().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        },
+        Duration::from_secs(10),
+        "JetStream did not store the message on {subject}"
+    );
+}
+
 /// The test Redis as `who` (host and port from `REDIS_ADDR`).
 pub fn redis_url_as(who: Principal) -> String {
     format!("redis://{}:{}@{}", who.user(), who.password("REDIS"), env_or("REDIS_ADDR", "127.0.0.1:6379"))
