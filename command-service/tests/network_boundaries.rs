@@ -314,3 +314,44 @@ async fn a_standing_nobody_signed_cannot_mask_a_suspension() {
     let refusals = bank_testkit::metric(h.running.as_ref().unwrap().http_addr, "user_standings_refused_total").await;
     assert!(refusals >= 3.0, "the three forgeries were counted: {refusals}");
 }
+
+/// No other service can silence the standing consumer through which
+/// suspensions reach the money path: not change its filter, not delete it,
+/// not pull its messages.
+#[tokio::test]
+async fn no_other_service_can_touch_command_services_standing_consumer() {
+    use jetstream::consumer::pull;
+    let h = Harness::start().await;
+    let stream_name = h.config.standing_feed.stream.clone();
+    let admin = js_as(&nats_admin_url()).await;
+    assert_eventually!(
+        match admin.get_stream(&stream_name).await {
+            Ok(s) => s.consumer_info("command-service-standing").await.is_ok(),
+            Err(_) => false,
+        },
+        Duration::from_secs(10),
+        "command-service opened its standing consumer"
+    );
+    let name = "command-service-standing";
+    for who in [Principal::Projector, Principal::Query, Principal::Auth] {
+        let js = js_as(&nats_url_as(who)).await;
+        let Ok(stream) = js.get_stream(&stream_name).await else { continue };
+        let narrowed = pull::Config {
+            durable_name: Some(name.into()),
+            filter_subject: format!("{}.00000000-0000-0000-0000-000000000000", h.config.standing_feed.subject_prefix),
+            ..Default::default()
+        };
+        assert!(stream.create_consumer(narrowed).await.is_err(), "{who:?} changed the consumer's filter");
+        assert!(stream.delete_consumer(name).await.is_err(), "{who:?} deleted the consumer");
+        assert!(stream.consumer_info(name).await.is_err(), "{who:?} read the consumer's state");
+        // A pull request straight to the consumer gets no answer.
+        let client = bank_platform::nats::connect(&nats_url_as(who)).await.unwrap();
+        let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{name}");
+        let pulled =
+            tokio::time::timeout(Duration::from_secs(1), client.request(next, r#"{"batch":1,"no_wait":true}"#.into()))
+                .await;
+        assert!(!matches!(pulled, Ok(Ok(_))), "{who:?} pulled the consumer's messages: {pulled:?}");
+    }
+    let info = admin.get_stream(&stream_name).await.unwrap().consumer_info(name).await.unwrap();
+    assert_eq!(info.config.filter_subject, "", "the consumer still reads every standing");
+}

@@ -539,13 +539,15 @@ impl AccountQueryService for QueryApi {
     async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
+        // Subscribe before checking, so no suspension slips in between (a
+        // change after this wakes the loop below).
+        let mut standing_changes = self.standings.subscribe();
         if let Some(why) = self.standings.revokes(&caller) {
             return Err(QueryError::StandingRevoked(why).into());
         }
         let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
         // Subscribe before reading the current state, so no change slips between.
         let mut changes = self.model.changes.subscribe();
-        let mut standing_changes = self.standings.subscribe();
         let standings = self.standings.clone();
         let current = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
         let slot = self

@@ -19,7 +19,7 @@ use async_nats::jetstream::{
 use bank_platform::{
     CancellationToken,
     auth::{Caller, KeyCache},
-    standing::{Feed, Standing, read_feed},
+    standing::{Feed, Standing, Verdict, read_feed, verified},
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -109,12 +109,24 @@ async fn consume(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Ordered: nothing to acknowledge.
-    read_feed(messages, keys, shutdown, |standing, _| {
-        if let Some(s) = standing {
-            standings.record(s);
+    // Ordered: nothing to acknowledge. A standing signed with a key not
+    // known yet is tried again for a few seconds (the JWKS may be a moment
+    // out of reach), then passed over: it must not hold up the rest.
+    read_feed(messages, keys, shutdown, |verdict, message| async move {
+        match verdict {
+            Verdict::Signed(s) => standings.record(s),
+            Verdict::Refused => {}
+            Verdict::NotYet => {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(s) = verified(keys, &message.subject, &message.payload).await {
+                        standings.record(s);
+                        break;
+                    }
+                }
+            }
         }
-        std::future::ready(Ok(()))
+        Ok(())
     })
     .await
 }

@@ -134,7 +134,9 @@ stack_secrets() {
   for name in nats_admin nats_command nats_auth nats_projector nats_query \
     redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}"; do
     local file="$dir/$name"
-    [ -s "$file" ] || (umask 077 && openssl rand -hex 24 >"$file")
+    # A letter first: nats-server reads an environment value such as
+    # "12e3..." as a number, and the server then refuses its own config.
+    [ -s "$file" ] || (umask 077 && echo "k$(openssl rand -hex 24)" >"$file")
     export "${name^^}_PASSWORD=$(cat "$file")"
   done
 }

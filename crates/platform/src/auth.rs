@@ -210,6 +210,17 @@ impl TokenSigner {
     }
 }
 
+/// Why a standing on the feed is not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StandingRefusal {
+    /// Signed with a key not known here: perhaps only not yet (try later).
+    #[error("{0}")]
+    UnknownKey(String),
+    /// Not auth-service's: never taken.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 #[derive(Serialize, Deserialize)]
 struct SignedStanding {
     aud: String,
@@ -293,20 +304,26 @@ impl KeyCache {
 
     /// The standing inside `jws` if auth-service signed it (one of the keys
     /// of its JWKS); otherwise why not.
-    pub async fn verify_standing(&self, jws: &str) -> Result<crate::standing::Standing, String> {
-        let header = jsonwebtoken::decode_header(jws).map_err(|_| "not a signed standing".to_owned())?;
+    pub async fn verify_standing(&self, jws: &str) -> Result<crate::standing::Standing, StandingRefusal> {
+        use StandingRefusal::Invalid;
+        let header = jsonwebtoken::decode_header(jws).map_err(|_| Invalid("not a signed standing".to_owned()))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(format!("algorithm {:?} is not accepted", header.alg));
+            return Err(Invalid(format!("algorithm {:?} is not accepted", header.alg)));
         }
-        let kid = header.kid.ok_or("no key id")?;
-        let key = self.get(&kid).await.ok_or_else(|| format!("signed with an unknown key {kid:?}"))?;
+        let kid = header.kid.ok_or_else(|| Invalid("no key id".to_owned()))?;
+        // Not known (yet): the JWKS may be unreachable right now, or a key
+        // rotated in a moment ago.
+        let key = self
+            .get(&kid)
+            .await
+            .ok_or_else(|| StandingRefusal::UnknownKey(format!("signed with a key not known here (yet): {kid:?}")))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[crate::standing::STANDING_AUDIENCE]);
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["aud"]);
         jsonwebtoken::decode::<SignedStanding>(jws, &key, &validation)
             .map(|d| d.claims.standing)
-            .map_err(|e| format!("the standing does not verify: {e}"))
+            .map_err(|e| Invalid(format!("the standing does not verify: {e}")))
     }
 
     async fn get(&self, kid: &str) -> Option<DecodingKey> {

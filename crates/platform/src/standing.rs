@@ -94,12 +94,17 @@ static REFUSED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLoc
 /// The standing a feed message carries, if auth-service signed it (a key of
 /// its JWKS) and it is about the user its subject names; otherwise why not
 /// (counted in `user_standings_refused_total`).
-pub async fn verified(keys: &crate::auth::KeyCache, subject: &str, payload: &[u8]) -> Result<Standing, String> {
+pub async fn verified(
+    keys: &crate::auth::KeyCache,
+    subject: &str,
+    payload: &[u8],
+) -> Result<Standing, crate::auth::StandingRefusal> {
+    use crate::auth::StandingRefusal::Invalid;
     let result = async {
-        let jws = std::str::from_utf8(payload).map_err(|_| "not a signed standing".to_owned())?;
+        let jws = std::str::from_utf8(payload).map_err(|_| Invalid("not a signed standing".to_owned()))?;
         let standing = keys.verify_standing(jws).await?;
         if !subject.ends_with(&format!(".{}", standing.user_id)) {
-            return Err("published on another user's subject".to_owned());
+            return Err(Invalid("published on another user's subject".to_owned()));
         }
         Ok(standing)
     }
@@ -110,10 +115,20 @@ pub async fn verified(keys: &crate::auth::KeyCache, subject: &str, payload: &[u8
     result
 }
 
+/// What a message on the feed turned out to be.
+#[derive(Debug)]
+pub enum Verdict {
+    Signed(Standing),
+    /// Not auth-service's: drop it.
+    Refused,
+    /// Signed with a key not known here yet: ask again later (a suspension
+    /// must not be lost because the JWKS was briefly out of reach).
+    NotYet,
+}
+
 /// Reads a consumer's `messages` until shutdown, handing each to `handle`
-/// with the standing it carries if auth-service signed it (a refused one is
-/// logged, counted and handed over as None, so it never blocks the rest).
-/// Returns an error when the feed ends or fails.
+/// with its verdict (refusals are logged and counted, and never block the
+/// rest). Returns an error when the feed ends or fails.
 pub async fn read_feed<S, E, F, Fut>(
     messages: S,
     keys: &crate::auth::KeyCache,
@@ -123,7 +138,7 @@ pub async fn read_feed<S, E, F, Fut>(
 where
     S: futures::Stream<Item = Result<jetstream::Message, E>>,
     E: std::fmt::Display,
-    F: FnMut(Option<Standing>, jetstream::Message) -> Fut,
+    F: FnMut(Verdict, jetstream::Message) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use futures::StreamExt;
@@ -135,13 +150,16 @@ where
         };
         let Some(message) = message else { anyhow::bail!("the feed ended") };
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let standing = match verified(keys, &message.subject, &message.payload).await {
-            Ok(s) => Some(s),
+        let verdict = match verified(keys, &message.subject, &message.payload).await {
+            Ok(s) => Verdict::Signed(s),
             Err(why) => {
                 tracing::warn!(reason = %why, subject = %message.subject, "user standing refused");
-                None
+                match why {
+                    crate::auth::StandingRefusal::UnknownKey(_) => Verdict::NotYet,
+                    crate::auth::StandingRefusal::Invalid(_) => Verdict::Refused,
+                }
             }
         };
-        handle(standing, message).await?;
+        handle(verdict, message).await?;
     }
 }
