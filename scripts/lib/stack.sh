@@ -132,7 +132,8 @@ stack_secrets() {
   local dir="$STATE/secrets" name
   mkdir -p "$dir" && chmod 700 "$dir"
   for name in nats_admin nats_command nats_auth nats_projector nats_query \
-    redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}"; do
+    redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}" \
+    page_token; do
     local file="$dir/$name"
     # A letter first: nats-server reads an environment value such as
     # "12e3..." as a number, and the server then refuses its own config.
@@ -171,7 +172,9 @@ service_credentials() {
     projector) user=projector
       echo "READ_DATABASE_URL=$(pg_url bank_projector "$READ_DB")" ;;
     query-service) user=query
-      echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")" ;;
+      echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")"
+      # Page tokens that survive a restart (and hold across instances).
+      echo "PAGE_TOKEN_SECRET=$PAGE_TOKEN_PASSWORD" ;;
     *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"

@@ -27,6 +27,8 @@ for name, urls in roles.items():
     for var, role in urls.items():
         assert c[name]["environment"][var].startswith(f"postgres://{role}:${{"), (name, var)
     assert not any("_owner:" in str(v) or "postgres://postgres" in str(v) for v in c[name]["environment"].values()), name
+# Page tokens hold across query-service restarts and instances.
+assert c["query-service"]["environment"]["PAGE_TOKEN_SECRET"].startswith("${PAGE_TOKEN_SECRET:?"), "PAGE_TOKEN_SECRET"
 # Keys from files: events signed and verified, tokens signed with a stable key.
 assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run/secrets/")
 assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
