@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Result;
-use async_nats::jetstream::{self, context::PublishAckFuture, stream::StorageType};
+use async_nats::jetstream::{self, context::PublishAckFuture};
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use prost::Message;
@@ -148,18 +148,7 @@ impl OutboxRelay {
     }
 
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<()> {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: self.config.stream.clone(),
-            subjects: vec![format!("{}.>", self.config.subject_prefix)],
-            storage: StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            // Nobody, whatever their permissions, removes what was published.
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        bank_platform::nats::durable_stream(js, &self.config.stream, &self.config.subject_prefix).await?;
         Ok(())
     }
 

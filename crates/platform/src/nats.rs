@@ -44,26 +44,46 @@ impl Endpoint {
 
 /// Connects at once; fails when the server is unreachable or refuses us.
 pub async fn connect(raw_url: &str) -> anyhow::Result<Client> {
-    let endpoint = Endpoint::parse(raw_url)?;
-    endpoint
-        .options()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(&endpoint.url)
-        .await
-        .with_context(|| format!("NATS at {}", endpoint.url))
+    connect_with(raw_url, ConnectOptions::connection_timeout).await
 }
 
 /// Connects in the background: the client retries until the server answers
 /// (for loops that must keep working while NATS is away).
 pub async fn connect_lazily(raw_url: &str) -> anyhow::Result<Client> {
+    connect_with(raw_url, |o, t| o.retry_on_initial_connect().connection_timeout(t)).await
+}
+
+async fn connect_with(
+    raw_url: &str,
+    how: impl FnOnce(ConnectOptions, Duration) -> ConnectOptions,
+) -> anyhow::Result<Client> {
     let endpoint = Endpoint::parse(raw_url)?;
-    endpoint
-        .options()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
+    how(endpoint.options(), Duration::from_secs(2))
         .connect(&endpoint.url)
         .await
-        .context("invalid NATS options")
+        .with_context(|| format!("NATS at {}", endpoint.url))
+}
+
+/// The project's streams, made the same way wherever they are first used
+/// (events by command-service, standings by auth-service or command-service):
+/// file storage, a two-minute duplicate window for message ids, and nobody,
+/// whatever their permissions, removes what was published.
+pub async fn durable_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subject_prefix: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{subject_prefix}.>")],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 //! (a trigger on `users`) and publishes it to JetStream, subject
 //! `<prefix>.<user_id>`, message id `user-change-<seq>`; `seq` only grows.
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, stream::StorageType};
+use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,18 +66,7 @@ impl Feed {
     /// The stream, created on first use by whichever side comes first (the
     /// same settings on both).
     pub async fn stream(&self, js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: self.stream.clone(),
-            subjects: vec![format!("{}.>", self.subject_prefix)],
-            storage: StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            // Nobody, whatever their permissions, removes what was published.
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        crate::nats::durable_stream(js, &self.stream, &self.subject_prefix).await
     }
 }
 
