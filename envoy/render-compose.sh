@@ -8,6 +8,7 @@ sed -e 's/${EDGE_ADDRESS}/0.0.0.0/g' -e 's/${EDGE_PORT}/8080/g' -e 's/${ENVOY_AD
     -e 's/${COMMAND_HOST}/command-service/g' -e 's/${COMMAND_GRPC_PORT}/50052/g' \
     -e 's/${QUERY_HOST}/query-service/g' -e 's/${QUERY_GRPC_PORT}/50053/g' \
     -e 's#${DESCRIPTOR}#/descriptors/bank.pb#g' -e 's#${OPENAPI}#/etc/envoy/openapi.json#g' \
+    -e 's#${TLS_DIR}#/etc/envoy-tls#g' \
     "${1:-/etc/envoy/envoy.yaml}" > "${2:-/tmp/envoy.yaml}"
 if grep -n '\${' "${2:-/tmp/envoy.yaml}"; then echo "render-compose.sh: placeholder left unfilled" >&2; exit 1; fi
 [ -n "${RENDER_ONLY:-}" ] || exec envoy -c "${2:-/tmp/envoy.yaml}"

@@ -25,6 +25,8 @@ DEFAULTS = {
     "QUERY_GRPC_PORT": "50053",
     "DESCRIPTOR": str(ROOT / "envoy/bank.pb"),
     "OPENAPI": str(ROOT / "envoy/openapi.json"),
+    # The mesh CA and Envoy's client certificate (deploy/tls/make-certs.sh).
+    "TLS_DIR": str(ROOT / ".state/tls"),
 }
 
 

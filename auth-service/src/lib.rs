@@ -46,6 +46,8 @@ pub struct Config {
     pub service_clients: service_clients::ServiceClients,
     /// Where every change of a user's status or roles is published.
     pub standing_feed: bank_platform::standing::Feed,
+    /// TLS on both ports (`TLS_*_FILE`).
+    pub tls: Option<std::sync::Arc<bank_platform::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Config {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("service_clients", &self.service_clients)
             .field("standing_feed", &self.standing_feed)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -116,6 +119,7 @@ impl Config {
             trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
             standing_feed: bank_platform::standing::Feed::from_env(env),
             service_clients,
+            tls: bank_platform::tls::Tls::from_env(env)?,
         })
     }
 }
@@ -181,6 +185,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         routes,
         &["bank.v1.AuthService"],
         AuthLayer::new(verifier, PUBLIC_METHODS),
+        config.tls.clone(),
         shutdown.clone(),
     ));
 
@@ -203,7 +208,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 async move { edge_check(&schema, &method, &uri, &body) }
             }),
         );
-    running.spawn(http::serve(http_listener, router, shutdown));
+    running.spawn(http::serve(http_listener, router, config.tls.clone(), shutdown));
     Ok(running)
 }
 

@@ -53,6 +53,8 @@ pub struct Config {
     pub standing_feed: bank_platform::standing::Feed,
     /// Signs every published event (`EVENT_SIGNING_KEY`).
     pub event_signer: bank_platform::auth::TokenSigner,
+    /// TLS on both ports and for the JWKS fetch (`TLS_*_FILE`).
+    pub tls: Option<Arc<bank_platform::tls::Tls>>,
 }
 
 /// Where `reconcile` finds the read models; each is optional so the audit of
@@ -78,6 +80,7 @@ impl std::fmt::Debug for Config {
             .field("relay", &self.relay)
             .field("batching", &self.batching.as_ref().map(|b| (b.batchers, b.max_batch)))
             .field("event_signing_kid", &self.event_signer.kid())
+            .field("tls", &self.tls.is_some())
             .field("read_database_url", &self.audit.read_database_url.as_deref().map(config::redact_url))
             .finish()
     }
@@ -122,6 +125,7 @@ impl Config {
             hold_expiry_poll: Duration::from_millis(config::parse(env, "HOLD_EXPIRY_POLL_MS", 250)?),
             standing_feed: bank_platform::standing::Feed::from_env(env),
             event_signer: bank_platform::signing::signer_from_env(env)?,
+            tls: bank_platform::tls::Tls::from_env(env)?,
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
@@ -141,7 +145,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
 
     let verifier =
-        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
+        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience, config.tls.as_deref())
+                .await?);
 
     let opened = ledger::open_system_accounts(&pool, &config.relay.subject_prefix).await?;
     if opened > 0 {
@@ -170,10 +175,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         routes,
         &["bank.v1.AccountCommandService"],
         AuthLayer::new(verifier, &[]),
+        config.tls.clone(),
         shutdown.clone(),
     ));
     running.spawn(OutboxRelay::new(pool, config.relay, wake, config.event_signer.clone()).run(shutdown.clone()));
-    running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
+    running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));
     Ok(running)
 }
 

@@ -41,6 +41,8 @@ pub struct Config {
     /// Public keys events must be signed with (`EVENT_VERIFYING_KEYS`).
     /// `None` applies unsigned events: a development stack only.
     pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
+    /// TLS on the metrics port (`TLS_*_FILE`).
+    pub tls: Option<std::sync::Arc<bank_platform::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -57,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("batch", &self.batch)
             .field("max_deliveries", &self.max_deliveries)
             .field("verifies_signatures", &self.event_keys.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -76,6 +79,7 @@ impl Config {
             // With delays capped at 2 s this is minutes: far beyond the ack wait.
             max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 100)?,
             event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
+            tls: bank_platform::tls::Tls::from_env(env)?,
         })
     }
 }
@@ -244,8 +248,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_listener = server::bind(config.http_addr).await?;
     let addr = http_listener.local_addr()?;
     let mut running = Running::new(addr, addr, shutdown.clone());
-    running.spawn(run(config, shutdown.clone()));
-    running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
+    running.spawn(http::serve(http_listener, axum::Router::new(), config.tls.clone(), shutdown.clone()));
+    running.spawn(run(config, shutdown));
     Ok(running)
 }
 

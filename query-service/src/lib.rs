@@ -39,6 +39,8 @@ pub struct Config {
     /// auth-service's feed of user standings (`NATS_URL`, `USERS_STREAM`,
     /// `USERS_SUBJECT_PREFIX`): open streams end when their caller's ends.
     pub standing_feed: bank_platform::standing::Feed,
+    /// TLS on both ports and for the JWKS fetch (`TLS_*_FILE`).
+    pub tls: Option<std::sync::Arc<bank_platform::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("page_token_secret", &self.page_token_secret.as_ref().map(|_| "***"))
             .field("standing_feed", &self.standing_feed)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -71,6 +74,7 @@ impl Config {
             jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
             page_token_secret: env.var("PAGE_TOKEN_SECRET"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
+            tls: bank_platform::tls::Tls::from_env(env)?,
         })
     }
 }
@@ -99,8 +103,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let grpc_listener = server::bind(config.grpc_addr).await?;
     let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
-    let verifier =
-        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience).await);
+    let verifier = Arc::new(
+        TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience, config.tls.as_deref())
+            .await?,
+    );
     let standings = Arc::new(standing::Standings::default());
     running.spawn(standing::follow(config.standing_feed.clone(), verifier.keys(), standings.clone(), shutdown.clone()));
     let api = QueryApi {
@@ -118,6 +124,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         routes,
         &["bank.v1.AccountQueryService"],
         AuthLayer::new(verifier, &[]),
+        config.tls.clone(),
         shutdown.clone(),
     ));
     running.spawn(readmodel::run_change_feed(
@@ -126,6 +133,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         model.changes.clone(),
         shutdown.clone(),
     ));
-    running.spawn(http::serve(http_listener, axum::Router::new(), shutdown));
+    running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));
     Ok(running)
 }

@@ -180,6 +180,18 @@ service_credentials() {
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
   echo "REDIS_URL=redis://$user:${!redis_pw}@127.0.0.1:$REDIS_PORT"
   echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
+  # TLS on its ports with its own certificate; the JWKS over HTTPS.
+  stack_tls
+  echo "TLS_CERT_FILE=$STATE/tls/$1.pem"
+  echo "TLS_KEY_FILE=$STATE/tls/$1.key"
+  echo "TLS_CA_FILE=$STATE/tls/ca.pem"
+  echo "JWKS_URL=https://127.0.0.1:${AUTH_HTTP_PORT:-9091}/.well-known/jwks.json"
+}
+
+# stack_tls: the dev CA and a certificate per service, for Envoy and for
+# operators (grpcurl), under $STATE/tls (made once; see deploy/tls).
+stack_tls() {
+  sh "$REPO/deploy/tls/make-certs.sh" "$STATE/tls"
 }
 
 # migrations_env: the migration roles' URLs (`<service> migrate`).
@@ -305,14 +317,13 @@ for port in random.sample(range(10000, 32000), 22000):
 print(" ".join(map(str, found)))' "$1"
 }
 
-# services_env: the services' listen addresses on loopback and the JWKS URL,
+# services_env: the services' listen addresses on loopback,
 # from the *_PORT variables (scripts/run and the edge test).
 services_env() {
   export AUTH_GRPC_ADDR="127.0.0.1:$AUTH_GRPC_PORT" AUTH_HTTP_ADDR="127.0.0.1:$AUTH_HTTP_PORT"
   export COMMAND_GRPC_ADDR="127.0.0.1:$COMMAND_GRPC_PORT" COMMAND_HTTP_ADDR="127.0.0.1:$COMMAND_HTTP_PORT"
   export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
   export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
-  export JWKS_URL="http://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json"
   # Envoy (use_remote_address) appends the client address it saw.
   export TRUST_X_FORWARDED_FOR=true
   event_keys
@@ -337,6 +348,7 @@ event_keys() {
 # whatever the environment happens to hold). Paths must be absolute.
 edge_config() {
   "$1" "$2" >/dev/null
+  stack_tls
   EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
-    DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
+    TLS_DIR="$STATE/tls" DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
 }

@@ -33,5 +33,14 @@ assert c["query-service"]["environment"]["PAGE_TOKEN_SECRET"].startswith("${PAGE
 assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run/secrets/")
 assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
 assert c["auth-service"]["environment"]["JWT_SIGNING_KEYS"].startswith("/run/secrets/")
-print("ok -- compose: NATS, Redis and Postgres users per service, from deploy/; keys from files")
+# TLS inside: every service has its own certificate and key (no other's),
+# the JWKS is fetched over HTTPS, Envoy presents its own client certificate.
+common = yaml.safe_load(open("compose.yaml"))["x-service"]["environment"]
+assert common["JWKS_URL"].startswith("https://") and common["TLS_CA_FILE"], "JWKS over HTTPS, TLS on"
+for name in users:
+    mounts = c[name]["volumes"]
+    assert f"./secrets/tls/{name}.key:/etc/bankmesh/tls/key.pem:ro" in mounts, (name, "own TLS key")
+    assert not any(m.endswith(".key:/etc/bankmesh/tls/key.pem:ro") and f"/{name}.key" not in m for m in mounts), name
+assert "./secrets/tls/envoy.key:/etc/envoy-tls/envoy.key:ro" in c["envoy"]["volumes"], "envoy client key"
+print("ok -- compose: NATS, Redis and Postgres users per service, from deploy/; keys from files; TLS inside")
 PY

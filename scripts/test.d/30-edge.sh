@@ -70,17 +70,29 @@ expect() { # expect <needle> <command...>: the command's output contains needle
 }
 
 # 0. Every service answers grpcurl (v1alpha reflection) and health without
-#    proto files, and advertises exactly what it serves.
+#    proto files, and advertises exactly what it serves; over mutual TLS
+#    only (an operator's certificate from the mesh's CA).
+tls="$STATE/tls"
+operator=(-cacert "$tls/ca.pem" -cert "$tls/operator.pem" -key "$tls/operator.key")
 for served in "$AUTH_GRPC_PORT bank.v1.AuthService" "$COMMAND_GRPC_PORT bank.v1.AccountCommandService" \
   "$QUERY_GRPC_PORT bank.v1.AccountQueryService"; do
   read -r port service <<<"$served"
-  listed=$(grpcurl -plaintext localhost:$port list | sort | tr '\n' ' ')
+  listed=$(grpcurl "${operator[@]}" localhost:$port list | sort | tr '\n' ' ')
   want=$(printf '%s\n' grpc.health.v1.Health grpc.reflection.v1.ServerReflection grpc.reflection.v1alpha.ServerReflection \
     "$service" | sort | tr '\n' ' ')
   [ "$listed" = "$want" ] || fail "reflection on :$port lists '$listed', want '$want'"
-  expect "SERVING" grpcurl -plaintext localhost:$port grpc.health.v1.Health/Check
+  expect "SERVING" grpcurl "${operator[@]}" localhost:$port grpc.health.v1.Health/Check
+  # Plaintext inside is refused, and so is TLS without a client certificate.
+  out=$(grpcurl -plaintext -max-time 3 localhost:$port grpc.health.v1.Health/Check 2>&1 || true)
+  ! grep -q SERVING <<<"$out" || fail "plaintext gRPC reached :$port"
+  out=$(grpcurl -cacert "$tls/ca.pem" -max-time 3 localhost:$port grpc.health.v1.Health/Check 2>&1 || true)
+  ! grep -q SERVING <<<"$out" || fail "TLS without a client certificate reached :$port"
 done
-echo "ok: grpcurl list (only the services served) and health on every service"
+# The JWKS only over HTTPS, and only as the mesh's CA vouches for it.
+curl -sf --cacert "$tls/ca.pem" "https://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json" | grep -q '"kid"' ||
+  fail "JWKS over HTTPS"
+! curl -sf -m 3 "http://127.0.0.1:$AUTH_HTTP_PORT/.well-known/jwks.json" >/dev/null 2>&1 || fail "JWKS over plain HTTP"
+echo "ok: grpcurl list (only the services served) and health on every service, over mutual TLS only; JWKS over HTTPS only"
 
 # 1. No token: refused at the edge (Envoy's jwt_authn, before any service).
 expect "Unauthenticated" grpcurl -plaintext -protoset "$DESCRIPTOR" -d '{}' $edge bank.v1.AuthService/WhoAmI

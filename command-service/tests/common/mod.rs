@@ -39,8 +39,17 @@ impl Harness {
 
     /// With `adjust` applied to the configuration before start.
     pub async fn start_with(nats_url: &str, adjust: impl FnOnce(&mut command_service::Config)) -> Self {
+        Self::start_with_issuer(TestIssuer::start().await.unwrap(), nats_url, adjust).await
+    }
+
+    /// With tokens from `issuer`. When `adjust` turns TLS on, the harness's
+    /// own client connects over mutual TLS with the service's certificate.
+    pub async fn start_with_issuer(
+        issuer: TestIssuer,
+        nats_url: &str,
+        adjust: impl FnOnce(&mut command_service::Config),
+    ) -> Self {
         bank_platform::telemetry::init_for_tests();
-        let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("cmd");
         let mut config = command_service::Config::from_env(&ProcessEnv).unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -62,7 +71,19 @@ impl Harness {
         config.audit.redis_url = None;
         adjust(&mut config);
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
-        let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
+        let client = match &config.tls {
+            None => AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap(),
+            Some(tls) => {
+                let channel = Channel::from_shared(format!("https://{}", running.grpc_addr))
+                    .unwrap()
+                    .tls_config(tls.grpc_client("localhost"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                AccountCommandServiceClient::new(channel)
+            }
+        };
         // The tests' own checks (and tampering) run as the superuser.
         let db = bank_platform::db::connect(&database.admin_url(), 4).await.unwrap();
         Self { issuer, running: Some(running), client, db, config }

@@ -243,6 +243,7 @@ pub struct KeyCache {
 }
 
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+const JWKS_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl KeyCache {
     pub fn fixed(signers: &[TokenSigner]) -> Result<Self> {
@@ -251,20 +252,30 @@ impl KeyCache {
         Ok(cache)
     }
 
-    pub fn from_jwks_url(url: impl Into<String>) -> Self {
-        Self::new(Some(url.into()))
+    /// Keys from the JWKS at `url`, over HTTPS only and trusting the mesh's
+    /// CA alone when `tls` is given.
+    pub fn from_jwks_url(url: impl Into<String>, tls: Option<&crate::tls::Tls>) -> Result<Self> {
+        let http = match tls {
+            Some(tls) => tls.https_client(JWKS_TIMEOUT)?,
+            None => reqwest::Client::builder().timeout(JWKS_TIMEOUT).build()?,
+        };
+        Ok(Self { http, ..Self::new(Some(url.into())) })
     }
 
     fn new(jwks_url: Option<String>) -> Self {
         Self {
             keys: RwLock::new(HashMap::new()),
             jwks_url,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("http client builds"),
+            http: reqwest::Client::new(),
             last_refresh: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Replaces the key set with the Ed25519 keys of `set`; other key types are ignored.
+    /// Replaces the key set with the Ed25519 keys of `set`; other key types
+    /// are ignored. The JWKS is the authority on which keys are live (a key
+    /// it no longer lists is revoked), so a set is taken whole; but a set
+    /// with no usable key is refused and the keys held are kept, so a broken
+    /// response cannot take every token down.
     fn load(&self, set: &JwkSet) {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
@@ -277,6 +288,10 @@ impl KeyCache {
             if let Ok(key) = DecodingKey::from_jwk(jwk) {
                 keys.insert(kid, key);
             }
+        }
+        if keys.is_empty() {
+            tracing::warn!("JWKS holds no usable Ed25519 key; keeping the keys held");
+            return;
         }
         *self.keys.write().expect("key cache lock") = keys;
     }
@@ -377,12 +392,17 @@ impl TokenVerifier {
     /// A verifier following auth-service's JWKS at `jwks_url`. An unreachable
     /// JWKS at start is not fatal: auth-service may start later, and unknown
     /// kids refresh on demand.
-    pub async fn from_jwks_url(jwks_url: &str, issuer: &str, audience: &str) -> Self {
-        let keys = Arc::new(KeyCache::from_jwks_url(jwks_url.to_owned()));
+    pub async fn from_jwks_url(
+        jwks_url: &str,
+        issuer: &str,
+        audience: &str,
+        tls: Option<&crate::tls::Tls>,
+    ) -> Result<Self> {
+        let keys = Arc::new(KeyCache::from_jwks_url(jwks_url.to_owned(), tls)?);
         if let Err(e) = keys.refresh().await {
             tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet");
         }
-        Self::new(keys, issuer, audience)
+        Ok(Self::new(keys, issuer, audience))
     }
 
     pub async fn verify(&self, token: &str) -> Result<(Caller, Claims), TokenError> {
@@ -548,6 +568,18 @@ mod tests {
 
     fn verifier(signers: &[TokenSigner]) -> TokenVerifier {
         TokenVerifier::new(Arc::new(KeyCache::fixed(signers).unwrap()), ISS, AUD)
+    }
+
+    #[test]
+    fn a_jwks_with_no_usable_key_does_not_take_away_the_keys_held() {
+        let signer = TokenSigner::generate();
+        let cache = KeyCache::fixed(std::slice::from_ref(&signer)).unwrap();
+        cache.load(&serde_json::from_value(serde_json::json!({ "keys": [] })).unwrap());
+        assert!(cache.cached(signer.kid()).is_some());
+        // A set that lists other keys is the authority: the old one is revoked.
+        let next = TokenSigner::generate();
+        cache.load(&serde_json::from_value(jwks(std::slice::from_ref(&next))).unwrap());
+        assert!(cache.cached(signer.kid()).is_none() && cache.cached(next.kid()).is_some());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-use crate::{auth::AuthLayer, metrics::RpcMetricsLayer};
+use crate::{auth::AuthLayer, metrics::RpcMetricsLayer, tls::Tls};
 
 /// Largest request a service decodes: far above any valid bank request,
 /// far below what could exhaust memory.
@@ -27,13 +27,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `routes` (whose gRPC service names are `service_names`) with
-/// health, reflection, metrics and `auth` until `shutdown` is cancelled; then
-/// stops accepting and lets in-flight calls finish.
+/// health, reflection, metrics and `auth` (over mutual TLS with `tls`) until
+/// `shutdown` is cancelled; then stops accepting and lets in-flight calls
+/// finish.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     auth: AuthLayer,
+    tls: Option<std::sync::Arc<Tls>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -73,7 +75,11 @@ pub async fn serve(
             }
         }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.grpc_server()).context("TLS configuration refused")?;
+    }
+    server
         .layer(layers)
         .add_routes(routes)
         .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), shutting_down)

@@ -15,5 +15,6 @@ pub mod signing;
 pub mod standing;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;

@@ -2,11 +2,12 @@
 //! NATS JetStream, Redis) are started by `scripts/test`; each test gets its own
 //! database, stream and key prefix from here so tests run in parallel.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use bank_platform::{
     CancellationToken,
     auth::{Claims, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SERVICE, ROLE_TELLER, STATUS_ACTIVE, TokenSigner},
+    tls::Tls,
 };
 use uuid::Uuid;
 
@@ -316,6 +317,11 @@ pub struct TestIssuer {
 
 impl TestIssuer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_tls(None).await
+    }
+
+    /// Serving its JWKS over HTTPS with `tls` (its URL then says https).
+    pub async fn start_with_tls(tls: Option<Arc<Tls>>) -> anyhow::Result<Self> {
         let signer = TokenSigner::generate();
         let jwks = bank_platform::auth::jwks(std::slice::from_ref(&signer));
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -328,8 +334,9 @@ impl TestIssuer {
                 async move { axum::Json(jwks) }
             }),
         );
-        tokio::spawn(bank_platform::http::serve(listener, router, shutdown.clone()));
-        Ok(Self { signer, jwks_url: format!("http://{addr}/.well-known/jwks.json"), shutdown })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(bank_platform::http::serve(listener, router, tls, shutdown.clone()));
+        Ok(Self { signer, jwks_url: format!("{scheme}://{addr}/.well-known/jwks.json"), shutdown })
     }
 
     pub fn token_for(&self, user_id: Uuid, roles: &[&str], status: &str, ttl: Duration) -> String {
@@ -467,5 +474,41 @@ impl Drop for NatsProcess {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A mesh CA of its own and a certificate for each of `names`, made by the
+/// stack's own script (deploy/tls/make-certs.sh) in a new folder.
+pub struct MeshCerts {
+    pub dir: PathBuf,
+}
+
+impl MeshCerts {
+    pub fn make(names: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("bankmesh-tls-{}", Uuid::new_v4()));
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tls/make-certs.sh");
+        let status = std::process::Command::new("sh").arg(&script).arg(&dir).args(names).status().expect("sh runs");
+        assert!(status.success(), "make-certs.sh failed");
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// `name`'s certificate and key, trusting this CA.
+    pub fn tls(&self, name: &str) -> Arc<Tls> {
+        let (cert, key) = (self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")));
+        Arc::new(Tls::from_files(&cert, &key, &self.path("ca.pem")).expect("usable certificates"))
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.pem")).expect("ca.pem")
+    }
+}
+
+impl Drop for MeshCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
