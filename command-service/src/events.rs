@@ -7,7 +7,6 @@ use bank_proto::v1::{self as pb, event_envelope::Payload};
 use chrono::{DateTime, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// An event ready to be written to `events` and `outbox`.
@@ -68,15 +67,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
     }
 }
 
-/// The hash of an envelope: SHA-256(previous hash ‖ envelope encoded with an
-/// empty hash field). Encoding is deterministic (maps are BTreeMaps), so a
-/// verifier recomputes it from the stored bytes.
-pub fn chain_hash(previous: &[u8], envelope_without_hash: &pb::EventEnvelope) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(previous);
-    h.update(envelope_without_hash.encode_to_vec());
-    h.finalize().to_vec()
-}
+pub use bank_platform::signing::chain_hash;
 
 /// Encodes `draft`, chaining it to `previous_hash`.
 pub fn seal(
@@ -121,9 +112,8 @@ pub fn seal(
 
 /// Checks a stored envelope against the previous hash of its chain.
 pub fn verify_chain_link(previous: &[u8], stored_envelope: &[u8]) -> bool {
-    let Ok(mut envelope) = pb::EventEnvelope::decode(stored_envelope) else { return false };
-    let claimed = std::mem::take(&mut envelope.hash);
-    chain_hash(previous, &envelope) == claimed
+    let Ok(envelope) = pb::EventEnvelope::decode(stored_envelope) else { return false };
+    bank_platform::signing::chain_link_holds(previous, &envelope)
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub struct Plan<R> {
 }
 
 /// Genesis of every account's hash chain.
-pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
+pub(crate) use bank_platform::signing::GENESIS_HASH;
 
 pub(crate) fn now() -> DateTime<Utc> {
     // Postgres keeps microseconds: truncate so the stored row and the

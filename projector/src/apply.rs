@@ -131,14 +131,17 @@ impl Applier {
             })
             .collect();
         let ids: Vec<Uuid> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, id)| *id)).collect();
-        let rows: Vec<AccountView> = sqlx::query_as(&format!(
-            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND account_id = ANY($2) ORDER BY account_id FOR UPDATE"
+        let rows: Vec<ViewRow> = sqlx::query_as(&format!(
+            "SELECT {ACCOUNT_VIEW_COLUMNS}, last_hash FROM account_view WHERE generation = $1 AND account_id = ANY($2) ORDER BY account_id FOR UPDATE"
         ))
         .bind(generation)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut views: HashMap<Uuid, AccountView> = rows.into_iter().map(|v| (v.account_id, v)).collect();
+        // Each account's chain head: the hash its next event must chain to.
+        let mut heads: HashMap<Uuid, Option<Vec<u8>>> =
+            rows.iter().map(|r| (r.view.account_id, r.last_hash.clone())).collect();
+        let mut views: HashMap<Uuid, AccountView> = rows.into_iter().map(|r| (r.view.account_id, r.view)).collect();
         let mut changed: Vec<Uuid> = Vec::new();
         let mut entries: Vec<(Uuid, HistoryEntry)> = Vec::new();
         let mut changes: Vec<AccountChange> = Vec::new();
@@ -156,7 +159,16 @@ impl Applier {
                 spans.push(span);
             }
             let decision = match &d {
-                Ok((env, id)) => fold::decide(env, views.get(id)),
+                Ok((env, id)) => match fold::decide(env, views.get(id)) {
+                    Decision::Apply { .. } if !fold::chains_to(env, heads.get(id)) => {
+                        REJECTED.inc();
+                        Decision::Poison(format!(
+                            "version {} does not chain to the hash of the account's previous event",
+                            env.version
+                        ))
+                    }
+                    decision => decision,
+                },
                 Err(reason) => Decision::Poison(reason.clone()),
             };
             let outcome = match decision {
@@ -178,6 +190,7 @@ impl Applier {
                     if !changed.contains(id) {
                         changed.push(*id);
                     }
+                    heads.insert(*id, Some(env.hash.clone()));
                     let event_id = Uuid::try_parse(&env.event_id).unwrap_or_else(|_| Uuid::now_v7());
                     entries.extend(entry.map(|e| (event_id, e)));
                     views.insert(*id, view);
@@ -203,7 +216,7 @@ impl Applier {
         }
 
         let changed_views: Vec<&AccountView> = changed.iter().filter_map(|id| views.get(id)).collect();
-        write_views(&mut tx, generation, &changed_views).await?;
+        write_views(&mut tx, generation, &changed_views, &heads).await?;
         write_history(&mut tx, generation, &entries).await?;
         write_sides(&mut tx, generation, &sides).await?;
         tx.commit().await?;
@@ -247,15 +260,28 @@ impl Applier {
     }
 }
 
-async fn write_views(tx: &mut sqlx::PgConnection, generation: i32, views: &[&AccountView]) -> Result<()> {
+/// An account's row with the hash of its last applied event.
+#[derive(sqlx::FromRow)]
+struct ViewRow {
+    #[sqlx(flatten)]
+    view: AccountView,
+    last_hash: Option<Vec<u8>>,
+}
+
+async fn write_views(
+    tx: &mut sqlx::PgConnection,
+    generation: i32,
+    views: &[&AccountView],
+    heads: &HashMap<Uuid, Option<Vec<u8>>>,
+) -> Result<()> {
     if views.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, held, updated_at)
-         SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[], $10::numeric[])
+        "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, held, last_hash, updated_at)
+         SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[], $10::numeric[], $11::bytea[])
          ON CONFLICT (generation, account_id) DO UPDATE SET balance = EXCLUDED.balance, status = EXCLUDED.status,
-             version = EXCLUDED.version, held = EXCLUDED.held, updated_at = now()",
+             version = EXCLUDED.version, held = EXCLUDED.held, last_hash = EXCLUDED.last_hash, updated_at = now()",
     )
     .bind(generation)
     .bind(views.iter().map(|v| v.account_id).collect::<Vec<_>>())
@@ -267,6 +293,7 @@ async fn write_views(tx: &mut sqlx::PgConnection, generation: i32, views: &[&Acc
     .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.opened_at).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.held).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| heads.get(&v.account_id).cloned().flatten()).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())

@@ -64,6 +64,18 @@ pub fn verify_signature(
     keys.verify(&env.signing_key_id, signed, &env.signature).map_err(|e| format!("bad signature: {e}"))
 }
 
+/// Whether `env` chains to its account's head: the hash of the previous event
+/// applied (`Some(Some(hash))`), the genesis hash for a first event, or any
+/// hash where the head is not known (a row projected before heads were kept).
+pub fn chains_to(env: &pb::EventEnvelope, head: Option<&Option<Vec<u8>>>) -> bool {
+    use bank_platform::signing::{GENESIS_HASH, chain_link_holds};
+    match head {
+        _ if env.version == 1 => chain_link_holds(&GENESIS_HASH, env),
+        Some(Some(previous)) => chain_link_holds(previous, env),
+        _ => true,
+    }
+}
+
 /// Identity fields of an envelope, needed before deciding.
 pub fn account_of(env: &pb::EventEnvelope) -> Result<(Uuid, i64), String> {
     let id = Uuid::try_parse(&env.account_id).map_err(|_| "account_id is not a UUID".to_owned())?;
@@ -316,6 +328,29 @@ mod tests {
         }
         let ok = decide(&envelope(id, 2, deposit("0", "99999999999999999.999")), Some(&view));
         assert!(matches!(ok, Decision::Apply { .. }), "{ok:?}");
+    }
+
+    #[test]
+    fn an_event_applies_only_if_it_chains_to_the_last_one_applied() {
+        use bank_platform::signing::{GENESIS_HASH, chain_hash};
+        let id = Uuid::now_v7();
+        let sealed = |version, previous: &[u8]| {
+            let mut e = envelope(id, version, deposit("0", "1"));
+            e.hash = chain_hash(previous, &e);
+            e
+        };
+        let first = sealed(1, &GENESIS_HASH);
+        assert!(chains_to(&first, None));
+        assert!(!chains_to(&sealed(1, b"anything else"), None), "a first event chains to genesis");
+        let second = sealed(2, &first.hash);
+        assert!(chains_to(&second, Some(&Some(first.hash.clone()))));
+        let forked = sealed(2, b"another history");
+        assert!(!chains_to(&forked, Some(&Some(first.hash.clone()))));
+        // A head from before heads were kept: the event starts the check.
+        assert!(chains_to(&forked, Some(&None)));
+        // The signature fields are not part of the link.
+        let signed = pb::EventEnvelope { signature: vec![1; 64], signing_key_id: "k".into(), ..second.clone() };
+        assert!(chains_to(&signed, Some(&Some(first.hash))));
     }
 
     fn usd(a: &str) -> Option<pb::Money> {

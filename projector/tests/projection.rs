@@ -508,7 +508,8 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
 
 /// The attack of the security review: a `MoneyDeposited` published straight
 /// on NATS at the account's next version. Unsigned, signed with another key,
-/// or a real event replayed on another account's subject: each is refused
+/// a real event replayed on another account's subject, or signed with the
+/// real key but not chaining to the account's last event: each is refused
 /// before it is applied, and the real events keep flowing.
 #[tokio::test]
 async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
@@ -545,9 +546,15 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     // 3. A genuine, correctly signed event of `a`, replayed on `b`'s subject.
     let genuine = w.published_payload(&a, 2).await;
     js.publish(subject(&b), genuine.into()).await.unwrap().await.unwrap();
+    // 4. Signed with the real key, at the next version, but chained to a
+    //    history other than the account's (a rewritten past).
+    let mut forked = forged(3);
+    forked.hash = bank_platform::signing::chain_hash(b"not the account's history", &forked);
+    let forked = command_service::relay::signed(&forked.encode_to_vec(), &w.command.event_signer);
+    js.publish(subject(&a), forked.into()).await.unwrap().await.unwrap();
 
     assert_eventually!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 3,
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 4,
         Duration::from_secs(30),
         "the forged events did not all reach the dead letters"
     );
@@ -556,6 +563,7 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     assert!(reasons[0].contains("unsigned"), "{reasons:?}");
     assert!(reasons[1].contains("unknown key"), "{reasons:?}");
     assert!(reasons[2].contains("names account"), "{reasons:?}");
+    assert!(reasons[3].contains("does not chain"), "{reasons:?}");
     // The real next event still applies: the forgery took no version.
     w.deposit(&a, "10.00").await;
     w.assert_read_models_equal_the_fold().await;
@@ -568,5 +576,5 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     .unwrap();
     assert_eq!(balance, rust_decimal::Decimal::from(110));
     let rejected = bank_testkit::metric(_p.http_addr, "projector_rejected_events_total").await;
-    assert!(rejected >= 3.0, "rejections are counted: {rejected}");
+    assert!(rejected >= 4.0, "rejections are counted: {rejected}");
 }

@@ -12,6 +12,33 @@ use ed25519_dalek::{Signature, VerifyingKey, pkcs8::DecodePublicKey};
 
 use crate::auth::{TokenSigner, kid_of};
 
+/// The previous hash of an account's first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// Each account's events form a hash chain: an event's hash is SHA-256(the
+/// previous event's hash ‖ the envelope encoded with its hash, signature and
+/// key id empty). Encoding is deterministic (maps are BTreeMaps), so anyone
+/// holding the envelope recomputes it.
+pub fn chain_hash(previous: &[u8], envelope: &bank_proto::v1::EventEnvelope) -> Vec<u8> {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let unsealed = bank_proto::v1::EventEnvelope {
+        hash: Vec::new(),
+        signature: Vec::new(),
+        signing_key_id: String::new(),
+        ..envelope.clone()
+    };
+    let mut h = Sha256::new();
+    h.update(previous);
+    h.update(unsealed.encode_to_vec());
+    h.finalize().to_vec()
+}
+
+/// Whether `envelope` carries the hash that chains it to `previous`.
+pub fn chain_link_holds(previous: &[u8], envelope: &bank_proto::v1::EventEnvelope) -> bool {
+    chain_hash(previous, envelope) == envelope.hash
+}
+
 /// The public keys events may be signed with, by key id.
 #[derive(Debug, Clone, Default)]
 pub struct EventKeys(HashMap<String, VerifyingKey>);
