@@ -24,6 +24,9 @@ pub struct Settings {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub trust_forwarded_for: bool,
+    /// Over mutual TLS, x-forwarded-for counts only from a client whose
+    /// certificate carries this name (Envoy's: `EDGE_CERT_NAME`).
+    pub edge_cert_name: String,
 }
 
 pub struct AuthApi {
@@ -94,7 +97,15 @@ fn client_address(forwarded: Option<&str>, trust_forwarded_for: bool, peer: Opti
 impl AuthApi {
     fn client_address<T>(&self, req: &Request<T>) -> String {
         let forwarded = req.metadata().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        client_address(forwarded, self.settings.trust_forwarded_for, req.remote_addr())
+        // Without TLS (loopback, tests) the setting alone decides; with it,
+        // only the edge may say where a call came from.
+        let from_edge = match req.peer_certs() {
+            None => true,
+            Some(chain) => {
+                chain.first().is_some_and(|c| bank_platform::tls::certificate_names(c, &self.settings.edge_cert_name))
+            }
+        };
+        client_address(forwarded, self.settings.trust_forwarded_for && from_edge, req.remote_addr())
     }
 
     /// A new access token plus a refresh token in `family`, stored in `tx`.

@@ -42,6 +42,8 @@ pub struct Config {
     pub bootstrap_admin: Option<(String, String)>,
     pub throttle: throttle::Limits,
     pub trust_forwarded_for: bool,
+    /// The name in Envoy's client certificate (`EDGE_CERT_NAME`, "envoy").
+    pub edge_cert_name: String,
     /// Service principals (client credentials); secrets as digests only.
     pub service_clients: service_clients::ServiceClients,
     /// Where every change of a user's status or roles is published.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Config {
             .field("bootstrap_admin", &self.bootstrap_admin.as_ref().map(|(email, _)| email))
             .field("throttle", &self.throttle)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("edge_cert_name", &self.edge_cert_name)
             .field("service_clients", &self.service_clients)
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
@@ -117,6 +120,7 @@ impl Config {
                 window: Duration::from_secs(config::parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)?),
             },
             trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
+            edge_cert_name: config::string(env, "EDGE_CERT_NAME", "envoy"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
             service_clients,
             tls: bank_platform::tls::Tls::from_env(env)?,
@@ -173,6 +177,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             access_ttl: chrono::Duration::seconds(config.access_ttl_secs),
             refresh_ttl: chrono::Duration::seconds(config.refresh_ttl_secs),
             trust_forwarded_for: config.trust_forwarded_for,
+            edge_cert_name: config.edge_cert_name.clone(),
         },
         dummy_hash: Arc::new(dummy_hash),
         service_clients: Arc::new(config.service_clients.clone()),

@@ -44,7 +44,10 @@ impl Auth {
         config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
         tweak(&mut config);
         let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
-        let client = AuthServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
+        let client = match config.tls.as_deref() {
+            None => AuthServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap(),
+            Some(tls) => tls_client(running.grpc_addr, tls).await,
+        };
         let db = bank_platform::db::connect(&database.admin_url(), 2).await.unwrap();
         Self { running, client, db, config }
     }
@@ -77,6 +80,18 @@ impl Auth {
     async fn users(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.db).await.unwrap()
     }
+}
+
+/// A client over mutual TLS presenting `tls`'s certificate.
+async fn tls_client(addr: std::net::SocketAddr, tls: &bank_platform::tls::Tls) -> AuthServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.grpc_client("localhost"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AuthServiceClient::new(channel)
 }
 
 fn reason(s: &tonic::Status) -> String {
@@ -729,4 +744,39 @@ async fn no_other_service_reaches_the_password_hashes_and_auth_cannot_turn_off_i
             "{sql}: refused for another reason: {error}"
         );
     }
+}
+
+/// Issue 15, attacks 7 and 9: over mutual TLS, x-forwarded-for counts only
+/// when Envoy's certificate presents it. Another holder of a certificate from
+/// the mesh's CA (a service, an operator) cannot choose the address its
+/// attempts count against.
+#[tokio::test]
+async fn over_mutual_tls_only_envoy_may_say_where_a_call_came_from() {
+    let certs = bank_testkit::MeshCerts::make(&["auth-service", "envoy", "operator"]);
+    let tls = certs.tls("auth-service");
+    let a = Auth::start_with(|c| {
+        c.tls = Some(tls);
+        c.trust_forwarded_for = true;
+        c.throttle.attempts_per_address = 3;
+    })
+    .await;
+    let attempt = |client: AuthServiceClient<Channel>, email: String, from: String| async move {
+        let mut req = tonic::Request::new(pb::LoginRequest { email, password: "not the password".into() });
+        req.metadata_mut().insert("x-forwarded-for", from.parse().unwrap());
+        client.clone().login(req).await.expect_err("no such user").code()
+    };
+    // Envoy: each attempt counts against the address Envoy saw.
+    let envoy = tls_client(a.running.grpc_addr, &certs.tls("envoy")).await;
+    for i in 0..5 {
+        let code = attempt(envoy.clone(), format!("nobody{i}@envoy.test"), format!("203.0.113.{i}")).await;
+        assert_eq!(code, Code::Unauthenticated, "attempt {i} through Envoy");
+    }
+    // The operator's claims count for nothing: its own address is counted,
+    // and the fourth attempt is throttled whatever it claims.
+    let operator = tls_client(a.running.grpc_addr, &certs.tls("operator")).await;
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        codes.push(attempt(operator.clone(), format!("nobody{i}@operator.test"), format!("198.51.100.{i}")).await);
+    }
+    assert_eq!(codes, [Code::Unauthenticated, Code::Unauthenticated, Code::Unauthenticated, Code::ResourceExhausted]);
 }

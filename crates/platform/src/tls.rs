@@ -144,6 +144,13 @@ impl Tls {
     }
 }
 
+/// Whether the certificate `der` is valid for the DNS name `name` (its
+/// subject alternative names): how a server tells which peer it talks to.
+pub fn certificate_names(der: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(name) else { return false };
+    webpki::EndEntityCert::try_from(der).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
     local_addr: SocketAddr,
