@@ -1,7 +1,8 @@
 //! Applies a batch of messages in one Postgres transaction (one fsync for the
 //! batch), then refreshes Redis and announces the changes. Each message gets
 //! its own outcome: ack (applied or duplicate), nak with delay (gap), or term
-//! after it went to the dead letters.
+//! after it went to the dead letters (poison only: a gap is never
+//! dead-lettered; one that lasts is filled from the stream, see `lib::fill_gaps`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,6 +43,10 @@ static GAPS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_gaps_total", "events naked because an earlier version is missing")
         .expect("registers once")
 });
+pub(crate) static GAP_FILLS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("projector_gap_fills_total", "gaps filled by fetching an account's events from the stream")
+        .expect("registers once")
+});
 static LAG: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         HistogramOpts::new("projection_lag_seconds", "event time to applied in the read model")
@@ -58,6 +63,9 @@ pub struct Incoming {
     pub delivered: i64,
     /// W3C trace headers the relay published with the event.
     pub trace: BTreeMap<String, String>,
+    /// Fetched again to fill a gap: poison here was dead-lettered when the
+    /// consumer first delivered it, so it is not recorded twice.
+    pub refetched: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +85,11 @@ pub struct Applier {
     pub redis_url: String,
     pub last_redis_attempt: std::time::Instant,
     pub keys: CacheKeys,
-    /// After this many deliveries a gap is treated as permanent.
+    /// After this many deliveries of a gap, the projector fetches the
+    /// account's missing events from the stream itself.
     pub max_deliveries: i64,
+    /// Gaps to fill after this batch: (subject, version stored).
+    pub lasting_gaps: Vec<(String, i64)>,
     /// Keys every event must be signed with; `None`: not checked (dev).
     pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
     /// Events of account A must arrive on `<prefix>.A`.
@@ -197,16 +208,21 @@ impl Applier {
                     APPLIED.inc();
                     Outcome::Ack
                 }
-                Decision::Gap { stored } if msg.delivered < self.max_deliveries => {
+                Decision::Gap { stored } => {
+                    // Never dead-lettered: the missing versions are in the
+                    // stream. Usually they arrive by themselves (redelivered
+                    // after the ack wait); a gap that outlasts
+                    // `max_deliveries` is filled by fetching them.
                     GAPS.inc();
                     tracing::debug!(stored, seq = msg.stream_sequence, "gap: will retry");
+                    if msg.delivered >= self.max_deliveries
+                        && !self.lasting_gaps.iter().any(|(s, _)| s == &msg.subject)
+                    {
+                        self.lasting_gaps.push((msg.subject.clone(), stored));
+                    }
                     Outcome::Retry
                 }
-                Decision::Gap { stored } => {
-                    self.dead_letter(&mut tx, msg, &format!("version gap never filled (read model at {stored})"))
-                        .await?;
-                    Outcome::Terminate
-                }
+                Decision::Poison(_) if msg.refetched => Outcome::Ack,
                 Decision::Poison(reason) => {
                     self.dead_letter(&mut tx, msg, &reason).await?;
                     Outcome::Terminate

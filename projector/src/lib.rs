@@ -113,6 +113,7 @@ async fn applier(config: &Config) -> Result<Applier> {
         last_redis_attempt: std::time::Instant::now(),
         keys: CacheKeys::new(config.redis_prefix.clone()),
         max_deliveries: config.max_deliveries,
+        lasting_gaps: Vec::new(),
         event_keys: config.event_keys.clone(),
         subject_prefix: config.subject_prefix.clone(),
     })
@@ -125,23 +126,7 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
 /// Applies one batch and acknowledges each message by its outcome. A failed
 /// transaction naks the whole batch, which is then redelivered.
 async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, generation: Option<i32>) {
-    let incoming: Vec<Incoming> = messages
-        .iter()
-        .map(|m| {
-            let (seq, delivered) = m.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
-            let trace = ["traceparent", "tracestate"]
-                .into_iter()
-                .filter_map(|k| Some((k.to_owned(), m.headers.as_ref()?.get(k)?.as_str().to_owned())))
-                .collect();
-            Incoming {
-                subject: m.subject.to_string(),
-                payload: m.payload.to_vec(),
-                stream_sequence: seq,
-                delivered,
-                trace,
-            }
-        })
-        .collect();
+    let incoming: Vec<Incoming> = messages.iter().map(|m| incoming(m, false)).collect();
     applier.reconnect_cache_if_due().await;
     let outcomes = match applier.apply(&incoming, generation).await {
         Ok(o) => o,
@@ -164,6 +149,89 @@ async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, gener
             tracing::warn!(error = %e, "ack failed");
         }
     }
+}
+
+fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
+    let (seq, delivered) = m.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
+    let trace = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), m.headers.as_ref()?.get(k)?.as_str().to_owned())))
+        .collect();
+    Incoming {
+        subject: m.subject.to_string(),
+        payload: m.payload.to_vec(),
+        stream_sequence: seq,
+        delivered,
+        trace,
+        refetched,
+    }
+}
+
+/// Fills each gap that outlasted `max_deliveries`: fetches the account's
+/// events from the stream (an ephemeral consumer on its subject) and applies
+/// those past the version stored, in order. The gap's own message, naked,
+/// then applies on its next delivery. So a gap lasts at most about
+/// `max_deliveries` nak delays (2 s each at most) once the read database is
+/// reachable, whatever happened to the missing message's own deliveries.
+async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Applier, generation: Option<i32>) {
+    for (subject, stored) in std::mem::take(&mut applier.lasting_gaps) {
+        let filled = async {
+            let missing = fetch_after(js, &config.stream, &subject, stored).await?;
+            for chunk in missing.chunks(config.batch.max(1)) {
+                applier.apply(chunk, generation).await?;
+            }
+            anyhow::Ok(missing.len())
+        };
+        match filled.await {
+            Ok(n) => {
+                apply::GAP_FILLS.inc();
+                tracing::info!(subject, stored, fetched = n, "gap filled from the stream");
+            }
+            Err(e) => tracing::warn!(subject, error = %format!("{e:#}"), "gap fill failed; will try again"),
+        }
+    }
+}
+
+/// The events on `subject` whose version is past `stored`, in stream order.
+async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, stored: i64) -> Result<Vec<Incoming>> {
+    let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
+    let mut consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            name: Some(format!("gap-{}", uuid::Uuid::new_v4().simple())),
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: subject.to_owned(),
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("gap consumer: {e}"))?;
+    let pending = consumer.info().await.map_err(|e| anyhow::anyhow!("{e}"))?.num_pending;
+    let (mut seen, mut out) = (0u64, Vec::new());
+    while seen < pending {
+        let mut messages = consumer
+            .batch()
+            .max_messages(512)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let before = seen;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            seen += 1;
+            let version = <bank_proto::v1::EventEnvelope as prost::Message>::decode(m.payload.as_ref()).map(|e| e.version);
+            // Undecodable: let the apply path judge it (it is not recorded twice).
+            if version.map_or(true, |v| v > stored) {
+                out.push(incoming(&m, true));
+            }
+        }
+        if seen == before {
+            break;
+        }
+    }
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(out)
 }
 
 /// The live projector: the durable consumer until shutdown, reconnecting with
@@ -241,6 +309,7 @@ async fn consume(
             }
         }
         process(applier, batch, None).await;
+        fill_gaps(js, config, applier, None).await;
     }
 }
 
@@ -338,5 +407,7 @@ async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, 
             continue;
         }
         process(applier, got, Some(generation)).await;
+        // In stream order a gap is transient here: the redelivery fills it.
+        applier.lasting_gaps.clear();
     }
 }

@@ -1,5 +1,6 @@
 //! Faults under a steady command load: a broker outage, a killed projector,
-//! a killed command-service, Redis stopped, Postgres restarted. After each,
+//! a killed command-service, Redis stopped, Postgres restarted, the
+//! projector's read database out of reach for 30 s. After each,
 //! every command a client saw succeed is in the event store exactly once,
 //! retried commands had one effect, the read models converge to the fold,
 //! reconcile is clean, and everything recovered by itself.
@@ -17,12 +18,19 @@ use std::{
 use system::{System, assert_nothing_lost_nothing_doubled, load, stack};
 
 /// Runs the load, applies `fault` in the middle, lets it run on, then checks.
-async fn under_load<F, Fut>(fault: F)
+async fn under_load<F, Fut>(fault: F) -> System
 where
     F: FnOnce(System) -> Fut,
     Fut: std::future::Future<Output = System>,
 {
-    let sys = System::start().await;
+    under_load_on(System::start().await, fault).await
+}
+
+async fn under_load_on<F, Fut>(sys: System, fault: F) -> System
+where
+    F: FnOnce(System) -> Fut,
+    Fut: std::future::Future<Output = System>,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = load(&sys, 6, stop.clone()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -32,6 +40,7 @@ where
     // Let in-flight retries settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_nothing_lost_nothing_doubled(&sys, &ledger).await;
+    sys
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,4 +94,31 @@ async fn postgres_restarted_under_load() {
         sys
     })
     .await;
+}
+
+/// Issue 16, defect 1: the projector's read database out of reach for 30 s
+/// (no new connections, its backends terminated) under load, with only 3
+/// deliveries before a gap is filled from the stream. Deliveries pile up on
+/// every message meanwhile; afterwards no gap may be dead-lettered, the read
+/// models converge, and a later deposit is readable with its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_read_database_blocked_for_30_s_under_load() {
+    let sys = System::start_with(&[("PROJECTOR_MAX_DELIVERIES", "3".into())]).await;
+    let sys = under_load_on(sys, |sys| async {
+        let db = sys.read_db_name().to_owned();
+        let admin = &sys.write_db;
+        sqlx::query(&format!("ALTER DATABASE \"{db}\" CONNECTION LIMIT 0")).execute(admin).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = 'bank_projector'")
+            .bind(&db)
+            .execute(admin)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        sqlx::query(&format!("ALTER DATABASE \"{db}\" CONNECTION LIMIT -1")).execute(admin).await.unwrap();
+        sys
+    })
+    .await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&sys.read_db).await.unwrap();
+    assert_eq!(dead, 0, "a gap was dead-lettered");
+    system::deposit_and_read_back(&sys).await;
 }

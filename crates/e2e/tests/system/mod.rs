@@ -130,6 +130,11 @@ impl System {
         self.services[name].child.as_ref().unwrap().id()
     }
 
+    /// The read models' database.
+    pub fn read_db_name(&self) -> &str {
+        &self.dbs.1.name
+    }
+
     pub fn env(&self) -> Vec<(String, String)> {
         self.env.clone()
     }
@@ -373,4 +378,27 @@ pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Le
         "{} commands succeeded, {retries} retries; {reads_ok} reads saw their write, {reads_unavailable} unavailable",
         succeeded.len()
     );
+}
+
+/// A teller's deposit into a new account, then the balance read with the
+/// deposit's consistency token: the first read shows it.
+pub async fn deposit_and_read_back(sys: &System) {
+    let (customer, teller) = (sys.issuer.customer(Uuid::now_v7()), sys.issuer.teller(Uuid::now_v7()));
+    let mut commands = sys.command_client().await;
+    let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: Uuid::new_v4().to_string() };
+    let account = commands.open_account(authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
+    let deposit = pb::DepositRequest {
+        account_id: account.clone(),
+        money: Some(pb::Money { currency_code: "USD".into(), amount: "12.34".into() }),
+        idempotency_key: Uuid::new_v4().to_string(),
+        description: String::new(),
+    };
+    let written = commands.deposit(authed(deposit, &teller)).await.unwrap().into_inner();
+    let mut read = authed(
+        pb::GetBalanceRequest { account_id: account, min_consistency_token: written.consistency_token, as_of: None },
+        &customer,
+    );
+    read.set_timeout(Duration::from_secs(5));
+    let balance = sys.query_client().await.get_balance(read).await.expect("read with the token").into_inner();
+    assert_eq!(balance.balance.unwrap().amount, "12.34");
 }
