@@ -293,6 +293,7 @@ stack_env() {
   unset NATS_URL REDIS_URL
   stack_secrets
   export NATS_ADDR="127.0.0.1:$NATS_PORT" REDIS_ADDR="127.0.0.1:$REDIS_PORT"
+  export NATS_MONITOR_ADDR="127.0.0.1:$NATS_MONITOR_PORT"
   export NATS_ADMIN_URL="nats://admin:$NATS_ADMIN_PASSWORD@$NATS_ADDR"
   export REDIS_ADMIN_URL="redis://admin:$REDIS_ADMIN_PASSWORD@$REDIS_ADDR"
   export PATH
