@@ -342,9 +342,16 @@ pub async fn claim_keys(
     conn: &mut PgConnection,
     claims: &[(Uuid, String, Vec<u8>)],
 ) -> Result<std::collections::HashSet<(Uuid, String)>, CommandError> {
+    // One order for every batch (sorted, each key once, the first request's
+    // fingerprint kept): two batches claiming the same keys in arrival
+    // order could each hold one the other waits for, a deadlock.
+    let mut seen = std::collections::HashSet::new();
+    let mut claims: Vec<&(Uuid, String, Vec<u8>)> = claims.iter().filter(|c| seen.insert((c.0, &c.1))).collect();
+    claims.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let rows: Vec<(Uuid, String)> = sqlx::query_as(
         "INSERT INTO idempotency (caller_id, key, request_hash)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING RETURNING caller_id, key",
+         SELECT c, k, h FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(c, k, h, n) ORDER BY n
+         ON CONFLICT DO NOTHING RETURNING caller_id, key",
     )
     .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
     .bind(claims.iter().map(|c| c.1.clone()).collect::<Vec<_>>())

@@ -89,3 +89,48 @@ async fn concurrent_commands_share_transactions_yet_each_has_its_own_outcome() {
     let report = command_service::reconcile(&h.config).await.unwrap();
     assert!(report.is_clean(), "{report}");
 }
+
+/// Issue 16, defect 8: two batches claiming the same keys in opposite orders
+/// must not deadlock (claims are taken in one sorted order). The same 64
+/// OpenAccounts are sent forwards and backwards at once, round after round:
+/// every call succeeds, and both calls under a key name the same account.
+#[tokio::test]
+async fn the_same_keys_in_opposite_orders_at_once_never_fail() {
+    let h = Harness::start_with(&bank_testkit::nats_url_as(Principal::Command), |c| {
+        c.batching = Some(BatchConfig { batchers: 8, max_batch: 16 })
+    })
+    .await;
+    let (_, ada) = h.customer();
+    for round in 0..10 {
+        let keys: Vec<String> = (0..64).map(|_| key()).collect();
+        let order = |forwards: bool| {
+            let mut ks = keys.clone();
+            if !forwards {
+                ks.reverse();
+            }
+            ks
+        };
+        let calls = [order(true), order(false)].into_iter().flat_map(|ks| {
+            let (client, ada) = (h.client.clone(), ada.clone());
+            ks.into_iter().map(move |k| {
+                let (mut c, token) = (client.clone(), ada.clone());
+                tokio::spawn(async move {
+                    let req = pb::OpenAccountRequest {
+                        r#type: pb::AccountType::Checking as i32,
+                        currency_code: "USD".into(),
+                        idempotency_key: k.clone(),
+                    };
+                    (k, c.open_account(authed(req, &token)).await.map(|r| r.into_inner().account.unwrap().account_id))
+                })
+            })
+        });
+        let mut opened: std::collections::HashMap<String, String> = Default::default();
+        for joined in join_all(calls).await {
+            let (k, result) = joined.unwrap();
+            let account = result.unwrap_or_else(|s| panic!("round {round}: {:?} {}", s.code(), s.message()));
+            let first = opened.entry(k).or_insert_with(|| account.clone());
+            assert_eq!(*first, account, "one key, one account");
+        }
+        assert_eq!(opened.len(), 64);
+    }
+}
