@@ -64,6 +64,9 @@ pub struct AuditConfig {
     pub read_database_url: Option<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// How long a read model may stay behind an event before reconcile calls
+    /// it a problem (`RECONCILE_BEHIND_BOUND_SECS`, 60).
+    pub behind_bound: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -130,6 +133,7 @@ impl Config {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
                 redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
+                behind_bound: Duration::from_secs(config::parse(env, "RECONCILE_BEHIND_BOUND_SECS", 60)?),
             },
         })
     }
@@ -224,13 +228,13 @@ impl Reconciler {
             None => None,
         };
         let relay = &self.config.relay;
-        let stream_messages = async {
+        let stream = async {
             let client = bank_platform::nats::connect(&relay.nats_url).await.ok()?;
-            let mut stream = async_nats::jetstream::new(client).get_stream(&relay.stream).await.ok()?;
-            stream.info().await.ok().map(|i| i.state.messages)
+            async_nats::jetstream::new(client).get_stream(&relay.stream).await.ok()
         }
         .await;
         let write_db = self.write_db.clone();
-        reconcile::run(reconcile::Sources { write_db, read_db, redis, stream_messages }).await
+        let behind_bound = self.config.audit.behind_bound;
+        reconcile::run(reconcile::Sources { write_db, read_db, redis, stream, behind_bound }).await
     }
 }

@@ -1,14 +1,26 @@
 //! `command-service reconcile`: an auditor's pass over everything. Folds the
-//! event store per account and compares it with the write model and both read
-//! models; checks conservation of money per currency (double entry: every
-//! source sums to zero), balanced postings, gap-free versions, the hash chains,
-//! that every committed event was published (outbox pending only), and that
-//! the event store and audit log are still append-only. Read-only.
+//! event store per account (streaming, one snapshot) and compares it with the
+//! write model and both read models; checks conservation of money per
+//! currency (double entry: every source sums to zero), balanced postings,
+//! gap-free versions, the hash chains, every event row's columns against its
+//! hashed envelope, that every committed event was published (outbox pending
+//! only), that the event store and audit log are still append-only, that no
+//! message was dead-lettered and no read model stays behind beyond a bound.
+//! Read-only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    str::FromStr,
+    time::Duration,
+};
 
 use anyhow::Result;
+use bank_platform::signing::GENESIS_HASH;
+use bank_proto::v1 as pb;
 use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountView, CacheKeys};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -94,7 +106,7 @@ impl std::fmt::Display for Report {
             )?;
         }
         for b in &self.behind {
-            writeln!(f, "behind (not an error): {b}")?;
+            writeln!(f, "behind (within the bound): {b}")?;
         }
         if self.problems.is_empty() {
             writeln!(f, "RESULT: clean")
@@ -138,53 +150,200 @@ pub struct Sources {
     pub write_db: PgPool,
     pub read_db: Option<PgPool>,
     pub redis: Option<(redis::aio::ConnectionManager, CacheKeys)>,
-    /// Messages on the stream, when NATS was reachable.
-    pub stream_messages: Option<u64>,
+    /// The event stream, when NATS was reachable (its message count is read
+    /// after the write side's snapshot is taken, so it can only be larger).
+    pub stream: Option<async_nats::jetstream::stream::Stream>,
+    /// How long the Postgres read model may stay behind an event before that
+    /// is a problem (`RECONCILE_BEHIND_BOUND_SECS`).
+    pub behind_bound: Duration,
+}
+
+/// What the read side holds, taken before the write side's snapshot.
+struct ReadSide {
+    generation: i32,
+    views: HashMap<Uuid, State>,
+    cached: HashMap<Uuid, State>,
+    dead_letters: i64,
+}
+
+/// One row of the event store, as the fold reads it.
+pub struct EventRow {
+    pub event_id: Uuid,
+    pub account_id: Uuid,
+    pub version: i64,
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub actor: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub delta: Decimal,
+    pub balance_after: Decimal,
+    pub envelope: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Every column of an event row the fold or a reader relies on, checked
+/// against the envelope the hash chain covers: a column edited by hand (with
+/// the guard turned off) no longer matches it. Pure.
+pub fn row_against_envelope(row: &EventRow) -> Vec<String> {
+    let at = format!("events: account {} v{}", row.account_id, row.version);
+    let Ok(env) = pb::EventEnvelope::decode(row.envelope.as_slice()) else {
+        return vec![format!("{at}: the envelope does not decode")];
+    };
+    let mut wrong = Vec::new();
+    let mut check = |ok: bool, column: &str| {
+        if !ok {
+            wrong.push(format!("{at}: column {column} differs from the hashed envelope"));
+        }
+    };
+    check(env.event_id == row.event_id.to_string(), "event_id");
+    check(env.account_id == row.account_id.to_string(), "account_id");
+    check(env.version == row.version, "version");
+    check(env.transaction_id == row.transaction_id.to_string(), "transaction_id");
+    check(env.actor == row.actor.to_string(), "actor");
+    check(env.occurred_at == crate::events::timestamp(row.occurred_at), "occurred_at");
+    check(env.payload.as_ref().map(crate::events::kind_of) == Some(row.kind.as_str()), "kind");
+    check(env.hash == row.hash, "hash");
+    match balance_change(&env) {
+        Some((before, after)) => {
+            check(row.delta == after - before, "delta");
+            check(row.balance_after == after, "balance_after");
+        }
+        None => check(row.delta.is_zero(), "delta"),
+    }
+    wrong
+}
+
+/// The balance before and after a money event, as its envelope says.
+fn balance_change(env: &pb::EventEnvelope) -> Option<(Decimal, Decimal)> {
+    use pb::event_envelope::Payload;
+    let (before, after) = match env.payload.as_ref()? {
+        Payload::MoneyDeposited(e) => (&e.balance_before, &e.balance_after),
+        Payload::MoneyWithdrawn(e) => (&e.balance_before, &e.balance_after),
+        Payload::TransferDebited(e) => (&e.balance_before, &e.balance_after),
+        Payload::TransferCredited(e) => (&e.balance_before, &e.balance_after),
+        Payload::Posted(e) => (&e.balance_before, &e.balance_after),
+        Payload::Reversed(e) => (&e.balance_before, &e.balance_after),
+        _ => return None,
+    };
+    let amount = |m: &Option<pb::Money>| m.as_ref().and_then(|m| Decimal::from_str(&m.amount).ok());
+    Some((amount(before)?, amount(after)?))
+}
+
+impl EventRow {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: row.try_get("event_id")?,
+            account_id: row.try_get("account_id")?,
+            version: row.try_get("version")?,
+            transaction_id: row.try_get("transaction_id")?,
+            kind: row.try_get("kind")?,
+            actor: row.try_get("actor")?,
+            occurred_at: row.try_get("occurred_at")?,
+            delta: row.try_get("delta")?,
+            balance_after: row.try_get("balance_after")?,
+            envelope: row.try_get("envelope")?,
+            hash: row.try_get("hash")?,
+        })
+    }
+}
+
+/// The Postgres read model (one snapshot), the cache entries of its
+/// accounts, and the dead letters.
+async fn read_side(read_db: &PgPool, redis: Option<&mut (redis::aio::ConnectionManager, CacheKeys)>) -> Result<ReadSide> {
+    let mut tx = read_db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let generation: i32 = sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut views = HashMap::new();
+    let sql = format!("SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1");
+    let mut rows = sqlx::query_as::<_, AccountView>(&sql).bind(generation).fetch(&mut *tx);
+    while let Some(v) = rows.try_next().await? {
+        views.insert(v.account_id, State { balance: v.balance, version: v.version });
+    }
+    drop(rows);
+    let dead_letters = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    let mut cached = HashMap::new();
+    if let Some((redis, keys)) = redis {
+        for id in views.keys() {
+            let h: HashMap<String, String> =
+                redis::cmd("HGETALL").arg(keys.account(generation, *id)).query_async(redis).await.unwrap_or_default();
+            if let Some(v) = bank_readmodel::from_cache(*id, &h) {
+                cached.insert(*id, State { balance: v.balance, version: v.version });
+            }
+        }
+    }
+    Ok(ReadSide { generation, views, cached, dead_letters })
 }
 
 pub async fn run(mut src: Sources) -> Result<Report> {
     let mut report = Report::default();
-    let db = &src.write_db;
+    // The read side first: whatever it holds was committed on the write side
+    // before, so the write side's snapshot, taken after, includes it. A read
+    // model can then only be behind the snapshot, never ahead of it.
+    let read = match &src.read_db {
+        Some(read_db) => Some(read_side(read_db, src.redis.as_mut()).await?),
+        None => None,
+    };
 
-    // Fold the event store, verifying each account's hash chain on the way.
-    let rows = sqlx::query(
-        "SELECT account_id, version, delta, balance_after, envelope, hash FROM events ORDER BY account_id, version",
-    )
-    .fetch_all(db)
-    .await?;
-    report.events = rows.len() as i64;
+    // The write side in one snapshot: a commit meanwhile changes nothing seen.
+    let mut tx = src.write_db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let stream_messages = match src.stream.as_mut() {
+        Some(stream) => stream.info().await.ok().map(|i| i.state.messages),
+        None => None,
+    };
+
+    // Fold the event store, streaming, verifying each row against its
+    // envelope and each account's hash chain on the way.
     let mut fold: BTreeMap<Uuid, State> = BTreeMap::new();
     let mut chain_head: HashMap<Uuid, Vec<u8>> = HashMap::new();
-    for row in &rows {
-        let id: Uuid = row.try_get("account_id")?;
-        let version: i64 = row.try_get("version")?;
-        let delta: Decimal = row.try_get("delta")?;
-        let after: Decimal = row.try_get("balance_after")?;
-        let envelope: Vec<u8> = row.try_get("envelope")?;
-        let hash: Vec<u8> = row.try_get("hash")?;
+    // Per account the read model is behind: when its first unprojected event happened.
+    let mut behind_since: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    let mut rows = sqlx::query(
+        "SELECT event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash
+         FROM events ORDER BY account_id, version",
+    )
+    .fetch(&mut *tx);
+    while let Some(row) = rows.try_next().await? {
+        let row = EventRow::from_row(&row)?;
+        report.events += 1;
+        let id = row.account_id;
+        report.problems.extend(row_against_envelope(&row));
         let state = fold.entry(id).or_insert(State { balance: Decimal::ZERO, version: 0 });
-        if version != state.version + 1 {
-            report.problems.push(format!("events: account {id} jumps from version {} to {version}", state.version));
+        if row.version != state.version + 1 {
+            report.problems.push(format!("events: account {id} jumps from version {} to {}", state.version, row.version));
         }
-        state.balance += delta;
-        state.version = version;
-        if state.balance != after {
+        state.balance += row.delta;
+        state.version = row.version;
+        if state.balance != row.balance_after {
+            report.problems.push(format!(
+                "events: account {id} v{} says balance {}, the fold says {}",
+                row.version, row.balance_after, state.balance
+            ));
+        }
+        let previous = chain_head.get(&id).cloned().unwrap_or_else(|| GENESIS_HASH.to_vec());
+        if !verify_chain_link(&previous, &row.envelope) {
             report
                 .problems
-                .push(format!("events: account {id} v{version} says balance {after}, the fold says {}", state.balance));
+                .push(format!("hash chain: account {id} v{} does not verify (edited or missing event)", row.version));
         }
-        let previous = chain_head.get(&id).cloned().unwrap_or_else(|| vec![0; 32]);
-        if !verify_chain_link(&previous, &envelope) {
-            report
-                .problems
-                .push(format!("hash chain: account {id} v{version} does not verify (edited or missing event)"));
+        chain_head.insert(id, row.hash);
+        if let Some(read) = &read {
+            let projected = read.views.get(&id).map_or(0, |v| v.version);
+            if row.version == projected + 1 {
+                behind_since.insert(id, row.occurred_at);
+            }
         }
-        chain_head.insert(id, hash);
     }
+    drop(rows);
     report.accounts = fold.len();
 
     // The write model against the fold, chain heads included.
-    let accounts = sqlx::query("SELECT id, currency, balance, version, last_hash FROM accounts").fetch_all(db).await?;
+    let accounts =
+        sqlx::query("SELECT id, currency, balance, version, last_hash FROM accounts").fetch_all(&mut *tx).await?;
     let mut write: HashMap<Uuid, State> = HashMap::new();
     let mut currency_of: HashMap<Uuid, String> = HashMap::new();
     for row in &accounts {
@@ -212,32 +371,30 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     let unbalanced: Vec<(Uuid, String, Decimal)> = sqlx::query_as(
         "SELECT transaction_id, currency::text, sum(amount) FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 10",
     )
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?;
-    for (tx, currency, sum) in unbalanced {
-        report
-            .problems
-            .push(format!("double entry: transaction {tx} has {} postings summing to {sum}", currency.trim()));
+    for (t, currency, sum) in unbalanced {
+        report.problems.push(format!("double entry: transaction {t} has {} postings summing to {sum}", currency.trim()));
     }
     let unposted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)",
     )
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
     if unposted > 0 {
         report.problems.push(format!("double entry: {unposted} money event(s) without their posting"));
     }
     // Publication: everything not pending in the outbox reached the stream.
-    report.outbox_pending = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(db).await?;
+    report.outbox_pending = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut *tx).await?;
     let orphans: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = o.event_id)",
     )
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
     if orphans > 0 {
         report.problems.push(format!("outbox: {orphans} row(s) name no committed event"));
     }
-    if let Some(on_stream) = src.stream_messages {
+    if let Some(on_stream) = stream_messages {
         let published = (report.events - report.outbox_pending) as u64;
         if on_stream < published {
             report.problems.push(format!("stream: {on_stream} messages but {published} events were marked published"));
@@ -248,7 +405,7 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     let guards: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced','holds_end_once','holds_no_delete','reversals_append_only','reversals_not_of_reversals') AND tgenabled <> 'D'",
     )
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
     if guards != 11 {
         report.problems.push(
@@ -256,18 +413,28 @@ pub async fn run(mut src: Sources) -> Result<Report> {
                 .into(),
         );
     }
+    tx.commit().await?;
 
-    // Read models: behind is fine (eventual consistency), different is not.
-    if let Some(read_db) = &src.read_db {
-        let generation = bank_readmodel::active_generation(read_db).await?;
-        let views: Vec<AccountView> =
-            sqlx::query_as(&format!("SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1"))
-                .bind(generation)
-                .fetch_all(read_db)
-                .await?;
-        let read: HashMap<Uuid, State> =
-            views.iter().map(|v| (v.account_id, State { balance: v.balance, version: v.version })).collect();
-        compare("postgres read model", &fold, &read, true, &mut report);
+    // Read models: behind for a moment is fine (eventual consistency);
+    // different, behind for longer than the bound, or dead letters are not.
+    if let Some(read) = read {
+        compare("postgres read model", &fold, &read.views, true, &mut report);
+        for (id, since) in behind_since {
+            let behind = (now - since).to_std().unwrap_or_default();
+            if behind > src.behind_bound {
+                report.problems.push(format!(
+                    "postgres read model: account {id} has been behind for {} s, beyond the bound of {} s",
+                    behind.as_secs(),
+                    src.behind_bound.as_secs()
+                ));
+            }
+        }
+        if read.dead_letters > 0 {
+            report.problems.push(format!(
+                "dead letters: {} message(s) the projector refused (table dead_letters of the read database)",
+                read.dead_letters
+            ));
+        }
         // The fold's accounts per currency, grouped once for both read models.
         let mut in_currency: HashMap<&str, Vec<Uuid>> = HashMap::new();
         for id in fold.keys() {
@@ -278,28 +445,18 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         let no_accounts = Vec::new();
         let accounts_in = |c: &str| in_currency.get(c).unwrap_or(&no_accounts);
         for (c, totals) in report.currencies.iter_mut() {
-            totals.read_model = caught_up_sum(&fold, &read, accounts_in(c));
+            totals.read_model = caught_up_sum(&fold, &read.views, accounts_in(c));
         }
-        if let Some((redis, keys)) = src.redis.as_mut() {
-            let mut cached = HashMap::new();
-            for id in fold.keys() {
-                let h: HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(keys.account(generation, *id))
-                    .query_async(redis)
-                    .await
-                    .unwrap_or_default();
-                if let Some(v) = bank_readmodel::from_cache(*id, &h) {
-                    cached.insert(*id, State { balance: v.balance, version: v.version });
-                }
-            }
+        if src.redis.is_some() {
             // A cache may lack accounts (evicted, expired): only what it holds must agree.
             let held: BTreeMap<Uuid, State> =
-                fold.iter().filter(|(id, _)| cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
-            compare("redis read model", &held, &cached, true, &mut report);
+                fold.iter().filter(|(id, _)| read.cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
+            compare("redis read model", &held, &read.cached, true, &mut report);
             for (c, totals) in report.currencies.iter_mut() {
-                totals.cache = caught_up_sum(&fold, &cached, accounts_in(c));
+                totals.cache = caught_up_sum(&fold, &read.cached, accounts_in(c));
             }
         }
+        tracing::debug!(generation = read.generation, "read models checked");
     }
     check_conservation(&mut report);
     Ok(report)
@@ -311,6 +468,68 @@ mod tests {
 
     fn s(b: i64, v: i64) -> State {
         State { balance: Decimal::from(b), version: v }
+    }
+
+    /// A deposit's row as the ledger writes it.
+    fn deposit_row() -> EventRow {
+        let usd = bank_domain::Currency::from_code("USD").unwrap();
+        let draft = crate::events::EventDraft {
+            account_id: Uuid::now_v7(),
+            currency: usd,
+            version: 2,
+            transaction_id: Uuid::now_v7(),
+            actor: Uuid::now_v7(),
+            occurred_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
+            delta: Decimal::new(1250, 2),
+            balance_after: Decimal::new(1250, 2),
+            payload: pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
+                amount: crate::events::money(usd, Decimal::new(1250, 2)),
+                balance_before: crate::events::money(usd, Decimal::ZERO),
+                balance_after: crate::events::money(usd, Decimal::new(1250, 2)),
+                description: String::new(),
+            }),
+            counterparties: vec![],
+        };
+        let e = crate::events::seal(draft, &GENESIS_HASH, &Default::default());
+        EventRow {
+            event_id: e.event_id,
+            account_id: e.account_id,
+            version: e.version,
+            transaction_id: e.transaction_id,
+            kind: e.kind.to_owned(),
+            actor: e.actor,
+            occurred_at: e.occurred_at,
+            delta: e.delta,
+            balance_after: e.balance_after,
+            envelope: e.envelope,
+            hash: e.hash,
+        }
+    }
+
+    #[test]
+    fn every_column_of_an_event_row_must_match_its_hashed_envelope() {
+        assert_eq!(row_against_envelope(&deposit_row()), Vec::<String>::new());
+        let edits: Vec<(&str, Box<dyn Fn(&mut EventRow)>)> = vec![
+            ("event_id", Box::new(|r| r.event_id = Uuid::now_v7())),
+            ("account_id", Box::new(|r| r.account_id = Uuid::now_v7())),
+            ("version", Box::new(|r| r.version += 1)),
+            ("transaction_id", Box::new(|r| r.transaction_id = Uuid::now_v7())),
+            ("actor", Box::new(|r| r.actor = Uuid::now_v7())),
+            ("occurred_at", Box::new(|r| r.occurred_at += chrono::Duration::microseconds(1))),
+            ("kind", Box::new(|r| r.kind = "MoneyWithdrawn".into())),
+            ("hash", Box::new(|r| r.hash[0] ^= 1)),
+            ("delta", Box::new(|r| r.delta += Decimal::ONE)),
+            ("balance_after", Box::new(|r| r.balance_after += Decimal::ONE)),
+        ];
+        for (column, edit) in edits {
+            let mut row = deposit_row();
+            edit(&mut row);
+            let problems = row_against_envelope(&row);
+            assert!(problems.iter().any(|p| p.contains(&format!("column {column} "))), "{column}: {problems:?}");
+        }
+        let mut row = deposit_row();
+        row.envelope.push(0xff);
+        assert!(!row_against_envelope(&row).is_empty(), "a garbled envelope");
     }
 
     #[test]

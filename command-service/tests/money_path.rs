@@ -813,3 +813,55 @@ async fn staff_do_not_move_money_on_their_own_accounts_and_transactions_have_at_
     let err = h.client.clone().post_transaction(authed(req, &h.service())).await.unwrap_err();
     assert_eq!((err.code(), violation_fields(&err)), (Code::InvalidArgument, vec!["legs".to_string()]));
 }
+
+/// Issue 16, defect 3: reconcile checked each envelope against its own hash
+/// but folded the columns: an event row edited in any single column (the
+/// guard turned off by a superuser) went unnoticed. Each edit is reported,
+/// naming the column, and reverting it makes the event store whole again.
+#[tokio::test]
+async fn an_event_row_edited_in_any_single_column_is_reported() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let (a, b) = (h.open(&alice, "USD").await, h.open(&alice, "USD").await);
+    h.fund(&a, "70.00").await;
+    let event_problems = |report: &command_service::reconcile::Report| -> Vec<String> {
+        report.problems.iter().filter(|p| !p.starts_with("append-only")).cloned().collect()
+    };
+    assert!(command_service::reconcile(&h.config).await.unwrap().is_clean());
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&h.db).await.unwrap();
+    let target = format!("account_id = '{a}' AND kind = 'MoneyDeposited'");
+    let (actor, transaction): (uuid::Uuid, uuid::Uuid) =
+        sqlx::query_as(&format!("SELECT actor, transaction_id FROM events WHERE {target}"))
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    // (column, the edit, its undo)
+    let edits = [
+        ("account_id", format!("account_id = '{b}'"), format!("account_id = '{a}'")),
+        ("version", "version = version + 100".into(), "version = version - 100".into()),
+        ("delta", "delta = delta + 1".into(), "delta = delta - 1".into()),
+        ("balance_after", "balance_after = balance_after + 1".into(), "balance_after = balance_after - 1".into()),
+        ("hash", "hash = hash || '\\x00'::bytea".into(), "hash = substring(hash from 1 for 32)".into()),
+        ("actor", format!("actor = '{}'", uuid::Uuid::now_v7()), format!("actor = '{actor}'")),
+        ("transaction_id", format!("transaction_id = '{}'", uuid::Uuid::now_v7()), format!("transaction_id = '{transaction}'")),
+        ("occurred_at", "occurred_at = occurred_at + interval '1 ms'".into(), "occurred_at = occurred_at - interval '1 ms'".into()),
+        ("kind", "kind = 'MoneyWithdrawn'".into(), "kind = 'MoneyDeposited'".into()),
+    ];
+    for (column, edit, undo) in edits {
+        let (edited_where, undo_where) = match column {
+            // The edit moves the row: find it again where it went.
+            "account_id" => (target.clone(), format!("account_id = '{b}' AND kind = 'MoneyDeposited'")),
+            "kind" => (target.clone(), format!("account_id = '{a}' AND kind = 'MoneyWithdrawn'")),
+            _ => (target.clone(), target.clone()),
+        };
+        sqlx::query(&format!("UPDATE events SET {edit} WHERE {edited_where}")).execute(&h.db).await.unwrap();
+        let report = command_service::reconcile(&h.config).await.unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains(&format!("column {column} "))),
+            "{column} edited, not reported:\n{report}"
+        );
+        sqlx::query(&format!("UPDATE events SET {undo} WHERE {undo_where}")).execute(&h.db).await.unwrap();
+        let report = command_service::reconcile(&h.config).await.unwrap();
+        assert_eq!(event_problems(&report), Vec::<String>::new(), "after undoing the {column} edit");
+    }
+}

@@ -22,6 +22,8 @@ struct World {
     redis: redis::aio::ConnectionManager,
     command: command_service::Config,
     projector: projector::Config,
+    /// The read database as command-service's role (reconcile reads it so).
+    read_as_command: String,
 }
 
 fn usd(a: &str) -> Option<pb::Money> {
@@ -68,7 +70,8 @@ impl World {
         let read_db = bank_platform::db::connect(&read.admin_url(), 2).await.unwrap();
         // The test reads and tampers with the cache as admin.
         let redis = projector::connect_redis(&bank_testkit::redis_admin_url()).await.unwrap();
-        Self { issuer, _command: running, client, write_db, read_db, redis, command, projector }
+        let read_as_command = read.url_as(DbRole::Command);
+        Self { issuer, _command: running, client, write_db, read_db, redis, command, projector, read_as_command }
     }
 
     async fn start_projector(&self) -> Running {
@@ -577,4 +580,48 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     assert_eq!(balance, rust_decimal::Decimal::from(110));
     let rejected = bank_testkit::metric(_p.http_addr, "projector_rejected_events_total").await;
     assert!(rejected >= 4.0, "rejections are counted: {rejected}");
+}
+
+/// Issue 16, defect 2: reconcile called a read model clean while an account
+/// stayed behind for good and messages sat in the dead letters. Behind for a
+/// moment is fine; behind beyond the bound, or any dead letter, is a problem.
+#[tokio::test]
+async fn reconcile_counts_accounts_behind_beyond_the_bound_and_dead_letters_as_problems() {
+    let w = World::start().await;
+    let mut audit = w.command.clone();
+    audit.audit.read_database_url = Some(w.read_as_command.clone());
+    audit.audit.behind_bound = Duration::from_secs(2);
+    let reconcile = || async { command_service::reconcile(&audit).await.unwrap() };
+    let p = w.start_projector().await;
+    let token = w.issuer.customer(Uuid::now_v7());
+    let a = w.open(&token).await;
+    w.deposit(&a, "10.00").await;
+    assert_eventually!(w.converged().await, Duration::from_secs(20), "projected");
+    let report = reconcile().await;
+    assert!(report.is_clean(), "{report}");
+
+    // The projector stops; a deposit is behind: fine at first, a problem
+    // once it has been behind for longer than the bound.
+    p.stop().await.unwrap();
+    w.deposit(&a, "5.00").await;
+    let report = reconcile().await;
+    assert!(report.is_clean() && !report.behind.is_empty(), "{report}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = reconcile().await;
+    assert!(report.problems.iter().any(|p| p.contains("behind for")), "{report}");
+
+    // Caught up again: clean. Then a message the projector refuses.
+    let _p = w.start_projector().await;
+    assert_eventually!(w.converged().await, Duration::from_secs(20), "caught up");
+    assert!(reconcile().await.is_clean());
+    let js = w.js().await;
+    let subject = format!("{}.{a}", w.command.relay.subject_prefix);
+    js.publish(subject, b"not an envelope".to_vec().into()).await.unwrap().await.unwrap();
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 1,
+        Duration::from_secs(20),
+        "dead-lettered"
+    );
+    let report = reconcile().await;
+    assert!(report.problems.iter().any(|p| p.starts_with("dead letters: 1")), "{report}");
 }

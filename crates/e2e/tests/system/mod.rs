@@ -151,13 +151,18 @@ impl System {
 
     /// Runs `command-service reconcile` against this system; its report and whether it was clean.
     pub fn reconcile(&self) -> (bool, String) {
-        let out = Command::new(bin("command-service"))
+        let out = self.reconcile_command().output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The `command-service reconcile` process for this system, to run later.
+    pub fn reconcile_command(&self) -> Command {
+        let mut command = Command::new(bin("command-service"));
+        command
             .arg("reconcile")
             .envs(bank_testkit::service_credentials("command-service", &self.dbs.0, &self.dbs.1))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
     }
 
     /// Waits until the Postgres read model equals the write model, account by account.
