@@ -3,9 +3,16 @@
 //! by a transaction that began after the earlier one committed), with
 //! `Nats-Msg-Id` = event id, and deletes a row only after its publish ack.
 //!
-//! Several command-service instances may run: one Postgres advisory lock (a
-//! lease held by a session) lets exactly one relay publish, which keeps the
-//! stream in order; the others wait and take over when its session ends.
+//! Several command-service instances may run: a lease in Postgres
+//! (`relay_lease`: holder, epoch, expiry) lets one relay publish, which keeps
+//! the stream in order. The holder renews it at least every `LEASE_TTL / 3`;
+//! one that hangs (SIGSTOP, a stalled host) stops renewing, and another
+//! instance takes it over within `LEASE_TTL` plus a second. Each take-over
+//! raises the epoch; outbox rows are deleted only under the lease at the
+//! deleting relay's epoch (fencing), and a relay that finds its lease gone
+//! stops publishing. A woken former leader's last in-flight publishes are
+//! duplicates JetStream drops by `Nats-Msg-Id`, or, past the duplicate
+//! window, versions the projector already has and skips.
 //! It wakes on an in-process signal after each commit, and polls as a fallback
 //! (commits made by another instance are seen within the poll interval).
 
@@ -19,12 +26,12 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use prost::Message;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Key of the advisory lock that makes one relay the publisher.
-const LEASE_KEY: i64 = 0x6261_6e6b_6f75_7462; // "bankoutb"
+/// How long a lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(3);
 
 static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("outbox_published_total", "events published to JetStream").expect("registers once")
@@ -59,6 +66,15 @@ pub struct OutboxRelay {
     config: RelayConfig,
     wake: Arc<Notify>,
     signer: bank_platform::auth::TokenSigner,
+    /// Who this relay is in `relay_lease.holder`: process id and a random id.
+    holder: String,
+}
+
+#[derive(Clone)]
+struct Lease {
+    holder: String,
+    epoch: i64,
+    renewed: std::time::Instant,
 }
 
 /// The envelope as published: as stored, then its signature and key id as
@@ -101,7 +117,8 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
 
 impl OutboxRelay {
     pub fn new(pool: PgPool, config: RelayConfig, wake: Arc<Notify>, signer: bank_platform::auth::TokenSigner) -> Self {
-        Self { pool, config, wake, signer }
+        let holder = format!("pid {} relay {}", std::process::id(), Uuid::new_v4());
+        Self { pool, config, wake, signer, holder }
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
@@ -117,8 +134,8 @@ impl OutboxRelay {
                 }
                 continue;
             }
-            let mut lease = match self.take_lease().await {
-                Ok(Some(conn)) => conn,
+            let lease = match self.take_lease().await {
+                Ok(Some(lease)) => lease,
                 Ok(None) => {
                     if !pause(Duration::from_secs(1), &shutdown).await {
                         break;
@@ -133,12 +150,14 @@ impl OutboxRelay {
                     continue;
                 }
             };
-            tracing::info!("outbox relay holds the publisher lease");
-            let result = self.publish_while_leased(&mut lease, &js, &mut backoff, &shutdown).await;
-            // Closing the session releases the advisory lock.
-            let _ = lease.close().await;
+            tracing::info!(epoch = lease.epoch, holder = %lease.holder, "outbox relay holds the publisher lease");
+            let result = self.publish_while_leased(&lease, &js, &mut backoff, &shutdown).await;
+            if result.is_ok() && shutdown.is_cancelled() {
+                // Hand over at once rather than after the expiry.
+                let _ = self.release(&lease).await;
+            }
             if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), "outbox relay lost its database session; retrying");
+                tracing::warn!(error = %format!("{e:#}"), "outbox relay lost its lease; retrying");
                 if !pause(backoff.next(), &shutdown).await {
                     break;
                 }
@@ -152,35 +171,66 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// A dedicated session holding the advisory lock, or None if another relay has it.
-    async fn take_lease(&self) -> Result<Option<PgConnection>> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEASE_KEY).fetch_one(&mut conn).await?;
-        if got {
-            Ok(Some(conn))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+    /// The lease, if it is free or expired (or already ours); a new epoch.
+    async fn take_lease(&self) -> Result<Option<Lease>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE relay_lease SET holder = $1, epoch = epoch + 1, expires_at = now() + $2
+             WHERE id = 1 AND (expires_at < now() OR holder = $1) RETURNING epoch",
+        )
+        .bind(&self.holder)
+        .bind(LEASE_TTL)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(|epoch| Lease { holder: self.holder.clone(), epoch, renewed: std::time::Instant::now() }))
+    }
+
+    /// Extends the lease; an error when it is no longer ours at this epoch.
+    async fn renew(&self, lease: &mut Lease) -> Result<()> {
+        let renewed = sqlx::query(
+            "UPDATE relay_lease SET expires_at = now() + $3 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+        )
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .bind(LEASE_TTL)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        anyhow::ensure!(renewed == 1, "the publisher lease (epoch {}) expired or was taken over", lease.epoch);
+        lease.renewed = std::time::Instant::now();
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        sqlx::query("UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2")
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Publishes batches until shutdown; returns Err only when the database
     /// session fails (the lease is then gone). NATS failures back off and retry.
     async fn publish_while_leased(
         &self,
-        conn: &mut PgConnection,
+        lease: &Lease,
         js: &jetstream::Context,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<()> {
+        let mut lease = lease.clone();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            // Renewed before every round that would publish on an old
+            // renewal: a relay woken from a hang finds out here.
+            if lease.renewed.elapsed() > LEASE_TTL / 3 {
+                self.renew(&mut lease).await?;
+            }
             let rows = sqlx::query("SELECT id, event_id, subject, envelope FROM outbox ORDER BY id LIMIT $1")
                 .bind(self.config.batch)
-                .fetch_all(&mut *conn)
+                .fetch_all(&self.pool)
                 .await?;
             if (rows.len() as i64) < self.config.batch {
                 BACKLOG.set(rows.len() as i64);
@@ -189,7 +239,7 @@ impl OutboxRelay {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll) => {}
+                    _ = tokio::time::sleep(self.config.poll.min(LEASE_TTL / 3)) => {}
                 }
                 continue;
             }
@@ -231,7 +281,18 @@ impl OutboxRelay {
                 }
             }
             if !acked.is_empty() {
-                sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&acked).execute(&mut *conn).await?;
+                // Fenced: only under the lease at this epoch.
+                let deleted = sqlx::query(
+                    "DELETE FROM outbox WHERE id = ANY($1)
+                       AND EXISTS (SELECT 1 FROM relay_lease WHERE id = 1 AND holder = $2 AND epoch = $3)",
+                )
+                .bind(&acked)
+                .bind(&lease.holder)
+                .bind(lease.epoch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                anyhow::ensure!(deleted > 0, "the publisher lease (epoch {}) was taken over", lease.epoch);
                 PUBLISHED.inc_by(acked.len() as u64);
             }
             if failed {

@@ -76,8 +76,10 @@ impl Config {
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
             durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
             batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
-            // With delays capped at 2 s this is minutes: far beyond the ack wait.
-            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 100)?,
+            // A gap is retried with delays of 0.1 s doubling to 2 s: ten
+            // deliveries outlast the ack wait (5 s) that brings a missing
+            // message back; past them the projector fetches it itself.
+            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 10)?,
             event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
             tls: bank_platform::tls::Tls::from_env(env)?,
         })

@@ -147,3 +147,38 @@ async fn projectors_read_database_blocked_for_30_s_under_load() {
     assert_eq!(dead, 0, "a gap was dead-lettered");
     system::deposit_and_read_back(&sys).await;
 }
+
+/// Issue 16, defect 5: the relay leader of two command-service instances
+/// hangs (SIGSTOP) under load. Its lease expires and the other instance's
+/// relay takes over: a deposit sent to that instance is readable with its
+/// consistency token within 10 s. Woken (SIGCONT), the former leader finds
+/// its lease gone; nothing is applied twice and every account's versions
+/// apply in order (the checks after every fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_leader_hung_with_sigstop_loses_its_lease_within_seconds() {
+    let mut sys = System::start().await;
+    let second = sys.start_second_command_service().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let leader: u32 = loop {
+        let holder: String = sqlx::query_scalar("SELECT holder FROM relay_lease WHERE expires_at > now()")
+            .fetch_optional(&sys.write_db)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if let Some(pid) = holder.strip_prefix("pid ").and_then(|h| h.split(' ').next()) {
+            break pid.parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no relay took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let other = if leader == sys.pid("command-service") { second } else { sys.command_addr };
+    under_load_on(sys, |sys| async move {
+        System::signal(leader, "STOP");
+        let hung = std::time::Instant::now();
+        system::deposit_and_read_back_via(&sys, other, Duration::from_secs(10)).await;
+        eprintln!("the other relay published within {:?} of the leader hanging", hung.elapsed());
+        System::signal(leader, "CONT");
+        sys
+    })
+    .await;
+}

@@ -14,7 +14,16 @@ use sqlx::{
 
 /// Connects a pool to `url` (the database must exist).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
+    // A process that hangs mid-transaction (SIGSTOP, a stalled host) must not
+    // hold its row locks (the settlement account's, say) for everyone else:
+    // Postgres ends such a session after 2 idle seconds (no service waits on
+    // anything else inside a transaction). Its other transactions, queued on
+    // the first one's locks, give up waiting after 2 s too, so a hung
+    // process's locks are gone within ~4 s however many it held; a healthy
+    // command that waits that long answers UNAVAILABLE and is retried.
+    let options = PgConnectOptions::from_str(url)
+        .context("invalid database URL")?
+        .options([("idle_in_transaction_session_timeout", "2s"), ("lock_timeout", "2s")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -52,6 +52,9 @@ pub struct System {
     pub query_addr: SocketAddr,
     pub write_db: PgPool,
     pub read_db: PgPool,
+    /// Transactions the test itself made outside the load (the checks count
+    /// them as seen).
+    pub own_transactions: Mutex<Vec<String>>,
 }
 
 impl System {
@@ -82,7 +85,17 @@ impl System {
         // The tests' own checks read both databases as the superuser.
         let write_db = bank_platform::db::connect(&dbs.0.admin_url(), 2).await.unwrap();
         let read_db = bank_platform::db::connect(&dbs.1.admin_url(), 2).await.unwrap();
-        let mut sys = Self { issuer, env, dbs, services: HashMap::new(), command_addr, query_addr, write_db, read_db };
+        let mut sys = Self {
+            issuer,
+            env,
+            dbs,
+            services: HashMap::new(),
+            command_addr,
+            query_addr,
+            write_db,
+            read_db,
+            own_transactions: Mutex::default(),
+        };
         for name in ["command-service", "projector", "query-service"] {
             sys.spawn(name);
         }
@@ -92,9 +105,33 @@ impl System {
     }
 
     fn spawn(&mut self, name: &'static str) {
-        let child = Command::new(bin(name))
-            .envs(bank_testkit::service_credentials(name, &self.dbs.0, &self.dbs.1))
+        self.spawn_as(name, name, &[]);
+    }
+
+    /// A second command-service on the same databases and stream, on a port
+    /// of its own; its gRPC address.
+    pub async fn start_second_command_service(&mut self) -> SocketAddr {
+        let addr = bank_testkit::free_addr();
+        let env = [
+            ("COMMAND_GRPC_ADDR".to_owned(), addr.to_string()),
+            ("COMMAND_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
+        ];
+        self.spawn_as("command-service-2", "command-service", &env);
+        self.wait_port(addr).await;
+        addr
+    }
+
+    /// Sends `signal` (STOP, CONT, ...) to the process with this pid.
+    pub fn signal(pid: u32, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    fn spawn_as(&mut self, name: &'static str, binary: &str, extra_env: &[(String, String)]) {
+        let child = Command::new(bin(binary))
+            .envs(bank_testkit::service_credentials(binary, &self.dbs.0, &self.dbs.1))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -353,10 +390,11 @@ where
 
 /// The checks every fault must pass afterwards.
 pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Ledger>) {
-    let (succeeded, wrong, retries, reads_ok, reads_unavailable) = {
+    let (mut succeeded, wrong, retries, reads_ok, reads_unavailable) = {
         let l = ledger.lock().unwrap();
         (l.succeeded.clone(), l.wrong.clone(), l.retries, l.reads_ok, l.reads_unavailable)
     };
+    succeeded.extend(sys.own_transactions.lock().unwrap().iter().cloned());
     assert!(wrong.is_empty(), "clients saw wrong answers: {wrong:?}");
     assert!(succeeded.len() > 20, "too little load got through: {}", succeeded.len());
     // Every success is in the event store exactly once: its two postings
@@ -388,8 +426,16 @@ pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Le
 /// A teller's deposit into a new account, then the balance read with the
 /// deposit's consistency token: the first read shows it.
 pub async fn deposit_and_read_back(sys: &System) {
+    deposit_and_read_back_via(sys, sys.command_addr, Duration::from_secs(5)).await;
+}
+
+/// The same through the command-service at `command_addr`, the read retried
+/// while it answers UNAVAILABLE for up to `within`.
+pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, within: Duration) {
     let (customer, teller) = (sys.issuer.customer(Uuid::now_v7()), sys.issuer.teller(Uuid::now_v7()));
-    let mut commands = sys.command_client().await;
+    let channel = Channel::from_shared(format!("http://{command_addr}")).unwrap().connect_lazy();
+    let mut commands = AccountCommandServiceClient::new(channel);
+    let deadline = Instant::now() + within;
     let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: Uuid::new_v4().to_string() };
     let account = commands.open_account(authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
     let deposit = pb::DepositRequest {
@@ -399,11 +445,24 @@ pub async fn deposit_and_read_back(sys: &System) {
         description: String::new(),
     };
     let written = commands.deposit(authed(deposit, &teller)).await.unwrap().into_inner();
-    let mut read = authed(
-        pb::GetBalanceRequest { account_id: account, min_consistency_token: written.consistency_token, as_of: None },
-        &customer,
-    );
-    read.set_timeout(Duration::from_secs(5));
-    let balance = sys.query_client().await.get_balance(read).await.expect("read with the token").into_inner();
+    sys.own_transactions.lock().unwrap().push(written.transaction_id.clone());
+    let balance = loop {
+        let mut read = authed(
+            pb::GetBalanceRequest {
+                account_id: account.clone(),
+                min_consistency_token: written.consistency_token.clone(),
+                as_of: None,
+            },
+            &customer,
+        );
+        read.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        match sys.query_client().await.get_balance(read).await {
+            Ok(b) => break b.into_inner(),
+            Err(s) if retryable(s.code()) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("the deposit was not readable with its token within {within:?}: {s:?}"),
+        }
+    };
     assert_eq!(balance.balance.unwrap().amount, "12.34");
 }
