@@ -31,6 +31,12 @@ async fn bank_with_a_deposit() -> (Harness, u64) {
     h.fund(&account, "100.00").await;
     // Account opened, and the deposit on the account and on settlement.
     assert_eventually!(messages_in(&h).await >= 3, Duration::from_secs(10), "the relay published the deposit");
+    // Everything committed so far is on the stream (the outbox is empty).
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&h.db).await.unwrap() == 0,
+        Duration::from_secs(10),
+        "the relay published everything"
+    );
     let stored = messages_in(&h).await;
     (h, stored)
 }
