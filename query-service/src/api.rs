@@ -34,6 +34,10 @@ pub struct QueryApi {
 
 /// Most reads one caller may have waiting for consistency tokens at once.
 pub const MAX_PARKED_PER_CALLER: usize = 16;
+/// How often an open WatchBalance stream checks the read model for a change
+/// whose notification was lost.
+const WATCH_RECHECK: Duration = Duration::from_secs(5);
+
 /// Most WatchBalance streams one caller may hold open.
 pub const MAX_STREAMS_PER_CALLER: usize = 8;
 
@@ -556,6 +560,7 @@ impl AccountQueryService for QueryApi {
             .ok_or(QueryError::TooMany("too many WatchBalance streams of yours are open; close one first"))?;
         let (tx, rx) = mpsc::channel(64);
         let model = self.model.clone();
+        let mut resyncs = model.resyncs.subscribe();
         tokio::spawn(async move {
             let (_active, _slot) = (WatchGuard::new(), slot);
             let id = current.account_id;
@@ -565,6 +570,11 @@ impl AccountQueryService for QueryApi {
             }
             // The stream lives no longer than the token that opened it.
             let token_ends = caller_expiry(&caller);
+            // A notification can be lost (the projector's cache write failed,
+            // the feed was reconnecting): the read model is checked again
+            // whenever the feed resubscribes, and every WATCH_RECHECK.
+            let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_RECHECK, WATCH_RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let change = tokio::select! {
                     _ = tx.closed() => return, // the client went away
@@ -579,6 +589,8 @@ impl AccountQueryService for QueryApi {
                         }
                         continue;
                     }
+                    Ok(()) = resyncs.changed() => Err(broadcast::error::RecvError::Lagged(0)),
+                    _ = recheck.tick() => Err(broadcast::error::RecvError::Lagged(0)),
                     c = changes.recv() => c,
                 };
                 let behind = match change {
@@ -647,7 +659,12 @@ impl Drop for WatchGuard {
 /// Updates for every version after `last`, from the Postgres read model.
 async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::BalanceUpdate>, QueryError> {
     let generation = model.generation().await?;
-    let current = model.account(id, 0).await?.ok_or(QueryError::NotFound("account"))?;
+    // The cache if it is past `last`, else Postgres (the cache may be what
+    // missed the change).
+    let current = model.account(id, last + 1).await?.ok_or(QueryError::NotFound("account"))?;
+    if current.version <= last {
+        return Ok(Vec::new());
+    }
     let entries: Vec<HistoryEntry> = sqlx::query_as(&format!(
         "SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE generation = $1 AND account_id = $2 AND version > $3 ORDER BY version"
     ))

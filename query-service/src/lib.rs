@@ -131,6 +131,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.redis_url.clone(),
         keys.changes_channel(),
         model.changes.clone(),
+        model.resyncs.clone(),
         shutdown.clone(),
     ));
     running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));

@@ -36,6 +36,9 @@ pub struct ReadModel {
     keys: CacheKeys,
     generation: Mutex<(i32, Instant)>,
     pub changes: broadcast::Sender<Arc<AccountChange>>,
+    /// Bumped each time the change feed (re)subscribes: notifications sent
+    /// while it was away are lost, so watchers check the read model again.
+    pub resyncs: tokio::sync::watch::Sender<u64>,
 }
 
 /// Redis with short timeouts: a stopped Redis must not stall reads.
@@ -51,7 +54,9 @@ pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
 impl ReadModel {
     pub fn new(db: PgPool, redis: Option<ConnectionManager>, keys: CacheKeys) -> Self {
         let (changes, _) = broadcast::channel(4096);
-        Self { db, redis, keys, generation: Mutex::new((0, Instant::now() - Duration::from_secs(10))), changes }
+        let resyncs = tokio::sync::watch::Sender::new(0);
+        let generation = Mutex::new((0, Instant::now() - Duration::from_secs(10)));
+        Self { db, redis, keys, generation, changes, resyncs }
     }
 
     /// The active generation, re-read at most once a second (rebuild switches it).
@@ -142,6 +147,7 @@ pub async fn run_change_feed(
     redis_url: String,
     channel: String,
     out: broadcast::Sender<Arc<AccountChange>>,
+    resyncs: tokio::sync::watch::Sender<u64>,
     shutdown: bank_platform::CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
@@ -156,6 +162,7 @@ pub async fn run_change_feed(
         match subscribed {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(100);
+                resyncs.send_modify(|n| *n += 1);
                 let mut messages = pubsub.on_message();
                 loop {
                     tokio::select! {

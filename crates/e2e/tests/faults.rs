@@ -182,3 +182,49 @@ async fn the_relay_leader_hung_with_sigstop_loses_its_lease_within_seconds() {
     })
     .await;
 }
+
+/// Issue 16, defect 7: a change whose notification is lost (Redis stopped
+/// while the projector applied it; restarted afterwards) still reaches an
+/// open WatchBalance stream, without any further event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_a_change_whose_notification_redis_lost() {
+    use bank_proto::v1 as pb;
+    use futures::StreamExt;
+    let sys = System::start().await;
+    let (customer, teller) = (sys.issuer.customer(uuid::Uuid::now_v7()), sys.issuer.teller(uuid::Uuid::now_v7()));
+    let mut commands = sys.command_client().await;
+    let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: uuid::Uuid::new_v4().to_string() };
+    let account =
+        commands.open_account(bank_testkit::authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
+    let deposit = |amount: &str| pb::DepositRequest {
+        account_id: account.clone(),
+        money: Some(pb::Money { currency_code: "USD".into(), amount: amount.into() }),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+        description: String::new(),
+    };
+    let first = commands.deposit(bank_testkit::authed(deposit("10.00"), &teller)).await.unwrap().into_inner();
+    let watch = pb::WatchBalanceRequest { account_id: account.clone(), min_consistency_token: first.consistency_token };
+    let mut updates =
+        sys.query_client().await.watch_balance(bank_testkit::authed(watch, &customer)).await.unwrap().into_inner();
+    let opening = updates.next().await.unwrap().unwrap();
+    assert_eq!(opening.balance.unwrap().amount, "10.00");
+
+    stack("stop-redis");
+    let second = commands.deposit(bank_testkit::authed(deposit("5.00"), &teller)).await.unwrap().into_inner();
+    // Applied in Postgres while Redis (and its change channel) was away.
+    assert!(sys.converged(Duration::from_secs(20)).await, "projected");
+    stack("start-redis");
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(u) = updates.next().await {
+            let u = u.expect("the stream stays open");
+            if u.balance.as_ref().is_some_and(|b| b.amount == "15.00") {
+                return u;
+            }
+        }
+        panic!("the stream ended");
+    })
+    .await
+    .expect("the watch never saw the change whose notification was lost");
+    let second_version = second.balances_after.iter().find(|b| b.account_id == account).unwrap().version;
+    assert_eq!(seen.version, second_version);
+}
