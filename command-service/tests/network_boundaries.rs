@@ -257,9 +257,24 @@ async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes
     let write = bank_testkit::TestDb::migrated("pgw", DbRole::CommandOwner, &command_service::MIGRATOR).await;
     let read = bank_testkit::TestDb::migrated("pgr", DbRole::ReadOwner, &bank_readmodel::MIGRATOR).await;
     // The write model is command-service's alone.
-    for role in [DbRole::Projector, DbRole::Query, DbRole::ReadOwner, DbRole::AuthOwner, DbRole::Auth] {
+    for role in [DbRole::Query, DbRole::ReadOwner, DbRole::AuthOwner, DbRole::Auth] {
         let refusal = pg_refuses(&write.url_as(role)).await;
         assert!(refusal.unwrap_or_default().contains("permission denied"), "{role:?} reached the write model");
+    }
+    // The projector reads the events' envelopes (a rebuild from the event
+    // store), what it receives on the stream anyway, and nothing else.
+    let mut replay = sqlx::PgConnection::connect(&write.url_as(DbRole::Projector)).await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT count(envelope) FROM events").fetch_one(&mut replay).await.expect("control");
+    for sql in [
+        "SELECT count(actor) FROM events",
+        "SELECT count(balance_after) FROM events",
+        "SELECT count(*) FROM accounts",
+        "SELECT count(*) FROM idempotency",
+        "SELECT count(*) FROM audit_log",
+        "SELECT count(*) FROM outbox",
+        "INSERT INTO outbox DEFAULT VALUES",
+    ] {
+        refused_sql(&mut replay, sql).await;
     }
     let mut query = sqlx::PgConnection::connect(&read.url_as(DbRole::Query)).await.unwrap();
     let _: i64 = sqlx::query_scalar("SELECT count(*) FROM account_view").fetch_one(&mut query).await.expect("control");

@@ -8,7 +8,7 @@ pub mod fold;
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
@@ -38,6 +38,9 @@ pub struct Config {
     /// Largest batch applied in one transaction (and in flight unacked).
     pub batch: usize,
     pub max_deliveries: i64,
+    /// The event store, for `projector rebuild --from event-store`
+    /// (`EVENT_STORE_DATABASE_URL`: a role that reads the events only).
+    pub event_store_url: Option<String>,
     /// Public keys events must be signed with (`EVENT_VERIFYING_KEYS`).
     /// `None` applies unsigned events: a development stack only.
     pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
@@ -82,6 +85,7 @@ impl Config {
             max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 10)?,
             event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
             tls: bank_platform::tls::Tls::from_env(env)?,
+            event_store_url: env.var("EVENT_STORE_DATABASE_URL"),
         })
     }
 }
@@ -333,12 +337,22 @@ pub struct RebuildReport {
     pub entries: i64,
 }
 
-/// Rebuilds both read models from the start of the stream into a new
+/// Where a rebuild reads the events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildSource {
+    /// The JetStream stream (events as published, signed).
+    Stream,
+    /// The event store itself (`EVENT_STORE_DATABASE_URL`): for when the
+    /// stream is lost or was cut short.
+    EventStore,
+}
+
+/// Rebuilds both read models from the start of `source` into a new
 /// generation while readers keep using the active one; switches when caught
 /// up, keeps applying until caught up again (the live projector then writes
 /// the new generation too; the version guard makes the overlap harmless),
 /// then drops the old generation.
-pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
+pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildReport> {
     let mut applier = applier(config).await?;
     let pool = applier.pool.clone();
     let old: i32 = bank_readmodel::active_generation(&pool).await?;
@@ -346,26 +360,46 @@ pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
     for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE generation = $1")).bind(new).execute(&pool).await?;
     }
-    let js = jetstream(&config.nats_url).await?;
-    let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
-    let consumer: PullConsumer = stream
-        .create_consumer(pull::Config {
-            name: Some(format!("rebuild-{new}-{}", uuid::Uuid::new_v4().simple())),
-            ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::All,
-            filter_subject: format!("{}.>", config.subject_prefix),
-            inactive_threshold: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("rebuild consumer: {e}"))?;
-    tracing::info!(old, new, "rebuild started");
-    drain(&consumer, &mut applier, new, config.batch).await?;
-    // Waits for in-flight live batches (they hold the row FOR SHARE).
-    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(&pool).await?;
-    tracing::info!(new, "readers switched to the new generation");
-    drain(&consumer, &mut applier, new, config.batch).await?;
-    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    tracing::info!(old, new, ?source, "rebuild started");
+    match source {
+        RebuildSource::Stream => {
+            let js = jetstream(&config.nats_url).await?;
+            let stream =
+                js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+            let consumer: PullConsumer = stream
+                .create_consumer(pull::Config {
+                    name: Some(format!("rebuild-{new}-{}", uuid::Uuid::new_v4().simple())),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    filter_subject: format!("{}.>", config.subject_prefix),
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("rebuild consumer: {e}"))?;
+            drain(&consumer, &mut applier, new, config.batch).await?;
+            switch_generation(&pool, new).await?;
+            drain(&consumer, &mut applier, new, config.batch).await?;
+            let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+        }
+        RebuildSource::EventStore => {
+            let url = config
+                .event_store_url
+                .as_deref()
+                .context("EVENT_STORE_DATABASE_URL must be set to rebuild from the event store")?;
+            let store = db::connect(url, 1).await?;
+            // Read over an authenticated connection from the append-only
+            // store: envelopes there are as committed, before the relay signs
+            // them for the wire, so signatures are not asked for (the hash
+            // chain still is).
+            applier.event_keys = None;
+            let mut after = replay(&store, config, &mut applier, new, 0).await?;
+            switch_generation(&pool, new).await?;
+            after = replay(&store, config, &mut applier, new, after).await?;
+            tracing::info!(last_seq = after, "event store replayed");
+            store.close().await;
+        }
+    }
 
     // Readers may hold the old generation for a moment; then it goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -384,6 +418,47 @@ pub async fn rebuild(config: &Config) -> Result<RebuildReport> {
         .fetch_one(&pool)
         .await?;
     Ok(RebuildReport { old_generation: old, new_generation: new, accounts, entries })
+}
+
+async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
+    // Waits for in-flight live batches (they hold the row FOR SHARE).
+    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(pool).await?;
+    tracing::info!(new, "readers switched to the new generation");
+    Ok(())
+}
+
+/// Applies the event store's events after `after` (its `seq`) in commit
+/// order, a batch at a time; returns the last `seq` applied.
+async fn replay(
+    store: &sqlx::PgPool,
+    config: &Config,
+    applier: &mut Applier,
+    generation: i32,
+    mut after: i64,
+) -> Result<i64> {
+    loop {
+        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(config.batch.max(1) as i64)
+        .fetch_all(store)
+        .await?;
+        let Some(last) = rows.last().map(|r| r.0) else { return Ok(after) };
+        let batch: Vec<Incoming> = rows
+            .into_iter()
+            .map(|(seq, account, envelope)| Incoming {
+                subject: format!("{}.{account}", config.subject_prefix),
+                payload: envelope,
+                stream_sequence: seq as u64,
+                delivered: 1,
+                trace: Default::default(),
+                refetched: false,
+            })
+            .collect();
+        applier.apply(&batch, Some(generation)).await?;
+        after = last;
+    }
 }
 
 /// Applies until the consumer has nothing pending and nothing unacked.

@@ -1,7 +1,8 @@
 use bank_platform::{config::ProcessEnv, shutdown, telemetry};
 
-/// `projector` runs the live consumer; `projector rebuild` rebuilds the read
-/// models from the start of the stream while reads keep being answered;
+/// `projector` runs the live consumer; `projector rebuild [--from
+/// stream|event-store]` rebuilds the read models from the start of the
+/// stream (or of the event store) while reads keep being answered;
 /// `projector migrate` brings the read models' schema up to date as the
 /// migration role (`READ_MIGRATE_DATABASE_URL`).
 #[tokio::main]
@@ -19,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         Some("rebuild") => {
-            let report = projector::rebuild(&config).await?;
+            let source = match (std::env::args().nth(2).as_deref(), std::env::args().nth(3).as_deref()) {
+                (None, _) | (Some("--from"), Some("stream")) => projector::RebuildSource::Stream,
+                (Some("--from"), Some("event-store")) => projector::RebuildSource::EventStore,
+                _ => anyhow::bail!("usage: projector rebuild [--from stream|event-store]"),
+            };
+            let report = projector::rebuild(&config, source).await?;
             println!(
                 "rebuilt generation {} (was {}): {} accounts, {} history entries",
                 report.new_generation, report.old_generation, report.accounts, report.entries

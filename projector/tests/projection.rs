@@ -65,6 +65,7 @@ impl World {
         let keys = bank_platform::signing::EventKeys::of(std::slice::from_ref(&command.event_signer));
         projector.event_keys = Some(std::sync::Arc::new(keys));
         projector.max_deliveries = 5;
+        projector.event_store_url = Some(write.url_as(DbRole::Projector));
         // The tests' own checks (and tampering) run as the superuser.
         let write_db = bank_platform::db::connect(&write.admin_url(), 2).await.unwrap();
         let read_db = bank_platform::db::connect(&read.admin_url(), 2).await.unwrap();
@@ -285,7 +286,7 @@ async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_ans
             reads
         })
     };
-    let report = projector::rebuild(&w.projector).await.unwrap();
+    let report = projector::rebuild(&w.projector, projector::RebuildSource::Stream).await.unwrap();
     assert_eq!(report.new_generation, report.old_generation + 1);
     assert!(reader.await.unwrap() > 0);
     w.assert_read_models_equal_the_fold().await;
@@ -306,7 +307,7 @@ async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_ans
         .query_async(&mut w.redis.clone())
         .await
         .unwrap();
-    projector::rebuild(&w.projector).await.unwrap();
+    projector::rebuild(&w.projector, projector::RebuildSource::Stream).await.unwrap();
     w.workload(5).await;
     w.assert_read_models_equal_the_fold().await;
 }
@@ -624,4 +625,25 @@ async fn reconcile_counts_accounts_behind_beyond_the_bound_and_dead_letters_as_p
     );
     let report = reconcile().await;
     assert!(report.problems.iter().any(|p| p.starts_with("dead letters: 1")), "{report}");
+}
+
+/// Issue 16: with the stream lost (deleted) and the read models wiped, a
+/// rebuild from the event store restores both read models, Postgres and
+/// Redis, to the fold of the write model.
+#[tokio::test]
+async fn with_the_stream_lost_a_rebuild_from_the_event_store_restores_both_read_models() {
+    let w = World::start().await;
+    let p = w.start_projector().await;
+    let accounts = w.workload(30).await;
+    w.assert_read_models_equal_the_fold().await;
+    p.stop().await.unwrap();
+    w.js().await.delete_stream(&w.command.relay.stream).await.unwrap();
+    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
+        sqlx::query(&format!("DELETE FROM {table}")).execute(&w.read_db).await.unwrap();
+    }
+    let report = projector::rebuild(&w.projector, projector::RebuildSource::EventStore).await.unwrap();
+    assert!(report.accounts >= accounts.len() as i64, "{report:?}");
+    w.assert_read_models_equal_the_fold().await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap();
+    assert_eq!(dead, 0);
 }

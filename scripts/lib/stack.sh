@@ -170,7 +170,9 @@ service_credentials() {
       echo "COMMAND_DATABASE_URL=$(pg_url bank_command "$COMMAND_DB")"
       echo "READ_DATABASE_URL=$(pg_url bank_command "$READ_DB")" ;; # reconcile reads the read models
     projector) user=projector
-      echo "READ_DATABASE_URL=$(pg_url bank_projector "$READ_DB")" ;;
+      echo "READ_DATABASE_URL=$(pg_url bank_projector "$READ_DB")"
+      # `projector rebuild --from event-store` reads the events' envelopes.
+      echo "EVENT_STORE_DATABASE_URL=$(pg_url bank_projector "$COMMAND_DB")" ;;
     query-service) user=query
       echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")"
       # Page tokens that survive a restart (and hold across instances).
