@@ -3,6 +3,14 @@
 //! by a transaction that began after the earlier one committed), with
 //! `Nats-Msg-Id` = event id, and deletes a row only after its publish ack.
 //!
+//! Publishes are pipelined, yet the stream keeps their order even when an
+//! ack fails mid-pipeline (issue 16, defect 9): each message carries
+//! `Nats-Expected-Last-Sequence`, the stream sequence it must follow, so a
+//! message whose predecessor was not stored is refused rather than stored
+//! ahead of it. After any failure the relay reads the stream's last sequence
+//! again and republishes from the first unacknowledged row (JetStream drops
+//! the ones already stored by `Nats-Msg-Id`).
+//!
 //! Several command-service instances may run: a lease in Postgres
 //! (`relay_lease`: holder, epoch, expiry) lets one relay publish, which keeps
 //! the stream in order. The holder renews it at least every `LEASE_TTL / 3`;
@@ -219,6 +227,8 @@ impl OutboxRelay {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let mut lease = lease.clone();
+        // The stream's last sequence as far as this relay knows; None: ask.
+        let mut last_seq: Option<u64> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -243,16 +253,40 @@ impl OutboxRelay {
                 }
                 continue;
             }
+            let mut last = match last_seq {
+                Some(seq) => seq,
+                None => match js.get_stream(&self.config.stream).await {
+                    Ok(mut stream) => match stream.info().await {
+                        Ok(info) => info.state.last_sequence,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream info unavailable");
+                            if !pause(backoff.next(), shutdown).await {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stream unavailable");
+                        if !pause(backoff.next(), shutdown).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+            };
             // Pipeline: send the whole batch, then collect acks in order.
             let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
             let mut failed = false;
-            for row in &rows {
+            for (i, row) in rows.iter().enumerate() {
                 let id: i64 = row.try_get("id")?;
                 let event_id: Uuid = row.try_get("event_id")?;
                 let subject: String = row.try_get("subject")?;
                 let envelope: Vec<u8> = row.try_get("envelope")?;
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+                // Stored only right after the previous message of this round.
+                headers.insert("Nats-Expected-Last-Sequence", (last + i as u64).to_string().as_str());
                 let span = publish_span(&envelope);
                 for (k, v) in span.in_scope(telemetry::current_trace_context) {
                     headers.insert(k.as_str(), v.as_str());
@@ -270,9 +304,26 @@ impl OutboxRelay {
                 }
             }
             let mut acked = Vec::with_capacity(pending.len());
+            // Out of step with the stream (a duplicate, another publisher):
+            // not an outage, so no backoff, only a fresh last sequence.
+            let mut out_of_step = false;
             for (id, ack) in pending {
                 match ack.await {
-                    Ok(_) => acked.push(id),
+                    Ok(ack) if ack.duplicate => {
+                        // Already stored: done, but the stream did not move,
+                        // so what follows in this round expected wrongly.
+                        acked.push(id);
+                        out_of_step = true;
+                        break;
+                    }
+                    Ok(ack) => {
+                        last = ack.sequence;
+                        acked.push(id);
+                    }
+                    Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {
+                        out_of_step = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "publish not acknowledged");
                         failed = true;
@@ -280,6 +331,7 @@ impl OutboxRelay {
                     }
                 }
             }
+            last_seq = (!failed && !out_of_step).then_some(last);
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
                 let deleted = sqlx::query(

@@ -416,6 +416,7 @@ pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Le
     assert!(sys.converged(Duration::from_secs(60)).await, "the read model did not converge to the write model");
     let (clean, report) = sys.reconcile();
     assert!(clean, "reconcile found problems:\n{report}");
+    assert_stream_in_version_order(sys).await;
     assert!(reads_ok > 0, "no read-your-writes read succeeded");
     eprintln!(
         "{} commands succeeded, {retries} retries; {reads_ok} reads saw their write, {reads_unavailable} unavailable",
@@ -465,4 +466,31 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
         }
     };
     assert_eq!(balance.balance.unwrap().amount, "12.34");
+}
+
+/// Every account's events are on the stream in version order (issue 16,
+/// defect 9: an ack failing mid-pipeline must not let a later version be
+/// stored ahead of an earlier one). A version twice is a duplicate the
+/// projector skips; a version below one already seen is disorder.
+pub async fn assert_stream_in_version_order(sys: &System) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+    use prost::Message;
+    let name = sys.env.iter().find(|(k, _)| k == "NATS_STREAM").map(|(_, v)| v.clone()).expect("NATS_STREAM");
+    let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client).get_stream(&name).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .unwrap();
+    let total = stream.cached_info().state.messages;
+    let mut messages = consumer.messages().await.unwrap();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for _ in 0..total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap().unwrap();
+        let env = pb::EventEnvelope::decode(m.payload.as_ref()).unwrap();
+        let seen = last.entry(env.account_id.clone()).or_insert(0);
+        assert!(env.version >= *seen, "account {} has version {} on the stream after {}", env.account_id, env.version, seen);
+        *seen = env.version;
+    }
 }
