@@ -84,14 +84,7 @@ impl Auth {
 
 /// A client over mutual TLS presenting `tls`'s certificate.
 async fn tls_client(addr: std::net::SocketAddr, tls: &bank_platform::tls::Tls) -> AuthServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls.grpc_client("localhost"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AuthServiceClient::new(channel)
+    AuthServiceClient::new(bank_testkit::mtls_channel(addr, tls).await)
 }
 
 fn reason(s: &tonic::Status) -> String {

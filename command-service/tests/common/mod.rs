@@ -73,16 +73,7 @@ impl Harness {
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = match &config.tls {
             None => AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap(),
-            Some(tls) => {
-                let channel = Channel::from_shared(format!("https://{}", running.grpc_addr))
-                    .unwrap()
-                    .tls_config(tls.grpc_client("localhost"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                AccountCommandServiceClient::new(channel)
-            }
+            Some(tls) => AccountCommandServiceClient::new(bank_testkit::mtls_channel(running.grpc_addr, tls).await),
         };
         // The tests' own checks (and tampering) run as the superuser.
         let db = bank_platform::db::connect(&database.admin_url(), 4).await.unwrap();

@@ -507,6 +507,18 @@ impl MeshCerts {
     }
 }
 
+/// A channel to `addr` over mutual TLS, presenting `tls`'s certificate and
+/// expecting the server's for `localhost`.
+pub async fn mtls_channel(addr: SocketAddr, tls: &Tls) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .expect("an address is a URI")
+        .tls_config(tls.grpc_client("localhost"))
+        .expect("TLS configuration")
+        .connect()
+        .await
+        .expect("connects over mutual TLS")
+}
+
 impl Drop for MeshCerts {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
