@@ -121,7 +121,9 @@ async fn register_approve_login_whoami_refresh_reuse_and_logout() {
     let second = a.refresh(&first.refresh_token).await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     let verifier = TokenVerifier::new(
-        Arc::new(KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr), None).unwrap()),
+        Arc::new(
+            KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr), None).unwrap(),
+        ),
         &a.config.issuer,
         &a.config.audience,
     );
@@ -362,7 +364,9 @@ async fn service_principals_trade_their_secret_for_a_service_token_and_guessing_
     assert_eq!(sub, auth_service::service_clients::ServiceClients::subject("payments").to_string());
     // The token verifies like any other against the published keys.
     let verifier = TokenVerifier::new(
-        Arc::new(KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr), None).unwrap()),
+        Arc::new(
+            KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr), None).unwrap(),
+        ),
         &a.config.issuer,
         &a.config.audience,
     );

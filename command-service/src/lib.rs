@@ -148,9 +148,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_listener = server::bind(config.http_addr).await?;
     let mut running = Running::new(grpc_listener.local_addr()?, http_listener.local_addr()?, shutdown.clone());
 
-    let verifier =
-        Arc::new(TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience, config.tls.as_deref())
-                .await?);
+    let verifier = Arc::new(
+        TokenVerifier::from_jwks_url(&config.jwks_url, &config.jwt_issuer, &config.jwt_audience, config.tls.as_deref())
+            .await?,
+    );
 
     let opened = ledger::open_system_accounts(&pool, &config.relay.subject_prefix).await?;
     if opened > 0 {

@@ -249,12 +249,14 @@ impl EventRow {
 
 /// The Postgres read model (one snapshot), the cache entries of its
 /// accounts, and the dead letters.
-async fn read_side(read_db: &PgPool, redis: Option<&mut (redis::aio::ConnectionManager, CacheKeys)>) -> Result<ReadSide> {
+async fn read_side(
+    read_db: &PgPool,
+    redis: Option<&mut (redis::aio::ConnectionManager, CacheKeys)>,
+) -> Result<ReadSide> {
     let mut tx = read_db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let generation: i32 = sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await?;
+    let generation: i32 =
+        sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(&mut *tx).await?;
     let mut views = HashMap::new();
     let sql = format!("SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1");
     let mut rows = sqlx::query_as::<_, AccountView>(&sql).bind(generation).fetch(&mut *tx);
@@ -314,7 +316,9 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         report.problems.extend(row_against_envelope(&row));
         let state = fold.entry(id).or_insert(State { balance: Decimal::ZERO, version: 0 });
         if row.version != state.version + 1 {
-            report.problems.push(format!("events: account {id} jumps from version {} to {}", state.version, row.version));
+            report
+                .problems
+                .push(format!("events: account {id} jumps from version {} to {}", state.version, row.version));
         }
         state.balance += row.delta;
         state.version = row.version;
@@ -374,7 +378,9 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     .fetch_all(&mut *tx)
     .await?;
     for (t, currency, sum) in unbalanced {
-        report.problems.push(format!("double entry: transaction {t} has {} postings summing to {sum}", currency.trim()));
+        report
+            .problems
+            .push(format!("double entry: transaction {t} has {} postings summing to {sum}", currency.trim()));
     }
     let unposted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)",
@@ -509,7 +515,8 @@ mod tests {
     #[test]
     fn every_column_of_an_event_row_must_match_its_hashed_envelope() {
         assert_eq!(row_against_envelope(&deposit_row()), Vec::<String>::new());
-        let edits: Vec<(&str, Box<dyn Fn(&mut EventRow)>)> = vec![
+        type Edit = Box<dyn Fn(&mut EventRow)>;
+        let edits: Vec<(&str, Edit)> = vec![
             ("event_id", Box::new(|r| r.event_id = Uuid::now_v7())),
             ("account_id", Box::new(|r| r.account_id = Uuid::now_v7())),
             ("version", Box::new(|r| r.version += 1)),

@@ -843,8 +843,16 @@ async fn an_event_row_edited_in_any_single_column_is_reported() {
         ("balance_after", "balance_after = balance_after + 1".into(), "balance_after = balance_after - 1".into()),
         ("hash", "hash = hash || '\\x00'::bytea".into(), "hash = substring(hash from 1 for 32)".into()),
         ("actor", format!("actor = '{}'", uuid::Uuid::now_v7()), format!("actor = '{actor}'")),
-        ("transaction_id", format!("transaction_id = '{}'", uuid::Uuid::now_v7()), format!("transaction_id = '{transaction}'")),
-        ("occurred_at", "occurred_at = occurred_at + interval '1 ms'".into(), "occurred_at = occurred_at - interval '1 ms'".into()),
+        (
+            "transaction_id",
+            format!("transaction_id = '{}'", uuid::Uuid::now_v7()),
+            format!("transaction_id = '{transaction}'"),
+        ),
+        (
+            "occurred_at",
+            "occurred_at = occurred_at + interval '1 ms'".into(),
+            "occurred_at = occurred_at - interval '1 ms'".into(),
+        ),
         ("kind", "kind = 'MoneyWithdrawn'".into(), "kind = 'MoneyDeposited'".into()),
     ];
     for (column, edit, undo) in edits {

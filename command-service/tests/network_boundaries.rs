@@ -264,7 +264,8 @@ async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes
     // The projector reads the events' envelopes (a rebuild from the event
     // store), what it receives on the stream anyway, and nothing else.
     let mut replay = sqlx::PgConnection::connect(&write.url_as(DbRole::Projector)).await.unwrap();
-    let _: i64 = sqlx::query_scalar("SELECT count(envelope) FROM events").fetch_one(&mut replay).await.expect("control");
+    let _: i64 =
+        sqlx::query_scalar("SELECT count(envelope) FROM events").fetch_one(&mut replay).await.expect("control");
     for sql in [
         "SELECT count(actor) FROM events",
         "SELECT count(balance_after) FROM events",

@@ -56,7 +56,8 @@ async fn only_mutual_tls_with_the_meshs_certificates_reaches_a_service() {
     // Plaintext gRPC is refused.
     assert!(!answered(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await).await);
     // TLS without a client certificate is refused.
-    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certs.ca_pem())).domain_name("localhost");
+    let anonymous =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certs.ca_pem())).domain_name("localhost");
     assert!(!answered(over_tls(addr, anonymous).await).await);
     // A client certificate from another CA is refused.
     let stranger = ClientTlsConfig::new()

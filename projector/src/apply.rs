@@ -215,8 +215,7 @@ impl Applier {
                     // `max_deliveries` is filled by fetching them.
                     GAPS.inc();
                     tracing::debug!(stored, seq = msg.stream_sequence, "gap: will retry");
-                    if msg.delivered >= self.max_deliveries
-                        && !self.lasting_gaps.iter().any(|(s, _)| s == &msg.subject)
+                    if msg.delivered >= self.max_deliveries && !self.lasting_gaps.iter().any(|(s, _)| s == &msg.subject)
                     {
                         self.lasting_gaps.push((msg.subject.clone(), stored));
                     }

@@ -226,7 +226,8 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
             seen += 1;
-            let version = <bank_proto::v1::EventEnvelope as prost::Message>::decode(m.payload.as_ref()).map(|e| e.version);
+            let version =
+                <bank_proto::v1::EventEnvelope as prost::Message>::decode(m.payload.as_ref()).map(|e| e.version);
             // Undecodable: let the apply path judge it (it is not recorded twice).
             if version.map_or(true, |v| v > stored) {
                 out.push(incoming(&m, true));
@@ -437,13 +438,12 @@ async fn replay(
     mut after: i64,
 ) -> Result<i64> {
     loop {
-        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(config.batch.max(1) as i64)
-        .fetch_all(store)
-        .await?;
+        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(config.batch.max(1) as i64)
+                .fetch_all(store)
+                .await?;
         let Some(last) = rows.last().map(|r| r.0) else { return Ok(after) };
         let batch: Vec<Incoming> = rows
             .into_iter()

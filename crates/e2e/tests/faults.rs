@@ -133,11 +133,13 @@ async fn projectors_read_database_blocked_for_30_s_under_load() {
         let db = sys.read_db_name().to_owned();
         let admin = &sys.write_db;
         sqlx::query(&format!("ALTER DATABASE \"{db}\" CONNECTION LIMIT 0")).execute(admin).await.unwrap();
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = 'bank_projector'")
-            .bind(&db)
-            .execute(admin)
-            .await
-            .unwrap();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = 'bank_projector'",
+        )
+        .bind(&db)
+        .execute(admin)
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
         sqlx::query(&format!("ALTER DATABASE \"{db}\" CONNECTION LIMIT -1")).execute(admin).await.unwrap();
         sys
@@ -193,9 +195,19 @@ async fn a_watch_sees_a_change_whose_notification_redis_lost() {
     let sys = System::start().await;
     let (customer, teller) = (sys.issuer.customer(uuid::Uuid::now_v7()), sys.issuer.teller(uuid::Uuid::now_v7()));
     let mut commands = sys.command_client().await;
-    let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: uuid::Uuid::new_v4().to_string() };
-    let account =
-        commands.open_account(bank_testkit::authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
+    let open = pb::OpenAccountRequest {
+        r#type: 1,
+        currency_code: "USD".into(),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+    };
+    let account = commands
+        .open_account(bank_testkit::authed(open, &customer))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .account_id;
     let deposit = |amount: &str| pb::DepositRequest {
         account_id: account.clone(),
         money: Some(pb::Money { currency_code: "USD".into(), amount: amount.into() }),

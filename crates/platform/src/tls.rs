@@ -107,10 +107,11 @@ impl Tls {
         if roots.is_empty() {
             bail!("the CA file holds no certificate");
         }
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)?;
         config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
         Ok(config)
     }

@@ -437,8 +437,10 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
     let channel = Channel::from_shared(format!("http://{command_addr}")).unwrap().connect_lazy();
     let mut commands = AccountCommandServiceClient::new(channel);
     let deadline = Instant::now() + within;
-    let open = pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: Uuid::new_v4().to_string() };
-    let account = commands.open_account(authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
+    let open =
+        pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: Uuid::new_v4().to_string() };
+    let account =
+        commands.open_account(authed(open, &customer)).await.unwrap().into_inner().account.unwrap().account_id;
     let deposit = pb::DepositRequest {
         account_id: account.clone(),
         money: Some(pb::Money { currency_code: "USD".into(), amount: "12.34".into() }),
@@ -490,7 +492,13 @@ pub async fn assert_stream_in_version_order(sys: &System) {
         let m = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap().unwrap();
         let env = pb::EventEnvelope::decode(m.payload.as_ref()).unwrap();
         let seen = last.entry(env.account_id.clone()).or_insert(0);
-        assert!(env.version >= *seen, "account {} has version {} on the stream after {}", env.account_id, env.version, seen);
+        assert!(
+            env.version >= *seen,
+            "account {} has version {} on the stream after {}",
+            env.account_id,
+            env.version,
+            seen
+        );
         *seen = env.version;
     }
 }
