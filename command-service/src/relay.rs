@@ -159,7 +159,7 @@ impl OutboxRelay {
                 }
             };
             tracing::info!(epoch = lease.epoch, holder = %lease.holder, "outbox relay holds the publisher lease");
-            let result = self.publish_while_leased(&lease, &js, &mut backoff, &shutdown).await;
+            let result = self.publish_while_leased(lease.clone(), &js, &mut backoff, &shutdown).await;
             if result.is_ok() && shutdown.is_cancelled() {
                 // Hand over at once rather than after the expiry.
                 let _ = self.release(&lease).await;
@@ -221,12 +221,11 @@ impl OutboxRelay {
     /// session fails (the lease is then gone). NATS failures back off and retry.
     async fn publish_while_leased(
         &self,
-        lease: &Lease,
+        mut lease: Lease,
         js: &jetstream::Context,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let mut lease = lease.clone();
         // The stream's last sequence as far as this relay knows; None: ask.
         let mut last_seq: Option<u64> = None;
         loop {
@@ -255,19 +254,10 @@ impl OutboxRelay {
             }
             let mut last = match last_seq {
                 Some(seq) => seq,
-                None => match js.get_stream(&self.config.stream).await {
-                    Ok(mut stream) => match stream.info().await {
-                        Ok(info) => info.state.last_sequence,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stream info unavailable");
-                            if !pause(backoff.next(), shutdown).await {
-                                return Ok(());
-                            }
-                            continue;
-                        }
-                    },
+                None => match stream_last_sequence(js, &self.config.stream).await {
+                    Ok(seq) => seq,
                     Err(e) => {
-                        tracing::warn!(error = %e, "stream unavailable");
+                        tracing::warn!(error = %format!("{e:#}"), "stream unavailable");
                         if !pause(backoff.next(), shutdown).await {
                             return Ok(());
                         }
@@ -358,6 +348,12 @@ impl OutboxRelay {
             }
         }
     }
+}
+
+/// The stream's last sequence, as the server has it now.
+async fn stream_last_sequence(js: &jetstream::Context, name: &str) -> Result<u64> {
+    let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+    Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)
 }
 
 /// The relay's span for one event: a child of the command that wrote it (the
