@@ -30,13 +30,19 @@ use std::{
 };
 
 use anyhow::Result;
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+};
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use prost::Message;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+/// The most messages JetStream takes in one atomic batch (its default limit).
+const MAX_ATOMIC_BATCH: i64 = 1000;
 
 /// How long a lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -135,13 +141,16 @@ impl OutboxRelay {
         let js = jetstream::new(client);
         let mut backoff = Backoff(Backoff::MIN);
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.ensure_stream(&js).await {
-                tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; retrying");
-                if !pause(backoff.next(), &shutdown).await {
-                    break;
+            let atomic = match self.ensure_stream(&js).await {
+                Ok(atomic) => atomic,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; retrying");
+                    if !pause(backoff.next(), &shutdown).await {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let lease = match self.take_lease().await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
@@ -159,7 +168,7 @@ impl OutboxRelay {
                 }
             };
             tracing::info!(epoch = lease.epoch, holder = %lease.holder, "outbox relay holds the publisher lease");
-            let result = self.publish_while_leased(lease.clone(), &js, &mut backoff, &shutdown).await;
+            let result = self.publish_while_leased(lease.clone(), &js, atomic, &mut backoff, &shutdown).await;
             if result.is_ok() && shutdown.is_cancelled() {
                 // Hand over at once rather than after the expiry.
                 let _ = self.release(&lease).await;
@@ -174,9 +183,12 @@ impl OutboxRelay {
         Ok(())
     }
 
-    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<()> {
-        bank_platform::nats::durable_stream(js, &self.config.stream, &self.config.subject_prefix).await?;
-        Ok(())
+    /// Makes the stream if it is missing; whether it takes atomic batches
+    /// (a stream made before they were used does not: rounds then go
+    /// message by message).
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<bool> {
+        let stream = bank_platform::nats::durable_stream(js, &self.config.stream, &self.config.subject_prefix).await?;
+        Ok(stream.cached_info().config.allow_atomic_publish)
     }
 
     /// The lease, if it is free or expired (or already ours); a new epoch.
@@ -223,6 +235,7 @@ impl OutboxRelay {
         &self,
         mut lease: Lease,
         js: &jetstream::Context,
+        atomic: bool,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<()> {
@@ -238,7 +251,7 @@ impl OutboxRelay {
                 self.renew(&mut lease).await?;
             }
             let rows = sqlx::query("SELECT id, event_id, subject, envelope FROM outbox ORDER BY id LIMIT $1")
-                .bind(self.config.batch)
+                .bind(self.config.batch.min(MAX_ATOMIC_BATCH))
                 .fetch_all(&self.pool)
                 .await?;
             if (rows.len() as i64) < self.config.batch {
@@ -252,7 +265,8 @@ impl OutboxRelay {
                 }
                 continue;
             }
-            let mut last = match last_seq {
+            let resync = last_seq.is_none();
+            let last = match last_seq {
                 Some(seq) => seq,
                 None => match stream_last_sequence(js, &self.config.stream).await {
                     Ok(seq) => seq,
@@ -265,62 +279,16 @@ impl OutboxRelay {
                     }
                 },
             };
-            // Pipeline: send the whole batch, then collect acks in order.
-            let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
-            let mut failed = false;
-            for (i, row) in rows.iter().enumerate() {
-                let id: i64 = row.try_get("id")?;
-                let event_id: Uuid = row.try_get("event_id")?;
-                let subject: String = row.try_get("subject")?;
-                let envelope: Vec<u8> = row.try_get("envelope")?;
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
-                // Stored only right after the previous message of this round.
-                headers.insert("Nats-Expected-Last-Sequence", (last + i as u64).to_string().as_str());
-                let span = publish_span(&envelope);
-                for (k, v) in span.in_scope(telemetry::current_trace_context) {
-                    headers.insert(k.as_str(), v.as_str());
-                }
-                let payload = signed(&envelope, &self.signer);
-                match tracing::Instrument::instrument(js.publish_with_headers(subject, headers, payload.into()), span)
-                    .await
-                {
-                    Ok(ack) => pending.push((id, ack)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "publish failed");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            let mut acked = Vec::with_capacity(pending.len());
-            // Out of step with the stream (a duplicate, another publisher):
-            // not an outage, so no backoff, only a fresh last sequence.
-            let mut out_of_step = false;
-            for (id, ack) in pending {
-                match ack.await {
-                    Ok(ack) if ack.duplicate => {
-                        // Already stored: done, but the stream did not move,
-                        // so what follows in this round expected wrongly.
-                        acked.push(id);
-                        out_of_step = true;
-                        break;
-                    }
-                    Ok(ack) => {
-                        last = ack.sequence;
-                        acked.push(id);
-                    }
-                    Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {
-                        out_of_step = true;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "publish not acknowledged");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
+            let rows = rows.iter().map(Outgoing::from_row).collect::<Result<Vec<_>, _>>()?;
+            // After any irregularity the round goes message by message, which
+            // tells stored duplicates apart; otherwise the round is one atomic
+            // batch: stored whole or not at all, with one fsync for all of it.
+            let round = if resync || !atomic || rows.len() < 2 {
+                self.publish_each(js, &rows, last).await
+            } else {
+                self.publish_atomic(js, &rows, last).await
+            };
+            let Round { acked, last, failed, out_of_step } = round;
             last_seq = (!failed && !out_of_step).then_some(last);
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
@@ -348,6 +316,168 @@ impl OutboxRelay {
             }
         }
     }
+
+    /// Every message of the round pipelined, each expecting its predecessor's
+    /// stream sequence; acks collected in order up to the first that fails.
+    async fn publish_each(&self, js: &jetstream::Context, rows: &[Outgoing], mut last: u64) -> Round {
+        let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
+        let mut failed = false;
+        for (i, row) in rows.iter().enumerate() {
+            let (mut headers, span) = row.headers();
+            // Stored only right after the previous message of this round.
+            headers.insert("Nats-Expected-Last-Sequence", (last + i as u64).to_string().as_str());
+            let publish = js.publish_with_headers(row.subject.clone(), headers, row.payload(&self.signer).into());
+            match tracing::Instrument::instrument(publish, span).await {
+                Ok(ack) => pending.push((row.id, ack)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish failed");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let mut acked = Vec::with_capacity(pending.len());
+        // Out of step with the stream (a duplicate, another publisher):
+        // not an outage, so no backoff, only a fresh last sequence.
+        let mut out_of_step = false;
+        for (id, ack) in pending {
+            match ack.await {
+                Ok(ack) if ack.duplicate => {
+                    // Already stored: done, but the stream did not move,
+                    // so what follows in this round expected wrongly.
+                    acked.push(id);
+                    out_of_step = true;
+                    break;
+                }
+                Ok(ack) => {
+                    last = ack.sequence;
+                    acked.push(id);
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    out_of_step = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish not acknowledged");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        Round { acked, last, failed, out_of_step }
+    }
+
+    /// The round as one JetStream atomic batch (ADR-50): the first message
+    /// expects the stream's last sequence, the last one commits, and the
+    /// server stores all of it in order or none of it. With
+    /// `sync_interval: always` that is one fsync per round instead of one
+    /// per message, which is what bounded the relay (issue 17).
+    async fn publish_atomic(&self, js: &jetstream::Context, rows: &[Outgoing], last: u64) -> Round {
+        let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
+        let client = js.client();
+        let batch_id = Uuid::new_v4().simple().to_string();
+        let (body, [commit]) = rows.split_at(rows.len() - 1) else { unreachable!("split_at(len - 1) leaves one") };
+        for (i, row) in body.iter().enumerate() {
+            let (mut headers, span) = row.headers();
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            if i == 0 {
+                headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+            }
+            let publish = client.publish_with_headers(row.subject.clone(), headers, row.payload(&self.signer).into());
+            if let Err(e) = tracing::Instrument::instrument(publish, span).await {
+                tracing::warn!(error = %e, "batch publish failed");
+                return nothing(true);
+            }
+        }
+        let (mut headers, span) = commit.headers();
+        headers.insert("Nats-Batch-Id", batch_id.as_str());
+        headers.insert("Nats-Batch-Sequence", rows.len().to_string().as_str());
+        headers.insert("Nats-Batch-Commit", "1");
+        let publish = js.publish_with_headers(commit.subject.clone(), headers, commit.payload(&self.signer).into());
+        let ack = match tracing::Instrument::instrument(publish, span).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            // All of it stored, right after `last`.
+            Ok(ack) if ack.sequence == last + rows.len() as u64 => Round {
+                acked: rows.iter().map(|r| r.id).collect(),
+                last: ack.sequence,
+                failed: false,
+                out_of_step: false,
+            },
+            Ok(ack) => {
+                // Stored, yet not where expected: not possible while the
+                // first message expects `last`; resynchronise to be sure.
+                tracing::warn!(
+                    sequence = ack.sequence,
+                    expected = last + rows.len() as u64,
+                    "batch stored out of step"
+                );
+                Round { acked: rows.iter().map(|r| r.id).collect(), last, failed: false, out_of_step: true }
+            }
+            // Nothing stored: another publisher moved the stream, or a
+            // message of the batch is already in it (refused as a
+            // duplicate). The next round goes message by message.
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence || is_duplicate_in_batch(&e) => nothing(false),
+            Err(e) => {
+                tracing::warn!(error = %e, "batch not acknowledged");
+                nothing(true)
+            }
+        }
+    }
+}
+
+/// One outbox row on its way to the stream.
+struct Outgoing {
+    id: i64,
+    event_id: Uuid,
+    subject: String,
+    envelope: Vec<u8>,
+}
+
+impl Outgoing {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            subject: row.try_get("subject")?,
+            envelope: row.try_get("envelope")?,
+        })
+    }
+
+    /// `Nats-Msg-Id` (deduplication) and the trace context, with the span.
+    fn headers(&self) -> (async_nats::HeaderMap, tracing::Span) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.event_id.to_string().as_str());
+        let span = publish_span(&self.envelope);
+        for (k, v) in span.in_scope(telemetry::current_trace_context) {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        (headers, span)
+    }
+
+    fn payload(&self, signer: &bank_platform::auth::TokenSigner) -> Vec<u8> {
+        signed(&self.envelope, signer)
+    }
+}
+
+/// What a round of publishing did: the outbox ids now in the stream, the
+/// stream's last sequence after them, and why it stopped early, if it did.
+struct Round {
+    acked: Vec<i64>,
+    last: u64,
+    failed: bool,
+    out_of_step: bool,
+}
+
+/// The server refused a batch because one of its messages is already stored
+/// (JetStream error 10201).
+fn is_duplicate_in_batch(e: &async_nats::jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.error_code() == async_nats::jetstream::ErrorCode(10201))
 }
 
 /// The stream's last sequence, as the server has it now.

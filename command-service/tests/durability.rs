@@ -3,7 +3,14 @@
 //! disk. The server the tests run (the stack's, with deploy/nats/nats.conf,
 //! as compose runs it) syncs every write before it acknowledges.
 
-use bank_testkit::http_get;
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use bank_proto::v1 as pb;
+use bank_testkit::{assert_eventually, http_get};
+use common::Harness;
+use prost::Message;
 
 #[tokio::test]
 async fn jetstream_syncs_every_write_before_it_acknowledges() {
@@ -12,4 +19,90 @@ async fn jetstream_syncs_every_write_before_it_acknowledges() {
     let varz: serde_json::Value = serde_json::from_str(&varz).expect("varz is JSON");
     let config = &varz["jetstream"]["config"];
     assert_eq!(config["sync_always"], serde_json::Value::Bool(true), "JetStream config: {config}");
+}
+
+/// Every message on the harness's stream with its `Nats-Batch-Id`, in
+/// stream order.
+async fn stored_with_batches(h: &Harness) -> Vec<(pb::EventEnvelope, Option<String>)> {
+    let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client).get_stream(&h.config.relay.stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let batch = msg.headers.get("Nats-Batch-Id").map(|v| v.to_string());
+        out.push((pb::EventEnvelope::decode(msg.payload).unwrap(), batch));
+    }
+    out
+}
+
+/// Each account's versions on the stream: 1, 2, 3, … with none twice.
+fn assert_in_version_order(stored: &[(pb::EventEnvelope, Option<String>)]) {
+    let mut next: HashMap<String, i64> = HashMap::new();
+    for (e, _) in stored {
+        let expected = next.entry(e.account_id.clone()).or_insert(1);
+        assert_eq!(e.version, *expected, "account {} out of order on the stream", e.account_id);
+        *expected += 1;
+    }
+}
+
+/// Issue 17: the relay publishes a round as one JetStream atomic batch, so
+/// a synced stream pays one fsync per round, not per message. A transfer's
+/// two legs are committed in one transaction, so they reach the stream in
+/// one batch; every event is there once, each account's in version order.
+#[tokio::test]
+async fn a_transactions_events_reach_the_stream_in_one_atomic_batch() {
+    let h = Harness::start().await;
+    let (_, alice) = h.customer();
+    let (a, b) = (h.open(&alice, "USD").await, h.open(&alice, "USD").await);
+    h.fund(&a, "100.00").await;
+    let mut transfers = Vec::new();
+    for _ in 0..5 {
+        transfers.push(h.transfer(&alice, &a, &b, "1.00").await.unwrap().transaction_id);
+    }
+    assert_eventually!(h.count("outbox").await == 0, Duration::from_secs(30), "outbox did not drain");
+    let stored = stored_with_batches(&h).await;
+    assert_eq!(stored.len() as i64, h.count("events").await, "every event on the stream once");
+    assert_in_version_order(&stored);
+    for t in &transfers {
+        let legs: Vec<_> = stored.iter().filter(|(e, _)| &e.transaction_id == t).collect();
+        assert_eq!(legs.len(), 2, "transfer {t}: both legs on the stream");
+        assert!(legs[0].1.is_some(), "transfer {t}: published in an atomic batch");
+        assert_eq!(legs[0].1, legs[1].1, "transfer {t}: both legs in the same batch");
+    }
+}
+
+/// A stream made before atomic batches were used (no `allow_atomic`) still
+/// gets every event, message by message, in order.
+#[tokio::test]
+async fn a_stream_without_atomic_batches_still_gets_every_event_in_order() {
+    let prefix = bank_testkit::unique_prefix("old");
+    let (stream, subjects) = (prefix.to_uppercase(), format!("{prefix}.events"));
+    let admin =
+        async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap());
+    admin
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{subjects}.>")],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let h = Harness::start_with(&bank_testkit::nats_url_as(bank_testkit::Principal::Command), |c| {
+        c.relay.stream = stream.clone();
+        c.relay.subject_prefix = subjects.clone();
+    })
+    .await;
+    let (_, alice) = h.customer();
+    let (a, b) = (h.open(&alice, "USD").await, h.open(&alice, "USD").await);
+    h.fund(&a, "100.00").await;
+    for _ in 0..5 {
+        h.transfer(&alice, &a, &b, "1.00").await.unwrap();
+    }
+    assert_eventually!(h.count("outbox").await == 0, Duration::from_secs(30), "outbox did not drain");
+    let stored = stored_with_batches(&h).await;
+    assert_eq!(stored.len() as i64, h.count("events").await, "every event on the stream once");
+    assert_in_version_order(&stored);
+    assert!(stored.iter().all(|(_, batch)| batch.is_none()), "no batch on a stream that does not take them");
 }

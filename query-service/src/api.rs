@@ -348,6 +348,9 @@ impl AccountQueryService for QueryApi {
         // Holds are of the present: an answer as of an instant has none.
         let (available, open_holds) = match as_of {
             Some(_) => (None, Vec::new()),
+            // Nothing held: no open hold to list, and no Postgres round trip
+            // (the cached view's `held` is the sum of its open holds).
+            None if v.held.is_zero() => (money(&v.currency, v.balance), Vec::new()),
             None => {
                 let generation = self.model.generation().await?;
                 let holds: Vec<HoldView> = sqlx::query_as(&format!(

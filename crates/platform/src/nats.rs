@@ -66,7 +66,8 @@ async fn connect_with(
 
 /// The project's streams, made the same way wherever they are first used
 /// (events by command-service, standings by auth-service or command-service):
-/// file storage, a two-minute duplicate window for message ids, and nobody,
+/// file storage, a two-minute duplicate window for message ids, atomic
+/// batches, and nobody,
 /// whatever their permissions, removes what was published.
 pub async fn durable_stream(
     js: &async_nats::jetstream::Context,
@@ -80,6 +81,8 @@ pub async fn durable_stream(
         duplicate_window: Duration::from_secs(120),
         deny_delete: true,
         deny_purge: true,
+        // The relay publishes each round as one atomic batch (one fsync).
+        allow_atomic_publish: true,
         ..Default::default()
     })
     .await
