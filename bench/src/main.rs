@@ -1,14 +1,22 @@
 //! `bench`: the whole comparison in one run (scripts/bench). Starts the
 //! command-service, projector and query-service release binaries on fresh
-//! databases, loads them with open- and closed-loop scenarios, measures the
-//! references (pgbench on the same transfer SQL, redis-benchmark GET, a no-op
-//! RPC, pg_test_fsync) on the same servers, checks that money and counts add
-//! up, and writes bench/results/<date>.json and .md. The service runs in its
-//! default (batching) mode; the ceilings are measured again with batching off.
+//! databases, and measures them against references on the same servers in
+//! the same run: pgbench on the same transfer SQL, a no-op RPC, redis-benchmark
+//! GET, pg_test_fsync. The headline phases (mesh and pgbench ceilings,
+//! projection lag at half load, GetBalance and the no-op RPC closed and at
+//! one open-loop rate) run interleaved `BENCH_REPS` times, and every ratio is
+//! reported as the median with its min–max, because one run of one phase on
+//! a shared two-core box cannot tell a change from noise. At the uniform
+//! ceiling each repetition also records what a transfer costs (CPU per
+//! process, rows per table, WAL, fsyncs, NATS messages), and the same for
+//! pgbench. Then money and counts must add up (reconcile clean).
 //!
-//! Knobs (env): BENCH_SECONDS per phase (5), BENCH_ACCOUNTS (1000),
-//! BENCH_CONCURRENCY client concurrency for ceilings (32), BENCH_OUT (bench/results).
+//! Knobs (env): BENCH_SECONDS per phase (15), BENCH_REPS (3), BENCH_ACCOUNTS
+//! (1000), BENCH_CONCURRENCY client concurrency for ceilings (32),
+//! BENCH_LONG=1 adds 10 minutes at half load (BENCH_LONG_MINUTES), BENCH_OUT
+//! (bench/results).
 
+mod cost;
 mod load;
 mod refs;
 mod report;
@@ -256,13 +264,131 @@ fn code_of<T>(r: Result<T, Code>) -> Result<(), Code> {
     r.map(|_| ())
 }
 
+/// Median of `xs` (NaN when empty).
+fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// {median, min, max} of `xs`.
+fn spread(xs: &[f64]) -> Value {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    json!({"median": round(median(xs)), "min": round(min), "max": round(max), "each": xs.iter().map(|x| round(*x)).collect::<Vec<_>>()})
+}
+
+/// The element-wise median of JSON documents of the same shape (numbers are
+/// replaced by their median, other values taken from the first).
+fn median_json(docs: &[Value]) -> Value {
+    match docs.first() {
+        Some(Value::Object(first)) => Value::Object(
+            first
+                .keys()
+                .map(|k| (k.clone(), median_json(&docs.iter().map(|d| d[k].clone()).collect::<Vec<_>>())))
+                .collect(),
+        ),
+        Some(Value::Number(_)) => json!(round(median(&docs.iter().filter_map(Value::as_f64).collect::<Vec<_>>()))),
+        Some(other) => other.clone(),
+        None => Value::Null,
+    }
+}
+
+/// Projection lag at `rate` transfers/s: black box (a poller reads the
+/// query side until the write shows), the projector's own histogram, and
+/// the time the backlog takes to drain once the load stops.
+struct Lag {
+    load: Outcome,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    inside_p50_ms: Option<f64>,
+    inside_p99_ms: Option<f64>,
+    drain_s: f64,
+}
+
+async fn projection_lag(
+    world: &Arc<World>,
+    services: &system::Services,
+    (write_db, read_db): (&PgPool, &PgPool),
+    rate: f64,
+    secs: Duration,
+) -> Result<Lag> {
+    let lag_before = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
+    let blackbox = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let (w, bb) = (world.clone(), blackbox.clone());
+    let lag_op = move |i: u64| {
+        let (w, bb) = (w.clone(), bb.clone());
+        async move {
+            let src = w.pick(i);
+            let r = w.transfer(i, src).await?;
+            if i.is_multiple_of(10) {
+                // Black box: poll the query side (no token) until the write shows.
+                let done = Instant::now();
+                let version = r.balances_after.first().map_or(0, |b| b.version);
+                tokio::spawn(async move {
+                    let deadline = done + Duration::from_secs(10);
+                    while Instant::now() < deadline {
+                        if w.balance(src, String::new()).await.is_ok_and(|b| b.version >= version) {
+                            let _ = bb.lock().expect("lock").record(done.elapsed().as_micros() as u64 + 1);
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
+                });
+            }
+            Ok(())
+        }
+    };
+    let load = open(rate, secs, 4096, lag_op).await;
+    let load_stopped = Instant::now();
+    let mut drain_s = f64::NAN;
+    while load_stopped.elapsed() < Duration::from_secs(60) {
+        if behind(write_db, read_db).await? == 0 {
+            drain_s = load_stopped.elapsed().as_secs_f64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the last pollers finish
+    let lag_after = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
+    let bb = blackbox.lock().expect("lock").clone();
+    let bb_ms = |q: f64| round(bb.value_at_quantile(q) as f64 / 1000.0);
+    Ok(Lag {
+        load,
+        p50_ms: bb_ms(0.5),
+        p99_ms: bb_ms(0.99),
+        max_ms: bb_ms(1.0),
+        inside_p50_ms: bucket_quantile(&lag_before, &lag_after, 0.5),
+        inside_p99_ms: bucket_quantile(&lag_before, &lag_after, 0.99),
+        drain_s,
+    })
+}
+
+/// Bytes on disk of the mesh's stores: both databases and the stream.
+async fn disk_bytes(admin: &PgPool, dbs: [&str; 2], stream: &mut async_nats::jetstream::stream::Stream) -> Result<i64> {
+    let pg: i64 = sqlx::query_scalar("SELECT sum(pg_database_size(d))::int8 FROM unnest($1::text[]) d")
+        .bind(dbs.map(str::to_owned).to_vec())
+        .fetch_one(admin)
+        .await?;
+    let nats = stream.info().await.map_err(|e| anyhow::anyhow!("stream info: {e}"))?.state.bytes;
+    Ok(pg + nats as i64)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let secs = Duration::from_secs(env_num("BENCH_SECONDS", 5));
+    let secs = Duration::from_secs(env_num("BENCH_SECONDS", 15));
+    let reps: usize = env_num("BENCH_REPS", 3).max(1);
     let sweep_secs = Duration::from_secs(env_num("BENCH_SWEEP_SECONDS", 3));
     let n: usize = env_num("BENCH_ACCOUNTS", 1000);
     let conc: usize = env_num("BENCH_CONCURRENCY", 32);
     let pool_size: usize = env_num("DB_MAX_CONNECTIONS", 16);
+    let long_minutes: u64 =
+        if std::env::var("BENCH_LONG").is_ok_and(|v| v == "1") { env_num("BENCH_LONG_MINUTES", 10) } else { 0 };
     let out_dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
     let script = std::fs::canonicalize("bench/transfer.sql").context("run from the repository root")?;
     let state = std::fs::canonicalize(std::env::var("STATE_DIR").unwrap_or_else(|_| ".state".into()))?;
@@ -293,10 +419,14 @@ async fn main() -> Result<()> {
     let write_db = bank_platform::db::connect(&write_url, 2).await?;
     let read_db = bank_platform::db::connect(&read_url, 2).await?;
     let admin = bank_platform::db::connect(&bank_testkit::admin_database_url(), 2).await?;
+    let pg_db = refs::prepare_pgbench_db(&pg_url, n).await?;
+    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await?);
+    let stream_name = prefix.to_uppercase();
+    let stream = || async { js.get_stream(&stream_name).await.map_err(|e| anyhow::anyhow!("stream: {e}")) };
     let mut phases = serde_json::Map::new();
     let mut record = |name: &str, o: &Outcome| {
         eprintln!(
-            "bench: {name:<28} {:>9.1}/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:?}",
+            "bench: {name:<32} {:>9.1}/s  p50 {:>8.3} ms  p99 {:>8.3} ms  errors {:?}",
             o.per_second(),
             o.ms(0.5),
             o.ms(0.99),
@@ -305,7 +435,6 @@ async fn main() -> Result<()> {
         phases.insert(name.to_owned(), o.json());
     };
 
-    // --- The money path: ceilings (closed loop) ---
     let w = world.clone();
     let uniform_op = move |i: u64| {
         let w = w.clone();
@@ -316,88 +445,6 @@ async fn main() -> Result<()> {
         let w = w.clone();
         async move { code_of(w.transfer(i, 0).await) }
     };
-    record("warmup", &closed(conc, Duration::from_secs(2), uniform_op.clone()).await);
-    let cpu = system::CpuSample::start(&services);
-    let (uniform, waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
-    let uniform_cpu = cpu.finish();
-    record("transfers_uniform_max", &uniform);
-    let cpu = system::CpuSample::start(&services);
-    let (hot, hot_waits) = with_wait_events(&admin, closed(conc, secs, hot_op)).await;
-    let hot_cpu = cpu.finish();
-    record("transfers_hot_max", &hot);
-
-    // --- pgbench on the same SQL, same servers ---
-    refs::prepare_pgbench_db(&pg_url, n).await?;
-    let pgbench = refs::Pgbench { url: &pg_url, script: &script, clients: pool_size, accounts: n, workdir: &state };
-    let pg_uniform = pgbench.run(false, secs, None)?;
-    let pg_hot = pgbench.run(true, secs, None)?;
-    eprintln!(
-        "bench: pgbench uniform {:.1}/s p99 {:.3} ms; hot {:.1}/s",
-        pg_uniform.tps,
-        pg_uniform.ms(0.99),
-        pg_hot.tps
-    );
-
-    // --- Latency against offered rate, service and pgbench side by side ---
-    let mut sweep = Vec::new();
-    for f in [0.3, 0.5, 0.7, 0.9] {
-        let s = open(f * uniform.per_second(), sweep_secs, 4096, uniform_op.clone()).await;
-        let p = pgbench.run(false, sweep_secs, Some(f * pg_uniform.tps))?;
-        record(&format!("transfers_open_{:.0}pct", f * 100.0), &s);
-        sweep.push(json!({"fraction": f, "service": s.json(), "pgbench": p.json()}));
-    }
-    let at70 = |side: &str| sweep[2][side]["p99_ms"].as_f64().unwrap_or(f64::NAN);
-    let (command_p99_ms, pgbench_p99_ms) = (at70("service"), at70("pgbench"));
-
-    // --- Projection lag at half the ceiling, both ways, then the drain ---
-    let lag_before = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
-    let blackbox = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let w = world.clone();
-    let bb = blackbox.clone();
-    let lag_op = move |i: u64| {
-        let (w, bb) = (w.clone(), bb.clone());
-        async move {
-            let src = w.pick(i);
-            let r = w.transfer(i, src).await?;
-            if i.is_multiple_of(10) {
-                // Black box: poll the query side (no token) until the write shows.
-                let done = Instant::now();
-                let version = r.balances_after.first().map_or(0, |b| b.version);
-                tokio::spawn(async move {
-                    let deadline = done + Duration::from_secs(10);
-                    while Instant::now() < deadline {
-                        if w.balance(src, String::new()).await.is_ok_and(|b| b.version >= version) {
-                            let _ = bb.lock().expect("lock").record(done.elapsed().as_micros() as u64 + 1);
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_micros(500)).await;
-                    }
-                });
-            }
-            Ok(())
-        }
-    };
-    let lag_load = open(0.5 * uniform.per_second(), secs, 4096, lag_op).await;
-    record("transfers_open_50pct_lag", &lag_load);
-    let load_stopped = Instant::now();
-    let mut drain_s = f64::NAN;
-    while load_stopped.elapsed() < Duration::from_secs(60) {
-        if behind(&write_db, &read_db).await? == 0 {
-            drain_s = load_stopped.elapsed().as_secs_f64();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await; // the last pollers finish
-    let lag_after = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
-    let inside_p50 = bucket_quantile(&lag_before, &lag_after, 0.5);
-    let inside_p99 = bucket_quantile(&lag_before, &lag_after, 0.99);
-    let bb = blackbox.lock().expect("lock").clone();
-    let bb_ms = |q: f64| round(bb.value_at_quantile(q) as f64 / 1000.0);
-    let projection_lag_p99_ms = bb_ms(0.99);
-    eprintln!("bench: projection lag black-box p50 {} ms p99 {} ms; drain {drain_s:.3} s", bb_ms(0.5), bb_ms(0.99));
-
-    // --- Reads ---
     let w = world.clone();
     let get_balance_op = move |i: u64| {
         let w = w.clone();
@@ -411,14 +458,136 @@ async fn main() -> Result<()> {
             h.check(req).await.map(|_| ()).map_err(|s| s.code())
         }
     };
-    let cpu = system::CpuSample::start(&services);
-    let get_balance = closed(conc, secs, get_balance_op.clone()).await;
-    let read_cpu = cpu.finish();
-    record("get_balance_max", &get_balance);
-    let noop = closed(conc, secs, noop_op).await;
-    record("noop_rpc_max", &noop);
-    let get_balance_half = open(0.5 * get_balance.per_second(), secs, 4096, get_balance_op).await;
-    record("get_balance_open_50pct", &get_balance_half);
+    let pgbench = refs::Pgbench { url: &pg_url, script: &script, clients: pool_size, accounts: n, workdir: &state };
+    record("warmup", &closed(conc, Duration::from_secs(3), uniform_op.clone()).await);
+
+    // --- The headline phases, interleaved `reps` times ---
+    let mut each: Vec<Value> = Vec::new();
+    let (mut uniform_max, mut pg_uniform_max) = (Vec::new(), Vec::new());
+    let mut last_waits = (Value::Null, Value::Null);
+    for rep in 1..=reps {
+        eprintln!("bench: repetition {rep} of {reps}");
+        // The mesh at its uniform ceiling, with what each transfer costs.
+        let mut probe =
+            cost::Probe { dbs: vec![("write", &write_db), ("read", &read_db)], stream: Some(stream().await?) };
+        let before = probe.read().await?;
+        let cpu = system::CpuSample::start(&services);
+        let (uniform, waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
+        let uniform_cpu = cpu.finish();
+        let after = probe.read().await?;
+        let mesh_cost = cost::per_transfer(&before, &after, uniform.ok, uniform_cpu.per_op_us(uniform.ok));
+        record(&format!("r{rep}_transfers_uniform_max"), &uniform);
+
+        // pgbench on the same SQL, same servers, right after.
+        let mut probe = cost::Probe { dbs: vec![("pgbench", &pg_db)], stream: None };
+        let before = probe.read().await?;
+        let cpu = system::CpuSample::start(&services);
+        let (pg_uniform, pg_waits) =
+            with_wait_events(&admin, async { tokio::task::block_in_place(|| pgbench.run(false, secs, None)) }).await;
+        let pg_uniform = pg_uniform?;
+        let pg_cpu = cpu.finish();
+        let after = probe.read().await?;
+        let pg_cost = cost::per_transfer(&before, &after, pg_uniform.count(), pg_cpu.per_op_us(pg_uniform.count()));
+        eprintln!("bench: pgbench uniform {:.1}/s p99 {:.3} ms", pg_uniform.tps, pg_uniform.ms(0.99));
+
+        let cpu = system::CpuSample::start(&services);
+        let hot = closed(conc, secs, hot_op.clone()).await;
+        let hot_cpu = cpu.finish();
+        record(&format!("r{rep}_transfers_hot_max"), &hot);
+        let pg_hot = pgbench.run(true, secs, None)?;
+        eprintln!("bench: pgbench hot {:.1}/s", pg_hot.tps);
+
+        let lag = projection_lag(&world, &services, (&write_db, &read_db), 0.5 * uniform.per_second(), secs).await?;
+        record(&format!("r{rep}_transfers_open_50pct_lag"), &lag.load);
+        eprintln!(
+            "bench: projection lag black-box p50 {} ms p99 {} ms; drain {:.3} s",
+            lag.p50_ms, lag.p99_ms, lag.drain_s
+        );
+
+        let cpu = system::CpuSample::start(&services);
+        let get_balance = closed(conc, secs, get_balance_op.clone()).await;
+        let read_cpu = cpu.finish();
+        record(&format!("r{rep}_get_balance_max"), &get_balance);
+        let noop = closed(conc, secs, noop_op.clone()).await;
+        record(&format!("r{rep}_noop_rpc_max"), &noop);
+        // Both at the same open-loop rate, so their p99s compare.
+        let half = 0.5 * get_balance.per_second();
+        let get_balance_half = open(half, secs, 4096, get_balance_op.clone()).await;
+        record(&format!("r{rep}_get_balance_open_50pct"), &get_balance_half);
+        let noop_half = open(half, secs, 4096, noop_op.clone()).await;
+        record(&format!("r{rep}_noop_rpc_open_same_rate"), &noop_half);
+
+        uniform_max.push(uniform.per_second());
+        pg_uniform_max.push(pg_uniform.tps);
+        last_waits = (waits.clone(), pg_waits.clone());
+        each.push(json!({
+            "uniform_ratio": uniform.per_second() / pg_uniform.tps,
+            "hot_ratio": hot.per_second() / pg_hot.tps,
+            "projection_lag_p99_ms": lag.p99_ms,
+            "get_balance_ratio": get_balance.per_second() / noop.per_second(),
+            "get_balance_p99_ratio": get_balance_half.ms(0.99) / noop_half.ms(0.99),
+            "transfers_uniform_per_second": uniform.per_second(),
+            "pgbench_uniform_per_second": pg_uniform.tps,
+            "transfers_hot_per_second": hot.per_second(),
+            "pgbench_hot_per_second": pg_hot.tps,
+            "pgbench_uniform_p99_ms": pg_uniform.ms(0.99),
+            "projection_lag_p50_ms": lag.p50_ms,
+            "projection_lag_max_ms": lag.max_ms,
+            "projection_lag_inside_p50_ms_bucket": lag.inside_p50_ms,
+            "projection_lag_inside_p99_ms_bucket": lag.inside_p99_ms,
+            "drain_s": lag.drain_s,
+            "get_balance_per_second": get_balance.per_second(),
+            "noop_rpc_per_second": noop.per_second(),
+            "open_rate_reads_per_second": half,
+            "get_balance_p99_ms_open": get_balance_half.ms(0.99),
+            "noop_rpc_p99_ms_open": noop_half.ms(0.99),
+            "cost_per_transfer": {"mesh": mesh_cost, "pgbench": pg_cost},
+            "cpu_percent": {
+                "uniform_max": uniform_cpu.percent(),
+                "pgbench_uniform": pg_cpu.percent(),
+                "hot_max": hot_cpu.percent(),
+                "get_balance_max": read_cpu.percent(),
+            },
+        }));
+    }
+    let series = |key: &str| -> Vec<f64> { each.iter().map(|r| r[key].as_f64().unwrap_or(f64::NAN)).collect() };
+    let spreads: serde_json::Map<String, Value> = [
+        "uniform_ratio",
+        "hot_ratio",
+        "projection_lag_p99_ms",
+        "get_balance_ratio",
+        "get_balance_p99_ratio",
+        "transfers_uniform_per_second",
+        "pgbench_uniform_per_second",
+        "transfers_hot_per_second",
+        "pgbench_hot_per_second",
+        "projection_lag_p50_ms",
+        "drain_s",
+        "get_balance_per_second",
+        "noop_rpc_per_second",
+        "get_balance_p99_ms_open",
+        "noop_rpc_p99_ms_open",
+    ]
+    .into_iter()
+    .map(|k| (k.to_owned(), spread(&series(k))))
+    .collect();
+    let costs: Vec<Value> = each.iter().map(|r| r["cost_per_transfer"].clone()).collect();
+    let cpus: Vec<Value> = each.iter().map(|r| r["cpu_percent"].clone()).collect();
+    let uniform_ceiling = median(&uniform_max);
+
+    // --- Once: latency against offered rate, service and pgbench side by side ---
+    let mut sweep = Vec::new();
+    let pg_ceiling = median(&pg_uniform_max);
+    for f in [0.3, 0.5, 0.7, 0.9] {
+        let s = open(f * uniform_ceiling, sweep_secs, 4096, uniform_op.clone()).await;
+        let p = pgbench.run(false, sweep_secs, Some(f * pg_ceiling))?;
+        record(&format!("transfers_open_{:.0}pct", f * 100.0), &s);
+        sweep.push(json!({"fraction": f, "service": s.json(), "pgbench": p.json()}));
+    }
+    let at70 = |side: &str| sweep[2][side]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    let (command_p99_ms, pgbench_p99_ms) = (at70("service"), at70("pgbench"));
+
+    // --- Once: the other reads and the money mix ---
     let w = world.clone();
     let list = closed(conc / 2, secs, move |i: u64| {
         let w = w.clone();
@@ -459,30 +628,43 @@ async fn main() -> Result<()> {
     .await;
     record("read_your_writes_max", &ryw);
 
-    // --- One transaction per command: the same ceilings with batching off ---
+    // --- BENCH_LONG: minutes at half load; how cost grows with the store ---
+    let mut long = Vec::new();
+    if long_minutes > 0 {
+        let names = [write_url.rsplit('/').next().unwrap_or_default(), read_url.rsplit('/').next().unwrap_or_default()];
+        let mut s = stream().await?;
+        for minute in 1..=long_minutes {
+            let bytes_before = disk_bytes(&admin, names, &mut s).await?;
+            let o = open(0.5 * uniform_ceiling, Duration::from_secs(60), 4096, uniform_op.clone()).await;
+            let bytes_after = disk_bytes(&admin, names, &mut s).await?;
+            record(&format!("long_minute_{minute}"), &o);
+            long.push(json!({
+                "minute": minute,
+                "per_second": round(o.per_second()),
+                "p99_ms": round(o.ms(0.99)),
+                "errors": o.errors,
+                "disk_bytes_per_transfer": round((bytes_after - bytes_before) as f64 / o.ok.max(1) as f64),
+                "disk_bytes_total": bytes_after,
+            }));
+        }
+    }
+
+    // --- Once: one transaction per command, the same ceilings with batching off ---
     let batched_rss = services.peak_rss_mb("command-service");
     services.restart_with("command-service", &[("COMMAND_BATCHING", "off")]).await?;
     record("unbatched_warmup", &closed(conc, Duration::from_secs(2), uniform_op.clone()).await);
-    let cpu = system::CpuSample::start(&services);
     let (unbatched, unbatched_waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
-    let unbatched_cpu = cpu.finish();
     record("unbatched_transfers_uniform_max", &unbatched);
-    let w = world.clone();
-    let unbatched_hot = closed(conc, secs, move |i: u64| {
-        let w = w.clone();
-        async move { code_of(w.transfer(i, 0).await) }
-    })
-    .await;
+    let unbatched_hot = closed(conc, secs, hot_op.clone()).await;
     record("unbatched_transfers_hot_max", &unbatched_hot);
-    let unbatched_open = open(0.7 * unbatched.per_second(), sweep_secs, 4096, uniform_op.clone()).await;
-    record("unbatched_transfers_open_70pct", &unbatched_open);
 
     // --- The rest of the references ---
     let redis_get = refs::redis_get(&bank_testkit::redis_admin_url(), conc).unwrap_or(f64::NAN);
     let fsync = refs::pg_test_fsync(&state).unwrap_or(Value::Null);
 
     // --- Money and counts ---
-    while behind(&write_db, &read_db).await? != 0 && load_stopped.elapsed() < Duration::from_secs(120) {
+    let drained = Instant::now();
+    while behind(&write_db, &read_db).await? != 0 && drained.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reconcile = std::process::Command::new(system::sibling("command-service")?)
@@ -498,8 +680,7 @@ async fn main() -> Result<()> {
     )
     .fetch_one(&read_db)
     .await?;
-    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await?);
-    let published = js.get_stream(prefix.to_uppercase()).await?.info().await?.state.messages as i64;
+    let published = stream().await?.info().await?.state.messages as i64;
     let conserved = reconcile.status.success()
         && report_text.contains("RESULT: clean")
         && events == published
@@ -516,50 +697,41 @@ async fn main() -> Result<()> {
     });
     services.stop();
 
+    let med = |k: &str| spreads[k]["median"].clone();
     let result = json!({
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": report::machine(),
-        "uniform_ratio": round(uniform.per_second() / pg_uniform.tps),
-        "hot_ratio": round(hot.per_second() / pg_hot.tps),
-        // The service runs batched by default: the headline ratios are batched.
-        "batched_ratio": round(uniform.per_second() / pg_uniform.tps),
-        "unbatched_uniform_ratio": round(unbatched.per_second() / pg_uniform.tps),
-        "unbatched_hot_ratio": round(unbatched_hot.per_second() / pg_hot.tps),
-        "unbatched_command_p99_ms_at_70pct": round(unbatched_open.ms(0.99)),
-        "command_p99_ms": command_p99_ms,
-        "pgbench_p99_ms": pgbench_p99_ms,
-        "projection_lag_p99_ms": projection_lag_p99_ms,
-        "drain_s": round(drain_s),
-        "get_balance_ratio": round(get_balance.per_second() / noop.per_second()),
-        "get_balance_p99_ms": round(get_balance_half.ms(0.99)),
+        // The medians of the interleaved repetitions.
+        "uniform_ratio": med("uniform_ratio"),
+        "hot_ratio": med("hot_ratio"),
+        "projection_lag_p99_ms": med("projection_lag_p99_ms"),
+        "get_balance_ratio": med("get_balance_ratio"),
+        "get_balance_p99_ratio": med("get_balance_p99_ratio"),
         "conserved": conserved,
+        "spread": spreads,
+        "repetitions": each,
+        "cost_per_transfer": median_json(&costs),
+        "cpu_percent": median_json(&cpus),
+        "postgres_wait_events": {"mesh_uniform_max": last_waits.0, "pgbench_uniform": last_waits.1, "mesh_unbatched_uniform_max": unbatched_waits},
+        "command_p99_ms_at_70pct": command_p99_ms,
+        "pgbench_p99_ms_at_70pct": pgbench_p99_ms,
+        "unbatched_uniform_ratio": round(unbatched.per_second() / pg_ceiling),
+        "unbatched_hot_ratio": round(unbatched_hot.per_second() / median(&series("pgbench_hot_per_second"))),
         "rss_mb": rss,
+        "long": long,
         "references": {
-            "pgbench_uniform": pg_uniform.json(),
-            "pgbench_hot": pg_hot.json(),
-            "noop_rpc": noop.json(),
             "redis_benchmark_get_per_second": redis_get,
             "pg_test_fsync_ops_per_second": fsync,
             "pgbench_clients": pool_size,
         },
-        "projection_lag": {
-            "blackbox_p50_ms": bb_ms(0.5), "blackbox_p99_ms": bb_ms(0.99), "blackbox_max_ms": bb_ms(1.0),
-            "inside_p50_ms_bucket": inside_p50, "inside_p99_ms_bucket": inside_p99,
-        },
         "sweep": sweep,
         "phases": Value::Object(phases),
-        "saturation": {
-            "cpu_percent_uniform_max": uniform_cpu,
-            "cpu_percent_hot_max": hot_cpu,
-            "cpu_percent_get_balance_max": read_cpu,
-            "postgres_wait_events_uniform_max": waits,
-            "postgres_wait_events_hot_max": hot_waits,
-            "cpu_percent_unbatched_uniform_max": unbatched_cpu,
-            "postgres_wait_events_unbatched_uniform_max": unbatched_waits,
-        },
         "counts": { "events": events, "published": published, "projected_versions": read_versions },
         "reconcile": report_text,
-        "settings": { "seconds_per_phase": secs.as_secs(), "accounts": n, "concurrency": conc, "db_pool": pool_size },
+        "settings": {
+            "seconds_per_phase": secs.as_secs(), "repetitions": reps, "accounts": n, "concurrency": conc,
+            "db_pool": pool_size, "long_minutes": long_minutes,
+        },
     });
     report::write(&out_dir, &result)?;
     for url in [&write_url, &read_url, &pg_url] {

@@ -39,6 +39,11 @@ impl PgbenchRun {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// Transactions pgbench logged.
+    pub fn count(&self) -> u64 {
+        self.latency_us.len()
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "per_second": round(self.tps),

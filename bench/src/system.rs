@@ -124,15 +124,18 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) of a process in clock ticks.
+/// CPU time of a process and of its reaped children (user + system), in
+/// clock ticks. Children count because Postgres backends and pgbench come
+/// and go within a phase: once reaped, their time is their parent's.
 fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
-            // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+            // Fields after the ")" that ends the command name: utime, stime,
+            // cutime and cstime are 14 to 17.
             let rest = s.rsplit_once(')')?.1;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
         })
         .unwrap_or(0)
 }
@@ -144,39 +147,86 @@ fn pids_named(comm: &str) -> Vec<u32> {
         .collect()
 }
 
-/// CPU use per process group over a phase, in percent of one core.
+/// Where a group's processes are found: a fixed pid, or every process of a
+/// name (looked up again at the end, so processes started meanwhile count).
+#[derive(Clone)]
+enum Who {
+    Pid(u32),
+    Named(&'static str),
+}
+
+impl Who {
+    fn ticks(&self) -> u64 {
+        match self {
+            Who::Pid(p) => cpu_ticks(*p),
+            Who::Named(n) => pids_named(n).iter().map(|p| cpu_ticks(*p)).sum(),
+        }
+    }
+}
+
+/// CPU use per process group over a phase. A process that exits during the
+/// phase is counted through its parent's children time (Postgres backends
+/// by the postmaster; pgbench, a child of this process, by `bench`).
 pub struct CpuSample {
-    groups: Vec<(String, Vec<u32>, u64)>,
+    groups: Vec<(String, Who, u64)>,
     started: Instant,
+}
+
+/// What a phase cost in CPU: seconds per group over `secs` of wall time.
+pub struct CpuUse {
+    pub secs: f64,
+    pub by_group: Vec<(String, f64)>,
+}
+
+impl CpuUse {
+    /// Percent of one core per group.
+    pub fn percent(&self) -> serde_json::Value {
+        self.map(|cpu| cpu / self.secs * 100.0)
+    }
+
+    /// Microseconds of CPU per operation, per group and in total.
+    pub fn per_op_us(&self, ops: u64) -> serde_json::Value {
+        let ops = ops.max(1) as f64;
+        let mut v = self.map(|cpu| cpu * 1e6 / ops);
+        let total: f64 = self.by_group.iter().map(|(_, c)| c).sum::<f64>() * 1e6 / ops;
+        v["total"] = serde_json::json!(crate::load::round(total));
+        v
+    }
+
+    fn map(&self, f: impl Fn(f64) -> f64) -> serde_json::Value {
+        let m: serde_json::Map<String, serde_json::Value> =
+            self.by_group.iter().map(|(n, c)| (n.clone(), serde_json::json!(crate::load::round(f(*c))))).collect();
+        serde_json::Value::Object(m)
+    }
 }
 
 impl CpuSample {
     pub fn start(services: &Services) -> Self {
-        let mut groups: Vec<(String, Vec<u32>)> =
-            services.children.iter().map(|(n, c)| (n.to_string(), vec![c.id()])).collect();
-        groups.push(("postgres".into(), pids_named("postgres")));
-        groups.push(("nats-server".into(), pids_named("nats-server")));
-        groups.push(("redis-server".into(), pids_named("redis-server")));
-        groups.push(("bench".into(), vec![std::process::id()]));
+        let mut groups: Vec<(String, Who)> =
+            services.children.iter().map(|(n, c)| (n.to_string(), Who::Pid(c.id()))).collect();
+        groups.push(("postgres".into(), Who::Named("postgres")));
+        groups.push(("nats-server".into(), Who::Named("nats-server")));
+        groups.push(("redis-server".into(), Who::Named("redis-server")));
+        // The load generator, and pgbench when it runs (its child).
+        groups.push(("client".into(), Who::Pid(std::process::id())));
         let groups = groups
             .into_iter()
-            .map(|(n, pids)| {
-                let t = pids.iter().map(|p| cpu_ticks(*p)).sum();
-                (n, pids, t)
+            .map(|(n, who)| {
+                let t = who.ticks();
+                (n, who, t)
             })
             .collect();
         Self { groups, started: Instant::now() }
     }
 
-    pub fn finish(self) -> serde_json::Value {
+    pub fn finish(self) -> CpuUse {
         let secs = self.started.elapsed().as_secs_f64();
         let ticks_per_sec = 100.0; // USER_HZ on Linux
-        let mut out = serde_json::Map::new();
-        for (name, pids, before) in self.groups {
-            let after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
-            let pct = (after.saturating_sub(before)) as f64 / ticks_per_sec / secs * 100.0;
-            out.insert(name, serde_json::json!(crate::load::round(pct)));
-        }
-        serde_json::Value::Object(out)
+        let by_group = self
+            .groups
+            .into_iter()
+            .map(|(name, who, before)| (name, who.ticks().saturating_sub(before) as f64 / ticks_per_sec))
+            .collect();
+        CpuUse { secs, by_group }
     }
 }

@@ -447,7 +447,18 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
         idempotency_key: Uuid::new_v4().to_string(),
         description: String::new(),
     };
-    let written = commands.deposit(authed(deposit, &teller)).await.unwrap().into_inner();
+    // A hung process may hold the settlement account's lock for up to the
+    // lock timeout: the answer is then UNAVAILABLE, and the client retries
+    // with the same idempotency key, as any client would.
+    let written = loop {
+        match commands.deposit(authed(deposit.clone(), &teller)).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("deposit via {command_addr}: {s:?}"),
+        }
+    };
     sys.own_transactions.lock().unwrap().push(written.transaction_id.clone());
     let balance = loop {
         let mut read = authed(
