@@ -183,7 +183,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.tls.clone(),
         shutdown.clone(),
     ));
-    running.spawn(OutboxRelay::new(pool, config.relay, wake, config.event_signer.clone()).run(shutdown.clone()));
+    // The relay's own sessions commit without waiting for the WAL flush:
+    // what it writes (outbox deletions, its lease) may be lost in a crash at
+    // no cost but a republish, which JetStream drops as a duplicate (or the
+    // projector skips), and its rounds no longer wait for an fsync.
+    let relay_pool = db::connect_with(&config.database_url, 2, &[("synchronous_commit", "off")]).await?;
+    running.spawn(OutboxRelay::new(relay_pool, config.relay, wake, config.event_signer.clone()).run(shutdown.clone()));
     running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));
     Ok(running)
 }

@@ -250,10 +250,15 @@ impl OutboxRelay {
             if lease.renewed.elapsed() > LEASE_TTL / 3 {
                 self.renew(&mut lease).await?;
             }
-            let rows = sqlx::query("SELECT id, event_id, subject, envelope FROM outbox ORDER BY id LIMIT $1")
-                .bind(self.config.batch.min(MAX_ATOMIC_BATCH))
-                .fetch_all(&self.pool)
-                .await?;
+            // The envelope is the event's (rows from before migration 0008
+            // carry their own copy).
+            let rows = sqlx::query(
+                "SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS envelope
+                 FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1",
+            )
+            .bind(self.config.batch.min(MAX_ATOMIC_BATCH))
+            .fetch_all(&self.pool)
+            .await?;
             if (rows.len() as i64) < self.config.batch {
                 BACKLOG.set(rows.len() as i64);
             }

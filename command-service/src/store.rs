@@ -429,9 +429,10 @@ pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &Batc
             FROM UNNEST($15::uuid[], $18::uuid[], $16::uuid[], $41::text[], $22::numeric[]) AS p(id, tx, account_id, currency, delta)
             WHERE p.delta <> 0
         ), new_outbox AS (
-            INSERT INTO outbox (event_id, subject, envelope)
-            SELECT e.id, $26 || '.' || e.account_id::text, e.envelope
-            FROM UNNEST($15::uuid[], $16::uuid[], $24::bytea[]) WITH ORDINALITY AS e(id, account_id, envelope, n) ORDER BY e.n
+            -- A reference to the event: the relay reads the envelope from events.
+            INSERT INTO outbox (event_id, subject)
+            SELECT e.id, $26 || '.' || e.account_id::text
+            FROM UNNEST($15::uuid[], $16::uuid[]) WITH ORDINALITY AS e(id, account_id, n) ORDER BY e.n
         ), responses AS (
             UPDATE idempotency i SET response = r.response
             FROM UNNEST($27::uuid[], $28::text[], $29::bytea[]) AS r(caller_id, key, response)

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::error::QueryError;
@@ -34,7 +34,7 @@ pub struct ReadModel {
     pub db: PgPool,
     redis: Option<ConnectionManager>,
     keys: CacheKeys,
-    generation: Mutex<(i32, Instant)>,
+    generation: std::sync::Mutex<(i32, Instant)>,
     pub changes: broadcast::Sender<Arc<AccountChange>>,
     /// Bumped each time the change feed (re)subscribes: notifications sent
     /// while it was away are lost, so watchers check the read model again.
@@ -55,17 +55,22 @@ impl ReadModel {
     pub fn new(db: PgPool, redis: Option<ConnectionManager>, keys: CacheKeys) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let resyncs = tokio::sync::watch::Sender::new(0);
-        let generation = Mutex::new((0, Instant::now() - Duration::from_secs(10)));
+        let generation = std::sync::Mutex::new((0, Instant::now() - Duration::from_secs(10)));
         Self { db, redis, keys, generation, changes, resyncs }
     }
 
-    /// The active generation, re-read at most once a second (rebuild switches it).
+    /// The active generation, re-read at most about once a second (rebuild
+    /// switches it). Every read asks, so the lock is held for a copy only,
+    /// never across the query; once the value is a second old, the reads
+    /// that find it so each re-read it.
     pub async fn generation(&self) -> Result<i32, QueryError> {
-        let mut g = self.generation.lock().await;
-        if g.0 == 0 || g.1.elapsed() > Duration::from_secs(1) {
-            *g = (bank_readmodel::active_generation(&self.db).await?, Instant::now());
+        let known = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        if known.0 != 0 && known.1.elapsed() <= Duration::from_secs(1) {
+            return Ok(known.0);
         }
-        Ok(g.0)
+        let fresh = bank_readmodel::active_generation(&self.db).await?;
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = (fresh, Instant::now());
+        Ok(fresh)
     }
 
     async fn view_in_postgres(&self, generation: i32, id: Uuid) -> Result<Option<AccountView>, QueryError> {

@@ -14,6 +14,11 @@ use sqlx::{
 
 /// Connects a pool to `url` (the database must exist).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    connect_with(url, max_connections, &[]).await
+}
+
+/// As `connect`, with more session settings (`name`, `value`).
+pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &str)]) -> Result<PgPool> {
     // A process that hangs mid-transaction (SIGSTOP, a stalled host) must not
     // hold its row locks (the settlement account's, say) for everyone else:
     // Postgres ends such a session after 2 idle seconds (no service waits on
@@ -23,7 +28,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     // command that waits that long answers UNAVAILABLE and is retried.
     let options = PgConnectOptions::from_str(url)
         .context("invalid database URL")?
-        .options([("idle_in_transaction_session_timeout", "2s"), ("lock_timeout", "2s")]);
+        .options([("idle_in_transaction_session_timeout", "2s"), ("lock_timeout", "2s")])
+        .options(settings.iter().copied());
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
