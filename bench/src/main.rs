@@ -528,7 +528,9 @@ async fn main() -> Result<()> {
         let get_balance = closed(conc, secs, get_balance_op.clone()).await;
         let read_cpu = cpu.finish();
         record(&format!("r{rep}_get_balance_max"), &get_balance);
+        let cpu = system::CpuSample::start(&services);
         let noop = closed(conc, secs, noop_op.clone()).await;
+        let noop_cpu = cpu.finish();
         record(&format!("r{rep}_noop_rpc_max"), &noop);
         // Both at the same open-loop rate, so their p99s compare.
         let half = 0.5 * get_balance.per_second();
@@ -563,6 +565,11 @@ async fn main() -> Result<()> {
             "get_balance_p99_ms_open": get_balance_half.ms(0.99),
             "noop_rpc_p99_ms_open": noop_half.ms(0.99),
             "cost_per_transfer": {"mesh": mesh_cost, "pgbench": pg_cost},
+            // CPU µs per call at the ceilings: what a balance read costs beyond the no-op.
+            "cost_per_read": {
+                "get_balance_cpu_us": read_cpu.per_op_us(get_balance.ok),
+                "noop_rpc_cpu_us": noop_cpu.per_op_us(noop.ok),
+            },
             "cpu_percent": {
                 "uniform_max": uniform_cpu.percent(),
                 "pgbench_uniform": pg_cpu.percent(),
@@ -594,6 +601,7 @@ async fn main() -> Result<()> {
     .collect();
     let costs: Vec<Value> = each.iter().map(|r| r["cost_per_transfer"].clone()).collect();
     let cpus: Vec<Value> = each.iter().map(|r| r["cpu_percent"].clone()).collect();
+    let reads: Vec<Value> = each.iter().map(|r| r["cost_per_read"].clone()).collect();
     let uniform_ceiling = median(&uniform_max);
 
     // --- Once: latency against offered rate, service and pgbench side by side ---
@@ -732,6 +740,7 @@ async fn main() -> Result<()> {
         "spread": spreads,
         "repetitions": each,
         "cost_per_transfer": median_json(&costs),
+        "cost_per_read": median_json(&reads),
         "cpu_percent": median_json(&cpus),
         "postgres_wait_events": {"mesh_uniform_max": last_waits.0, "pgbench_uniform": last_waits.1, "mesh_unbatched_uniform_max": unbatched_waits},
         "command_p99_ms_at_70pct": command_p99_ms,

@@ -76,6 +76,7 @@ pub fn markdown(r: &Value) -> String {
         md.push_str(&format!("| {what} | {} |\n", spread(&r["spread"][key])));
     }
     md.push_str(&cost_table(&r["cost_per_transfer"]));
+    md.push_str(&read_cost_table(&r["cost_per_read"]));
     if let Some(long) = r["long"].as_array().filter(|l| !l.is_empty()) {
         md.push_str("\n## BENCH_LONG: half load, minute by minute\n\n| minute | transfers/s | p99 (ms) | disk bytes per transfer | disk total (MiB) |\n|---|---|---|---|---|\n");
         for m in long {
@@ -142,6 +143,20 @@ fn cost_table(c: &Value) -> String {
                 ));
             }
         }
+    }
+    md
+}
+
+/// CPU per call at the read ceilings: GetBalance beside the no-op RPC.
+fn read_cost_table(c: &Value) -> String {
+    let (get, noop) = (&c["get_balance_cpu_us"], &c["noop_rpc_cpu_us"]);
+    let mut md = String::from(
+        "\n## CPU per call at the read ceilings (median)\n\n| CPU µs per call | GetBalance | no-op RPC |\n|---|---|---|\n",
+    );
+    let mut processes: Vec<&String> = get.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    processes.sort_by_key(|p| (p.as_str() == "total", p.to_string()));
+    for p in processes {
+        md.push_str(&format!("| {p} | {:.1} | {:.1} |\n", f(&get[p]), f(&noop[p])));
     }
     md
 }
