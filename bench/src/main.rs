@@ -264,6 +264,13 @@ fn code_of<T>(r: Result<T, Code>) -> Result<(), Code> {
     r.map(|_| ())
 }
 
+/// Starts a measured phase from the same state for the mesh and pgbench
+/// alike: a checkpoint now, rather than one triggered by the previous
+/// phase's WAL in the middle of this one.
+async fn settle(admin: &PgPool) {
+    let _ = sqlx::query("CHECKPOINT").execute(admin).await;
+}
+
 /// Median of `xs` (NaN when empty).
 fn median(xs: &[f64]) -> f64 {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
@@ -490,6 +497,7 @@ async fn main() -> Result<()> {
         // The mesh at its uniform ceiling, with what each transfer costs.
         let mut probe =
             cost::Probe { dbs: vec![("write", &write_db), ("read", &read_db)], stream: Some(stream().await?) };
+        settle(&admin).await;
         let before = probe.read().await?;
         let cpu = system::CpuSample::start(&services);
         let (uniform, waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
@@ -500,6 +508,7 @@ async fn main() -> Result<()> {
 
         // pgbench on the same SQL, same servers, right after.
         let mut probe = cost::Probe { dbs: vec![("pgbench", &pg_db)], stream: None };
+        settle(&admin).await;
         let before = probe.read().await?;
         let cpu = system::CpuSample::start(&services);
         let (pg_uniform, pg_waits) =
@@ -510,20 +519,24 @@ async fn main() -> Result<()> {
         let pg_cost = cost::per_transfer(&before, &after, pg_uniform.count(), pg_cpu.per_op_us(pg_uniform.count()));
         eprintln!("bench: pgbench uniform {:.1}/s p99 {:.3} ms", pg_uniform.tps, pg_uniform.ms(0.99));
 
+        settle(&admin).await;
         let cpu = system::CpuSample::start(&services);
         let hot = closed(conc, secs, hot_op.clone()).await;
         let hot_cpu = cpu.finish();
         record(&format!("r{rep}_transfers_hot_max"), &hot);
+        settle(&admin).await;
         let pg_hot = pgbench.run(true, secs, None)?;
         eprintln!("bench: pgbench hot {:.1}/s", pg_hot.tps);
 
+        settle(&admin).await;
         let lag = projection_lag(&world, &services, (&write_db, &read_db), 0.5 * uniform.per_second(), secs).await?;
         record(&format!("r{rep}_transfers_open_50pct_lag"), &lag.load);
         eprintln!(
-            "bench: projection lag black-box p50 {} ms p99 {} ms; drain {:.3} s",
-            lag.p50_ms, lag.p99_ms, lag.drain_s
+            "bench: projection lag black-box p50 {} ms p99 {} ms ({} samples), inside p50 ≤ {:?} ms; drain {:.3} s",
+            lag.p50_ms, lag.p99_ms, lag.samples, lag.inside_p50_ms, lag.drain_s
         );
 
+        settle(&admin).await;
         let cpu = system::CpuSample::start(&services);
         let get_balance = closed(conc, secs, get_balance_op.clone()).await;
         let read_cpu = cpu.finish();

@@ -105,6 +105,20 @@ pub fn gap_retry_delay(delivered: i64) -> Duration {
 }
 
 impl Applier {
+    /// The WAL position after everything this projector committed so far.
+    pub async fn wal_written(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// How far the WAL is on disk.
+    pub async fn wal_flushed(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn reconnect_cache_if_due(&mut self) {
         if self.redis.is_none() && self.last_redis_attempt.elapsed() > Duration::from_secs(5) {
             self.last_redis_attempt = std::time::Instant::now();

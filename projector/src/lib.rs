@@ -110,7 +110,11 @@ async fn applier(config: &Config) -> Result<Applier> {
     if config.event_keys.is_none() {
         tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
     }
-    let pool = db::connect(&config.database_url, 4).await?;
+    // Batches commit without waiting for the WAL flush (the command path's
+    // commits flush it continually); their messages are acknowledged only
+    // once the flush has passed the commit (`Flushed`), so a crash that
+    // loses a batch leaves its messages unacknowledged, to be redelivered.
+    let pool = db::connect_with(&config.database_url, 4, &[("synchronous_commit", "off")]).await?;
     db::ensure_migrated(&pool, &bank_readmodel::MIGRATOR, "projector").await?;
     Ok(Applier {
         pool,
@@ -129,19 +133,67 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
     Ok(jetstream::new(bank_platform::nats::connect_lazily(url).await?))
 }
 
-/// Applies one batch and acknowledges each message by its outcome. A failed
-/// transaction naks the whole batch, which is then redelivered.
-async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, generation: Option<i32>) {
+/// Messages whose batch committed, waiting for the commit to be on disk
+/// before they are acknowledged: (the WAL position after the commit, each
+/// message with its outcome). The WAL is flushed in order, so once the
+/// flushed position passes an entry's, its batch and every earlier one are
+/// durable.
+type Unflushed = std::collections::VecDeque<(i64, Vec<(jetstream::Message, Outcome)>)>;
+
+/// Applies one batch; its messages go to `unflushed` to be acknowledged by
+/// their outcomes once the commit is flushed. A failed transaction naks the
+/// whole batch at once, which is then redelivered.
+async fn process(
+    applier: &mut Applier,
+    messages: Vec<jetstream::Message>,
+    generation: Option<i32>,
+    unflushed: &mut Unflushed,
+) {
     let incoming: Vec<Incoming> = messages.iter().map(|m| incoming(m, false)).collect();
     applier.reconnect_cache_if_due().await;
-    let outcomes = match applier.apply(&incoming, generation).await {
-        Ok(o) => o,
+    let committed = async {
+        let outcomes = applier.apply(&incoming, generation).await?;
+        anyhow::Ok((applier.wal_written().await?, outcomes))
+    };
+    match committed.await {
+        Ok((lsn, outcomes)) => unflushed.push_back((lsn, messages.into_iter().zip(outcomes).collect())),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "batch failed; will be redelivered");
-            vec![Outcome::Retry; messages.len()]
+            send_acks(messages.into_iter().map(|m| (m, Outcome::Retry)).collect()).await;
         }
+    }
+}
+
+/// Acknowledges every batch whose commit is flushed by now.
+async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
+    if unflushed.is_empty() {
+        return;
+    }
+    let flushed = match applier.wal_flushed().await {
+        Ok(f) => f,
+        // Unacknowledged messages are redelivered: a retry, never a loss.
+        Err(e) => return tracing::debug!(error = %e, "WAL flush position unavailable"),
     };
-    for (m, o) in messages.iter().zip(outcomes) {
+    while unflushed.front().is_some_and(|(lsn, _)| *lsn <= flushed) {
+        let (_, acks) = unflushed.pop_front().expect("checked");
+        send_acks(acks).await;
+    }
+}
+
+/// Waits (briefly) until every batch in `unflushed` is on disk and acknowledges
+/// them: at shutdown, and after each batch of a rebuild.
+async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !unflushed.is_empty() && std::time::Instant::now() < deadline {
+        ack_flushed(applier, unflushed).await;
+        if !unflushed.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn send_acks(acks: Vec<(jetstream::Message, Outcome)>) {
+    for (m, o) in acks {
         let ack = match o {
             Outcome::Ack => m.ack().await,
             Outcome::Retry => {
@@ -299,10 +351,20 @@ async fn consume(
         .await
         .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
     tracing::info!(consumer = %config.durable_name, "projector consuming");
+    let mut unflushed = Unflushed::new();
     loop {
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                ack_all_when_flushed(applier, &mut unflushed).await;
+                return Ok(());
+            }
             m = messages.next() => m,
+            // Idle with acknowledgements waiting: the WAL writer flushes
+            // within its delay (200 ms by default), often much sooner.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !unflushed.is_empty() => {
+                ack_flushed(applier, &mut unflushed).await;
+                continue;
+            }
         };
         let first =
             first.ok_or_else(|| anyhow::anyhow!("message stream ended"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -315,7 +377,8 @@ async fn consume(
                 _ => break,
             }
         }
-        process(applier, batch, None).await;
+        process(applier, batch, None, &mut unflushed).await;
+        ack_flushed(applier, &mut unflushed).await;
         fill_gaps(js, config, applier, None).await;
     }
 }
@@ -422,8 +485,13 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
 }
 
 async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
-    // Waits for in-flight live batches (they hold the row FOR SHARE).
-    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(pool).await?;
+    // Waits for in-flight live batches (they hold the row FOR SHARE). A
+    // synchronous commit: the switch, and with it every batch of the
+    // rebuild before it, is on disk when the rebuild reports success.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(&mut *tx).await?;
+    tx.commit().await?;
     tracing::info!(new, "readers switched to the new generation");
     Ok(())
 }
@@ -483,7 +551,9 @@ async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, 
             }
             continue;
         }
-        process(applier, got, Some(generation)).await;
+        let mut unflushed = Unflushed::new();
+        process(applier, got, Some(generation), &mut unflushed).await;
+        ack_all_when_flushed(applier, &mut unflushed).await;
         // In stream order a gap is transient here: the redelivery fills it.
         applier.lasting_gaps.clear();
     }

@@ -115,6 +115,13 @@ restart_postgres() {
   wait_for postgres 30 "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT"
 }
 
+# A crash: no checkpoint, and WAL still in Postgres's buffers (commits made
+# with synchronous_commit off) is lost, as when the host dies.
+crash_postgres() {
+  pg "$PGBIN/pg_ctl" -D "$STATE/pg" -m immediate -w restart -l "$STATE/logs/postgres.log" -o "-p $PGPORT" >/dev/null
+  wait_for postgres 60 "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT"
+}
+
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # Postgres roles (deploy/postgres/provision.sql): per database a migration
