@@ -150,14 +150,28 @@ fn usd(a: &str) -> Option<pb::Money> {
     Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
 }
 
+/// Tokens that outlast the run (BENCH_LONG included): the bench's clients
+/// do not refresh them, as a real client would every 15 minutes.
+const BENCH_TOKEN_TTL: Duration = Duration::from_secs(3 * 3600);
+
+fn customer_token(issuer: &TestIssuer) -> String {
+    use bank_platform::auth::{ROLE_CUSTOMER, STATUS_ACTIVE};
+    issuer.token_for(Uuid::now_v7(), &[ROLE_CUSTOMER], STATUS_ACTIVE, BENCH_TOKEN_TTL)
+}
+
+fn teller_token(issuer: &TestIssuer) -> String {
+    use bank_platform::auth::{ROLE_CUSTOMER, ROLE_TELLER, STATUS_ACTIVE};
+    issuer.token_for(Uuid::now_v7(), &[ROLE_CUSTOMER, ROLE_TELLER], STATUS_ACTIVE, BENCH_TOKEN_TTL)
+}
+
 async fn setup(
     issuer: &TestIssuer,
     commands: AccountCommandServiceClient<Channel>,
     n: usize,
 ) -> Result<(Vec<String>, Vec<String>)> {
     // Twenty accounts per customer, each funded with 1,000,000.00.
-    let owners: Vec<String> = (0..n.div_ceil(20)).map(|_| issuer.customer(Uuid::now_v7())).collect();
-    let teller = issuer.teller(Uuid::now_v7());
+    let owners: Vec<String> = (0..n.div_ceil(20)).map(|_| customer_token(issuer)).collect();
+    let teller = teller_token(issuer);
     let open_one = |k: usize| {
         let (mut c, token, teller) = (commands.clone(), owners[k / 20].clone(), teller.clone());
         async move {
@@ -438,7 +452,7 @@ async fn main() -> Result<()> {
     let world = Arc::new(World {
         accounts,
         tokens,
-        teller: issuer.teller(Uuid::now_v7()),
+        teller: teller_token(&issuer),
         commands,
         queries: AccountQueryServiceClient::new(q_ch.clone()),
         health: HealthClient::new(q_ch),

@@ -132,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         keys.changes_channel(),
         model.changes.clone(),
         model.resyncs.clone(),
+        model.recent.clone(),
         shutdown.clone(),
     ));
     running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));

@@ -26,6 +26,75 @@ static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("query_cache_misses_total", "account reads answered from Postgres").expect("registers once")
 });
 
+static RECENT_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("query_recent_hits_total", "account reads answered from memory (the change feed's last view)")
+        .expect("registers once")
+});
+
+/// How long an account view kept in memory may answer reads. The change
+/// feed keeps the views current; the age bound is for a feed that goes
+/// silent without the connection failing (a partition), so a read is never
+/// staler than this beyond the projector's own lag.
+const RECENT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Most views kept in memory; cleared when full.
+const RECENT_MAX: usize = 100_000;
+
+/// Account views as the change feed (or a read) last showed them, kept in
+/// memory while the feed is subscribed, so a balance read costs a token
+/// check and a map lookup (issue 17). Emptied whenever the feed is not
+/// subscribed, since changes published meanwhile are lost to it.
+#[derive(Default)]
+pub struct Recent {
+    live: std::sync::atomic::AtomicBool,
+    views: std::sync::RwLock<HashMap<Uuid, (AccountView, Instant)>>,
+}
+
+impl Recent {
+    /// The view of `id` if the feed is live, the view fresh and at least at
+    /// `min_version`.
+    pub fn get(&self, id: Uuid, min_version: i64) -> Option<AccountView> {
+        if !self.live.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let views = self.views.read().unwrap_or_else(|p| p.into_inner());
+        let (view, seen) = views.get(&id)?;
+        (view.version >= min_version && seen.elapsed() <= RECENT_MAX_AGE).then(|| view.clone())
+    }
+
+    /// Keeps `view` unless a newer version is kept (same version: fresher).
+    pub fn offer(&self, view: &AccountView) {
+        if !self.live.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
+        if views.get(&view.account_id).is_some_and(|(kept, _)| kept.version > view.version) {
+            return;
+        }
+        if views.len() >= RECENT_MAX {
+            views.clear();
+        }
+        views.insert(view.account_id, (view.clone(), Instant::now()));
+    }
+
+    /// The feed (re)subscribed: start empty, then serve.
+    fn subscribed(&self) {
+        self.views.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.live.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The feed is gone (or the generation changed): serve nothing, forget all.
+    pub fn lost(&self) {
+        self.live.store(false, std::sync::atomic::Ordering::Release);
+        self.views.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forget every view (a rebuild switched the generation), still live.
+    fn forget(&self) {
+        self.views.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
 /// How often a waiter re-checks Postgres when no notification arrives
 /// (lost message, Redis down): a slow safety net, not the mechanism.
 const RECHECK: Duration = Duration::from_millis(250);
@@ -39,6 +108,8 @@ pub struct ReadModel {
     /// Bumped each time the change feed (re)subscribes: notifications sent
     /// while it was away are lost, so watchers check the read model again.
     pub resyncs: tokio::sync::watch::Sender<u64>,
+    /// The feed's views in memory (fed by `run_change_feed`).
+    pub recent: Arc<Recent>,
 }
 
 /// Redis with short timeouts: a stopped Redis must not stall reads.
@@ -56,7 +127,7 @@ impl ReadModel {
         let (changes, _) = broadcast::channel(4096);
         let resyncs = tokio::sync::watch::Sender::new(0);
         let generation = std::sync::Mutex::new((0, Instant::now() - Duration::from_secs(10)));
-        Self { db, redis, keys, generation, changes, resyncs }
+        Self { db, redis, keys, generation, changes, resyncs, recent: Arc::default() }
     }
 
     /// The active generation, re-read at most about once a second (rebuild
@@ -69,6 +140,9 @@ impl ReadModel {
             return Ok(known.0);
         }
         let fresh = bank_readmodel::active_generation(&self.db).await?;
+        if known.0 != 0 && fresh != known.0 {
+            self.recent.forget();
+        }
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = (fresh, Instant::now());
         Ok(fresh)
     }
@@ -83,20 +157,29 @@ impl ReadModel {
         .await?)
     }
 
-    /// One account: Redis if it holds at least `min_version`, else Postgres
-    /// (then refilling Redis). Redis errors only cost the fallback.
+    /// One account: from memory if the change feed's view is fresh and at
+    /// least at `min_version`, else Redis if it holds that version, else
+    /// Postgres (then refilling Redis). Redis errors only cost the fallback.
     pub async fn account(&self, id: Uuid, min_version: i64) -> Result<Option<AccountView>, QueryError> {
         let generation = self.generation().await?;
+        if let Some(view) = self.recent.get(id, min_version) {
+            RECENT_HITS.inc();
+            return Ok(Some(view));
+        }
         if let Some(mut redis) = self.redis.clone() {
             let cached: redis::RedisResult<HashMap<String, String>> =
                 redis::cmd("HGETALL").arg(self.keys.account(generation, id)).query_async(&mut redis).await;
             if let Some(view) = cached.ok().and_then(|h| from_cache(id, &h)).filter(|v| v.version >= min_version) {
                 CACHE_HITS.inc();
+                self.recent.offer(&view);
                 return Ok(Some(view));
             }
         }
         CACHE_MISSES.inc();
         let view = self.view_in_postgres(generation, id).await?;
+        if let Some(v) = &view {
+            self.recent.offer(v);
+        }
         if let (Some(v), Some(mut redis)) = (&view, self.redis.clone())
             && let Err(e) = cache_upsert(&mut redis, &self.keys, generation, v).await
         {
@@ -153,6 +236,7 @@ pub async fn run_change_feed(
     channel: String,
     out: broadcast::Sender<Arc<AccountChange>>,
     resyncs: tokio::sync::watch::Sender<u64>,
+    recent: Arc<Recent>,
     shutdown: bank_platform::CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
@@ -167,6 +251,7 @@ pub async fn run_change_feed(
         match subscribed {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(100);
+                recent.subscribed();
                 resyncs.send_modify(|n| *n += 1);
                 let mut messages = pubsub.on_message();
                 loop {
@@ -176,10 +261,14 @@ pub async fn run_change_feed(
                             Some(m) => {
                                 let payload: String = m.get_payload().unwrap_or_default();
                                 if let Ok(change) = serde_json::from_str::<AccountChange>(&payload) {
+                                    recent.offer(&change.account);
                                     let _ = out.send(Arc::new(change));
                                 }
                             }
-                            None => break,
+                            None => {
+                                recent.lost();
+                                break;
+                            }
                         }
                     }
                 }
@@ -193,4 +282,56 @@ pub async fn run_change_feed(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: Uuid, version: i64, balance: i64) -> AccountView {
+        AccountView {
+            account_id: id,
+            owner_id: Uuid::nil(),
+            kind: "CHECKING".into(),
+            currency: "USD".into(),
+            balance: balance.into(),
+            status: "ACTIVE".into(),
+            version,
+            opened_at: chrono::Utc::now(),
+            held: 0.into(),
+        }
+    }
+
+    #[test]
+    fn nothing_is_kept_or_served_while_the_feed_is_not_subscribed() {
+        let recent = Recent::default();
+        let id = Uuid::now_v7();
+        recent.offer(&view(id, 2, 10));
+        assert!(recent.get(id, 0).is_none());
+        recent.subscribed();
+        assert!(recent.get(id, 0).is_none(), "offered before the feed was live");
+    }
+
+    #[test]
+    fn an_older_view_never_replaces_a_newer_one_and_a_token_asks_for_its_version() {
+        let recent = Recent::default();
+        recent.subscribed();
+        let id = Uuid::now_v7();
+        recent.offer(&view(id, 3, 30));
+        recent.offer(&view(id, 2, 20)); // a read that raced the feed
+        assert_eq!(recent.get(id, 0).map(|v| v.version), Some(3));
+        assert!(recent.get(id, 4).is_none(), "a consistency token for version 4 goes past memory");
+    }
+
+    #[test]
+    fn losing_the_feed_forgets_everything() {
+        let recent = Recent::default();
+        recent.subscribed();
+        let id = Uuid::now_v7();
+        recent.offer(&view(id, 1, 1));
+        recent.lost();
+        assert!(recent.get(id, 0).is_none());
+        recent.subscribed();
+        assert!(recent.get(id, 0).is_none(), "views from before the loss are gone");
+    }
 }

@@ -227,14 +227,56 @@ async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
     assert!(!keys.is_empty());
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
 
+    // Past the age at which the view held in memory (issue 17) answers.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let misses = bank.metric("query_cache_misses_total").await;
     assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
     assert_eq!(bank.metric("query_cache_misses_total").await, misses + 1.0);
     let refilled: i64 = redis::cmd("EXISTS").arg(&keys).query_async(&mut redis).await.unwrap();
     assert!(refilled >= 1, "the cache was not refilled");
+    // The next read is answered from memory, then, once that view is old,
+    // from the refilled Redis.
+    let recent = bank.metric("query_recent_hits_total").await;
+    assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
+    assert_eq!(bank.metric("query_recent_hits_total").await, recent + 1.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let hits = bank.metric("query_cache_hits_total").await;
     bank.balance(&alice, &a, "").await.unwrap();
     assert_eq!(bank.metric("query_cache_hits_total").await, hits + 1.0);
+}
+
+/// Issue 17: a balance read without a token is answered from the change
+/// feed's view in memory, and the feed keeps that view current: once a live
+/// stream (fed by the same feed) shows a deposit, the very next plain read
+/// shows it too, from memory, without Redis or Postgres.
+#[tokio::test]
+async fn balance_reads_from_memory_follow_every_change() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let opened = bank.open(&alice).await;
+    let a = opened.account.unwrap().account_id;
+    let req = pb::WatchBalanceRequest { account_id: a.clone(), min_consistency_token: opened.consistency_token };
+    let mut stream = bank.queries.clone().watch_balance(authed(req, &alice)).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap();
+    bank.balance(&alice, &a, "").await.unwrap(); // held in memory from here
+    let mut expected = rust_decimal::Decimal::ZERO;
+    for round in 1..=3 {
+        bank.deposit(&a, "1.25").await;
+        expected += rust_decimal::Decimal::new(125, 2);
+        let shown = format!("{expected:.2}");
+        while stream.next().await.unwrap().unwrap().balance.unwrap().amount != shown {}
+        let before = (
+            bank.metric("query_recent_hits_total").await,
+            bank.metric("query_cache_hits_total").await + bank.metric("query_cache_misses_total").await,
+        );
+        let plain = bank.balance(&alice, &a, "").await.unwrap();
+        assert_eq!(plain.balance.unwrap().amount, shown, "round {round}: memory served an old balance");
+        let after = (
+            bank.metric("query_recent_hits_total").await,
+            bank.metric("query_cache_hits_total").await + bank.metric("query_cache_misses_total").await,
+        );
+        assert_eq!(after, (before.0 + 1.0, before.1), "round {round}: answered from memory alone");
+    }
 }
 
 #[tokio::test]

@@ -291,11 +291,24 @@ async fn a_watch_sees_a_change_whose_notification_redis_lost() {
         sys.query_client().await.watch_balance(bank_testkit::authed(watch, &customer)).await.unwrap().into_inner();
     let opening = updates.next().await.unwrap().unwrap();
     assert_eq!(opening.balance.unwrap().amount, "10.00");
+    // A plain balance read (no token), as query-service answers it now: the
+    // change feed's view in memory (issue 17), Redis, or Postgres.
+    let read = || {
+        let req = pb::GetBalanceRequest { account_id: account.clone(), ..Default::default() };
+        let (sys, customer) = (&sys, customer.clone());
+        async move {
+            let r = sys.query_client().await.get_balance(bank_testkit::authed(req, &customer)).await;
+            r.unwrap().into_inner().balance.unwrap().amount
+        }
+    };
+    assert_eq!(read().await, "10.00");
 
     stack("stop-redis");
     let second = commands.deposit(bank_testkit::authed(deposit("5.00"), &teller)).await.unwrap().into_inner();
     // Applied in Postgres while Redis (and its change channel) was away.
     assert!(sys.converged(Duration::from_secs(20)).await, "projected");
+    // With the feed gone, memory answers nothing: the read goes to Postgres.
+    assert_eq!(read().await, "15.00", "a balance read while Redis is away");
     stack("start-redis");
     let seen = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(u) = updates.next().await {
@@ -310,4 +323,5 @@ async fn a_watch_sees_a_change_whose_notification_redis_lost() {
     .expect("the watch never saw the change whose notification was lost");
     let second_version = second.balances_after.iter().find(|b| b.account_id == account).unwrap().version;
     assert_eq!(seen.version, second_version);
+    assert_eq!(read().await, "15.00", "a balance read after Redis is back");
 }
