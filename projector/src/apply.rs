@@ -55,6 +55,12 @@ static LAG: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+/// A WAL position and the start time of the server run it belongs to. After
+/// a crash the server starts again from the last flushed position and soon
+/// writes past positions that were lost, so positions compare only within
+/// one run.
+pub type WalMark = (i64, String);
+
 /// A message as the batch sees it, independent of the JetStream client.
 pub struct Incoming {
     pub subject: String,
@@ -105,18 +111,23 @@ pub fn gap_retry_delay(delivered: i64) -> Duration {
 }
 
 impl Applier {
-    /// The WAL position after everything this projector committed so far.
-    pub async fn wal_written(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
-            .fetch_one(&self.pool)
-            .await?)
+    /// The WAL position after everything this projector committed so far,
+    /// on this run of the server (its start time).
+    pub async fn wal_written(&self) -> Result<WalMark> {
+        Ok(sqlx::query_as(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8, pg_postmaster_start_time()::text",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
-    /// How far the WAL is on disk.
-    pub async fn wal_flushed(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8")
-            .fetch_one(&self.pool)
-            .await?)
+    /// How far the WAL is on disk, on this run of the server.
+    pub async fn wal_flushed(&self) -> Result<WalMark> {
+        Ok(sqlx::query_as(
+            "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8, pg_postmaster_start_time()::text",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn reconnect_cache_if_due(&mut self) {

@@ -138,7 +138,7 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
 /// message with its outcome). The WAL is flushed in order, so once the
 /// flushed position passes an entry's, its batch and every earlier one are
 /// durable.
-type Unflushed = std::collections::VecDeque<(i64, Vec<(jetstream::Message, Outcome)>)>;
+type Unflushed = std::collections::VecDeque<(apply::WalMark, Vec<(jetstream::Message, Outcome)>)>;
 
 /// Applies one batch; its messages go to `unflushed` to be acknowledged by
 /// their outcomes once the commit is flushed. A failed transaction naks the
@@ -152,11 +152,16 @@ async fn process(
     let incoming: Vec<Incoming> = messages.iter().map(|m| incoming(m, false)).collect();
     applier.reconnect_cache_if_due().await;
     let committed = async {
+        // The server's run before and after: the same run means the commit
+        // happened in it, below the position read after.
+        let (_, run_before) = applier.wal_written().await?;
         let outcomes = applier.apply(&incoming, generation).await?;
-        anyhow::Ok((applier.wal_written().await?, outcomes))
+        let mark = applier.wal_written().await?;
+        anyhow::ensure!(mark.1 == run_before, "Postgres restarted while the batch committed");
+        anyhow::Ok((mark, outcomes))
     };
     match committed.await {
-        Ok((lsn, outcomes)) => unflushed.push_back((lsn, messages.into_iter().zip(outcomes).collect())),
+        Ok((mark, outcomes)) => unflushed.push_back((mark, messages.into_iter().zip(outcomes).collect())),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "batch failed; will be redelivered");
             send_acks(messages.into_iter().map(|m| (m, Outcome::Retry)).collect()).await;
@@ -169,12 +174,23 @@ async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     if unflushed.is_empty() {
         return;
     }
-    let flushed = match applier.wal_flushed().await {
+    let (flushed, run) = match applier.wal_flushed().await {
         Ok(f) => f,
         // Unacknowledged messages are redelivered: a retry, never a loss.
         Err(e) => return tracing::debug!(error = %e, "WAL flush position unavailable"),
     };
-    while unflushed.front().is_some_and(|(lsn, _)| *lsn <= flushed) {
+    // Committed on an earlier run of the server (it crashed or restarted
+    // since): whether the batch survived is unknown, so its messages are
+    // left unacknowledged, to be redelivered after the ack wait.
+    let before = unflushed.len();
+    unflushed.retain(|((_, committed_on), _)| *committed_on == run);
+    if unflushed.len() < before {
+        tracing::warn!(
+            batches = before - unflushed.len(),
+            "Postgres restarted before these batches were flushed; redelivery follows"
+        );
+    }
+    while unflushed.front().is_some_and(|((lsn, _), _)| *lsn <= flushed) {
         let (_, acks) = unflushed.pop_front().expect("checked");
         send_acks(acks).await;
     }
