@@ -381,7 +381,7 @@ impl OutboxRelay {
         let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
         let client = js.client();
         let batch_id = Uuid::new_v4().simple().to_string();
-        let (body, [commit]) = rows.split_at(rows.len() - 1) else { unreachable!("split_at(len - 1) leaves one") };
+        let Some((commit, body)) = rows.split_last() else { return nothing(false) };
         for (i, row) in body.iter().enumerate() {
             let (mut headers, span) = row.headers();
             headers.insert("Nats-Batch-Id", batch_id.as_str());
