@@ -146,15 +146,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ensure_bootstrap_admin(&pool, email, password).await?;
     }
     // Short timeouts: a stopped Redis must turn into UNAVAILABLE quickly.
-    let redis = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager_with_config(
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_millis(500)))
-                .set_response_timeout(Some(Duration::from_millis(500)))
-                .set_number_of_retries(1),
-        )
-        .await
-        .context("failed to connect to Redis")?;
+    let redis = bank_platform::redis::connect(
+        &config.redis_url,
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1),
+    )
+    .await
+    .context("failed to connect to Redis")?;
 
     let grpc_listener = server::bind(config.grpc_addr).await?;
     let http_listener = server::bind(config.http_addr).await?;

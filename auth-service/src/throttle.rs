@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use bank_platform::redis::Redis as ConnectionManager;
 
 #[derive(Debug, Clone)]
 pub struct Limits {

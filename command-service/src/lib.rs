@@ -227,9 +227,9 @@ impl Reconciler {
         };
         let redis = match &audit.redis_url {
             Some(url) => {
-                let client = redis::Client::open(url.as_str())?;
                 let keys = bank_readmodel::CacheKeys::new(audit.redis_prefix.clone());
-                client.get_connection_manager().await.ok().map(|c| (c, keys))
+                let config = redis::aio::ConnectionManagerConfig::new();
+                bank_platform::redis::connect(url, config).await.ok().map(|c| (c, keys))
             }
             None => None,
         };

@@ -149,7 +149,7 @@ pub fn compare(
 pub struct Sources {
     pub write_db: PgPool,
     pub read_db: Option<PgPool>,
-    pub redis: Option<(redis::aio::ConnectionManager, CacheKeys)>,
+    pub redis: Option<(bank_platform::redis::Redis, CacheKeys)>,
     /// The event stream, when NATS was reachable (its message count is read
     /// after the write side's snapshot is taken, so it can only be larger).
     pub stream: Option<async_nats::jetstream::stream::Stream>,
@@ -249,10 +249,7 @@ impl EventRow {
 
 /// The Postgres read model (one snapshot), the cache entries of its
 /// accounts, and the dead letters.
-async fn read_side(
-    read_db: &PgPool,
-    redis: Option<&mut (redis::aio::ConnectionManager, CacheKeys)>,
-) -> Result<ReadSide> {
+async fn read_side(read_db: &PgPool, redis: Option<&mut (bank_platform::redis::Redis, CacheKeys)>) -> Result<ReadSide> {
     let mut tx = read_db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let generation: i32 =

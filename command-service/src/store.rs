@@ -431,8 +431,8 @@ pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &Batc
         ), new_outbox AS (
             -- A reference to the event: the relay reads the envelope from events.
             INSERT INTO outbox (event_id, subject)
-            SELECT e.id, $26 || '.' || e.account_id::text
-            FROM UNNEST($15::uuid[], $16::uuid[]) WITH ORDINALITY AS e(id, account_id, n) ORDER BY e.n
+            SELECT e.id, e.subject
+            FROM UNNEST($15::uuid[], $26::text[]) WITH ORDINALITY AS e(id, subject, n) ORDER BY e.n
         ), responses AS (
             UPDATE idempotency i SET response = r.response
             FROM UNNEST($27::uuid[], $28::text[], $29::bytea[]) AS r(caller_id, key, response)
@@ -473,7 +473,7 @@ pub async fn apply_batch(conn: &mut PgConnection, subject_prefix: &str, w: &Batc
     .bind(ev.iter().map(|e| e.balance_after).collect::<Vec<_>>())
     .bind(ev.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>())
     .bind(ev.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-    .bind(subject_prefix)
+    .bind(ev.iter().map(|e| bank_platform::nats::event_subject(subject_prefix, e.account_id)).collect::<Vec<_>>())
     .bind(w.responses.iter().map(|r| r.0).collect::<Vec<_>>())
     .bind(w.responses.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
     .bind(w.responses.iter().map(|r| r.2.clone()).collect::<Vec<_>>())

@@ -83,11 +83,12 @@ pub enum Outcome {
     Terminate,
 }
 
+#[derive(Clone)]
 pub struct Applier {
     pub pool: PgPool,
     /// None while Redis was unreachable at start; retried every few seconds.
     /// (Once connected, the manager reconnects by itself.)
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<bank_platform::redis::Redis>,
     pub redis_url: String,
     pub last_redis_attempt: std::time::Instant,
     pub keys: CacheKeys,
@@ -159,7 +160,11 @@ impl Applier {
                 if let Some(keys) = &self.event_keys {
                     fold::verify_signature(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
                 }
-                if m.subject != format!("{}.{id}", self.subject_prefix) {
+                // The unpartitioned form is what streams made before issue 18
+                // hold (a rebuild reads them).
+                if m.subject != bank_platform::nats::event_subject(&self.subject_prefix, id)
+                    && m.subject != format!("{}.{id}", self.subject_prefix)
+                {
                     REJECTED.inc();
                     return Err(format!("published on {} but names account {id}", m.subject));
                 }

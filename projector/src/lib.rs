@@ -1,10 +1,12 @@
-//! projector: a durable JetStream pull consumer with explicit acks that folds
+//! projector: durable JetStream pull consumers with explicit acks, one per
+//! event partition this instance leases (`partitions`), that fold
 //! BANK_EVENTS into the read models (see `fold` for the rules, `apply` for the
 //! batch transaction), and `rebuild`, which refills them from the start of the
 //! stream into a new generation and switches readers over when caught up.
 
 pub mod apply;
 pub mod fold;
+pub mod partitions;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,6 +15,7 @@ use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
+use bank_platform::redis::Redis;
 use bank_platform::{
     CancellationToken,
     config::{self, Env},
@@ -21,7 +24,7 @@ use bank_platform::{
 };
 use bank_readmodel::CacheKeys;
 use futures::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 use crate::apply::{Applier, Incoming, Outcome, gap_retry_delay};
 
@@ -34,7 +37,11 @@ pub struct Config {
     pub nats_url: String,
     pub stream: String,
     pub subject_prefix: String,
+    /// Durable consumers are named `<durable_name>-p<partition>`.
     pub durable_name: String,
+    /// `off` (the default: acknowledgements wait for the local WAL flush) or
+    /// `on` (commits wait for the synchronous standby).
+    pub synchronous_commit: String,
     /// Largest batch applied in one transaction (and in flight unacked).
     pub batch: usize,
     pub max_deliveries: i64,
@@ -59,6 +66,7 @@ impl std::fmt::Debug for Config {
             .field("stream", &self.stream)
             .field("subject_prefix", &self.subject_prefix)
             .field("durable_name", &self.durable_name)
+            .field("synchronous_commit", &self.synchronous_commit)
             .field("batch", &self.batch)
             .field("max_deliveries", &self.max_deliveries)
             .field("verifies_signatures", &self.event_keys.is_some())
@@ -78,6 +86,10 @@ impl Config {
             stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
             durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
+            synchronous_commit: match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
+                v @ ("off" | "on") => v.to_owned(),
+                other => anyhow::bail!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"),
+            },
             batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
             // A gap is retried with delays of 0.1 s doubling to 2 s: ten
             // deliveries outlast the ack wait (5 s) that brings a missing
@@ -91,13 +103,12 @@ impl Config {
 }
 
 /// Redis with short timeouts: the cache must never stall projection.
-pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
-    let client = redis::Client::open(url).ok()?;
+pub async fn connect_redis(url: &str) -> Option<Redis> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)))
         .set_number_of_retries(1);
-    match client.get_connection_manager_with_config(config).await {
+    match bank_platform::redis::connect(url, config).await {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(error = %e, "Redis unavailable; projecting to Postgres only until it returns");
@@ -114,7 +125,10 @@ async fn applier(config: &Config) -> Result<Applier> {
     // commits flush it continually); their messages are acknowledged only
     // once the flush has passed the commit (`Flushed`), so a crash that
     // loses a batch leaves its messages unacknowledged, to be redelivered.
-    let pool = db::connect_with(&config.database_url, 4, &[("synchronous_commit", "off")]).await?;
+    // On a replicated Postgres (READ_DB_SYNCHRONOUS_COMMIT=on, the HA
+    // topology), the local flush is not enough: a failover loses what the
+    // standby did not get, so commits wait for the standby instead.
+    let pool = db::connect_with(&config.database_url, 8, &[("synchronous_commit", &config.synchronous_commit)]).await?;
     db::ensure_migrated(&pool, &bank_readmodel::MIGRATOR, "projector").await?;
     Ok(Applier {
         pool,
@@ -309,14 +323,75 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
     Ok(out)
 }
 
-/// The live projector: the durable consumer until shutdown, reconnecting with
-/// backoff when NATS or the stream is unavailable.
+/// The live projector until shutdown: leases its share of the partitions
+/// and runs a consumer for each it holds.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let mut applier = applier(&config).await?;
+    use std::collections::HashMap;
+    let applier = applier(&config).await?;
     let js = jetstream(&config.nats_url).await?;
+    let leases = partitions::Leases::new(applier.pool.clone(), bank_platform::nats::EVENT_PARTITIONS).await?;
+    tracing::info!(member = leases.member(), "projector joined");
+    let mut running: HashMap<u32, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut last_renewed = std::time::Instant::now();
+    while !shutdown.is_cancelled() {
+        let stop_released = |parts: Vec<u32>| {
+            let stopping: Vec<_> = parts.iter().filter_map(|p| running.remove(p)).collect();
+            stop_partitions(stopping)
+        };
+        match leases.round(stop_released).await {
+            Ok(held) => {
+                last_renewed = std::time::Instant::now();
+                let lost: Vec<u32> = running.keys().filter(|p| !held.contains(p)).copied().collect();
+                stop_partitions(lost.iter().filter_map(|p| running.remove(p)).collect()).await;
+                for p in held {
+                    running.entry(p).or_insert_with(|| {
+                        tracing::info!(partition = p, "partition taken");
+                        let stop = shutdown.child_token();
+                        let task = run_partition(config.clone(), js.clone(), applier.clone(), p, stop.clone());
+                        (stop, tokio::spawn(task))
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "partition leases not renewed");
+                // Others take expired leases over: stop rather than share.
+                if last_renewed.elapsed() > partitions::LEASE_TTL {
+                    stop_partitions(running.drain().map(|(_, r)| r).collect()).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(partitions::RENEW_EVERY) => {}
+        }
+    }
+    stop_partitions(running.drain().map(|(_, r)| r).collect()).await;
+    leases.leave().await;
+    Ok(())
+}
+
+/// Stops partition consumers and waits (briefly) for each to finish its batch.
+async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>) {
+    for (stop, _) in &stopping {
+        stop.cancel();
+    }
+    for (_, task) in stopping {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+}
+
+/// One partition's durable consumer until stopped, reconnecting with
+/// backoff when NATS or the stream is unavailable.
+async fn run_partition(
+    config: Config,
+    js: jetstream::Context,
+    mut applier: Applier,
+    partition: u32,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&config, &js, &mut applier, &shutdown).await {
+        match consume(&config, &js, &mut applier, &shutdown, partition).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "consumer interrupted; reconnecting");
@@ -328,28 +403,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
-async fn durable_consumer(config: &Config, js: &jetstream::Context) -> Result<PullConsumer> {
+async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u32) -> Result<PullConsumer> {
+    let name = format!("{}-p{partition}", config.durable_name);
     // The command side owns the stream; we only wait for it to exist.
     let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
     stream
         .get_or_create_consumer(
-            &config.durable_name,
+            &name,
             pull::Config {
-                durable_name: Some(config.durable_name.clone()),
+                durable_name: Some(name.clone()),
                 ack_policy: AckPolicy::Explicit,
                 // Short, so messages a killed projector held unacked come back
                 // quickly; a slow batch is merely redelivered (version guard).
                 ack_wait: Duration::from_secs(5),
                 max_ack_pending: (config.batch * 4) as i64,
-                filter_subject: format!("{}.>", config.subject_prefix),
+                filter_subject: format!("{}.{partition}.>", config.subject_prefix),
                 ..Default::default()
             },
         )
         .await
-        .map_err(|e| anyhow::anyhow!("consumer {}: {e}", config.durable_name))
+        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
 }
 
 async fn consume(
@@ -357,8 +432,9 @@ async fn consume(
     js: &jetstream::Context,
     applier: &mut Applier,
     shutdown: &CancellationToken,
+    partition: u32,
 ) -> Result<()> {
-    let consumer = durable_consumer(config, js).await?;
+    let consumer = durable_consumer(config, js, partition).await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)
@@ -366,7 +442,7 @@ async fn consume(
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
-    tracing::info!(consumer = %config.durable_name, "projector consuming");
+    tracing::info!(consumer = %config.durable_name, partition, "projector consuming");
     let mut unflushed = Unflushed::new();
     loop {
         let first = tokio::select! {
@@ -532,7 +608,7 @@ async fn replay(
         let batch: Vec<Incoming> = rows
             .into_iter()
             .map(|(seq, account, envelope)| Incoming {
-                subject: format!("{}.{account}", config.subject_prefix),
+                subject: bank_platform::nats::event_subject(&config.subject_prefix, account),
                 payload: envelope,
                 stream_sequence: seq as u64,
                 delivered: 1,

@@ -19,7 +19,7 @@ struct World {
     client: AccountCommandServiceClient<Channel>,
     write_db: PgPool,
     read_db: PgPool,
-    redis: redis::aio::ConnectionManager,
+    redis: bank_platform::redis::Redis,
     command: command_service::Config,
     projector: projector::Config,
     /// The read database as command-service's role (reconcile reads it so).
@@ -239,7 +239,7 @@ async fn garbage_and_unknown_payloads_go_to_the_dead_letters_and_the_rest_keep_f
     let _p = w.start_projector().await;
     let accounts = w.workload(3).await;
     let js = w.js().await;
-    let subject = format!("{}.{}", w.command.relay.subject_prefix, accounts[0]);
+    let subject = bank_platform::nats::event_subject(&w.command.relay.subject_prefix, accounts[0].parse().unwrap());
     js.publish(subject.clone(), b"\xff\x00 not protobuf".to_vec().into()).await.unwrap().await.unwrap();
     let unknown = pb::EventEnvelope {
         event_id: Uuid::now_v7().to_string(),
@@ -540,7 +540,8 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
         ..Default::default()
     };
     let js = w.js().await;
-    let subject = |account: &str| format!("{}.{account}", w.command.relay.subject_prefix);
+    let subject =
+        |account: &str| bank_platform::nats::event_subject(&w.command.relay.subject_prefix, account.parse().unwrap());
     // 1. Unsigned.
     js.publish(subject(&a), forged(3).encode_to_vec().into()).await.unwrap().await.unwrap();
     // 2. Signed, but by a key the projector does not hold.
@@ -616,7 +617,7 @@ async fn reconcile_counts_accounts_behind_beyond_the_bound_and_dead_letters_as_p
     assert_eventually!(w.converged().await, Duration::from_secs(20), "caught up");
     assert!(reconcile().await.is_clean());
     let js = w.js().await;
-    let subject = format!("{}.{a}", w.command.relay.subject_prefix);
+    let subject = bank_platform::nats::event_subject(&w.command.relay.subject_prefix, a.parse().unwrap());
     js.publish(subject, b"not an envelope".to_vec().into()).await.unwrap().await.unwrap();
     assert_eventually!(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 1,

@@ -9,10 +9,11 @@ use std::{
 };
 
 use bank_domain::consistency::ConsistencyToken;
+use bank_platform::redis::Redis as ConnectionManager;
 use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, cache_upsert, from_cache};
 use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -114,12 +115,11 @@ pub struct ReadModel {
 
 /// Redis with short timeouts: a stopped Redis must not stall reads.
 pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
-    let client = redis::Client::open(url).ok()?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(200)))
         .set_response_timeout(Some(Duration::from_millis(200)))
         .set_number_of_retries(1);
-    client.get_connection_manager_with_config(config).await.ok()
+    bank_platform::redis::connect(url, config).await.ok()
 }
 
 impl ReadModel {
@@ -242,7 +242,7 @@ pub async fn run_change_feed(
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let subscribed = async {
-            let client = redis::Client::open(redis_url.as_str())?;
+            let client = bank_platform::redis::client(&redis_url).await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

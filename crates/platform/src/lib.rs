@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod redis;
 pub mod service;
 pub mod shutdown;
 pub mod signing;

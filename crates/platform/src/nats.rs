@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::{Client, ConnectOptions};
 
-/// A URL's credentials, if any, and the URL without them.
+/// A URL's credentials, if any, and the URL without them. A URL may name
+/// several servers of a cluster, comma-separated
+/// (`nats://user:pw@h1:4222,h2:4223,h3:4224`): the client knows them all
+/// from the start and moves to another when its server goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub url: String,
@@ -18,6 +21,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        let (first, others) = match raw.split_once(',') {
+            Some((first, others)) => (first, Some(others)),
+            None => (raw, None),
+        };
+        let mut endpoint = Self::parse_one(first)?;
+        for other in others.into_iter().flat_map(|o| o.split(',')) {
+            let other = if other.contains("://") { other.to_owned() } else { format!("nats://{other}") };
+            endpoint.url = format!("{},{}", endpoint.url, Self::parse_one(&other)?.url);
+        }
+        Ok(endpoint)
+    }
+
+    fn parse_one(raw: &str) -> anyhow::Result<Self> {
         // The URL is not repeated in the error: it may hold a password.
         let mut url = url::Url::parse(raw).context("NATS_URL is not a URL")?;
         let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
@@ -59,7 +75,7 @@ async fn connect_with(
 ) -> anyhow::Result<Client> {
     let endpoint = Endpoint::parse(raw_url)?;
     how(endpoint.options(), Duration::from_secs(2))
-        .connect(&endpoint.url)
+        .connect(endpoint.url.split(',').collect::<Vec<_>>().as_slice())
         .await
         .with_context(|| format!("NATS at {}", endpoint.url))
 }
@@ -83,10 +99,35 @@ pub async fn durable_stream(
         deny_purge: true,
         // The relay publishes each round as one atomic batch (one fsync).
         allow_atomic_publish: true,
+        // On a cluster, 3: an acknowledged publish is on a majority of them.
+        num_replicas: stream_replicas(),
         ..Default::default()
     })
     .await
     .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))
+}
+
+/// Event subjects carry a partition of the account (issue 18):
+/// `<prefix>.<partition>.<account>`, so each projector consumer takes one
+/// partition (`<prefix>.<partition>.>`) and every event of an account is in
+/// the same one, in order. Fixed: changing it moves accounts between
+/// partitions (a new stream and a rebuild).
+pub const EVENT_PARTITIONS: u32 = 8;
+
+/// The partition of an account: its id's low bits, random in v4 and v7 ids.
+pub fn event_partition(account: uuid::Uuid) -> u32 {
+    (account.as_u128() % u128::from(EVENT_PARTITIONS)) as u32
+}
+
+/// The subject of an account's events.
+pub fn event_subject(prefix: &str, account: uuid::Uuid) -> String {
+    format!("{prefix}.{}.{account}", event_partition(account))
+}
+
+/// `NATS_STREAM_REPLICAS` (default 1; the HA topology runs 3). Read where
+/// streams are made, so every service makes them alike.
+fn stream_replicas() -> usize {
+    std::env::var("NATS_STREAM_REPLICAS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -98,6 +139,23 @@ mod tests {
         let e = Endpoint::parse("nats://command:s%40cret@127.0.0.1:4222").unwrap();
         assert_eq!(e.url, "nats://127.0.0.1:4222");
         assert_eq!(e.user, Some(("command".into(), "s@cret".into())));
+    }
+
+    #[test]
+    fn a_cluster_url_names_every_server_once_and_the_user_once() {
+        let e = Endpoint::parse("nats://command:pw@127.0.0.1:4222,127.0.0.1:4223,nats://127.0.0.1:4224").unwrap();
+        assert_eq!(e.url, "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224");
+        assert_eq!(e.user, Some(("command".into(), "pw".into())));
+    }
+
+    #[test]
+    fn an_accounts_events_have_one_partition_and_partitions_are_all_used() {
+        let ids: Vec<uuid::Uuid> = (0..400).map(|_| uuid::Uuid::now_v7()).collect();
+        for id in &ids {
+            assert_eq!(event_subject("bank.events", *id), format!("bank.events.{}.{id}", event_partition(*id)));
+        }
+        let used: std::collections::HashSet<u32> = ids.iter().map(|id| event_partition(*id)).collect();
+        assert_eq!(used.len(), EVENT_PARTITIONS as usize, "400 new ids cover every partition");
     }
 
     #[test]

@@ -71,9 +71,13 @@ pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
         // 40001 serialization, 40P01 deadlock, 55P03 lock wait timed out,
-        // 25P03 idle transaction ended, 57P01 admin shutdown, 08xxx connection.
+        // 25P03 idle transaction ended, 57P01 admin shutdown, 08xxx connection,
+        // 25006 read-only transaction (a connection that reached a standby,
+        // or a primary demoted under it: the next try finds the new primary).
         sqlx::Error::Database(e) => e.code().is_some_and(|c| {
-            ["40001", "40P01", "55P03", "25P03"].contains(&c.as_ref()) || c.starts_with("57P") || c.starts_with("08")
+            ["40001", "40P01", "55P03", "25P03", "25006"].contains(&c.as_ref())
+                || c.starts_with("57P")
+                || c.starts_with("08")
         }),
         _ => false,
     }

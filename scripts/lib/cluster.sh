@@ -1,0 +1,256 @@
+# shellcheck shell=bash
+# The HA topology's engines as local processes on loopback (issue 18):
+#   etcd x3          the consensus Patroni keeps its leader key in
+#   Patroni x2       Postgres primary + synchronous standby, automatic failover
+#   nats-server x3   one JetStream cluster (streams with three replicas)
+#   redis x2         master + replica, and redis-sentinel x3 watching them
+# Every port is picked free (below the ephemeral range) when the cluster is
+# first made and kept in $HA_STATE/ports.env; all data lives under $HA_STATE.
+# Sourced by scripts/cluster (and through it scripts/run --ha and the HA
+# fault tests) after scripts/lib/stack.sh.
+
+HA_STATE="${HA_STATE:-$STATE/ha}"
+HA_NODES=(etcd1 etcd2 etcd3 pg1 pg2 nats1 nats2 nats3 redis1 redis2 sentinel1 sentinel2 sentinel3)
+
+cluster_install() {
+  stack_install
+  local missing=()
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v patroni >/dev/null || missing+=(patroni)
+  /usr/bin/python3 -c "import etcd" 2>/dev/null || missing+=(python3-etcd)
+  command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+# cluster_ports: the cluster's ports, picked once.
+cluster_ports() {
+  mkdir -p "$HA_STATE/run" "$HA_STATE/logs"
+  if [ ! -s "$HA_STATE/ports.env" ]; then
+    local p
+    read -r -a p <<<"$(free_ports 22)"
+    cat >"$HA_STATE/ports.env" <<PORTS
+ETCD_CLIENT=(${p[0]} ${p[1]} ${p[2]})
+ETCD_PEER=(${p[3]} ${p[4]} ${p[5]})
+PG_PORTS=(${p[6]} ${p[7]})
+PATRONI_REST=(${p[8]} ${p[9]})
+NATS_PORTS=(${p[10]} ${p[11]} ${p[12]})
+NATS_CLUSTER=(${p[13]} ${p[14]} ${p[15]})
+NATS_MONITOR=(${p[16]} ${p[17]} ${p[18]})
+REDIS_PORTS=(${p[19]} ${p[20]})
+SENTINEL_PORTS=(${p[21]} $(free_ports 2))
+PORTS
+  fi
+  # shellcheck disable=SC1091
+  source "$HA_STATE/ports.env"
+}
+
+# ha_secrets: the cluster's own passwords beside the stack's (replication,
+# Patroni's REST API, NATS routes).
+ha_secrets() {
+  stack_secrets
+  local dir="$STATE/secrets" name
+  for name in pg_replicator patroni_rest nats_route; do
+    [ -s "$dir/$name" ] || (umask 077 && echo "k$(openssl rand -hex 24)" >"$dir/$name")
+    export "${name^^}_PASSWORD=$(cat "$dir/$name")"
+  done
+}
+
+pid_of() { cat "$HA_STATE/run/$1.pid" 2>/dev/null; }
+node_alive() { local pid; pid="$(pid_of "$1")" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+# run_node <name> <command...>: a daemon of the cluster in a session of its
+# own (so a kill reaches all it started), its pid in $HA_STATE/run.
+run_node() {
+  local name=$1; shift
+  setsid "$@" >>"$HA_STATE/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$HA_STATE/run/$name.pid"
+}
+
+start_etcd() { # start_etcd <1-3>
+  local i=$1 n=$(($1 - 1)) cluster="" j
+  for j in 0 1 2; do cluster+="etcd$((j + 1))=http://127.0.0.1:${ETCD_PEER[$j]},"; done
+  node_alive "etcd$i" && return 0
+  local state=new
+  [ -d "$HA_STATE/etcd$i/member" ] && state=existing
+  run_node "etcd$i" etcd --name "etcd$i" --data-dir "$HA_STATE/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$n]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$n]}" \
+    --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$n]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$n]}" \
+    --initial-cluster "${cluster%,}" --initial-cluster-state "$state" --initial-cluster-token bankmesh \
+    --heartbeat-interval 100 --election-timeout 1000
+}
+
+patroni_config() { # patroni_config <1-2>: $HA_STATE/patroni<i>.yml, readable by postgres only
+  local i=$1 n=$(($1 - 1))
+  local f="$HA_STATE/patroni$i.yml"
+  (umask 077 && cat >"$f" <<YAML
+# Rendered from deploy/ha/patroni.yml.in by scripts/lib/cluster.sh.
+$(sed -e "s|@NAME@|pg$i|; s|@REST_PORT@|${PATRONI_REST[$n]}|g; s|@PG_PORT@|${PG_PORTS[$n]}|g" \
+      -e "s|@ETCD_HOSTS@|127.0.0.1:${ETCD_CLIENT[0]},127.0.0.1:${ETCD_CLIENT[1]},127.0.0.1:${ETCD_CLIENT[2]}|" \
+      -e "s|@DATA_DIR@|$HA_STATE/pg$i|; s|@RUN_DIR@|$HA_STATE/run|; s|@PGPASS@|$HA_STATE/patroni$i/pgpass|" \
+      -e "s|@PGBIN@|$PGBIN|; s|@POSTGRES_PASSWORD@|$PG_POSTGRES_PASSWORD|; s|@REPLICATOR_PASSWORD@|$PG_REPLICATOR_PASSWORD|" \
+      -e "s|@REST_PASSWORD@|$PATRONI_REST_PASSWORD|" "$REPO/deploy/ha/patroni.yml.in")
+YAML
+  )
+  chown postgres "$f"
+}
+
+start_patroni() { # start_patroni <1-2>
+  local i=$1
+  node_alive "pg$i" && return 0
+  mkdir -p "$HA_STATE/pg$i" "$HA_STATE/patroni$i" && chown postgres "$HA_STATE/pg$i" "$HA_STATE/patroni$i"
+  chmod 700 "$HA_STATE/pg$i" "$HA_STATE/patroni$i"
+  chown postgres "$HA_STATE/run"
+  touch "$HA_STATE/logs/pg$i.log" && chown postgres "$HA_STATE/logs/pg$i.log"
+  patroni_config "$i"
+  run_node "pg$i" runuser -u postgres -- patroni "$HA_STATE/patroni$i.yml"
+}
+
+start_nats_node() { # start_nats_node <1-3>
+  local i=$1 n=$(($1 - 1)) routes="" j
+  node_alive "nats$i" && return 0
+  for j in 0 1 2; do
+    [ "$j" = "$n" ] || routes+="nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${NATS_CLUSTER[$j]},"
+  done
+  mkdir -p "$HA_STATE/nats$i"
+  run_node "nats$i" nats-server -c "$REPO/deploy/nats/nats.conf" -js -n "nats$i" -a 127.0.0.1 -p "${NATS_PORTS[$n]}" \
+    -m "${NATS_MONITOR[$n]}" -sd "$HA_STATE/nats$i" --cluster_name bankmesh \
+    --cluster "nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${NATS_CLUSTER[$n]}" --routes "${routes%,}"
+}
+
+start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as its replica
+  local i=$1 n=$(($1 - 1))
+  node_alive "redis$i" && return 0
+  mkdir -p "$HA_STATE/redis$i"
+  "$REPO/deploy/redis/render-acl.sh" "$REPO/deploy/redis/users.acl.in" "$HA_STATE/redis$i/users.acl"
+  local replica=()
+  # A restarted node comes back as a replica; the sentinels point it at
+  # whichever node is master now.
+  if [ "$i" = 2 ] || [ -s "$HA_STATE/redis$i/started" ]; then
+    local other=$((1 - n))
+    replica=(--replicaof 127.0.0.1 "${REDIS_PORTS[$other]}")
+  fi
+  touch "$HA_STATE/redis$i/started"
+  run_node "redis$i" redis-server --bind 127.0.0.1 --port "${REDIS_PORTS[$n]}" --dir "$HA_STATE/redis$i" \
+    --aclfile "$HA_STATE/redis$i/users.acl" --masteruser admin --masterauth "$REDIS_ADMIN_PASSWORD" \
+    --save '' --appendonly no "${replica[@]}"
+}
+
+start_sentinel() { # start_sentinel <1-3>
+  local i=$1 n=$(($1 - 1))
+  node_alive "sentinel$i" && return 0
+  mkdir -p "$HA_STATE/sentinel$i"
+  local conf="$HA_STATE/sentinel$i/sentinel.conf"
+  # Sentinel rewrites its file (what it learns of the others): made once.
+  if [ ! -s "$conf" ]; then
+    (umask 077 && sed -e "s|@PORT@|${SENTINEL_PORTS[$n]}|; s|@DIR@|$HA_STATE/sentinel$i|; s|@MASTER_PORT@|${REDIS_PORTS[0]}|" \
+      -e "s|@ADMIN@|$REDIS_ADMIN_PASSWORD|g; s|@PROJECTOR@|$REDIS_PROJECTOR_PASSWORD|; s|@QUERY@|$REDIS_QUERY_PASSWORD|" \
+      -e "s|@COMMAND@|$REDIS_COMMAND_PASSWORD|; s|@AUTH@|$REDIS_AUTH_PASSWORD|" "$REPO/deploy/ha/sentinel.conf.in" >"$conf")
+  fi
+  run_node "sentinel$i" redis-sentinel "$conf"
+}
+
+# patroni_leader: the REST port index (0/1) of the node that is primary now.
+pg_primary_port() {
+  local n
+  for n in 0 1; do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PATRONI_REST[$n]}/primary")" = 200 ]; then
+      echo "${PG_PORTS[$n]}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+cluster_start() {
+  cluster_ports
+  ha_secrets
+  local i
+  for i in 1 2 3; do start_etcd "$i"; done
+  for i in 1 2; do start_patroni "$i"; done
+  for i in 1 2 3; do start_nats_node "$i"; done
+  for i in 1 2; do start_redis_node "$i"; done
+  wait_for "redis master" 20 redis_at "${REDIS_PORTS[0]}" ping
+  for i in 1 2 3; do start_sentinel "$i"; done
+  wait_for "a Postgres primary (Patroni)" 90 pg_primary_port
+  local primary; primary="$(pg_primary_port)"
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc "SELECT 1" >/dev/null
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$REPO/deploy/postgres/provision.sh" -h 127.0.0.1 -p "$primary" -U postgres -d postgres
+  for i in 0 1 2; do
+    wait_for "nats$((i + 1))" 30 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-enabled-only=true"
+  done
+  wait_for "the synchronous standby" 90 sync_standby_up
+  log "HA cluster up: Postgres on ${PG_PORTS[*]} (primary $primary), NATS on ${NATS_PORTS[*]}, Redis on ${REDIS_PORTS[*]}, sentinels on ${SENTINEL_PORTS[*]}"
+}
+
+redis_at() { local port=$1; shift; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$port" "$@"; }
+
+sync_standby_up() {
+  local primary; primary="$(pg_primary_port)" || return 1
+  [ "$(PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc \
+    "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ]
+}
+
+# kill_node <name>: SIGKILL to the node and everything it started (Patroni
+# and its Postgres: the host is gone).
+kill_node() {
+  local pid; pid="$(pid_of "$1")" || return 0
+  kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
+  if [[ $1 == pg* ]]; then
+    # Postgres's own processes: the postmaster of that data directory.
+    local pm; pm="$(head -1 "$HA_STATE/$1/postmaster.pid" 2>/dev/null)"
+    [ -n "$pm" ] && kill -9 "$pm" 2>/dev/null || true
+  fi
+  rm -f "$HA_STATE/run/$1.pid"
+}
+
+start_node() { # start_node <name>
+  cluster_ports
+  ha_secrets
+  case $1 in
+    etcd[1-3]) start_etcd "${1#etcd}" ;;
+    pg[1-2]) start_patroni "${1#pg}" ;;
+    nats[1-3]) start_nats_node "${1#nats}" ;;
+    redis[1-2]) start_redis_node "${1#redis}" ;;
+    sentinel[1-3]) start_sentinel "${1#sentinel}" ;;
+    *) echo "unknown node: $1 (${HA_NODES[*]})" >&2; return 2 ;;
+  esac
+}
+
+cluster_stop() {
+  local name
+  [ -s "$HA_STATE/ports.env" ] || return 0
+  for name in sentinel3 sentinel2 sentinel1 redis2 redis1 nats3 nats2 nats1 pg2 pg1 etcd3 etcd2 etcd1; do
+    local pid; pid="$(pid_of "$name")" || continue
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for name in "${HA_NODES[@]}"; do node_alive "$name" && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for name in "${HA_NODES[@]}"; do kill_node "$name"; done
+  log "HA cluster stopped"
+}
+
+# cluster_env: what the tests and scripts/run --ha need: the admin URLs
+# and every service's view of the cluster (several hosts each).
+cluster_env() {
+  cluster_ports
+  ha_secrets
+  local pg_hosts="127.0.0.1:${PG_PORTS[0]},127.0.0.1:${PG_PORTS[1]}"
+  export DATABASE_ADMIN_URL="postgres://postgres:$PG_POSTGRES_PASSWORD@$pg_hosts/postgres"
+  export PG_HOSTS="$pg_hosts"
+  export NATS_ADDR="127.0.0.1:${NATS_PORTS[0]},127.0.0.1:${NATS_PORTS[1]},127.0.0.1:${NATS_PORTS[2]}"
+  export NATS_MONITOR_ADDR="127.0.0.1:${NATS_MONITOR[0]}"
+  export NATS_ADMIN_URL="nats://admin:$NATS_ADMIN_PASSWORD@$NATS_ADDR"
+  export REDIS_SENTINELS="127.0.0.1:${SENTINEL_PORTS[0]},127.0.0.1:${SENTINEL_PORTS[1]},127.0.0.1:${SENTINEL_PORTS[2]}"
+  export REDIS_MASTER_NAME=bank
+  export REDIS_ADDR="127.0.0.1:${REDIS_PORTS[0]}"
+  export REDIS_ADMIN_URL="redis://admin:$REDIS_ADMIN_PASSWORD@$REDIS_ADDR"
+  export NATS_STREAM_REPLICAS=3 READ_DB_SYNCHRONOUS_COMMIT=on
+  export HA_STATE HA_SCRIPT="$REPO/scripts/cluster"
+}
