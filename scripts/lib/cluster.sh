@@ -193,6 +193,25 @@ sync_standby_up() {
     "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ]
 }
 
+# cluster_healthy: waits until every node is up and the cluster whole: a
+# primary with its synchronous standby, every NATS server with JetStream
+# current, a Redis master known to the sentinels with its replica attached.
+cluster_healthy() {
+  local i name
+  for name in "${HA_NODES[@]}"; do node_alive "$name" || start_node "$name"; done
+  wait_for "a Postgres primary (Patroni)" 90 pg_primary_port
+  wait_for "the synchronous standby" 90 sync_standby_up
+  for i in 0 1 2; do
+    wait_for "nats$((i + 1))" 60 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-server-only=false"
+  done
+  wait_for "the Redis replica" 60 redis_replica_attached
+}
+
+redis_replica_attached() {
+  local master; master="$(redis_at "${SENTINEL_PORTS[0]}" sentinel get-master-addr-by-name bank 2>/dev/null | tail -1)" || return 1
+  redis_at "$master" info replication 2>/dev/null | grep -q '^connected_slaves:1'
+}
+
 # kill_node <name>: SIGKILL to the node and everything it started (Patroni
 # and its Postgres: the host is gone).
 kill_node() {

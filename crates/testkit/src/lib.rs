@@ -66,14 +66,14 @@ pub struct TestDb {
 impl TestDb {
     /// Creates it (empty: `migrated` runs the migrations too).
     pub async fn create(tag: &str, owner: DbRole) -> Self {
-        use sqlx::Connection;
         let name = format!("t_{tag}_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("the test Postgres");
+        // Through the platform's connect: the HA cluster's URL names two hosts.
+        let admin = bank_platform::db::connect(&admin_database_url(), 1).await.expect("the test Postgres");
         sqlx::query(&format!("CREATE DATABASE \"{name}\" OWNER {}", owner.name()))
-            .execute(&mut admin)
+            .execute(&admin)
             .await
             .expect("CREATE DATABASE");
-        let _ = admin.close().await;
+        admin.close().await;
         Self { name }
     }
 
@@ -183,6 +183,18 @@ pub fn redis_url_as(who: Principal) -> String {
     format!("redis://{}:{}@{}", who.user(), who.password("REDIS"), env_or("REDIS_ADDR", "127.0.0.1:6379"))
 }
 
+/// What a service process is given: through the sentinels when the tests
+/// run on the HA cluster (`REDIS_SENTINELS`), else the test Redis.
+pub fn redis_service_url(who: Principal) -> String {
+    match std::env::var("REDIS_SENTINELS") {
+        Ok(sentinels) if !sentinels.is_empty() => {
+            let master = env_or("REDIS_MASTER_NAME", "bank");
+            format!("redis+sentinel://{}:{}@{sentinels}/{master}", who.user(), who.password("REDIS"))
+        }
+        _ => redis_url_as(who),
+    }
+}
+
 /// The test Redis as the tests themselves (admin).
 pub fn redis_admin_url() -> String {
     redis_url_as(Principal::Admin)
@@ -199,7 +211,7 @@ pub fn read_model_prefix(test_prefix: &str) -> String {
 /// and to the write and read databases as its own Postgres role.
 pub fn service_credentials(binary: &str, write: &TestDb, read: &TestDb) -> Vec<(String, String)> {
     let who = Principal::of_service(binary).unwrap_or_else(|| panic!("{binary} is not a service"));
-    let mut env = vec![("REDIS_URL".to_owned(), redis_url_as(who)), ("NATS_URL".to_owned(), nats_url_as(who))];
+    let mut env = vec![("REDIS_URL".to_owned(), redis_service_url(who)), ("NATS_URL".to_owned(), nats_url_as(who))];
     let role = match who {
         Principal::Projector => DbRole::Projector,
         Principal::Query => DbRole::Query,

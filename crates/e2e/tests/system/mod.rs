@@ -41,6 +41,8 @@ pub fn stack(action: &str) {
 pub struct Service {
     name: &'static str,
     child: Option<Child>,
+    binary: String,
+    env: Vec<(String, String)>,
 }
 
 pub struct System {
@@ -50,6 +52,9 @@ pub struct System {
     services: HashMap<&'static str, Service>,
     pub command_addr: SocketAddr,
     pub query_addr: SocketAddr,
+    /// Second instances (the HA topology): clients balance over all.
+    pub more_command_addrs: Vec<SocketAddr>,
+    pub more_query_addrs: Vec<SocketAddr>,
     pub write_db: PgPool,
     pub read_db: PgPool,
     /// Transactions the test itself made outside the load (the checks count
@@ -92,6 +97,8 @@ impl System {
             services: HashMap::new(),
             command_addr,
             query_addr,
+            more_command_addrs: Vec::new(),
+            more_query_addrs: Vec::new(),
             write_db,
             read_db,
             own_transactions: Mutex::default(),
@@ -121,6 +128,41 @@ impl System {
         addr
     }
 
+    /// Two instances of every service (issue 18): a second command-service,
+    /// projector and query-service beside the first ones.
+    pub async fn start_two_of_each(extra_env: &[(&str, String)]) -> Self {
+        let mut sys = Self::start_with(extra_env).await;
+        let (command, query) = (bank_testkit::free_addr(), bank_testkit::free_addr());
+        let command_env = [
+            ("COMMAND_GRPC_ADDR".to_owned(), command.to_string()),
+            ("COMMAND_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
+        ];
+        sys.spawn_as("command-service-2", "command-service", &command_env);
+        sys.spawn_as("projector-2", "projector", &[("PROJECTOR_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string())]);
+        let query_env = [
+            ("QUERY_GRPC_ADDR".to_owned(), query.to_string()),
+            ("QUERY_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
+        ];
+        sys.spawn_as("query-service-2", "query-service", &query_env);
+        sys.wait_port(command).await;
+        sys.wait_port(query).await;
+        sys.more_command_addrs.push(command);
+        sys.more_query_addrs.push(query);
+        sys
+    }
+
+    /// Starts a killed instance again, as it was started.
+    pub async fn start_again(&mut self, name: &'static str) {
+        let service = self.services.get(name).expect("a service this system started");
+        let (binary, env) = (service.binary.clone(), service.env.clone());
+        self.spawn_as(name, &binary, &env);
+        for (k, v) in &env {
+            if k.ends_with("_GRPC_ADDR") {
+                self.wait_port(v.parse().unwrap()).await;
+            }
+        }
+    }
+
     /// Sends `signal` (STOP, CONT, ...) to the process with this pid.
     pub fn signal(pid: u32, signal: &str) {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
@@ -136,7 +178,8 @@ impl System {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} (run cargo build --bins first): {e}"));
-        self.services.insert(name, Service { name, child: Some(child) });
+        let (binary, env) = (binary.to_owned(), extra_env.to_vec());
+        self.services.insert(name, Service { name, child: Some(child), binary, env });
     }
 
     async fn wait_port(&self, addr: SocketAddr) {
@@ -177,13 +220,11 @@ impl System {
     }
 
     pub async fn command_client(&self) -> AccountCommandServiceClient<Channel> {
-        let ch = Channel::from_shared(format!("http://{}", self.command_addr)).unwrap().connect_lazy();
-        AccountCommandServiceClient::new(ch)
+        AccountCommandServiceClient::new(balanced(self.command_addr, &self.more_command_addrs))
     }
 
     pub async fn query_client(&self) -> AccountQueryServiceClient<Channel> {
-        let ch = Channel::from_shared(format!("http://{}", self.query_addr)).unwrap().connect_lazy();
-        AccountQueryServiceClient::new(ch)
+        AccountQueryServiceClient::new(balanced(self.query_addr, &self.more_query_addrs))
     }
 
     /// Runs `command-service reconcile` against this system; its report and whether it was clean.
@@ -228,6 +269,18 @@ impl System {
     }
 }
 
+/// One instance's channel, or one balanced over every instance (a killed
+/// one's calls fail, are retried, and land on another).
+fn balanced(first: SocketAddr, more: &[SocketAddr]) -> Channel {
+    let endpoint = |a: &SocketAddr| {
+        Channel::from_shared(format!("http://{a}")).unwrap().connect_timeout(Duration::from_millis(500))
+    };
+    if more.is_empty() {
+        return endpoint(&first).connect_lazy();
+    }
+    Channel::balance_list(std::iter::once(&first).chain(more).map(endpoint))
+}
+
 impl Drop for System {
     fn drop(&mut self) {
         for s in self.services.values_mut() {
@@ -252,6 +305,23 @@ pub struct Ledger {
     /// a retryable error (the read side may be behind a fault for a while).
     pub reads_ok: usize,
     pub reads_unavailable: usize,
+    /// When each success came back: the longest gap is the time without service.
+    pub success_times: Vec<Instant>,
+}
+
+impl Ledger {
+    /// The longest time without a successful command between `from` and `to`.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self.success_times.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+        times.sort();
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for t in times.into_iter().chain(std::iter::once(to)) {
+            gap = gap.max(t.duration_since(last));
+            last = t;
+        }
+        gap
+    }
 }
 
 fn retryable(code: Code) -> bool {
@@ -332,6 +402,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                         Ok(r) => {
                             let r = r.into_inner();
                             l.succeeded.push(r.transaction_id);
+                            l.success_times.push(Instant::now());
                             r.balances_after.into_iter().next().map(|a| (a.account_id, a.version, r.consistency_token))
                         }
                         Err(s) if s.code() == Code::FailedPrecondition => {

@@ -1,0 +1,222 @@
+//! The HA topology under load (issue 18), one fault at a time: the Postgres
+//! primary killed (Patroni promotes the synchronous standby), a NATS node
+//! killed and then a second one after the first is back (the stream has
+//! three replicas), Redis's master killed (Sentinel promotes its replica),
+//! and one instance of each service killed. Two instances of every service
+//! run throughout and the clients balance over them. After each fault:
+//! every command a client saw succeed is in the store exactly once, nothing
+//! unseen is in it, the read models converge, reconcile is clean, and the
+//! time without service (the longest gap between successful commands) is
+//! measured and written to `$HA_STATE/figures.txt`.
+//!
+//! Runs from scripts/test.d/45-ha.sh, on the cluster `scripts/cluster`
+//! starts (its addresses in the environment), one test at a time.
+
+mod system;
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use system::{Ledger, System, assert_nothing_lost_nothing_doubled, load};
+
+/// `scripts/cluster <args>`; its output.
+fn cluster(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster");
+    let out = Command::new("bash").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "scripts/cluster {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The Patroni node (pg1 or pg2) that is primary now.
+fn primary_node() -> String {
+    let port = cluster(&["primary"]);
+    let ports = cluster(&["ports", "PG_PORTS"]);
+    let index = ports.split_whitespace().position(|p| p == port).expect("the primary is one of the nodes");
+    format!("pg{}", index + 1)
+}
+
+/// The Redis node (redis1 or redis2) that is master now, as the sentinels say.
+fn redis_master_node() -> String {
+    let port = cluster(&["redis-master"]);
+    let ports = cluster(&["ports", "REDIS_PORTS"]);
+    let index = ports.split_whitespace().position(|p| p == port).expect("the master is one of the nodes");
+    format!("redis{}", index + 1)
+}
+
+/// Records a figure for RELIABILITY.md.
+fn figure(line: &str) {
+    eprintln!("{line}");
+    let path = PathBuf::from(std::env::var("HA_STATE").expect("HA_STATE")).join("figures.txt");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// Two of each service under load; `fault` runs after 3 s of it; the load
+/// runs on until 5 s after the fault's end; then every check, and the figure.
+async fn under_load<F, Fut>(name: &str, fault: F) -> System
+where
+    F: FnOnce(System) -> Fut,
+    Fut: std::future::Future<Output = System>,
+{
+    let sys = System::start_two_of_each(&[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = load(&sys, 6, stop.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let sys = fault(sys).await;
+    let ended = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    // In-flight commands finish (the service is healthy again by now).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report(name, &ledger, started, ended + Duration::from_secs(5));
+    assert_nothing_lost_nothing_doubled(&sys, &ledger).await;
+    sys
+}
+
+fn report(name: &str, ledger: &Mutex<Ledger>, from: Instant, to: Instant) {
+    let l = ledger.lock().unwrap();
+    let gap = l.longest_gap(from, to);
+    let during = l.success_times.iter().filter(|t| **t >= from && **t <= to).count();
+    figure(&format!(
+        "{name}: longest time without a successful command {} ms; {during} commands succeeded in the {:.1} s from the fault on; {} retries in the run",
+        gap.as_millis(),
+        to.duration_since(from).as_secs_f64(),
+        l.retries
+    ));
+}
+
+/// Waits until the cluster is whole again (the next test starts on it).
+fn healthy() {
+    cluster(&["wait-healthy"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
+    healthy();
+    let before = primary_node();
+    under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys| async {
+        cluster(&["kill", &before]);
+        let killed = Instant::now();
+        // Patroni promotes the standby once the leader key expires (ttl 6 s).
+        let after = loop {
+            if let Ok(port) = std::panic::catch_unwind(|| cluster(&["primary"])) {
+                let node = primary_node();
+                if node != before {
+                    break (node, port);
+                }
+            }
+            assert!(killed.elapsed() < Duration::from_secs(60), "no standby was promoted within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        figure(&format!(
+            "Postgres primary killed: {} promoted after {} ms",
+            after.0,
+            killed.elapsed().as_millis()
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The old primary comes back as a standby (pg_rewind).
+        cluster(&["start-node", &before]);
+        sys
+    })
+    .await;
+    healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
+    healthy();
+    under_load("NATS nodes killed one after another", |sys| async {
+        for node in ["nats1", "nats2"] {
+            cluster(&["kill", node]);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            cluster(&["start-node", node]);
+            healthy();
+        }
+        sys
+    })
+    .await;
+    healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_master_killed_and_sentinel_promotes_the_replica() {
+    healthy();
+    let before = redis_master_node();
+    under_load("Redis master killed", |sys| async {
+        cluster(&["kill", &before]);
+        let killed = Instant::now();
+        loop {
+            if redis_master_node() != before {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "Sentinel promoted no replica within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        figure(&format!("Redis master killed: Sentinel promoted the replica after {} ms", killed.elapsed().as_millis()));
+        // Reads with a token keep answering through the new master (or Postgres).
+        system::deposit_and_read_back_via(&sys, sys.command_addr, Duration::from_secs(10)).await;
+        cluster(&["start-node", &before]);
+        sys
+    })
+    .await;
+    healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_of_each_service_killed() {
+    healthy();
+    under_load("one instance of each service killed", |mut sys| async move {
+        // The two projectors share the partitions before the kill.
+        let holders = |sys: &System| {
+            let db = sys.read_db.clone();
+            async move {
+                sqlx::query_as::<_, (String, i64)>(
+                    "SELECT holder, count(*) FROM projector_partitions WHERE holder IS NOT NULL AND expires_at > now() GROUP BY holder",
+                )
+                .fetch_all(&db)
+                .await
+                .unwrap()
+            }
+        };
+        let shared = Instant::now();
+        while holders(&sys).await.len() != 2 {
+            assert!(shared.elapsed() < Duration::from_secs(15), "the projectors did not share: {:?}", holders(&sys).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let split = holders(&sys).await;
+        assert!(split.iter().all(|(_, n)| *n == 4), "8 partitions split 4 and 4: {split:?}");
+        sys.kill9("command-service");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sys.kill9("projector");
+        let killed = Instant::now();
+        loop {
+            let h = holders(&sys).await;
+            if h.len() == 1 && h[0].1 == 8 {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(20), "the surviving projector did not take over: {h:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        figure(&format!(
+            "projector killed: the other took its partitions after {} ms",
+            killed.elapsed().as_millis()
+        ));
+        sys.kill9("query-service");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A deposit through the surviving command-service, read back with its
+        // token from the surviving query-service.
+        let survivor = sys.more_command_addrs[0];
+        system::deposit_and_read_back_via(&sys, survivor, Duration::from_secs(10)).await;
+        sys
+    })
+    .await;
+}
