@@ -272,4 +272,33 @@ cluster_env() {
   export REDIS_ADMIN_URL="redis://admin:$REDIS_ADMIN_PASSWORD@$REDIS_ADDR"
   export NATS_STREAM_REPLICAS=3 READ_DB_SYNCHRONOUS_COMMIT=on
   export HA_STATE HA_SCRIPT="$REPO/scripts/cluster"
+  service_redis_url() { echo "redis+sentinel://$1:$2@$REDIS_SENTINELS/$REDIS_MASTER_NAME"; }
+  service_nats_url() { echo "nats://$1:$2@$NATS_ADDR"; }
+}
+
+# ha_edge_config <envoy.yaml>: the rendered edge config with every upstream
+# cluster given the second instance too (*_PORT_2), and passive health
+# checks: an instance that stops answering is ejected for a while.
+ha_edge_config() {
+  python3 - "$1" <<'PY'
+import os, sys, yaml
+path = sys.argv[1]
+config = yaml.safe_load(open(path))
+second = {os.environ[v]: os.environ[v + "_2"] for v in
+          ("AUTH_GRPC_PORT", "AUTH_HTTP_PORT", "COMMAND_GRPC_PORT", "QUERY_GRPC_PORT")}
+for cluster in config["static_resources"]["clusters"]:
+    for group in cluster.get("load_assignment", {}).get("endpoints", []):
+        extra = []
+        for lb in group["lb_endpoints"]:
+            addr = lb["endpoint"]["address"]["socket_address"]
+            if str(addr["port_value"]) in second:
+                twin = yaml.safe_load(yaml.safe_dump(lb))
+                twin["endpoint"]["address"]["socket_address"]["port_value"] = int(second[str(addr["port_value"])])
+                extra.append(twin)
+        group["lb_endpoints"].extend(extra)
+        if extra:
+            cluster["outlier_detection"] = {"consecutive_5xx": 3, "consecutive_gateway_failure": 2,
+                                            "interval": "1s", "base_ejection_time": "5s", "max_ejection_percent": 50}
+yaml.safe_dump(config, open(path, "w"), sort_keys=False)
+PY
 }

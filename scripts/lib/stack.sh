@@ -162,8 +162,13 @@ create_databases() {
 # pg_url <role> <database>: a URL for that role (with its password).
 pg_url() {
   local var="PG_${1^^}_PASSWORD"
-  echo "postgres://$1:${!var}@127.0.0.1:$PGPORT/$2"
+  echo "postgres://$1:${!var}@${PG_HOSTS:-127.0.0.1:$PGPORT}/$2"
 }
+
+# A service's Redis and NATS URLs as <user> <password> (the HA cluster's
+# cluster_env redefines them: Sentinel, every NATS server).
+service_redis_url() { echo "redis://$1:$2@127.0.0.1:$REDIS_PORT"; }
+service_nats_url() { echo "nats://$1:$2@127.0.0.1:$NATS_PORT"; }
 
 # service_credentials <service>: NATS_URL and REDIS_URL as that service's own
 # user, as NAME=value words (for env).
@@ -187,8 +192,8 @@ service_credentials() {
     *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
-  echo "REDIS_URL=redis://$user:${!redis_pw}@127.0.0.1:$REDIS_PORT"
-  echo "NATS_URL=nats://$user:${!nats_pw}@127.0.0.1:$NATS_PORT"
+  echo "REDIS_URL=$(service_redis_url "$user" "${!redis_pw}")"
+  echo "NATS_URL=$(service_nats_url "$user" "${!nats_pw}")"
   # TLS on its ports with its own certificate; the JWKS over HTTPS.
   stack_tls
   echo "TLS_CERT_FILE=$STATE/tls/$1.pem"

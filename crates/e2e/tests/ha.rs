@@ -29,10 +29,17 @@ use system::{Ledger, System, assert_nothing_lost_nothing_doubled, load};
 
 /// `scripts/cluster <args>`; its output.
 fn cluster(args: &[&str]) -> String {
+    try_cluster(args).unwrap_or_else(|e| panic!("scripts/cluster {args:?}: {e}"))
+}
+
+/// The same, an error when it fails (a primary being elected, say).
+fn try_cluster(args: &[&str]) -> Result<String, String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster");
     let out = Command::new("bash").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "scripts/cluster {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The Patroni node (pg1 or pg2) that is primary now.
@@ -104,24 +111,28 @@ async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
     healthy();
     let before = primary_node();
     under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys| async {
+        // Acknowledged means replicated: commits wait for the synchronous standby.
+        let (names, commit): (String, String) = sqlx::query_as(
+            "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')",
+        )
+        .fetch_one(&sys.write_db)
+        .await
+        .unwrap();
+        assert!(!names.is_empty() && commit == "on", "synchronous replication: {names:?}, {commit}");
         cluster(&["kill", &before]);
         let killed = Instant::now();
         // Patroni promotes the standby once the leader key expires (ttl 6 s).
         let after = loop {
-            if let Ok(port) = std::panic::catch_unwind(|| cluster(&["primary"])) {
+            if try_cluster(&["primary"]).is_ok() {
                 let node = primary_node();
                 if node != before {
-                    break (node, port);
+                    break node;
                 }
             }
             assert!(killed.elapsed() < Duration::from_secs(60), "no standby was promoted within 60 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        figure(&format!(
-            "Postgres primary killed: {} promoted after {} ms",
-            after.0,
-            killed.elapsed().as_millis()
-        ));
+        figure(&format!("Postgres primary killed: {} promoted after {} ms", after, killed.elapsed().as_millis()));
         tokio::time::sleep(Duration::from_secs(3)).await;
         // The old primary comes back as a standby (pg_rewind).
         cluster(&["start-node", &before]);
@@ -135,6 +146,18 @@ async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
 async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
     healthy();
     under_load("NATS nodes killed one after another", |sys| async {
+        // The stream keeps three replicas: one node down leaves a majority.
+        let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
+        let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
+        let mut stream = async_nats::jetstream::new(client).get_stream(&name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, 3, "the event stream has three replicas");
+        assert_eq!(
+            info.cluster.as_ref().map(|c| c.replicas.len()),
+            Some(2),
+            "a leader and two replicas: {:?}",
+            info.cluster
+        );
         for node in ["nats1", "nats2"] {
             cluster(&["kill", node]);
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -161,7 +184,10 @@ async fn redis_master_killed_and_sentinel_promotes_the_replica() {
             assert!(killed.elapsed() < Duration::from_secs(30), "Sentinel promoted no replica within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        figure(&format!("Redis master killed: Sentinel promoted the replica after {} ms", killed.elapsed().as_millis()));
+        figure(&format!(
+            "Redis master killed: Sentinel promoted the replica after {} ms",
+            killed.elapsed().as_millis()
+        ));
         // Reads with a token keep answering through the new master (or Postgres).
         system::deposit_and_read_back_via(&sys, sys.command_addr, Duration::from_secs(10)).await;
         cluster(&["start-node", &before]);

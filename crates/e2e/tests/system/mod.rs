@@ -138,7 +138,11 @@ impl System {
             ("COMMAND_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
         ];
         sys.spawn_as("command-service-2", "command-service", &command_env);
-        sys.spawn_as("projector-2", "projector", &[("PROJECTOR_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string())]);
+        sys.spawn_as(
+            "projector-2",
+            "projector",
+            &[("PROJECTOR_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string())],
+        );
         let query_env = [
             ("QUERY_GRPC_ADDR".to_owned(), query.to_string()),
             ("QUERY_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
