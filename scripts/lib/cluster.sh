@@ -100,6 +100,10 @@ YAML
 start_patroni() { # start_patroni <1-2>
   local i=$1
   node_alive "pg$i" && return 0
+  # Postgres runs as the postgres user, which must reach the folder.
+  local d="$HA_STATE"
+  mkdir -p "$d"
+  while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
   mkdir -p "$HA_STATE/pg$i" "$HA_STATE/patroni$i" && chown postgres "$HA_STATE/pg$i" "$HA_STATE/patroni$i"
   chmod 700 "$HA_STATE/pg$i" "$HA_STATE/patroni$i"
   chown postgres "$HA_STATE/run"
