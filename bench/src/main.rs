@@ -499,8 +499,43 @@ async fn main() -> Result<()> {
             h.check(req).await.map(|_| ()).map_err(|s| s.code())
         }
     };
-    let pgbench = refs::Pgbench { url: &pg_url, script: &script, clients: pool_size, accounts: n, workdir: &state };
+    let pgbench = refs::Pgbench {
+        url: &pg_url,
+        script: &script,
+        clients: pool_size,
+        accounts: n,
+        workdir: &state,
+        pgoptions: None,
+    };
     record("warmup", &closed(conc, Duration::from_secs(3), uniform_op.clone()).await);
+
+    // `scripts/bench --ha`: one topology's transfers only (the script runs
+    // each topology in turn, interleaved, and compares them).
+    if let Ok(topology) = std::env::var("BENCH_TOPOLOGY") {
+        settle(&admin).await;
+        let mesh = closed(conc, secs, uniform_op.clone()).await;
+        record("transfers_uniform_max", &mesh);
+        settle(&admin).await;
+        let pg = tokio::task::block_in_place(|| pgbench.run(false, secs, None))?;
+        eprintln!("bench: pgbench uniform {:.1}/s p99 {:.3} ms", pg.tps, pg.ms(0.99));
+        // The same SQL committing without waiting for the standby: what
+        // synchronous replication costs (on one Postgres it is the same run).
+        let local = refs::Pgbench { pgoptions: Some("-c synchronous_commit=local"), ..pgbench };
+        settle(&admin).await;
+        let pg_local = tokio::task::block_in_place(|| local.run(false, secs, None))?;
+        eprintln!("bench: pgbench uniform, local commit {:.1}/s p99 {:.3} ms", pg_local.tps, pg_local.ms(0.99));
+        let out = std::env::var("BENCH_TOPOLOGY_OUT").context("BENCH_TOPOLOGY_OUT")?;
+        let doc = json!({
+            "topology": topology,
+            "stream_replicas": stream().await?.cached_info().config.num_replicas,
+            "mesh": mesh.json(),
+            "pgbench": pg.json(),
+            "pgbench_local_commit": pg_local.json(),
+        });
+        std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
+        services.stop();
+        return Ok(());
+    }
 
     // --- The headline phases, interleaved `reps` times ---
     let mut each: Vec<Value> = Vec::new();

@@ -62,6 +62,9 @@ pub struct Pgbench<'a> {
     pub clients: usize,
     pub accounts: usize,
     pub workdir: &'a Path,
+    /// Session settings for pgbench's connections (`PGOPTIONS`), e.g.
+    /// `-c synchronous_commit=local` to commit without the standby.
+    pub pgoptions: Option<&'a str>,
 }
 
 impl Pgbench<'_> {
@@ -82,7 +85,16 @@ impl Pgbench<'_> {
         if let Some(r) = rate {
             cmd.arg(format!("-R{}", r.max(1.0)));
         }
-        let out = cmd.arg(self.url).output().context("pgbench")?;
+        if let Some(options) = self.pgoptions {
+            cmd.env("PGOPTIONS", options);
+        }
+        // Several hosts (the HA cluster): libpq picks the one that takes writes.
+        let url = if self.url.contains(',') {
+            format!("{}?target_session_attrs=read-write", self.url)
+        } else {
+            self.url.to_owned()
+        };
+        let out = cmd.arg(url).output().context("pgbench")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             bail!("pgbench failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));

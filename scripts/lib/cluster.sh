@@ -223,7 +223,7 @@ kill_node() {
   kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
   if [[ $1 == pg* ]]; then
     # Postgres's own processes: the postmaster of that data directory.
-    local pm; pm="$(head -1 "$HA_STATE/$1/postmaster.pid" 2>/dev/null)"
+    local pm; pm="$(head -1 "$HA_STATE/$1/postmaster.pid" 2>/dev/null || true)"
     [ -n "$pm" ] && kill -9 "$pm" 2>/dev/null || true
   fi
   rm -f "$HA_STATE/run/$1.pid"

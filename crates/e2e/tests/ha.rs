@@ -101,6 +101,20 @@ fn report(name: &str, ledger: &Mutex<Ledger>, from: Instant, to: Instant) {
     ));
 }
 
+/// Waits until `done` is true, for at most `within`; how long it took.
+async fn waited<F, Fut>(within: Duration, what: &str, mut done: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < within, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
 /// Waits until the cluster is whole again (the next test starts on it).
 fn healthy() {
     cluster(&["wait-healthy"]);
@@ -120,19 +134,12 @@ async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
         .unwrap();
         assert!(!names.is_empty() && commit == "on", "synchronous replication: {names:?}, {commit}");
         cluster(&["kill", &before]);
-        let killed = Instant::now();
         // Patroni promotes the standby once the leader key expires (ttl 6 s).
-        let after = loop {
-            if try_cluster(&["primary"]).is_ok() {
-                let node = primary_node();
-                if node != before {
-                    break node;
-                }
-            }
-            assert!(killed.elapsed() < Duration::from_secs(60), "no standby was promoted within 60 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        figure(&format!("Postgres primary killed: {} promoted after {} ms", after, killed.elapsed().as_millis()));
+        let took = waited(Duration::from_secs(60), "a standby promoted", || async {
+            try_cluster(&["primary"]).is_ok() && primary_node() != before
+        })
+        .await;
+        figure(&format!("Postgres primary killed: {} promoted after {} ms", primary_node(), took.as_millis()));
         tokio::time::sleep(Duration::from_secs(3)).await;
         // The old primary comes back as a standby (pg_rewind).
         cluster(&["start-node", &before]);
@@ -174,24 +181,44 @@ async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
 async fn redis_master_killed_and_sentinel_promotes_the_replica() {
     healthy();
     let before = redis_master_node();
-    under_load("Redis master killed", |sys| async {
+    let sys = under_load("Redis master killed", |sys| async {
         cluster(&["kill", &before]);
-        let killed = Instant::now();
-        loop {
-            if redis_master_node() != before {
-                break;
-            }
-            assert!(killed.elapsed() < Duration::from_secs(30), "Sentinel promoted no replica within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        figure(&format!(
-            "Redis master killed: Sentinel promoted the replica after {} ms",
-            killed.elapsed().as_millis()
-        ));
+        let took = waited(Duration::from_secs(30), "Sentinel promoted the replica", || async {
+            redis_master_node() != before
+        })
+        .await;
+        figure(&format!("Redis master killed: Sentinel promoted the replica after {} ms", took.as_millis()));
         // Reads with a token keep answering through the new master (or Postgres).
         system::deposit_and_read_back_via(&sys, sys.command_addr, Duration::from_secs(10)).await;
         cluster(&["start-node", &before]);
         sys
+    })
+    .await;
+    // The projector followed the sentinels: the new master holds the last
+    // changed account's entry at its version (a cache that stayed on the
+    // dead master, or only fell back to Postgres, would not).
+    let (account, version): (uuid::Uuid, i64) =
+        sqlx::query_as("SELECT account_id, version FROM events ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&sys.write_db)
+            .await
+            .unwrap();
+    let generation: i32 =
+        sqlx::query_scalar("SELECT active_generation FROM projection_meta").fetch_one(&sys.read_db).await.unwrap();
+    let prefix = sys.env().into_iter().find(|(k, _)| k == "REDIS_PREFIX").unwrap().1;
+    let key = bank_readmodel::CacheKeys::new(prefix).account(generation, account);
+    let master = format!(
+        "redis://admin:{}@127.0.0.1:{}",
+        std::env::var("REDIS_ADMIN_PASSWORD").unwrap(),
+        cluster(&["redis-master"])
+    );
+    let redis = redis::Client::open(master).unwrap().get_multiplexed_async_connection().await.unwrap();
+    waited(Duration::from_secs(15), "the new master holds the account at its version", || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        async move {
+            let cached: Option<i64> =
+                redis::cmd("HGET").arg(&key).arg("version").query_async(&mut redis).await.unwrap();
+            cached == Some(version)
+        }
     })
     .await;
     healthy();
@@ -213,29 +240,21 @@ async fn one_instance_of_each_service_killed() {
                 .unwrap()
             }
         };
-        let shared = Instant::now();
-        while holders(&sys).await.len() != 2 {
-            assert!(shared.elapsed() < Duration::from_secs(15), "the projectors did not share: {:?}", holders(&sys).await);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        waited(Duration::from_secs(15), "the projectors share the partitions", || async {
+            holders(&sys).await.len() == 2
+        })
+        .await;
         let split = holders(&sys).await;
         assert!(split.iter().all(|(_, n)| *n == 4), "8 partitions split 4 and 4: {split:?}");
         sys.kill9("command-service");
         tokio::time::sleep(Duration::from_secs(2)).await;
         sys.kill9("projector");
-        let killed = Instant::now();
-        loop {
+        let took = waited(Duration::from_secs(20), "the surviving projector took all 8 partitions", || async {
             let h = holders(&sys).await;
-            if h.len() == 1 && h[0].1 == 8 {
-                break;
-            }
-            assert!(killed.elapsed() < Duration::from_secs(20), "the surviving projector did not take over: {h:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        figure(&format!(
-            "projector killed: the other took its partitions after {} ms",
-            killed.elapsed().as_millis()
-        ));
+            h.len() == 1 && h[0].1 == 8
+        })
+        .await;
+        figure(&format!("projector killed: the other took its partitions after {} ms", took.as_millis()));
         sys.kill9("query-service");
         tokio::time::sleep(Duration::from_secs(2)).await;
         // A deposit through the surviving command-service, read back with its
