@@ -303,6 +303,22 @@ for cluster in config["static_resources"]["clusters"]:
         if extra:
             cluster["outlier_detection"] = {"consecutive_5xx": 3, "consecutive_gateway_failure": 2,
                                             "interval": "1s", "base_ejection_time": "5s", "max_ejection_percent": 50}
+            # The gRPC clusters have gRPC health checks; the rest a TCP one.
+            cluster.setdefault("health_checks", [{"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2,
+                                                  "healthy_threshold": 1, "tcp_health_check": {}}])
+# A request that found an instance dead (refused, reset before an answer) is
+# sent to the other: safe for commands too, which carry idempotency keys.
+def routes(node):
+    if isinstance(node, dict):
+        if "virtual_hosts" in node:
+            for vh in node["virtual_hosts"]:
+                vh["retry_policy"] = {"retry_on": "connect-failure,refused-stream,reset,unavailable", "num_retries": 2}
+        for v in node.values():
+            routes(v)
+    elif isinstance(node, list):
+        for v in node:
+            routes(v)
+routes(config)
 yaml.safe_dump(config, open(path, "w"), sort_keys=False)
 PY
 }

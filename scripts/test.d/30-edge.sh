@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/stack.sh
+bin="${CARGO_TARGET_DIR:-target}/debug"
 stack_env
 
 cargo build -q --bins
@@ -19,7 +20,7 @@ read -r AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT COMMAND_HTTP_PORT QUERY_
 export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT ENVOY_ADMIN_PORT
 services_env
 DESCRIPTOR="$logs/bank.pb"
-edge_config target/debug/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
+edge_config "$bin"/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
 export BOOTSTRAP_ADMIN_EMAIL=edge-admin@bank.test BOOTSTRAP_ADMIN_PASSWORD="edge admin password"
 AUTH_DB="edge_auth_$$" COMMAND_DB="edge_command_$$" READ_DB="edge_read_$$"
 export NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
@@ -43,15 +44,15 @@ cleanup() {
 }
 trap cleanup EXIT
 create_databases
-run_migrations target/debug >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&2; exit 1; }
+run_migrations "$bin" >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&2; exit 1; }
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 
-start auth env $(service_credentials auth-service) target/debug/auth-service
+start auth env $(service_credentials auth-service) "$bin"/auth-service
 wait_port auth-service "$AUTH_GRPC_PORT"
-start command env $(service_credentials command-service) target/debug/command-service
-start projector env $(service_credentials projector) target/debug/projector
-start query env $(service_credentials query-service) target/debug/query-service
+start command env $(service_credentials command-service) "$bin"/command-service
+start projector env $(service_credentials projector) "$bin"/projector
+start query env $(service_credentials query-service) "$bin"/query-service
 wait_port command-service "$COMMAND_GRPC_PORT"
 wait_port query-service "$QUERY_GRPC_PORT"
 start envoy envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
@@ -139,7 +140,7 @@ echo "ok: gRPC-Web request answered"
 kill "${pid_of[command]}"; wait "${pid_of[command]}" 2>/dev/null || true
 open='{"type":"ACCOUNT_TYPE_CHECKING","currency_code":"USD","idempotency_key":"edge-1"}'
 expect "Unavailable" grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount
-start command env $(service_credentials command-service) target/debug/command-service
+start command env $(service_credentials command-service) "$bin"/command-service
 recovered=0
 for _ in $(seq 1 100); do
   out=$(grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount 2>&1 || true)
