@@ -178,15 +178,28 @@ cluster_start() {
   for i in 1 2; do start_redis_node "$i"; done
   wait_for "redis master" 20 redis_at "${REDIS_PORTS[0]}" ping
   for i in 1 2 3; do start_sentinel "$i"; done
-  wait_for "a Postgres primary (Patroni)" 90 pg_primary_port
+  wait_for "a Postgres primary (Patroni)" 90 pg_primary_accepts
+  # Roles and databases (idempotent); retried, as a restarted cluster may
+  # still be settling which node leads.
+  wait_for "provisioning the primary" 60 pg_provision
   local primary; primary="$(pg_primary_port)"
-  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc "SELECT 1" >/dev/null
-  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$REPO/deploy/postgres/provision.sh" -h 127.0.0.1 -p "$primary" -U postgres -d postgres
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 30 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-enabled-only=true"
   done
   wait_for "the synchronous standby" 90 sync_standby_up
   log "HA cluster up: Postgres on ${PG_PORTS[*]} (primary $primary), NATS on ${NATS_PORTS[*]}, Redis on ${REDIS_PORTS[*]}, sentinels on ${SENTINEL_PORTS[*]}"
+}
+
+# pg_primary_accepts: Patroni names a primary and it takes connections (a
+# restarted node is named a moment before it does).
+pg_primary_accepts() {
+  local primary; primary="$(pg_primary_port)" || return 1
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc "SELECT 1" >/dev/null 2>&1
+}
+
+pg_provision() {
+  local primary; primary="$(pg_primary_port)" || return 1
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$REPO/deploy/postgres/provision.sh" -h 127.0.0.1 -p "$primary" -U postgres -d postgres
 }
 
 redis_at() { local port=$1; shift; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$port" "$@"; }
@@ -203,7 +216,7 @@ sync_standby_up() {
 cluster_healthy() {
   local i name
   for name in "${HA_NODES[@]}"; do node_alive "$name" || start_node "$name"; done
-  wait_for "a Postgres primary (Patroni)" 90 pg_primary_port
+  wait_for "a Postgres primary (Patroni)" 90 pg_primary_accepts
   wait_for "the synchronous standby" 90 sync_standby_up
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 60 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-server-only=false"
@@ -304,8 +317,11 @@ for cluster in config["static_resources"]["clusters"]:
             cluster["outlier_detection"] = {"consecutive_5xx": 3, "consecutive_gateway_failure": 2,
                                             "interval": "1s", "base_ejection_time": "5s", "max_ejection_percent": 50}
             # The gRPC clusters have gRPC health checks; the rest a TCP one.
-            cluster.setdefault("health_checks", [{"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2,
-                                                  "healthy_threshold": 1, "tcp_health_check": {}}])
+            # Every second even without traffic (Envoy's default then is a
+            # minute): a dead instance is out within about two seconds.
+            checks = cluster.setdefault("health_checks", [{"timeout": "1s", "unhealthy_threshold": 2,
+                                                           "healthy_threshold": 1, "tcp_health_check": {}}])
+            cluster["health_checks"] = [dict(c, interval="1s", no_traffic_interval="1s") for c in checks]
 # A request that found an instance dead (refused, reset before an answer) is
 # sent to the other: safe for commands too, which carry idempotency keys.
 def routes(node):
