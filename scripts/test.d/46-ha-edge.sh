@@ -25,7 +25,12 @@ for i in "${!port_vars[@]}"; do port_env+=("${port_vars[$i]}=${ports[$i]}"); por
 EDGE_PORT=${port[EDGE_PORT]}
 
 run_pid=""
-fail() { echo "HA EDGE TEST FAILED: $*" >&2; tail -n 40 "$work/run.log" >&2 2>/dev/null || true; exit 1; }
+fail() {
+  echo "HA EDGE TEST FAILED: $*" >&2
+  tail -n 40 "$work/run.log" >&2 2>/dev/null || true
+  for f in "$clone"/.state/ha/logs/pg*.log; do echo "== $f" >&2; tail -n 15 "$f" >&2; done 2>/dev/null || true
+  exit 1
+}
 cleanup() {
   if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
     kill -INT -- "-$run_pid" 2>/dev/null || true
