@@ -186,7 +186,7 @@ cluster_start() {
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 30 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-enabled-only=true"
   done
-  wait_for "the synchronous standby" 90 sync_standby_up
+  wait_for "the synchronous standby" 150 sync_standby_up
   log "HA cluster up: Postgres on ${PG_PORTS[*]} (primary $primary), NATS on ${NATS_PORTS[*]}, Redis on ${REDIS_PORTS[*]}, sentinels on ${SENTINEL_PORTS[*]}"
 }
 
@@ -217,7 +217,7 @@ cluster_healthy() {
   local i name
   for name in "${HA_NODES[@]}"; do node_alive "$name" || start_node "$name"; done
   wait_for "a Postgres primary (Patroni)" 90 pg_primary_accepts
-  wait_for "the synchronous standby" 90 sync_standby_up
+  wait_for "the synchronous standby" 150 sync_standby_up
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 60 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-server-only=false"
   done
