@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bank_platform::redis::Redis as ConnectionManager;
+use bank_platform::redis::Redis;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -25,13 +25,13 @@ pub fn is_throttled(limits: &Limits, email_failures: u32, address_attempts: u32,
 const KNOWN_ADDRESS_SECS: i64 = 30 * 24 * 3600;
 
 pub struct LoginThrottle {
-    redis: ConnectionManager,
+    redis: Redis,
     prefix: String,
     limits: Limits,
 }
 
 impl LoginThrottle {
-    pub fn new(redis: ConnectionManager, prefix: String, limits: Limits) -> Self {
+    pub fn new(redis: Redis, prefix: String, limits: Limits) -> Self {
         Self { redis, prefix, limits }
     }
 

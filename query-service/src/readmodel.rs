@@ -9,7 +9,7 @@ use std::{
 };
 
 use bank_domain::consistency::ConsistencyToken;
-use bank_platform::redis::Redis as ConnectionManager;
+use bank_platform::redis::Redis;
 use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, cache_upsert, from_cache};
 use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
@@ -102,7 +102,7 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 pub struct ReadModel {
     pub db: PgPool,
-    redis: Option<ConnectionManager>,
+    redis: Option<Redis>,
     keys: CacheKeys,
     generation: std::sync::Mutex<(i32, Instant)>,
     pub changes: broadcast::Sender<Arc<AccountChange>>,
@@ -114,7 +114,7 @@ pub struct ReadModel {
 }
 
 /// Redis with short timeouts: a stopped Redis must not stall reads.
-pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
+pub async fn connect_redis(url: &str) -> Option<Redis> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(200)))
         .set_response_timeout(Some(Duration::from_millis(200)))
@@ -123,7 +123,7 @@ pub async fn connect_redis(url: &str) -> Option<ConnectionManager> {
 }
 
 impl ReadModel {
-    pub fn new(db: PgPool, redis: Option<ConnectionManager>, keys: CacheKeys) -> Self {
+    pub fn new(db: PgPool, redis: Option<Redis>, keys: CacheKeys) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let resyncs = tokio::sync::watch::Sender::new(0);
         let generation = std::sync::Mutex::new((0, Instant::now() - Duration::from_secs(10)));

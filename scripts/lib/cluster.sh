@@ -194,20 +194,21 @@ cluster_start() {
 # restarted node is named a moment before it does).
 pg_primary_accepts() {
   local primary; primary="$(pg_primary_port)" || return 1
-  PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc "SELECT 1" >/dev/null 2>&1
+  psql_at "$primary" -qAtc "SELECT 1" >/dev/null 2>&1
 }
+
+# psql_at <port> <psql args>: psql as the superuser on a node of the cluster.
+psql_at() { local port=$1; shift; PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
 
 pg_provision() {
   local primary; primary="$(pg_primary_port)" || return 1
   PGPASSWORD="$PG_POSTGRES_PASSWORD" "$REPO/deploy/postgres/provision.sh" -h 127.0.0.1 -p "$primary" -U postgres -d postgres
 }
 
-redis_at() { local port=$1; shift; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$port" "$@"; }
 
 sync_standby_up() {
   local primary; primary="$(pg_primary_port)" || return 1
-  [ "$(PGPASSWORD="$PG_POSTGRES_PASSWORD" "$PGBIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAtc \
-    "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ]
+  [ "$(psql_at "$primary" -qAtc "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ]
 }
 
 # cluster_healthy: waits until every node is up and the cluster whole: a

@@ -253,7 +253,10 @@ stop_nats() {
 }
 
 # redis_admin <args>: redis-cli as the stack's admin user.
-redis_admin() { stack_secrets; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$REDIS_PORT" "$@"; }
+redis_admin() { stack_secrets; redis_at "$REDIS_PORT" "$@"; }
+# redis_at <port> <args>: redis-cli as the admin user on another port (the
+# HA cluster's nodes and sentinels).
+redis_at() { local port=$1; shift; REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" redis-cli --user admin -p "$port" "$@"; }
 redis_up() { [ "$(redis_admin ping 2>/dev/null)" = PONG ]; }
 
 start_redis() {

@@ -93,21 +93,7 @@ PY
 
 # Checks on the JSON documents a block printed, in order (the last few).
 check_outputs() { # check_outputs <output file> <python expressions over docs[-n]...>
-  python3 - "$@" <<'PY'
-import json, sys
-text = open(sys.argv[1]).read()
-docs, i, dec = [], 0, json.JSONDecoder()
-while True:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    doc, i = dec.raw_decode(text, i)
-    docs.append(doc)
-for expr in sys.argv[2:]:
-    if not eval(expr, {"docs": docs}):
-        sys.exit(f"not true of the walk-through's output: {expr}\n{json.dumps(docs[-3:], indent=1)}")
-PY
+  python3 "$repo/scripts/lib/check_outputs.py" "$@"
 }
 
 # 1. Up from a fresh clone, and the README's commands work as written.

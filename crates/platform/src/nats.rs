@@ -21,12 +21,9 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(raw: &str) -> anyhow::Result<Self> {
-        let (first, others) = match raw.split_once(',') {
-            Some((first, others)) => (first, Some(others)),
-            None => (raw, None),
-        };
-        let mut endpoint = Self::parse_one(first)?;
-        for other in others.into_iter().flat_map(|o| o.split(',')) {
+        let mut servers = raw.split(',');
+        let mut endpoint = Self::parse_one(servers.next().unwrap_or_default())?;
+        for other in servers {
             let other = if other.contains("://") { other.to_owned() } else { format!("nats://{other}") };
             endpoint.url = format!("{},{}", endpoint.url, Self::parse_one(&other)?.url);
         }
