@@ -44,18 +44,22 @@ fn try_cluster(args: &[&str]) -> Result<String, String> {
 
 /// The Patroni node (pg1 or pg2) that is primary now.
 fn primary_node() -> String {
-    let port = cluster(&["primary"]);
-    let ports = cluster(&["ports", "PG_PORTS"]);
-    let index = ports.split_whitespace().position(|p| p == port).expect("the primary is one of the nodes");
-    format!("pg{}", index + 1)
+    node_on("primary", "PG_PORTS", "pg")
 }
 
 /// The Redis node (redis1 or redis2) that is master now, as the sentinels say.
 fn redis_master_node() -> String {
-    let port = cluster(&["redis-master"]);
-    let ports = cluster(&["ports", "REDIS_PORTS"]);
-    let index = ports.split_whitespace().position(|p| p == port).expect("the master is one of the nodes");
-    format!("redis{}", index + 1)
+    node_on("redis-master", "REDIS_PORTS", "redis")
+}
+
+/// The node named `<prefix><n>` whose port `scripts/cluster <which>` prints,
+/// n its place in the cluster's `<ports>`.
+fn node_on(which: &str, ports: &str, prefix: &str) -> String {
+    let port = cluster(&[which]);
+    let ports = cluster(&["ports", ports]);
+    let index =
+        ports.split_whitespace().position(|p| p == port).unwrap_or_else(|| panic!("{which} is one of the nodes"));
+    format!("{prefix}{}", index + 1)
 }
 
 /// Records a figure for RELIABILITY.md.

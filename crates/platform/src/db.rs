@@ -50,8 +50,7 @@ pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &s
         // standby (the pool's target was demoted) is refused, not used.
         .after_connect(|conn, _| {
             Box::pin(async move {
-                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *conn).await?;
-                if standby {
+                if is_standby(&mut *conn).await? {
                     return Err(sqlx::Error::Protocol("reached a standby; the primary has moved".into()));
                 }
                 Ok(())
@@ -62,6 +61,11 @@ pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &s
         .context("failed to connect to Postgres")?;
     tokio::spawn(follow_primary(pool.clone(), candidates, primary));
     Ok(pool)
+}
+
+/// Whether the server behind `conn` is a standby (in recovery: read-only).
+async fn is_standby<'e>(conn: impl sqlx::PgExecutor<'e>) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(conn).await
 }
 
 /// The hosts of a database URL, each as a URL of its own.
@@ -76,10 +80,7 @@ impl Hosts {
         let rest = &url[scheme_end..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let authority = &rest[..authority_end];
-        let (credentials, hosts) = match authority.rfind('@') {
-            Some(at) => (&authority[..=at], &authority[at + 1..]),
-            None => ("", authority),
-        };
+        let (credentials, hosts) = crate::split_credentials(authority);
         let urls = hosts
             .split(',')
             .map(|host| format!("{}{credentials}{host}{}", &url[..scheme_end], &rest[authority_end..]))
@@ -96,7 +97,7 @@ async fn find_primary(candidates: &[PgConnectOptions], within: Duration) -> Resu
         for (i, options) in candidates.iter().enumerate() {
             let probe = async {
                 let mut conn = options.connect().await?;
-                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;
+                let standby = is_standby(&mut conn).await?;
                 let _ = conn.close().await;
                 Ok::<_, sqlx::Error>(standby)
             };
@@ -115,8 +116,7 @@ async fn find_primary(candidates: &[PgConnectOptions], within: Duration) -> Resu
 async fn follow_primary(pool: PgPool, candidates: Vec<PgConnectOptions>, mut current: usize) {
     while !pool.is_closed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let check = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&pool);
-        if let Ok(Ok(false)) = tokio::time::timeout(Duration::from_secs(1), check).await {
+        if let Ok(Ok(false)) = tokio::time::timeout(Duration::from_secs(1), is_standby(&pool)).await {
             continue;
         }
         if let Ok(found) = find_primary(&candidates, Duration::ZERO).await

@@ -19,3 +19,13 @@ pub mod telemetry;
 pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;
+
+/// A URL authority's `user:password@` (kept whole, with its `@`, or empty)
+/// and the host list after it. Multi-host URLs (Postgres, Sentinel) are
+/// split per host around it.
+fn split_credentials(authority: &str) -> (&str, &str) {
+    match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    }
+}

@@ -34,10 +34,7 @@ impl Target {
             ))
         };
         let (authority, master) = rest.split_once('/').ok_or_else(invalid)?;
-        let (credentials, hosts) = match authority.rfind('@') {
-            Some(at) => (&authority[..=at], &authority[at + 1..]),
-            None => ("", authority),
-        };
+        let (credentials, hosts) = crate::split_credentials(authority);
         let sentinels: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
         if sentinels.is_empty() || master.is_empty() {
             return Err(invalid());

@@ -41,8 +41,6 @@ pub fn stack(action: &str) {
 pub struct Service {
     name: &'static str,
     child: Option<Child>,
-    binary: String,
-    env: Vec<(String, String)>,
 }
 
 pub struct System {
@@ -132,12 +130,8 @@ impl System {
     /// projector and query-service beside the first ones.
     pub async fn start_two_of_each(extra_env: &[(&str, String)]) -> Self {
         let mut sys = Self::start_with(extra_env).await;
-        let (command, query) = (bank_testkit::free_addr(), bank_testkit::free_addr());
-        let command_env = [
-            ("COMMAND_GRPC_ADDR".to_owned(), command.to_string()),
-            ("COMMAND_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
-        ];
-        sys.spawn_as("command-service-2", "command-service", &command_env);
+        let command = sys.start_second_command_service().await;
+        let query = bank_testkit::free_addr();
         sys.spawn_as(
             "projector-2",
             "projector",
@@ -148,23 +142,10 @@ impl System {
             ("QUERY_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
         ];
         sys.spawn_as("query-service-2", "query-service", &query_env);
-        sys.wait_port(command).await;
         sys.wait_port(query).await;
         sys.more_command_addrs.push(command);
         sys.more_query_addrs.push(query);
         sys
-    }
-
-    /// Starts a killed instance again, as it was started.
-    pub async fn start_again(&mut self, name: &'static str) {
-        let service = self.services.get(name).expect("a service this system started");
-        let (binary, env) = (service.binary.clone(), service.env.clone());
-        self.spawn_as(name, &binary, &env);
-        for (k, v) in &env {
-            if k.ends_with("_GRPC_ADDR") {
-                self.wait_port(v.parse().unwrap()).await;
-            }
-        }
     }
 
     /// Sends `signal` (STOP, CONT, ...) to the process with this pid.
@@ -182,8 +163,7 @@ impl System {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} (run cargo build --bins first): {e}"));
-        let (binary, env) = (binary.to_owned(), extra_env.to_vec());
-        self.services.insert(name, Service { name, child: Some(child), binary, env });
+        self.services.insert(name, Service { name, child: Some(child) });
     }
 
     async fn wait_port(&self, addr: SocketAddr) {
