@@ -21,7 +21,10 @@ use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fold::{self, Decision, Side};
+use crate::{
+    cache_debt::CacheDebt,
+    fold::{self, Decision, Side},
+};
 
 static APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_events_applied_total", "events applied").expect("registers once")
@@ -92,6 +95,8 @@ pub struct Applier {
     pub redis_url: String,
     pub last_redis_attempt: std::time::Instant,
     pub keys: CacheKeys,
+    /// Cache entries to write (again): see `cache_debt`.
+    pub cache_debt: CacheDebt,
     /// After this many deliveries of a gap, the projector fetches the
     /// account's missing events from the stream itself.
     pub max_deliveries: i64,
@@ -129,6 +134,18 @@ impl Applier {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Whether the cache is owed a write with no event to carry it.
+    pub fn cache_owed(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| self.cache_debt.due(r.moves()))
+    }
+
+    /// Writes what the cache is owed (a quiet partition's failed writes, or
+    /// the replay after the master moved).
+    pub async fn settle_cache(&mut self) {
+        let generation = self.cache_debt.generation();
+        self.refresh_cache(generation, &[], &[]).await;
     }
 
     pub async fn reconnect_cache_if_due(&mut self) {
@@ -284,14 +301,21 @@ impl Applier {
         Ok(())
     }
 
-    /// Best effort: Redis is a cache. A failure leaves entries to expire or
-    /// to be refilled by readers from Postgres; it never blocks projection.
+    /// Best effort: Redis is a cache, and projection never waits for it. An
+    /// entry whose write failed is owed and goes again with the next refresh
+    /// (`cache_debt`); readers fill missing entries from Postgres.
     async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
         let Some(redis) = self.redis.as_mut() else { return };
-        if let Err(e) = cache_upsert_many(redis, &self.keys, generation, views).await {
-            tracing::warn!(error = %e, "cache update failed");
+        let due = self.cache_debt.take(generation, redis.moves(), views);
+        let entries: Vec<&AccountView> = due.iter().collect();
+        if let Err(e) = cache_upsert_many(redis, &self.keys, generation, &entries).await {
+            tracing::warn!(error = %e, entries = due.len(), "cache update failed; owed until Redis takes it");
+            if self.cache_debt.failed(due) {
+                tracing::warn!("cache debt dropped: too many entries owed; they expire by their TTL");
+            }
             return;
         }
+        self.cache_debt.written(due, std::time::Instant::now());
         if changes.is_empty() {
             return;
         }

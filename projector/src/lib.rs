@@ -5,6 +5,7 @@
 //! stream into a new generation and switches readers over when caught up.
 
 pub mod apply;
+pub mod cache_debt;
 pub mod fold;
 pub mod partitions;
 
@@ -136,6 +137,7 @@ async fn applier(config: &Config) -> Result<Applier> {
         redis_url: config.redis_url.clone(),
         last_redis_attempt: std::time::Instant::now(),
         keys: CacheKeys::new(config.redis_prefix.clone()),
+        cache_debt: Default::default(),
         max_deliveries: config.max_deliveries,
         lasting_gaps: Vec::new(),
         event_keys: config.event_keys.clone(),
@@ -455,6 +457,11 @@ async fn consume(
             // within its delay (200 ms by default), often much sooner.
             _ = tokio::time::sleep(Duration::from_millis(5)), if !unflushed.is_empty() => {
                 ack_flushed(applier, &mut unflushed).await;
+                continue;
+            }
+            // The cache is owed writes and no event brings a refresh.
+            _ = tokio::time::sleep(Duration::from_millis(250)), if applier.cache_owed() => {
+                applier.settle_cache().await;
                 continue;
             }
         };

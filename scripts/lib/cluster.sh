@@ -129,17 +129,33 @@ start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as
   node_alive "redis$i" && return 0
   mkdir -p "$HA_STATE/redis$i"
   "$REPO/deploy/redis/render-acl.sh" "$REPO/deploy/redis/users.acl.in" "$HA_STATE/redis$i/users.acl"
-  local replica=()
-  # A restarted node comes back as a replica; the sentinels point it at
-  # whichever node is master now.
-  if [ "$i" = 2 ] || [ -s "$HA_STATE/redis$i/started" ]; then
-    local other=$((1 - n))
-    replica=(--replicaof 127.0.0.1 "${REDIS_PORTS[$other]}")
+  local replica=() master=""
+  # A restarted node follows the master the sentinels name: coming back as
+  # a master beside the promoted one would split the writes until Sentinel
+  # demoted it (what was written to it then is lost). On the first start
+  # node 1 is the master.
+  if [ -e "$HA_STATE/redis$i/started" ]; then
+    master="$(sentinel_master_port)" || master=""
+  elif [ "$i" = 2 ]; then
+    master="${REDIS_PORTS[0]}"
   fi
-  touch "$HA_STATE/redis$i/started"
+  if [ -n "$master" ] && [ "$master" != "${REDIS_PORTS[$n]}" ]; then
+    replica=(--replicaof 127.0.0.1 "$master")
+  fi
+  echo started >"$HA_STATE/redis$i/started"
   run_node "redis$i" redis-server --bind 127.0.0.1 --port "${REDIS_PORTS[$n]}" --dir "$HA_STATE/redis$i" \
     --aclfile "$HA_STATE/redis$i/users.acl" --masteruser admin --masterauth "$REDIS_ADMIN_PASSWORD" \
     --save '' --appendonly no "${replica[@]}"
+}
+
+# sentinel_master_port: the master's port, as the first sentinel that answers names it.
+sentinel_master_port() {
+  local port answer
+  for port in "${SENTINEL_PORTS[@]}"; do
+    answer="$(redis_at "$port" sentinel get-master-addr-by-name bank 2>/dev/null | tail -1)"
+    [[ "$answer" =~ ^[0-9]+$ ]] && { echo "$answer"; return 0; }
+  done
+  return 1
 }
 
 start_sentinel() { # start_sentinel <1-3>
@@ -226,7 +242,7 @@ cluster_healthy() {
 }
 
 redis_replica_attached() {
-  local master; master="$(redis_at "${SENTINEL_PORTS[0]}" sentinel get-master-addr-by-name bank 2>/dev/null | tail -1)" || return 1
+  local master; master="$(sentinel_master_port)" || return 1
   redis_at "$master" info replication 2>/dev/null | grep -q '^connected_slaves:1'
 }
 

@@ -8,7 +8,10 @@
 //! sentinels and the master.
 
 use std::{
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -85,6 +88,9 @@ struct Shared {
     current: RwLock<(String, ConnectionManager)>,
     /// When the master was last looked up after an error (at most every 250 ms).
     last_lookup: Mutex<Instant>,
+    /// How many times the connection followed the master to a new node.
+    moves: AtomicU64,
+    following: tokio::sync::Mutex<()>,
 }
 
 /// Connects to `url` (see the module) with `config`.
@@ -92,17 +98,44 @@ pub async fn connect(url: &str, config: ConnectionManagerConfig) -> RedisResult<
     let target = Target::parse(url)?;
     let master = target.resolve().await?;
     let manager = redis::Client::open(master.as_str())?.get_connection_manager_with_config(config.clone()).await?;
-    Ok(Redis {
-        shared: Arc::new(Shared {
-            target,
-            config,
-            current: RwLock::new((master, manager)),
-            last_lookup: Mutex::new(Instant::now() - Duration::from_secs(1)),
-        }),
-    })
+    let sentinel = matches!(target, Target::Sentinel { .. });
+    let shared = Arc::new(Shared {
+        target,
+        config,
+        current: RwLock::new((master, manager)),
+        last_lookup: Mutex::new(Instant::now() - Duration::from_secs(1)),
+        moves: AtomicU64::new(0),
+        following: tokio::sync::Mutex::new(()),
+    });
+    if sentinel {
+        // Errors trigger a lookup, but a connection that saw none while the
+        // master was down reconnects by itself to the old address: were the
+        // old master back as a master before Sentinel demotes it (up to about
+        // 10 s), writes would go there and be lost. So also ask every second.
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                let Some(shared) = shared.upgrade() else { return };
+                shared.follow().await;
+            }
+        });
+    }
+    Ok(Redis { shared })
 }
 
+/// How often a Sentinel-backed connection asks where the master is.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
 impl Redis {
+    /// How many times this connection followed the master to another node:
+    /// what the old master took may not be on the new one (Redis replicates
+    /// asynchronously), so a writer that must not leave stale entries writes
+    /// its recent ones again when this changes.
+    pub fn moves(&self) -> u64 {
+        self.shared.moves.load(Ordering::Acquire)
+    }
+
     fn manager(&self) -> ConnectionManager {
         self.shared.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
@@ -129,20 +162,28 @@ impl Redis {
             *last = Instant::now();
         }
         let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let Ok(master) = shared.target.resolve().await else { return };
-            if shared.current.read().unwrap_or_else(|e| e.into_inner()).0 == master {
-                return;
+        tokio::spawn(async move { shared.follow().await });
+    }
+}
+
+impl Shared {
+    /// Asks the sentinels where the master is and moves there if it moved.
+    async fn follow(&self) {
+        // One lookup at a time (an error's and the periodic one).
+        let Ok(_one) = self.following.try_lock() else { return };
+        let Ok(master) = self.target.resolve().await else { return };
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == master {
+            return;
+        }
+        let Ok(client) = redis::Client::open(master.as_str()) else { return };
+        match client.get_connection_manager_with_config(self.config.clone()).await {
+            Ok(manager) => {
+                tracing::warn!("the Redis master moved; following it");
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (master, manager);
+                self.moves.fetch_add(1, Ordering::Release);
             }
-            let Ok(client) = redis::Client::open(master.as_str()) else { return };
-            match client.get_connection_manager_with_config(shared.config.clone()).await {
-                Ok(manager) => {
-                    tracing::warn!("the Redis master moved; following it");
-                    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = (master, manager);
-                }
-                Err(e) => tracing::debug!(error = %e, "the new Redis master is not reachable yet"),
-            }
-        });
+            Err(e) => tracing::debug!(error = %e, "the new Redis master is not reachable yet"),
+        }
     }
 }
 

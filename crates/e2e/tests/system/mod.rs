@@ -159,8 +159,8 @@ impl System {
             .envs(bank_testkit::service_credentials(binary, &self.dbs.0, &self.dbs.1))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(service_log(name))
+            .stderr(service_log(name))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} (run cargo build --bins first): {e}"));
         self.services.insert(name, Service { name, child: Some(child) });
@@ -251,6 +251,15 @@ impl System {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Where a service's output goes: nowhere, or with `E2E_LOGS=<folder>` set
+/// (to read what a failing run's services said), to `<folder>/<name>.log`.
+fn service_log(name: &str) -> Stdio {
+    let Ok(dir) = std::env::var("E2E_LOGS") else { return Stdio::null() };
+    let path = format!("{dir}/{name}.log");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    Stdio::from(file.unwrap_or_else(|e| panic!("{path}: {e}")))
 }
 
 /// One instance's channel, or one balanced over every instance (a killed
