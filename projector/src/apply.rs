@@ -305,7 +305,14 @@ impl Applier {
     /// entry whose write failed is owed and goes again with the next refresh
     /// (`cache_debt`); readers fill missing entries from Postgres.
     async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
-        let Some(redis) = self.redis.as_mut() else { return };
+        let Some(redis) = self.redis.as_mut() else {
+            // Not connected since the start: the entries Redis still holds
+            // from before would stay behind these changes.
+            if self.cache_debt.owe(generation, views) {
+                tracing::warn!("cache debt dropped: too many entries owed; they expire by their TTL");
+            }
+            return;
+        };
         let due = self.cache_debt.take(generation, redis.moves(), views);
         let entries: Vec<&AccountView> = due.iter().collect();
         if let Err(e) = cache_upsert_many(redis, &self.keys, generation, &entries).await {

@@ -7,6 +7,10 @@
 //! write again once it sees the master move. Writing an entry twice is
 //! harmless: the cache's version guard (`UPSERT_SCRIPT`) keeps the newest.
 //!
+//! The debt lives with the partition's consumer: when a partition's lease
+//! moves to another projector (or the projector dies), what it owed is left
+//! to the entries' TTL, as every cache write was before.
+//!
 //! Pure bookkeeping, no I/O: the applier asks `take` what to write, and says
 //! whether the write `failed` or was `written`.
 
@@ -115,6 +119,13 @@ impl CacheDebt {
         overflowed
     }
 
+    /// `views` of generation `generation` could not even be tried (no
+    /// connection): owed. Whether the debt overflowed and was dropped.
+    pub fn owe(&mut self, generation: i32, views: &[&AccountView]) -> bool {
+        let due = self.take(generation, self.moves, views);
+        self.failed(due)
+    }
+
     /// `entries` were written at `now`: kept for a replay after a move.
     pub fn written(&mut self, entries: Vec<AccountView>, now: Instant) {
         let start = *self.window_start.get_or_insert(now);
@@ -211,6 +222,15 @@ mod tests {
         debt.failed((0..PER_WRITE as u128 + 5).map(|i| view(Uuid::from_u128(i), 1)).collect());
         assert_eq!(debt.take(1, 0, &[]).len(), PER_WRITE);
         assert_eq!(debt.owed(), 5);
+    }
+
+    #[test]
+    fn changes_made_while_redis_was_never_reached_are_owed() {
+        let a = Uuid::from_u128(1);
+        let mut debt = CacheDebt::default();
+        assert!(!debt.owe(1, &[&view(a, 2)]));
+        assert!(debt.due(0));
+        assert_eq!(versions(debt.take(1, 0, &[])), vec![(a, 2)]);
     }
 
     #[test]

@@ -446,6 +446,8 @@ async fn consume(
         .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
     tracing::info!(consumer = %config.durable_name, partition, "projector consuming");
     let mut unflushed = Unflushed::new();
+    let mut cache_check = tokio::time::interval(Duration::from_millis(250));
+    cache_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -459,9 +461,14 @@ async fn consume(
                 ack_flushed(applier, &mut unflushed).await;
                 continue;
             }
-            // The cache is owed writes and no event brings a refresh.
-            _ = tokio::time::sleep(Duration::from_millis(250)), if applier.cache_owed() => {
-                applier.settle_cache().await;
+            // Writes the cache is owed, with no event to carry them. Always
+            // armed: the master can move while this partition waits here,
+            // and the replay must not wait for the partition's next event.
+            _ = cache_check.tick() => {
+                applier.reconnect_cache_if_due().await;
+                if applier.cache_owed() {
+                    applier.settle_cache().await;
+                }
                 continue;
             }
         };

@@ -129,17 +129,20 @@ start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as
   node_alive "redis$i" && return 0
   mkdir -p "$HA_STATE/redis$i"
   "$REPO/deploy/redis/render-acl.sh" "$REPO/deploy/redis/users.acl.in" "$HA_STATE/redis$i/users.acl"
-  local replica=() master=""
-  # A restarted node follows the master the sentinels name: coming back as
-  # a master beside the promoted one would split the writes until Sentinel
-  # demoted it (what was written to it then is lost). On the first start
-  # node 1 is the master.
+  local replica=() master="" peer="${REDIS_PORTS[$((1 - n))]}"
+  # Node 1 starts as the master. A restarted node never comes back as a
+  # master, which would be empty (no persistence): beside a promoted replica
+  # it would split the writes until Sentinel demoted it (losing them), and
+  # if no failover happened yet its replica would copy it empty. It follows
+  # the master the sentinels name, or while they still name this node (the
+  # restart beat the failover), the peer, which Sentinel then promotes.
   if [ -e "$HA_STATE/redis$i/started" ]; then
     master="$(sentinel_master_port)" || master=""
+    if [ -z "$master" ] || [ "$master" = "${REDIS_PORTS[$n]}" ]; then master="$peer"; fi
   elif [ "$i" = 2 ]; then
-    master="${REDIS_PORTS[0]}"
+    master="$peer"
   fi
-  if [ -n "$master" ] && [ "$master" != "${REDIS_PORTS[$n]}" ]; then
+  if [ -n "$master" ]; then
     replica=(--replicaof 127.0.0.1 "$master")
   fi
   echo started >"$HA_STATE/redis$i/started"
@@ -152,7 +155,7 @@ start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as
 sentinel_master_port() {
   local port answer
   for port in "${SENTINEL_PORTS[@]}"; do
-    answer="$(redis_at "$port" sentinel get-master-addr-by-name bank 2>/dev/null | tail -1)"
+    answer="$(redis_at "$port" sentinel get-master-addr-by-name bank 2>/dev/null | tail -1)" || continue
     [[ "$answer" =~ ^[0-9]+$ ]] && { echo "$answer"; return 0; }
   done
   return 1

@@ -203,8 +203,6 @@ async fn redis_master_killed_and_sentinel_promotes_the_replica() {
     // from Postgres). A projector that stayed on the dead master, dropped the
     // writes that failed during the outage, or did not write again what the
     // old master took but had not yet replicated, leaves stale entries.
-    let accounts: Vec<(uuid::Uuid, i64)> =
-        sqlx::query_as("SELECT id, version FROM accounts").fetch_all(&sys.write_db).await.unwrap();
     let generation: i32 =
         sqlx::query_scalar("SELECT active_generation FROM projection_meta").fetch_one(&sys.read_db).await.unwrap();
     let prefix = sys.env().into_iter().find(|(k, _)| k == "REDIS_PREFIX").unwrap().1;
@@ -216,8 +214,12 @@ async fn redis_master_killed_and_sentinel_promotes_the_replica() {
     );
     let redis = redis::Client::open(master).unwrap().get_multiplexed_async_connection().await.unwrap();
     waited(Duration::from_secs(15), "every cached account at its version on the new master", || {
-        let (mut redis, keys, accounts) = (redis.clone(), keys.clone(), accounts.clone());
+        let (mut redis, keys, write_db) = (redis.clone(), keys.clone(), sys.write_db.clone());
         async move {
+            // Read each time: nothing may still be committing, but if it
+            // were, its newer entry would not count as stale.
+            let accounts: Vec<(uuid::Uuid, i64)> =
+                sqlx::query_as("SELECT id, version FROM accounts").fetch_all(&write_db).await.unwrap();
             let mut pipe = redis::pipe();
             for (account, _) in &accounts {
                 pipe.cmd("HGET").arg(keys.account(generation, *account)).arg("version");

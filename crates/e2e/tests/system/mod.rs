@@ -257,6 +257,7 @@ impl System {
 /// (to read what a failing run's services said), to `<folder>/<name>.log`.
 fn service_log(name: &str) -> Stdio {
     let Ok(dir) = std::env::var("E2E_LOGS") else { return Stdio::null() };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("E2E_LOGS={dir}: {e}"));
     let path = format!("{dir}/{name}.log");
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
     Stdio::from(file.unwrap_or_else(|e| panic!("{path}: {e}")))
