@@ -161,10 +161,22 @@ async fn redis_lets_nobody_tamper_with_the_cache_the_change_channel_or_the_throt
     refused(anonymous.hset(&account, "owner_id", "mallory").await, "anonymous HSET");
     refused(anonymous.hgetall(&account).await, "anonymous HGETALL");
 
-    // query-service reads the cache (and refills what is missing: see
-    // SECURITY.md), but sends no change and touches no throttle.
+    // query-service reads the cache and writes nothing at all: no entry
+    // (not even through the projector's script), no change, no throttle.
     let mut query = redis_as(&redis_url_as(Principal::Query)).await;
     let _: std::collections::HashMap<String, String> = query.hgetall(&account).await.expect("control: query reads");
+    refused(query.hset(&account, "owner_id", "mallory").await, "query HSET owner_id");
+    let script = redis::cmd("EVAL")
+        .arg(bank_readmodel::UPSERT_SCRIPT)
+        .arg(1)
+        .arg(&account)
+        .arg(99)
+        .arg(60)
+        .arg("owner_id")
+        .arg("mallory")
+        .query_async::<redis::Value>(&mut query)
+        .await;
+    refused(script, "query EVAL of the cache's own script");
     refused(query.publish(&changes, "{\"false\":\"update\"}").await, "query PUBLISH on the change channel");
     refused(query.del(&throttle).await, "query DEL of a throttle key");
     refused(query.incr(&throttle, -5).await, "query lowering a throttle count");

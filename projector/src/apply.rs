@@ -240,11 +240,14 @@ impl Applier {
                     if let Some(at) = fold::occurred_at(env) {
                         LAG.observe((Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                     }
-                    changes.push(AccountChange {
+                    let mut change = AccountChange {
                         account: view.clone(),
                         transaction_id: entry.as_ref().map(|e| e.transaction_id),
                         occurred_at: fold::occurred_at(env).unwrap_or_else(Utc::now),
-                    });
+                        seal: None,
+                    };
+                    self.keys.seal_change(&mut change);
+                    changes.push(change);
                     if !changed.contains(id) {
                         changed.push(*id);
                     }

@@ -23,7 +23,6 @@ use bank_platform::{
     db, grpc as server, http,
     service::Running,
 };
-use bank_readmodel::CacheKeys;
 use futures::{FutureExt, StreamExt};
 use redis::aio::ConnectionManagerConfig;
 
@@ -35,6 +34,9 @@ pub struct Config {
     pub database_url: String,
     pub redis_url: String,
     pub redis_prefix: String,
+    /// The key cache entries and change notices are sealed with
+    /// (`READ_CACHE_KEY`, shared with query-service only).
+    pub cache_key: Option<String>,
     pub nats_url: String,
     pub stream: String,
     pub subject_prefix: String,
@@ -63,6 +65,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &config::redact_url(&self.database_url))
             .field("redis_url", &config::redact_url(&self.redis_url))
             .field("redis_prefix", &self.redis_prefix)
+            .field("cache_key", &self.cache_key.as_ref().map(|_| "***"))
             .field("nats_url", &config::redact_url(&self.nats_url))
             .field("stream", &self.stream)
             .field("subject_prefix", &self.subject_prefix)
@@ -83,6 +86,7 @@ impl Config {
             database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
             redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
+            cache_key: env.var("READ_CACHE_KEY"),
             nats_url: config::string(env, "NATS_URL", "nats://127.0.0.1:4222"),
             stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
@@ -136,7 +140,7 @@ async fn applier(config: &Config) -> Result<Applier> {
         redis: connect_redis(&config.redis_url).await,
         redis_url: config.redis_url.clone(),
         last_redis_attempt: std::time::Instant::now(),
-        keys: CacheKeys::new(config.redis_prefix.clone()),
+        keys: bank_readmodel::sealed_keys(&config.redis_prefix, config.cache_key.as_deref())?,
         cache_debt: Default::default(),
         max_deliveries: config.max_deliveries,
         lasting_gaps: Vec::new(),

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use bank_platform::{CancellationToken, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
-use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, assert_eventually, authed};
+use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, assert_eventually, authed, read_cache_key};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -58,6 +58,7 @@ impl World {
         projector.database_url = read.url_as(DbRole::Projector);
         projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
         projector.redis_prefix = bank_testkit::read_model_prefix(&prefix);
+        projector.cache_key = Some(read_cache_key().to_owned());
         projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
@@ -170,13 +171,16 @@ impl World {
             self.read_model().await
         );
         let g = bank_readmodel::active_generation(&self.read_db).await.unwrap();
-        let keys = bank_readmodel::CacheKeys::new(self.projector.redis_prefix.clone());
+        // Read as query-service reads: only under the projector's seal.
+        let keys = bank_readmodel::CacheKeys::sealed(&self.projector.redis_prefix, read_cache_key().as_bytes());
         let (fold, _) = self.fold().await;
         let mut redis = self.redis.clone();
         for (id, (balance, status, version)) in fold {
             let h: HashMap<String, String> =
                 redis::cmd("HGETALL").arg(keys.account(g, id)).query_async(&mut redis).await.unwrap();
-            let cached = bank_readmodel::from_cache(id, &h).expect("every projected account is cached");
+            let bank_readmodel::Cached::Valid(cached) = keys.open_entry(g, id, &h) else {
+                panic!("account {id} is not cached under the projector's seal: {h:?}")
+            };
             assert_eq!(
                 (cached.balance, cached.status, cached.version),
                 (balance, status, version),

@@ -20,7 +20,7 @@ use bank_platform::{
     service::Running,
 };
 use bank_proto::v1::account_query_service_server::AccountQueryServiceServer;
-use bank_readmodel::{CacheKeys, page_token::PageTokenSigner};
+use bank_readmodel::page_token::PageTokenSigner;
 use rand::RngCore;
 
 use crate::{api::QueryApi, readmodel::ReadModel};
@@ -36,6 +36,9 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub page_token_secret: Option<String>,
+    /// The key the projector seals cache entries and change notices with
+    /// (`READ_CACHE_KEY`): nothing from Redis is believed without its seal.
+    pub cache_key: Option<String>,
     /// auth-service's feed of user standings (`NATS_URL`, `USERS_STREAM`,
     /// `USERS_SUBJECT_PREFIX`): open streams end when their caller's ends.
     pub standing_feed: bank_platform::standing::Feed,
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("page_token_secret", &self.page_token_secret.as_ref().map(|_| "***"))
+            .field("cache_key", &self.cache_key.as_ref().map(|_| "***"))
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
             .finish()
@@ -73,6 +77,7 @@ impl Config {
             jwt_issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
             jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
             page_token_secret: env.var("PAGE_TOKEN_SECRET"),
+            cache_key: env.var("READ_CACHE_KEY"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
             tls: bank_platform::tls::Tls::from_env(env)?,
         })
@@ -87,7 +92,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if redis.is_none() {
         tracing::warn!("Redis unavailable: answering from Postgres");
     }
-    let keys = CacheKeys::new(config.redis_prefix.clone());
+    let keys = bank_readmodel::sealed_keys(&config.redis_prefix, config.cache_key.as_deref())?;
     let model = Arc::new(ReadModel::new(pool, redis, keys.clone()));
 
     let secret = match &config.page_token_secret {
@@ -129,7 +134,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     running.spawn(readmodel::run_change_feed(
         config.redis_url.clone(),
-        keys.changes_channel(),
+        keys.clone(),
         model.changes.clone(),
         model.resyncs.clone(),
         model.recent.clone(),

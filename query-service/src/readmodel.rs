@@ -1,6 +1,8 @@
-//! Access to the read models: Redis first for accounts, Postgres behind it
-//! (refilling Redis), the change feed from the projector's pub/sub channel,
-//! and waiting for a consistency token by notification.
+//! Access to the read models: Redis first for accounts, Postgres behind it,
+//! the change feed from the projector's pub/sub channel, and waiting for a
+//! consistency token by notification. query-service only reads Redis: the
+//! projector is its one writer, and every entry and change must carry the
+//! projector's seal (`CacheKeys::sealed`) to be believed.
 
 use std::{
     collections::HashMap,
@@ -10,7 +12,7 @@ use std::{
 
 use bank_domain::consistency::ConsistencyToken;
 use bank_platform::redis::Redis;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, cache_upsert, from_cache};
+use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, Cached};
 use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
 use redis::aio::ConnectionManagerConfig;
@@ -25,6 +27,14 @@ static CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("query_cache_misses_total", "account reads answered from Postgres").expect("registers once")
+});
+
+static FORGED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "query_cache_forgeries_total",
+        "Redis entries and change notices refused because the projector's seal did not verify"
+    )
+    .expect("registers once")
 });
 
 static RECENT_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -158,8 +168,9 @@ impl ReadModel {
     }
 
     /// One account: from memory if the change feed's view is fresh and at
-    /// least at `min_version`, else Redis if it holds that version, else
-    /// Postgres (then refilling Redis). Redis errors only cost the fallback.
+    /// least at `min_version`, else Redis if it holds that version under the
+    /// projector's seal, else Postgres. Redis errors only cost the fallback;
+    /// a forged entry is counted, logged and passed over.
     pub async fn account(&self, id: Uuid, min_version: i64) -> Result<Option<AccountView>, QueryError> {
         let generation = self.generation().await?;
         if let Some(view) = self.recent.get(id, min_version) {
@@ -169,21 +180,23 @@ impl ReadModel {
         if let Some(mut redis) = self.redis.clone() {
             let cached: redis::RedisResult<HashMap<String, String>> =
                 redis::cmd("HGETALL").arg(self.keys.account(generation, id)).query_async(&mut redis).await;
-            if let Some(view) = cached.ok().and_then(|h| from_cache(id, &h)).filter(|v| v.version >= min_version) {
-                CACHE_HITS.inc();
-                self.recent.offer(&view);
-                return Ok(Some(view));
+            match cached.map(|h| self.keys.open_entry(generation, id, &h)) {
+                Ok(Cached::Valid(view)) if view.version >= min_version => {
+                    CACHE_HITS.inc();
+                    self.recent.offer(&view);
+                    return Ok(Some(view));
+                }
+                Ok(Cached::Forged) => {
+                    FORGED.inc();
+                    tracing::warn!(account = %id, "cache entry without the projector's seal ignored");
+                }
+                _ => {}
             }
         }
         CACHE_MISSES.inc();
         let view = self.view_in_postgres(generation, id).await?;
         if let Some(v) = &view {
             self.recent.offer(v);
-        }
-        if let (Some(v), Some(mut redis)) = (&view, self.redis.clone())
-            && let Err(e) = cache_upsert(&mut redis, &self.keys, generation, v).await
-        {
-            tracing::debug!(error = %e, "cache refill failed");
         }
         Ok(view)
     }
@@ -233,7 +246,7 @@ impl ReadModel {
 /// in-process; reconnects with backoff while Redis is away.
 pub async fn run_change_feed(
     redis_url: String,
-    channel: String,
+    keys: CacheKeys,
     out: broadcast::Sender<Arc<AccountChange>>,
     resyncs: tokio::sync::watch::Sender<u64>,
     recent: Arc<Recent>,
@@ -244,7 +257,7 @@ pub async fn run_change_feed(
         let subscribed = async {
             let client = bank_platform::redis::client(&redis_url).await?;
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(keys.changes_channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         }
         .await;
@@ -260,7 +273,11 @@ pub async fn run_change_feed(
                         m = messages.next() => match m {
                             Some(m) => {
                                 let payload: String = m.get_payload().unwrap_or_default();
-                                if let Ok(change) = serde_json::from_str::<AccountChange>(&payload) {
+                                let change = serde_json::from_str::<AccountChange>(&payload);
+                                if let Ok(change) = &change && !keys.change_is_sealed(change) {
+                                    FORGED.inc();
+                                    tracing::warn!(account = %change.account.account_id, "change notice without the projector's seal ignored");
+                                } else if let Ok(change) = change {
                                     recent.offer(&change.account);
                                     let _ = out.send(Arc::new(change));
                                 }

@@ -213,7 +213,7 @@ async fn watch_balance_sees_every_change_in_order_and_ends_when_the_client_leave
 }
 
 #[tokio::test]
-async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
+async fn balance_reads_survive_a_flushed_cache_which_the_projectors_next_write_fills_again() {
     let bank = Bank::start().await;
     let alice = bank.customer();
     let a = bank.open(&alice).await.account.unwrap().account_id;
@@ -232,16 +232,19 @@ async fn balance_reads_survive_a_flushed_cache_and_refill_it() {
     let misses = bank.metric("query_cache_misses_total").await;
     assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
     assert_eq!(bank.metric("query_cache_misses_total").await, misses + 1.0);
+    // query-service only reads Redis: the projector is the cache's one writer.
     let refilled: i64 = redis::cmd("EXISTS").arg(&keys).query_async(&mut redis).await.unwrap();
-    assert!(refilled >= 1, "the cache was not refilled");
-    // The next read is answered from memory, then, once that view is old,
-    // from the refilled Redis.
+    assert_eq!(refilled, 0, "query-service wrote the cache");
+    let d = bank.deposit(&a, "1.00").await;
+    // The next read is answered from memory (the change feed), then, once
+    // that view is old, from the entry the projector wrote.
+    bank.balance(&alice, &a, &d.consistency_token).await.unwrap();
     let recent = bank.metric("query_recent_hits_total").await;
-    assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
+    assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "13.34");
     assert_eq!(bank.metric("query_recent_hits_total").await, recent + 1.0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let hits = bank.metric("query_cache_hits_total").await;
-    bank.balance(&alice, &a, "").await.unwrap();
+    assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "13.34");
     assert_eq!(bank.metric("query_cache_hits_total").await, hits + 1.0);
 }
 
@@ -371,4 +374,56 @@ async fn balances_at_an_instant_are_exact_at_just_before_and_just_after_each_pos
     assert_eq!((amount(s.opening_balance), amount(s.closing_balance)), ("10.00".into(), "6.75".into()));
     assert_eq!(s.entries.len(), 1);
     assert_eq!(s.entries[0].kind, pb::TransactionKind::TransferOut as i32);
+}
+
+/// What a client following the README retries is UNAVAILABLE: a read
+/// database that refuses connections (closed to new ones, or at its
+/// connection limit) must answer that, with a retry hint, never INTERNAL.
+#[tokio::test]
+async fn a_read_database_that_refuses_connections_answers_unavailable_with_a_retry_hint() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let moved = bank.deposit(&a, "10.00").await;
+    bank.balance(&alice, &a, &moved.consistency_token).await.unwrap();
+    let admin = sqlx::PgPool::connect(&bank_testkit::admin_database_url()).await.unwrap();
+    let db = &bank.read_db.name;
+    let drop_connections = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'");
+    let list = || async {
+        let req = pb::ListAccountsRequest::default();
+        bank.queries.clone().list_accounts(authed(req, &alice)).await.map(|r| r.into_inner())
+    };
+    let refused = |refusal: &'static str| {
+        move |r: Result<pb::ListAccountsResponse, tonic::Status>| {
+            let s = r.expect_err(refusal);
+            assert_eq!(s.code(), Code::Unavailable, "{refusal}: {s:?}");
+            assert_eq!(reason(&s), "TEMPORARILY_UNAVAILABLE", "{refusal}");
+            assert!(s.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "{refusal}: no retry hint");
+        }
+    };
+
+    // 55000: the database takes no new connections.
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")).execute(&admin).await.unwrap();
+    sqlx::query(&drop_connections).execute(&admin).await.unwrap();
+    // The first read may meet a pooled connection that was just ended; the
+    // next ones open new connections and meet the refusal itself.
+    for _ in 0..3 {
+        refused("closed to new connections")(list().await);
+    }
+    // 53300: the database is at its connection limit.
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true CONNECTION LIMIT 0"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&drop_connections).execute(&admin).await.unwrap();
+    for _ in 0..2 {
+        refused("at its connection limit")(list().await);
+    }
+
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" CONNECTION LIMIT -1")).execute(&admin).await.unwrap();
+    assert_eventually!(
+        list().await.is_ok_and(|r| r.accounts.len() == 1),
+        Duration::from_secs(10),
+        "reads did not come back once the database took connections again"
+    );
 }

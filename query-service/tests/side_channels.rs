@@ -220,3 +220,65 @@ async fn a_stream_ends_at_once_when_its_caller_is_suspended() {
     let again = bank.queries.clone().watch_balance(authed(req, &token)).await.unwrap_err();
     assert_eq!(again.code(), Code::PermissionDenied, "a new stream on the old token: {again:?}");
 }
+
+/// With the projector's Redis password (the one user that writes the cache),
+/// Mallory rewrites the owner of Alice's cached entry and publishes a
+/// change notice naming herself: neither carries the projector's seal, so
+/// query-service believes neither, counts them, and Mallory reads nothing.
+#[tokio::test]
+async fn a_cache_entry_or_change_rewritten_with_a_stolen_redis_password_reads_nobody_elses_account() {
+    use redis::AsyncCommands;
+    let bank = Bank::start().await;
+    let mallory_id = Uuid::now_v7();
+    let (alice, mallory) = (bank.customer(), bank.issuer.customer(mallory_id));
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let moved = bank.deposit(&a, "250.00").await;
+    bank.balance(&alice, &a, &moved.consistency_token).await.unwrap();
+    let id = Uuid::parse_str(&a).unwrap();
+    let read = sqlx::PgPool::connect(&bank.read_db.admin_url()).await.unwrap();
+    let generation = bank_readmodel::active_generation(&read).await.unwrap();
+    let key = bank_readmodel::CacheKeys::new(bank.redis_prefix.clone()).account(generation, id);
+    let stolen = redis::Client::open(bank_testkit::redis_url_as(bank_testkit::Principal::Projector)).unwrap();
+    let mut stolen = stolen.get_multiplexed_async_connection().await.unwrap();
+    let admin = redis::Client::open(bank_testkit::redis_admin_url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let entry: std::collections::HashMap<String, String> = admin.hgetall(&key).await.unwrap();
+    assert!(entry.contains_key("seal"), "control: the projector cached and sealed Alice's account: {entry:?}");
+    let mallory_reads = || async {
+        let balance = bank.queries.clone().get_balance(balance_request(&a, "", &mallory, Duration::from_secs(5))).await;
+        let history = pb::ListTransactionsRequest { account_id: a.clone(), ..Default::default() };
+        let history = bank.queries.clone().list_transactions(authed(history, &mallory)).await;
+        (balance.map(|_| ()).map_err(|s| s.code()), history.map(|_| ()).map_err(|s| s.code()))
+    };
+    let forgeries = bank.metric("query_cache_forgeries_total").await;
+
+    // 1. The entry, rewritten in place (and past any version asked for).
+    let mut rewrite = redis::cmd("HSET");
+    rewrite.arg(&key).arg("owner_id").arg(mallory_id.to_string()).arg("version").arg(1000);
+    let _: i64 = rewrite.query_async(&mut stolen).await.unwrap();
+    // Past the in-memory view's age, so the read goes to Redis.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(mallory_reads().await, (Err(Code::NotFound), Err(Code::NotFound)));
+    assert!(bank.metric("query_cache_forgeries_total").await > forgeries, "the forged entry was not noticed");
+
+    // 2. A change notice naming Mallory the owner, unsealed and with a made-up seal.
+    for seal in [None, Some("00".repeat(32))] {
+        let mut view = bank_readmodel::from_cache(id, &entry).unwrap();
+        view.owner_id = mallory_id;
+        view.version += 2_000;
+        let change = bank_readmodel::AccountChange {
+            account: view,
+            transaction_id: None,
+            occurred_at: chrono::Utc::now(),
+            seal,
+        };
+        let channel = bank_readmodel::CacheKeys::new(bank.redis_prefix.clone()).changes_channel();
+        let _: i64 = stolen.publish(&channel, serde_json::to_string(&change).unwrap()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(mallory_reads().await, (Err(Code::NotFound), Err(Code::NotFound)));
+    }
+
+    // Alice still reads her own account, at its real balance.
+    let balance = bank.balance(&alice, &a, "").await.unwrap();
+    assert_eq!(balance.balance.unwrap().amount, "250.00");
+}

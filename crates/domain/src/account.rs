@@ -4,7 +4,7 @@
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::{Currency, DomainError, Money};
+use crate::{Currency, DomainError, Money, money::at_scale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccountKind {
@@ -145,12 +145,15 @@ impl Account {
         if let Some(max) = self.limits.max_debit
             && amount > max
         {
-            return Err(DomainError::LimitExceeded { limit: "single debit", max });
+            return Err(DomainError::LimitExceeded { limit: "single debit", max: at_scale(max, self.currency) });
         }
         if let Some(max) = self.limits.daily_debit
             && self.debited_last_day + amount > max
         {
-            return Err(DomainError::LimitExceeded { limit: "debits per rolling day", max });
+            return Err(DomainError::LimitExceeded {
+                limit: "debits per rolling day",
+                max: at_scale(max, self.currency),
+            });
         }
         Ok(())
     }
@@ -359,6 +362,19 @@ mod tests {
         acc.debited_last_day = Decimal::from(25);
         assert!(acc.check_debit_limits(Decimal::from(25)).is_ok());
         assert_eq!(acc.check_debit_limits(Decimal::from(26)).unwrap_err().reason(), "LIMIT_EXCEEDED");
+    }
+
+    #[test]
+    fn a_limit_is_told_at_the_currencys_scale_whatever_storage_kept() {
+        let mut acc = account(100, AccountStatus::Active);
+        // NUMERIC columns hand back three decimals for a USD limit.
+        acc.limits =
+            DebitLimits { max_debit: Some("30.000".parse().unwrap()), daily_debit: Some("50.000".parse().unwrap()) };
+        let single = acc.check_debit_limits(Decimal::from(31)).unwrap_err().to_string();
+        assert_eq!(single, "the single debit limit of 30.00 would be exceeded");
+        acc.debited_last_day = Decimal::from(25);
+        let daily = acc.check_debit_limits(Decimal::from(26)).unwrap_err().to_string();
+        assert_eq!(daily, "the debits per rolling day limit of 50.00 would be exceeded");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
     Account, AccountKind, AccountStatus, Currency, DebitLimits, DomainError, Money,
     account::transfer,
     hold::{Hold, HoldState},
+    money::at_scale,
 };
 
 /// The owner of the bank's own accounts. No token may carry this subject.
@@ -461,7 +462,10 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
                 });
             }
             if money.amount > hold.money.amount {
-                return Err(DomainError::CaptureExceedsHold { requested: money.amount, held: hold.money.amount });
+                return Err(DomainError::CaptureExceedsHold {
+                    requested: at_scale(money.amount, money.currency),
+                    held: at_scale(hold.money.amount, hold.money.currency),
+                });
             }
             // Staff and services capture for others, never into their own account.
             if hold.placed_by != actor.id && find(&hold.to)?.owner_id == actor.id {
@@ -528,7 +532,7 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
                 {
                     return Err(DomainError::ReversalWouldOverdraw {
                         account: account.id,
-                        available: account.available(),
+                        available: at_scale(account.available(), account.currency),
                     });
                 }
                 let change = account.post(posting.currency, posting.amount, limits.max_balance)?;
@@ -647,7 +651,7 @@ pub fn check_legs(legs: &[Posting]) -> Result<(), DomainError> {
 pub fn check_balanced(postings: &[Posting]) -> Result<(), DomainError> {
     for (currency, sum) in sums(postings.iter().map(|p| (p.currency, p.amount))) {
         if !sum.is_zero() {
-            return Err(DomainError::Unbalanced { currency: currency.code().to_owned(), sum });
+            return Err(DomainError::Unbalanced { currency: currency.code().to_owned(), sum: at_scale(sum, currency) });
         }
     }
     Ok(())
@@ -1308,7 +1312,9 @@ mod tests {
         assert_eq!(g.when(&customer(), Command::VoidHold { hold }), Err(DomainError::NotHoldParty));
         assert_eq!(DomainError::NotHoldParty.class(), crate::Refusal::NotFound { audited: true });
         let more = Command::CaptureHold { hold, amount: Some(dollars(31)) };
-        assert!(matches!(g.when(&me, more), Err(DomainError::CaptureExceedsHold { .. })));
+        let refused = g.when(&me, more).unwrap_err();
+        assert!(matches!(refused, DomainError::CaptureExceedsHold { .. }));
+        assert_eq!(refused.to_string(), "the capture of 31.00 exceeds the 30.00 held");
         // Staff and services may capture (a merchant's acquirer does), but not into their own account.
         assert!(g.when(&service(), Command::CaptureHold { hold, amount: None }).is_ok());
         let payee = Actor { id: g.state[&to].owner_id, teller: true, ..customer() };

@@ -140,9 +140,15 @@ impl Money {
 
 /// Renders an amount at the currency's scale ("100" USD → "100.00").
 pub fn format_amount(amount: Decimal, currency: Currency) -> String {
+    at_scale(amount, currency).to_string()
+}
+
+/// The same value carried at the currency's scale, so that a message built
+/// from it reads "50.00" for USD even when storage kept "50.000".
+pub fn at_scale(amount: Decimal, currency: Currency) -> Decimal {
     let mut a = amount;
     a.rescale(currency.minor_unit());
-    a.to_string()
+    a
 }
 
 #[cfg(test)]

@@ -51,12 +51,18 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
 pub fn unavailable(err: &dyn Display) -> Status {
     let reference = uuid::Uuid::now_v7();
     tracing::warn!(%reference, error = %err, "dependency unavailable");
-    with_reason(
+    let mut details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+    details.set_error_info("TEMPORARILY_UNAVAILABLE", ERROR_DOMAIN, HashMap::<String, String>::new());
+    Status::with_error_details(
         Code::Unavailable,
-        "TEMPORARILY_UNAVAILABLE",
         format!("temporarily unavailable, retry with the same idempotency key (ref {reference})"),
+        details,
     )
 }
+
+/// The RetryInfo hint UNAVAILABLE carries: long enough for a pool to
+/// reconnect or a standby to be promoted, short enough to keep a client close.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An unexpected fault: logged in full with a reference the caller can quote.
 pub fn internal(err: &dyn Display) -> Status {
@@ -73,11 +79,14 @@ pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
         // 40001 serialization, 40P01 deadlock, 55P03 lock wait timed out,
         // 25P03 idle transaction ended, 57P01 admin shutdown, 08xxx connection,
         // 25006 read-only transaction (a connection that reached a standby,
-        // or a primary demoted under it: the next try finds the new primary).
+        // or a primary demoted under it: the next try finds the new primary),
+        // 55000 a database not accepting connections right now, 53xxx
+        // insufficient resources (53300 too many connections).
         sqlx::Error::Database(e) => e.code().is_some_and(|c| {
-            ["40001", "40P01", "55P03", "25P03", "25006"].contains(&c.as_ref())
+            ["40001", "40P01", "55P03", "25P03", "25006", "55000"].contains(&c.as_ref())
                 || c.starts_with("57P")
                 || c.starts_with("08")
+                || c.starts_with("53")
         }),
         _ => false,
     }
@@ -97,6 +106,15 @@ mod tests {
         let s = internal(&"connection to 10.0.0.5 refused: password=hunter2");
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("hunter2") && !s.message().contains("10.0.0.5"));
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry_and_why() {
+        let s = unavailable(&"pool timed out");
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_details_retry_info().unwrap().retry_delay, Some(RETRY_AFTER));
+        assert_eq!(s.get_details_error_info().unwrap().reason, "TEMPORARILY_UNAVAILABLE");
+        assert!(!s.message().contains("pool"));
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub mod page_token;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use uuid::Uuid;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -100,17 +102,151 @@ pub struct AccountChange {
     /// Empty for status-only events.
     pub transaction_id: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
+    /// The projector's seal (`CacheKeys::seal_change`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
-/// Redis key layout under a prefix (tests use a unique prefix each).
-#[derive(Debug, Clone)]
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Redis key layout under a prefix (tests use a unique prefix each), and
+/// the seal that makes what the projector writes there checkable.
+///
+/// Redis's ACLs cannot confine a user to one script: whoever holds the
+/// projector's (or any writing) password can `HSET` any field of any entry,
+/// `owner_id` included, or publish a made-up change. So the projector seals
+/// each entry and each change with an HMAC under a key only it and
+/// query-service hold (`READ_CACHE_KEY`), bound to the entry's Redis key, and
+/// query-service serves nothing from Redis whose seal does not verify.
+#[derive(Clone)]
 pub struct CacheKeys {
     prefix: String,
+    seal: Option<std::sync::Arc<[u8]>>,
 }
 
+impl std::fmt::Debug for CacheKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheKeys").field("prefix", &self.prefix).field("sealed", &self.seal.is_some()).finish()
+    }
+}
+
+/// The sealed keys of a service's configuration: the seal is required, so a
+/// stack that forgot it fails at start rather than trusting or distrusting
+/// every entry silently.
+pub fn sealed_keys(prefix: &str, key: Option<&str>) -> anyhow::Result<CacheKeys> {
+    match key {
+        Some(k) if k.len() >= 16 => Ok(CacheKeys::sealed(prefix, k.as_bytes())),
+        Some(_) => anyhow::bail!("READ_CACHE_KEY is too short: at least 16 characters"),
+        None => anyhow::bail!(
+            "READ_CACHE_KEY is not set: the projector seals the cache with it and query-service checks the seals"
+        ),
+    }
+}
+
+/// What an entry read back from Redis turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// Complete, and sealed by the projector (or no seal asked for).
+    Valid(AccountView),
+    /// Missing or incomplete: read Postgres instead.
+    Absent,
+    /// Complete but its seal does not verify: written by someone else.
+    Forged,
+}
+
+/// The hash fields a seal covers, in the order it covers them.
+const SEALED_FIELDS: [&str; 8] = ["version", "owner_id", "kind", "currency", "balance", "status", "opened_at", "held"];
+
 impl CacheKeys {
+    /// Keys only: entries are written unsealed and read without a check
+    /// (reconcile compares them with the write model instead).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self { prefix: prefix.into(), seal: None }
+    }
+
+    /// Keys whose entries and changes are sealed with `key` (the projector)
+    /// or must carry its seal (query-service).
+    pub fn sealed(prefix: impl Into<String>, key: &[u8]) -> Self {
+        Self { prefix: prefix.into(), seal: Some(key.into()) }
+    }
+
+    fn mac(&self, parts: &[&str]) -> Option<String> {
+        let key = self.seal.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        for part in parts {
+            // Length-prefixed, so no two different lists give the same input.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        Some(hex(&mac.finalize().into_bytes()))
+    }
+
+    fn entry_seal(&self, key: &str, values: &[&str]) -> Option<String> {
+        let mut parts = vec!["entry", key];
+        parts.extend_from_slice(values);
+        self.mac(&parts)
+    }
+
+    /// The fields to write for `account` (version excluded; it is ARGV[1]),
+    /// with its seal when the keys have one.
+    pub fn entry_fields(&self, generation: i32, account: &AccountView) -> Vec<(String, String)> {
+        let mut fields = cache_fields(account);
+        let version = account.version.to_string();
+        let mut values = vec![version.as_str()];
+        values.extend(fields.iter().map(|(_, v)| v.as_str()));
+        if let Some(seal) = self.entry_seal(&self.account(generation, account.account_id), &values) {
+            fields.push(("seal".into(), seal));
+        }
+        fields
+    }
+
+    /// Reads an entry back: valid only if complete and, when the keys have a
+    /// seal, sealed for exactly this key and these values.
+    pub fn open_entry(&self, generation: i32, id: Uuid, h: &HashMap<String, String>) -> Cached {
+        let Some(view) = from_cache(id, h) else { return Cached::Absent };
+        if self.seal.is_none() {
+            return Cached::Valid(view);
+        }
+        let values: Vec<&str> = SEALED_FIELDS.iter().map(|f| h.get(*f).map_or("", String::as_str)).collect();
+        match (self.entry_seal(&self.account(generation, id), &values), h.get("seal")) {
+            (Some(expected), Some(seal)) if constant_time_eq(expected.as_bytes(), seal.as_bytes()) => {
+                Cached::Valid(view)
+            }
+            _ => Cached::Forged,
+        }
+    }
+
+    fn change_seal(&self, change: &AccountChange) -> Option<String> {
+        let a = &change.account;
+        let (id, version) = (a.account_id.to_string(), a.version.to_string());
+        let (tx, at) =
+            (change.transaction_id.map(|t| t.to_string()).unwrap_or_default(), change.occurred_at.to_rfc3339());
+        let fields = cache_fields(a);
+        let channel = self.changes_channel();
+        let mut parts = vec!["change", channel.as_str(), id.as_str(), version.as_str(), tx.as_str(), at.as_str()];
+        parts.extend(fields.iter().map(|(_, v)| v.as_str()));
+        self.mac(&parts)
+    }
+
+    /// Seals a change before it is published.
+    pub fn seal_change(&self, change: &mut AccountChange) {
+        change.seal = self.change_seal(change);
+    }
+
+    /// Whether a received change was sealed by the projector (always, when
+    /// the keys have no seal).
+    pub fn change_is_sealed(&self, change: &AccountChange) -> bool {
+        match (self.change_seal(change), &change.seal) {
+            (None, _) => true,
+            (Some(expected), Some(seal)) => constant_time_eq(expected.as_bytes(), seal.as_bytes()),
+            (Some(_), None) => false,
+        }
     }
 
     pub fn account(&self, generation: i32, id: Uuid) -> String {
@@ -177,7 +313,7 @@ pub async fn cache_upsert(
     let script = redis::Script::new(UPSERT_SCRIPT);
     let mut call = script.key(keys.account(generation, account.account_id));
     call.arg(account.version).arg(CACHE_TTL_SECS);
-    for (k, v) in cache_fields(account) {
+    for (k, v) in keys.entry_fields(generation, account) {
         call.arg(k).arg(v);
     }
     let _: i64 = call.invoke_async(redis).await?;
@@ -199,7 +335,7 @@ pub async fn cache_upsert_many(
     for account in accounts {
         let cmd = pipe.cmd("EVAL").arg(UPSERT_SCRIPT).arg(1).arg(keys.account(generation, account.account_id));
         cmd.arg(account.version).arg(CACHE_TTL_SECS);
-        for (k, v) in cache_fields(account) {
+        for (k, v) in keys.entry_fields(generation, account) {
             cmd.arg(k).arg(v);
         }
         cmd.ignore();

@@ -255,12 +255,20 @@ pub fn service_env(prefix: &str, jwks_url: &str) -> Vec<(String, String)> {
         ("JWT_ISSUER", ISSUER.to_owned()),
         ("JWT_AUDIENCE", AUDIENCE.to_owned()),
         ("PAGE_TOKEN_SECRET", prefix.to_owned()),
+        ("READ_CACHE_KEY", read_cache_key().to_owned()),
         ("EVENT_SIGNING_KEY", event_key_files().0.display().to_string()),
         ("EVENT_VERIFYING_KEYS", event_key_files().1.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// The key the projector seals cache entries with and query-service checks
+/// them with: one per test process, made at random.
+pub fn read_cache_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| format!("test-cache-{}", Uuid::new_v4().simple()))
 }
 
 /// Key files (signing, verifying) for the events of processes this test

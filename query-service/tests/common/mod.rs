@@ -19,6 +19,8 @@ pub struct Bank {
     pub query_http: std::net::SocketAddr,
     pub query_config: query_service::Config,
     pub redis_prefix: String,
+    /// The read models' database (a test may make it refuse connections).
+    pub read_db: TestDb,
 }
 
 pub fn usd(a: &str) -> Option<pb::Money> {
@@ -69,6 +71,7 @@ impl Bank {
         projector.database_url = read.url_as(DbRole::Projector);
         projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
         projector.redis_prefix = redis_prefix.clone();
+        projector.cache_key = Some(bank_testkit::read_cache_key().to_owned());
         projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
         projector.stream = command.relay.stream.clone();
         projector.subject_prefix = command.relay.subject_prefix.clone();
@@ -81,6 +84,7 @@ impl Bank {
         query.database_url = read.url_as(DbRole::Query);
         query.redis_url = query_redis.into();
         query.redis_prefix = redis_prefix.clone();
+        query.cache_key = Some(bank_testkit::read_cache_key().to_owned());
         query.jwks_url = issuer.jwks_url.clone();
         query.jwt_issuer = bank_testkit::ISSUER.into();
         query.jwt_audience = bank_testkit::AUDIENCE.into();
@@ -93,7 +97,16 @@ impl Bank {
         let commands = AccountCommandServiceClient::connect(format!("http://{}", c.grpc_addr)).await.unwrap();
         let queries = AccountQueryServiceClient::connect(format!("http://{}", q.grpc_addr)).await.unwrap();
         let query_http = q.http_addr;
-        Self { issuer, runs: vec![c, q, p], commands, queries, query_http, query_config: query, redis_prefix }
+        Self {
+            issuer,
+            runs: vec![c, q, p],
+            commands,
+            queries,
+            query_http,
+            query_config: query,
+            redis_prefix,
+            read_db: read,
+        }
     }
 
     pub fn customer(&self) -> String {
