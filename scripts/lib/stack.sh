@@ -140,7 +140,7 @@ stack_secrets() {
   mkdir -p "$dir" && chmod 700 "$dir"
   for name in nats_admin nats_command nats_auth nats_projector nats_query \
     redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}" \
-    page_token; do
+    page_token read_cache_key; do
     local file="$dir/$name"
     # A letter first: nats-server reads an environment value such as
     # "12e3..." as a number, and the server then refuses its own config.
@@ -184,11 +184,14 @@ service_credentials() {
     projector) user=projector
       echo "READ_DATABASE_URL=$(pg_url bank_projector "$READ_DB")"
       # `projector rebuild --from event-store` reads the events' envelopes.
-      echo "EVENT_STORE_DATABASE_URL=$(pg_url bank_projector "$COMMAND_DB")" ;;
+      echo "EVENT_STORE_DATABASE_URL=$(pg_url bank_projector "$COMMAND_DB")"
+      echo "READ_CACHE_KEY=$READ_CACHE_KEY_PASSWORD" ;;
     query-service) user=query
       echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")"
       # Page tokens that survive a restart (and hold across instances).
-      echo "PAGE_TOKEN_SECRET=$PAGE_TOKEN_PASSWORD" ;;
+      echo "PAGE_TOKEN_SECRET=$PAGE_TOKEN_PASSWORD"
+      # Only entries and changes the projector sealed are believed.
+      echo "READ_CACHE_KEY=$READ_CACHE_KEY_PASSWORD" ;;
     *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"

@@ -29,6 +29,10 @@ for name, urls in roles.items():
     assert not any("_owner:" in str(v) or "postgres://postgres" in str(v) for v in c[name]["environment"].values()), name
 # Page tokens hold across query-service restarts and instances.
 assert c["query-service"]["environment"]["PAGE_TOKEN_SECRET"].startswith("${PAGE_TOKEN_SECRET:?"), "PAGE_TOKEN_SECRET"
+for svc in ("projector", "query-service"):
+    assert c[svc]["environment"]["READ_CACHE_KEY"].startswith("${READ_CACHE_KEY:?"), f"{svc}: READ_CACHE_KEY"
+for svc in ("auth-service", "command-service"):
+    assert "READ_CACHE_KEY" not in c[svc]["environment"], f"{svc} holds the cache's seal key"
 # Keys from files: events signed and verified, tokens signed with a stable key.
 assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run/secrets/")
 assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
