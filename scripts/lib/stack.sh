@@ -155,8 +155,17 @@ create_databases() {
   local db owner db_owner
   for db_owner in "$AUTH_DB:bank_auth_owner" "$COMMAND_DB:bank_command_owner" "$READ_DB:bank_read_owner"; do
     db=${db_owner%%:*} owner=${db_owner#*:}
-    psql -q "$DATABASE_ADMIN_URL" -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
+    psql_admin -q -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
   done
+}
+
+# psql_admin <psql args>: psql as the superuser on the stack (the one that
+# takes writes, on the HA cluster), the password in the environment: never
+# a URL with the password on a command line, where any local user reads it.
+psql_admin() {
+  stack_secrets
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" psql \
+    "postgresql://postgres@${PG_HOSTS:-127.0.0.1:$PGPORT}/postgres?target_session_attrs=read-write" "$@"
 }
 
 # pg_url <role> <database>: a URL for that role (with its password).
