@@ -226,14 +226,71 @@ migrations_env() {
 }
 
 # run_migrations <binary dir>: every database's migrations, each as its
-# migration role; only these processes ever see those roles' passwords.
+# migration role; only these processes ever see those roles' passwords, each
+# only its own database's (in a clean environment: see exec_clean).
 run_migrations() {
-  (
-    migrations_env
-    "$1/auth-service" migrate
-    "$1/command-service" migrate
-    "$1/projector" migrate
-  )
+  local step
+  for step in auth-service:AUTH command-service:COMMAND projector:READ; do
+    (
+      migrations_env
+      exec_clean "${step#*:}_MIGRATE_DATABASE_URL" -- "$1/${step%%:*}" migrate
+    ) || return
+  done
+}
+
+# The environment a service process starts with (scripts/run, the edge
+# test): the variables below, which hold no secret, and nothing else of the
+# caller's; then the service's own credentials (service_exec). Everything
+# else that the caller exported (every stack password, the admin URLs, the
+# other services' keys) is dropped before the exec.
+SERVICE_ENV_ALLOWED=(PATH HOME USER LOGNAME SHELL TERM LANG LANGUAGE TZ TMPDIR
+  RUST_LOG RUST_BACKTRACE RUST_LIB_BACKTRACE LOG_FORMAT TEST_LOG
+  AUTH_GRPC_ADDR AUTH_HTTP_ADDR COMMAND_GRPC_ADDR COMMAND_HTTP_ADDR QUERY_GRPC_ADDR QUERY_HTTP_ADDR PROJECTOR_HTTP_ADDR
+  TRUST_X_FORWARDED_FOR EDGE_CERT_NAME JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECS REFRESH_TOKEN_TTL_SECS
+  LOGIN_MAX_ATTEMPTS_PER_ADDRESS LOGIN_MAX_FAILURES_PER_EMAIL LOGIN_THROTTLE_WINDOW_SECS BOOTSTRAP_ADMIN_EMAIL
+  MAX_AMOUNT MAX_BALANCE COMMAND_BATCHING COMMAND_BATCHERS COMMAND_BATCH_MAX DB_MAX_CONNECTIONS
+  OUTBOX_BATCH OUTBOX_POLL_MS HOLD_EXPIRY_POLL_MS CONSISTENCY_TIMEOUT RECONCILE_BEHIND_BOUND_SECS
+  PROJECTOR_BATCH PROJECTOR_DURABLE PROJECTOR_MAX_DELIVERIES READ_DB_SYNCHRONOUS_COMMIT
+  NATS_STREAM NATS_STREAM_REPLICAS NATS_SUBJECT_PREFIX USERS_STREAM USERS_SUBJECT_PREFIX REDIS_PREFIX AUTH_REDIS_PREFIX)
+
+# exec_clean [NAME...] -- <command...>: exec the command with only the
+# allowed variables (SERVICE_ENV_ALLOWED, OTEL_*, LC_*) and the NAMEs given
+# exported; shell variables stay in this shell. Run it in a subshell. Nothing
+# passes through an argv (no `env NAME=secret`).
+exec_clean() {
+  local keep=" ${SERVICE_ENV_ALLOWED[*]} " v
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do keep+="$1 "; shift; done
+  shift
+  for v in $(compgen -e); do
+    case $v in OTEL_* | LC_*) continue ;; esac
+    [[ "$keep" == *" $v "* ]] || export -n "${v?}"
+  done
+  for v in $keep; do [ -n "${!v+x}" ] && export "${v?}"; done
+  exec "$@"
+}
+
+# service_exec <service> [NAME=value...] <command...>: exec the command (the
+# service's binary, or setsid before it) with the service's own environment
+# only: the allowed variables, its credentials (service_credentials), the
+# NAME=values given (listen addresses) and its own keys, if set here:
+# auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
+# command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS.
+# Run it in a subshell (a background job is one).
+service_exec() {
+  local service=$1 own=() kv
+  shift
+  case $service in
+    auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE) ;;
+    command-service) own=(EVENT_SIGNING_KEY) ;;
+    projector) own=(EVENT_VERIFYING_KEYS) ;;
+    query-service) ;;
+    *) echo "unknown service: $service" >&2; exit 2 ;;
+  esac
+  local creds=()
+  mapfile -t creds < <(service_credentials "$service")
+  for kv in "${creds[@]}" ; do own+=("${kv%%=*}"); printf -v "${kv%%=*}" '%s' "${kv#*=}"; done
+  while [[ "$1" == [A-Z]*=* ]]; do own+=("${1%%=*}"); printf -v "${1%%=*}" '%s' "${1#*=}"; shift; done
+  exec_clean "${own[@]}" -- "$@"
 }
 
 start_nats() {

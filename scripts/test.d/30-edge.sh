@@ -5,7 +5,9 @@
 # edge, a token reaching a service, REST (resource paths, errors as HTTP codes
 # with google.rpc.Status bodies, bad input), the OpenAPI document against the
 # running edge, gRPC-Web, Login rate limiting per client address, and an upstream killed and
-# restarted.
+# restarted. Each service starts with its own environment only
+# (service_exec), no secret on any command line; Envoy's admin interface is
+# a unix socket (its /stats read here with curl --unix-socket).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/stack.sh
@@ -29,7 +31,7 @@ export REDIS_PREFIX="bank:rm:edge$$:" AUTH_REDIS_PREFIX="bank:auth:edge$$:" PROJ
 
 pids=()
 declare -A pid_of
-start() { # start <name> <command...>
+start() { # start <name> <command...> (service_exec <service> <binary> for a service)
   local name=$1; shift
   "$@" >>"$logs/$name.log" 2>&1 &
   pid_of[$name]=$!
@@ -48,14 +50,14 @@ run_migrations "$bin" >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 
-start auth env $(service_credentials auth-service) "$bin"/auth-service
+start auth service_exec auth-service "$bin"/auth-service
 wait_port auth-service "$AUTH_GRPC_PORT"
-start command env $(service_credentials command-service) "$bin"/command-service
-start projector env $(service_credentials projector) "$bin"/projector
-start query env $(service_credentials query-service) "$bin"/query-service
+start command service_exec command-service "$bin"/command-service
+start projector service_exec projector "$bin"/projector
+start query service_exec query-service "$bin"/query-service
 wait_port command-service "$COMMAND_GRPC_PORT"
 wait_port query-service "$QUERY_GRPC_PORT"
-start envoy envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
+start envoy exec_clean -- envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
 wait_port envoy "$EDGE_PORT"
 edge=localhost:$EDGE_PORT
 # Wait until Envoy's health checks see the upstreams.
@@ -140,7 +142,7 @@ echo "ok: gRPC-Web request answered"
 kill "${pid_of[command]}"; wait "${pid_of[command]}" 2>/dev/null || true
 open='{"type":"ACCOUNT_TYPE_CHECKING","currency_code":"USD","idempotency_key":"edge-1"}'
 expect "Unavailable" grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount
-start command env $(service_credentials command-service) "$bin"/command-service
+start command service_exec command-service "$bin"/command-service
 recovered=0
 for _ in $(seq 1 100); do
   out=$(grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount 2>&1 || true)
