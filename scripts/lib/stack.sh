@@ -429,10 +429,13 @@ event_keys() {
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:
 # the transcoder's descriptor set, and envoy/envoy.yaml rendered for the
 # exported *_PORT variables on loopback (hosts given here, never taken from
-# whatever the environment happens to hold). Paths must be absolute.
+# whatever the environment happens to hold), Envoy's admin interface on a
+# unix socket only its owner reaches (ENVOY_ADMIN_SOCKET, by default
+# $STATE/run/envoy-admin.sock). Paths must be absolute.
 edge_config() {
   "$1" "$2" >/dev/null
   stack_tls
   EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
+    ENVOY_ADMIN_SOCKET="${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}" \
     TLS_DIR="$STATE/tls" DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
 }

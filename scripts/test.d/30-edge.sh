@@ -18,8 +18,9 @@ cargo build -q --bins
 logs="$STATE/logs/edge-test-$$"
 mkdir -p "$logs"
 read -r AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT \
-  PROJECTOR_HTTP_PORT EDGE_PORT ENVOY_ADMIN_PORT <<<"$(free_ports 9)"
-export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT ENVOY_ADMIN_PORT
+  PROJECTOR_HTTP_PORT EDGE_PORT <<<"$(free_ports 8)"
+export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT
+ENVOY_ADMIN_SOCKET="$logs/envoy-admin.sock"
 services_env
 DESCRIPTOR="$logs/bank.pb"
 edge_config "$bin"/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
@@ -227,7 +228,8 @@ expect_rest 401 '"code":16' GET "/v1/accounts/$a/balance"
 token=$token_saved
 # A read parked on a consistency token the read model never reaches answers
 # 503 once: the edge does not retry it (each retry would park it again).
-retries() { curl -s "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=^cluster\.query_service\.upstream_rq_retry\$" | awk '{print $2}'; }
+retries() { curl -s --unix-socket "$ENVOY_ADMIN_SOCKET" "http://admin/stats?filter=^cluster\.query_service\.upstream_rq_retry\$" | awk '{print $2}'; }
+[ -n "$(retries)" ] || fail "Envoy's admin socket gave no retry counter"
 before=$(retries)
 expect_rest 503 '"code":14' GET "/v1/accounts/$a/balance" -H "grpc-timeout: 2S" -G --data-urlencode "min_consistency_token=ct1.${a//-/}:1000000"
 [ "$(retries)" = "$before" ] || fail "the edge retried a read parked on an unreachable consistency token ($before -> $(retries))"
