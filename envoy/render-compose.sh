@@ -1,9 +1,11 @@
 #!/bin/sh
 # Inside compose: envoy.yaml's placeholders (see envoy/render.py) filled with
 # compose service names, the listener on all interfaces, the descriptor from
-# the shared volume. sed, because the Envoy image has no Python.
+# the shared volume, the admin interface on an owner-only unix socket inside
+# the container (no port; nothing publishes it). sed, because the Envoy
+# image has no Python.
 set -eu
-sed -e 's/${EDGE_ADDRESS}/0.0.0.0/g' -e 's/${EDGE_PORT}/8080/g' -e 's/${ENVOY_ADMIN_PORT}/9901/g' \
+sed -e 's/${EDGE_ADDRESS}/0.0.0.0/g' -e 's/${EDGE_PORT}/8080/g' -e 's#${ENVOY_ADMIN_SOCKET}#/tmp/envoy-admin.sock#g' \
     -e 's/${AUTH_HOST}/auth-service/g' -e 's/${AUTH_GRPC_PORT}/50051/g' -e 's/${AUTH_HTTP_PORT}/9091/g' \
     -e 's/${COMMAND_HOST}/command-service/g' -e 's/${COMMAND_GRPC_PORT}/50052/g' \
     -e 's/${QUERY_HOST}/query-service/g' -e 's/${QUERY_GRPC_PORT}/50053/g' \

@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULTS = {
     "EDGE_ADDRESS": "127.0.0.1",
     "EDGE_PORT": "8080",
-    "ENVOY_ADMIN_PORT": "9901",
+    # The admin interface: a unix socket, owner-only (never a TCP port).
+    "ENVOY_ADMIN_SOCKET": str(ROOT / ".state/run/envoy-admin.sock"),
     "AUTH_HOST": "127.0.0.1",
     "AUTH_GRPC_PORT": "50051",
     "AUTH_HTTP_PORT": "9091",

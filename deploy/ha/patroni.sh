@@ -17,15 +17,21 @@ done
 lit() { printf '%s' "$1" | sed 's/[|&\\]/\\&/g'; }
 conf=/tmp/patroni.yml
 umask 077
+# The passwords reach sed in a script file (owner-only), never as arguments.
+{
+  printf 's|@POSTGRES_PASSWORD@|%s|\n' "$(lit "$PG_POSTGRES_PASSWORD")"
+  printf 's|@REPLICATOR_PASSWORD@|%s|\n' "$(lit "$PG_REPLICATOR_PASSWORD")"
+  printf 's|@REST_PASSWORD@|%s|\n' "$(lit "$REST_API_PASSWORD")"
+} >/tmp/patroni-secrets.sed
 sed -e "s|@NAME@|$NODE_NAME|; s|@REST_PORT@|8008|g; s|@PG_PORT@|5432|g" \
     -e "s|@ETCD_HOSTS@|etcd1:2379,etcd2:2379,etcd3:2379|" \
     -e "s|@DATA_DIR@|/var/lib/postgresql/data/pgdata|; s|@RUN_DIR@|/var/run/postgresql|; s|@PGPASS@|/tmp/pgpass|" \
     -e "s|@PGBIN@|/usr/lib/postgresql/15/bin|" \
-    -e "s|@POSTGRES_PASSWORD@|$(lit "$PG_POSTGRES_PASSWORD")|; s|@REPLICATOR_PASSWORD@|$(lit "$PG_REPLICATOR_PASSWORD")|" \
-    -e "s|@REST_PASSWORD@|$(lit "$REST_API_PASSWORD")|" \
+    -f /tmp/patroni-secrets.sed \
     -e "s|listen: 127\.0\.0\.1:|listen: 0.0.0.0:|; s|connect_address: 127\.0\.0\.1:|connect_address: $NODE_NAME:|" \
     -e "s|127\.0\.0\.1/32|samenet|" \
     /etc/bank-ha/patroni.yml.in >"$conf"
+rm -f /tmp/patroni-secrets.sed
 # Whatever the template gains later must not silently stay on loopback.
 if grep -n '127\.0\.0\.1\|@[A-Z_]*@' "$conf" >&2; then
   echo "patroni.sh: the lines above of patroni.yml.in are not rendered for compose" >&2

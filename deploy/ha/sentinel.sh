@@ -17,6 +17,9 @@ if [ ! -s "$conf" ]; then
     case $pw in *[!A-Za-z0-9._-]*) echo "sentinel.sh: REDIS_${name}_PASSWORD may hold only A-Z a-z 0-9 . _ -" >&2; exit 1 ;; esac
   done
   umask 077
+  # The passwords reach sed in a script file (owner-only), never as arguments.
+  printf 's|@ADMIN@|%s|g\ns|@PROJECTOR@|%s|\ns|@QUERY@|%s|\ns|@COMMAND@|%s|\ns|@AUTH@|%s|\n' "$REDIS_ADMIN_PASSWORD" \
+    "$REDIS_PROJECTOR_PASSWORD" "$REDIS_QUERY_PASSWORD" "$REDIS_COMMAND_PASSWORD" "$REDIS_AUTH_PASSWORD" >/tmp/sentinel-secrets.sed
   {
     # Before the monitor line, which names the master by host name.
     echo "protected-mode no"
@@ -25,9 +28,9 @@ if [ ! -s "$conf" ]; then
     echo "sentinel announce-ip $NODE_NAME"
     sed -e "s|@PORT@|26379|; s|@DIR@|/data|; s|^bind 127\.0\.0\.1\$|bind 0.0.0.0|" \
         -e "s|monitor bank 127\.0\.0\.1 @MASTER_PORT@|monitor bank $REDIS_MASTER_HOST 6379|" \
-        -e "s|@ADMIN@|$REDIS_ADMIN_PASSWORD|g; s|@PROJECTOR@|$REDIS_PROJECTOR_PASSWORD|; s|@QUERY@|$REDIS_QUERY_PASSWORD|" \
-        -e "s|@COMMAND@|$REDIS_COMMAND_PASSWORD|; s|@AUTH@|$REDIS_AUTH_PASSWORD|" /etc/bank-ha/sentinel.conf.in
+        -f /tmp/sentinel-secrets.sed /etc/bank-ha/sentinel.conf.in
   } >"$conf.new"
+  rm -f /tmp/sentinel-secrets.sed
   # Whatever the template gains later must not silently stay on loopback.
   if grep -n '127\.0\.0\.1\|@[A-Z_]*@' "$conf.new" >&2; then
     echo "sentinel.sh: the lines above of sentinel.conf.in are not rendered for compose" >&2

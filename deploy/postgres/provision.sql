@@ -1,8 +1,8 @@
 -- The bank's Postgres roles and databases (issue 15), for the local stack
 -- (scripts/lib/stack.sh) and compose (docker-entrypoint-initdb.d) alike: run
--- as the superuser by deploy/postgres/provision.sh, which passes each role's
--- password as a psql variable. Safe to run again (passwords are reset to the
--- given ones).
+-- as the superuser by deploy/postgres/provision.sh. Each role's password is
+-- read from psql's environment (PG_<ROLE>_PASSWORD), never from a command
+-- line. Safe to run again (passwords are reset to the given ones).
 --
 -- Per database, a migration role owns the schema and runs the migrations
 -- (`<service> migrate`); the services run as roles that own nothing and hold
@@ -10,6 +10,13 @@
 -- databases or roles, and none is a superuser, so none can set
 -- session_replication_role, disable a trigger or read another's database.
 \set ON_ERROR_STOP on
+\getenv bank_auth_owner PG_BANK_AUTH_OWNER_PASSWORD
+\getenv bank_auth PG_BANK_AUTH_PASSWORD
+\getenv bank_command_owner PG_BANK_COMMAND_OWNER_PASSWORD
+\getenv bank_command PG_BANK_COMMAND_PASSWORD
+\getenv bank_read_owner PG_BANK_READ_OWNER_PASSWORD
+\getenv bank_projector PG_BANK_PROJECTOR_PASSWORD
+\getenv bank_query PG_BANK_QUERY_PASSWORD
 
 SELECT format('CREATE ROLE %I', r)
 FROM unnest(ARRAY['bank_auth_owner', 'bank_auth', 'bank_command_owner', 'bank_command',

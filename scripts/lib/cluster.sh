@@ -82,18 +82,28 @@ start_etcd() { # start_etcd <1-3>
     --heartbeat-interval 100 --election-timeout 1000
 }
 
+# secret_sed <script file> <sed expression...>: the expressions written to
+# an owner-only sed script (for `sed -f`): a password must never be an
+# argument of sed (or of anything), where any local user reads it.
+secret_sed() {
+  local f=$1; shift
+  (umask 077 && printf '%s\n' "$@" >"$f")
+}
+
 patroni_config() { # patroni_config <1-2>: $HA_STATE/patroni<i>.yml, readable by postgres only
   local i=$1 n=$(($1 - 1))
-  local f="$HA_STATE/patroni$i.yml"
+  local f="$HA_STATE/patroni$i.yml" script="$HA_STATE/patroni$i.sed"
+  secret_sed "$script" "s|@POSTGRES_PASSWORD@|$PG_POSTGRES_PASSWORD|" "s|@REPLICATOR_PASSWORD@|$PG_REPLICATOR_PASSWORD|" \
+    "s|@REST_PASSWORD@|$PATRONI_REST_PASSWORD|"
   (umask 077 && cat >"$f" <<YAML
 # Rendered from deploy/ha/patroni.yml.in by scripts/lib/cluster.sh.
 $(sed -e "s|@NAME@|pg$i|; s|@REST_PORT@|${PATRONI_REST[$n]}|g; s|@PG_PORT@|${PG_PORTS[$n]}|g" \
       -e "s|@ETCD_HOSTS@|127.0.0.1:${ETCD_CLIENT[0]},127.0.0.1:${ETCD_CLIENT[1]},127.0.0.1:${ETCD_CLIENT[2]}|" \
       -e "s|@DATA_DIR@|$HA_STATE/pg$i|; s|@RUN_DIR@|$HA_STATE/run|; s|@PGPASS@|$HA_STATE/patroni$i/pgpass|" \
-      -e "s|@PGBIN@|$PGBIN|; s|@POSTGRES_PASSWORD@|$PG_POSTGRES_PASSWORD|; s|@REPLICATOR_PASSWORD@|$PG_REPLICATOR_PASSWORD|" \
-      -e "s|@REST_PASSWORD@|$PATRONI_REST_PASSWORD|" "$REPO/deploy/ha/patroni.yml.in")
+      -e "s|@PGBIN@|$PGBIN|" -f "$script" "$REPO/deploy/ha/patroni.yml.in")
 YAML
   )
+  rm -f "$script"
   chown postgres "$f"
 }
 
@@ -116,12 +126,20 @@ start_nats_node() { # start_nats_node <1-3>
   local i=$1 n=$(($1 - 1)) routes="" j
   node_alive "nats$i" && return 0
   for j in 0 1 2; do
-    [ "$j" = "$n" ] || routes+="nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${NATS_CLUSTER[$j]},"
+    [ "$j" = "$n" ] || routes+="\"nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${NATS_CLUSTER[$j]}\", "
   done
   mkdir -p "$HA_STATE/nats$i"
-  run_node "nats$i" nats-server -c "$REPO/deploy/nats/nats.conf" -js -n "nats$i" -a 127.0.0.1 -p "${NATS_PORTS[$n]}" \
-    -m "${NATS_MONITOR[$n]}" -sd "$HA_STATE/nats$i" --cluster_name bankmesh \
-    --cluster "nats-route://route:$NATS_ROUTE_PASSWORD@127.0.0.1:${NATS_CLUSTER[$n]}" --routes "${routes%,}"
+  # deploy/nats/nats.conf plus the cluster, its route password in the
+  # owner-only file (never on nats-server's command line).
+  local conf="$HA_STATE/nats$i/nats.conf"
+  (
+    umask 077
+    cat "$REPO/deploy/nats/nats.conf" >"$conf"
+    printf 'cluster {\n  name: bankmesh\n  listen: "127.0.0.1:%s"\n  authorization { user: route, password: "%s" }\n  routes: [%s]\n}\n' \
+      "${NATS_CLUSTER[$n]}" "$NATS_ROUTE_PASSWORD" "${routes%, }" >>"$conf"
+  )
+  run_node "nats$i" nats-server -c "$conf" -js -n "nats$i" -a 127.0.0.1 -p "${NATS_PORTS[$n]}" \
+    -m "${NATS_MONITOR[$n]}" -sd "$HA_STATE/nats$i"
 }
 
 start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as its replica
@@ -146,9 +164,11 @@ start_redis_node() { # start_redis_node <1-2>: node 1 starts as the master, 2 as
     replica=(--replicaof 127.0.0.1 "$master")
   fi
   echo started >"$HA_STATE/redis$i/started"
-  run_node "redis$i" redis-server --bind 127.0.0.1 --port "${REDIS_PORTS[$n]}" --dir "$HA_STATE/redis$i" \
-    --aclfile "$HA_STATE/redis$i/users.acl" --masteruser admin --masterauth "$REDIS_ADMIN_PASSWORD" \
-    --save '' --appendonly no "${replica[@]}"
+  # Replication as admin: its password in an owner-only file, never an argument.
+  local conf="$HA_STATE/redis$i/redis.conf"
+  (umask 077 && printf 'masteruser admin\nmasterauth %s\n' "$REDIS_ADMIN_PASSWORD" >"$conf")
+  run_node "redis$i" redis-server "$conf" --bind 127.0.0.1 --port "${REDIS_PORTS[$n]}" --dir "$HA_STATE/redis$i" \
+    --aclfile "$HA_STATE/redis$i/users.acl" --save '' --appendonly no "${replica[@]}"
 }
 
 # sentinel_master_port: the master's port, as the first sentinel that answers names it.
@@ -168,9 +188,11 @@ start_sentinel() { # start_sentinel <1-3>
   local conf="$HA_STATE/sentinel$i/sentinel.conf"
   # Sentinel rewrites its file (what it learns of the others): made once.
   if [ ! -s "$conf" ]; then
+    secret_sed "$conf.sed" "s|@ADMIN@|$REDIS_ADMIN_PASSWORD|g" "s|@PROJECTOR@|$REDIS_PROJECTOR_PASSWORD|" \
+      "s|@QUERY@|$REDIS_QUERY_PASSWORD|" "s|@COMMAND@|$REDIS_COMMAND_PASSWORD|" "s|@AUTH@|$REDIS_AUTH_PASSWORD|"
     (umask 077 && sed -e "s|@PORT@|${SENTINEL_PORTS[$n]}|; s|@DIR@|$HA_STATE/sentinel$i|; s|@MASTER_PORT@|${REDIS_PORTS[0]}|" \
-      -e "s|@ADMIN@|$REDIS_ADMIN_PASSWORD|g; s|@PROJECTOR@|$REDIS_PROJECTOR_PASSWORD|; s|@QUERY@|$REDIS_QUERY_PASSWORD|" \
-      -e "s|@COMMAND@|$REDIS_COMMAND_PASSWORD|; s|@AUTH@|$REDIS_AUTH_PASSWORD|" "$REPO/deploy/ha/sentinel.conf.in" >"$conf")
+      -f "$conf.sed" "$REPO/deploy/ha/sentinel.conf.in" >"$conf")
+    rm -f "$conf.sed"
   fi
   run_node "sentinel$i" redis-sentinel "$conf"
 }

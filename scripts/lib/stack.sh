@@ -155,8 +155,17 @@ create_databases() {
   local db owner db_owner
   for db_owner in "$AUTH_DB:bank_auth_owner" "$COMMAND_DB:bank_command_owner" "$READ_DB:bank_read_owner"; do
     db=${db_owner%%:*} owner=${db_owner#*:}
-    psql -q "$DATABASE_ADMIN_URL" -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
+    psql_admin -q -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
   done
+}
+
+# psql_admin <psql args>: psql as the superuser on the stack (the one that
+# takes writes, on the HA cluster), the password in the environment: never
+# a URL with the password on a command line, where any local user reads it.
+psql_admin() {
+  stack_secrets
+  PGPASSWORD="$PG_POSTGRES_PASSWORD" psql \
+    "postgresql://postgres@${PG_HOSTS:-127.0.0.1:$PGPORT}/postgres?target_session_attrs=read-write" "$@"
 }
 
 # pg_url <role> <database>: a URL for that role (with its password).
@@ -220,14 +229,71 @@ migrations_env() {
 }
 
 # run_migrations <binary dir>: every database's migrations, each as its
-# migration role; only these processes ever see those roles' passwords.
+# migration role; only these processes ever see those roles' passwords, each
+# only its own database's (in a clean environment: see exec_clean).
 run_migrations() {
-  (
-    migrations_env
-    "$1/auth-service" migrate
-    "$1/command-service" migrate
-    "$1/projector" migrate
-  )
+  local step
+  for step in auth-service:AUTH command-service:COMMAND projector:READ; do
+    (
+      migrations_env
+      exec_clean "${step#*:}_MIGRATE_DATABASE_URL" -- "$1/${step%%:*}" migrate
+    ) || return
+  done
+}
+
+# The environment a service process starts with (scripts/run, the edge
+# test): the variables below, which hold no secret, and nothing else of the
+# caller's; then the service's own credentials (service_exec). Everything
+# else that the caller exported (every stack password, the admin URLs, the
+# other services' keys) is dropped before the exec.
+SERVICE_ENV_ALLOWED=(PATH HOME USER LOGNAME SHELL TERM LANG LANGUAGE TZ TMPDIR
+  RUST_LOG RUST_BACKTRACE RUST_LIB_BACKTRACE LOG_FORMAT TEST_LOG
+  AUTH_GRPC_ADDR AUTH_HTTP_ADDR COMMAND_GRPC_ADDR COMMAND_HTTP_ADDR QUERY_GRPC_ADDR QUERY_HTTP_ADDR PROJECTOR_HTTP_ADDR
+  TRUST_X_FORWARDED_FOR EDGE_CERT_NAME JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECS REFRESH_TOKEN_TTL_SECS
+  LOGIN_MAX_ATTEMPTS_PER_ADDRESS LOGIN_MAX_FAILURES_PER_EMAIL LOGIN_THROTTLE_WINDOW_SECS BOOTSTRAP_ADMIN_EMAIL
+  MAX_AMOUNT MAX_BALANCE COMMAND_BATCHING COMMAND_BATCHERS COMMAND_BATCH_MAX DB_MAX_CONNECTIONS
+  OUTBOX_BATCH OUTBOX_POLL_MS HOLD_EXPIRY_POLL_MS CONSISTENCY_TIMEOUT RECONCILE_BEHIND_BOUND_SECS
+  PROJECTOR_BATCH PROJECTOR_DURABLE PROJECTOR_MAX_DELIVERIES READ_DB_SYNCHRONOUS_COMMIT
+  NATS_STREAM NATS_STREAM_REPLICAS NATS_SUBJECT_PREFIX USERS_STREAM USERS_SUBJECT_PREFIX REDIS_PREFIX AUTH_REDIS_PREFIX)
+
+# exec_clean [NAME...] -- <command...>: exec the command with only the
+# allowed variables (SERVICE_ENV_ALLOWED, OTEL_*, LC_*) and the NAMEs given
+# exported; shell variables stay in this shell. Run it in a subshell. Nothing
+# passes through an argv (no `env NAME=secret`).
+exec_clean() {
+  local keep=" ${SERVICE_ENV_ALLOWED[*]} " v
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do keep+="$1 "; shift; done
+  shift
+  for v in $(compgen -e); do
+    case $v in OTEL_* | LC_*) continue ;; esac
+    [[ "$keep" == *" $v "* ]] || export -n "${v?}"
+  done
+  for v in $keep; do [ -n "${!v+x}" ] && export "${v?}"; done
+  exec "$@"
+}
+
+# service_exec <service> [NAME=value...] <command...>: exec the command (the
+# service's binary, or setsid before it) with the service's own environment
+# only: the allowed variables, its credentials (service_credentials), the
+# NAME=values given (listen addresses) and its own keys, if set here:
+# auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
+# command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS.
+# Run it in a subshell (a background job is one).
+service_exec() {
+  local service=$1 own=() kv
+  shift
+  case $service in
+    auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE) ;;
+    command-service) own=(EVENT_SIGNING_KEY) ;;
+    projector) own=(EVENT_VERIFYING_KEYS) ;;
+    query-service) ;;
+    *) echo "unknown service: $service" >&2; exit 2 ;;
+  esac
+  local creds=()
+  mapfile -t creds < <(service_credentials "$service")
+  for kv in "${creds[@]}" ; do own+=("${kv%%=*}"); printf -v "${kv%%=*}" '%s' "${kv#*=}"; done
+  while [[ "$1" == [A-Z]*=* ]]; do own+=("${1%%=*}"); printf -v "${1%%=*}" '%s' "${1#*=}"; shift; done
+  exec_clean "${own[@]}" -- "$@"
 }
 
 start_nats() {
@@ -366,10 +432,13 @@ event_keys() {
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:
 # the transcoder's descriptor set, and envoy/envoy.yaml rendered for the
 # exported *_PORT variables on loopback (hosts given here, never taken from
-# whatever the environment happens to hold). Paths must be absolute.
+# whatever the environment happens to hold), Envoy's admin interface on a
+# unix socket only its owner reaches (ENVOY_ADMIN_SOCKET, by default
+# $STATE/run/envoy-admin.sock). Paths must be absolute.
 edge_config() {
   "$1" "$2" >/dev/null
   stack_tls
   EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
+    ENVOY_ADMIN_SOCKET="${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}" \
     TLS_DIR="$STATE/tls" DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
 }

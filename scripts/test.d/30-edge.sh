@@ -5,7 +5,9 @@
 # edge, a token reaching a service, REST (resource paths, errors as HTTP codes
 # with google.rpc.Status bodies, bad input), the OpenAPI document against the
 # running edge, gRPC-Web, Login rate limiting per client address, and an upstream killed and
-# restarted.
+# restarted. Each service starts with its own environment only
+# (service_exec), no secret on any command line; Envoy's admin interface is
+# a unix socket (its /stats read here with curl --unix-socket).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/stack.sh
@@ -16,8 +18,9 @@ cargo build -q --bins
 logs="$STATE/logs/edge-test-$$"
 mkdir -p "$logs"
 read -r AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT \
-  PROJECTOR_HTTP_PORT EDGE_PORT ENVOY_ADMIN_PORT <<<"$(free_ports 9)"
-export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT ENVOY_ADMIN_PORT
+  PROJECTOR_HTTP_PORT EDGE_PORT <<<"$(free_ports 8)"
+export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT
+ENVOY_ADMIN_SOCKET="$logs/envoy-admin.sock"
 services_env
 DESCRIPTOR="$logs/bank.pb"
 edge_config "$bin"/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
@@ -29,7 +32,7 @@ export REDIS_PREFIX="bank:rm:edge$$:" AUTH_REDIS_PREFIX="bank:auth:edge$$:" PROJ
 
 pids=()
 declare -A pid_of
-start() { # start <name> <command...>
+start() { # start <name> <command...> (service_exec <service> <binary> for a service)
   local name=$1; shift
   "$@" >>"$logs/$name.log" 2>&1 &
   pid_of[$name]=$!
@@ -39,7 +42,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for db in edge_auth_$$ edge_command_$$ edge_read_$$; do
-    psql -q "$DATABASE_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    psql_admin -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
 }
 trap cleanup EXIT
@@ -48,14 +51,14 @@ run_migrations "$bin" >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 
-start auth env $(service_credentials auth-service) "$bin"/auth-service
+start auth service_exec auth-service "$bin"/auth-service
 wait_port auth-service "$AUTH_GRPC_PORT"
-start command env $(service_credentials command-service) "$bin"/command-service
-start projector env $(service_credentials projector) "$bin"/projector
-start query env $(service_credentials query-service) "$bin"/query-service
+start command service_exec command-service "$bin"/command-service
+start projector service_exec projector "$bin"/projector
+start query service_exec query-service "$bin"/query-service
 wait_port command-service "$COMMAND_GRPC_PORT"
 wait_port query-service "$QUERY_GRPC_PORT"
-start envoy envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
+start envoy exec_clean -- envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
 wait_port envoy "$EDGE_PORT"
 edge=localhost:$EDGE_PORT
 # Wait until Envoy's health checks see the upstreams.
@@ -140,7 +143,7 @@ echo "ok: gRPC-Web request answered"
 kill "${pid_of[command]}"; wait "${pid_of[command]}" 2>/dev/null || true
 open='{"type":"ACCOUNT_TYPE_CHECKING","currency_code":"USD","idempotency_key":"edge-1"}'
 expect "Unavailable" grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount
-start command env $(service_credentials command-service) "$bin"/command-service
+start command service_exec command-service "$bin"/command-service
 recovered=0
 for _ in $(seq 1 100); do
   out=$(grpcurl -plaintext -protoset "$DESCRIPTOR" -H "authorization: Bearer $token" -d "$open" $edge bank.v1.AccountCommandService/OpenAccount 2>&1 || true)
@@ -225,7 +228,8 @@ expect_rest 401 '"code":16' GET "/v1/accounts/$a/balance"
 token=$token_saved
 # A read parked on a consistency token the read model never reaches answers
 # 503 once: the edge does not retry it (each retry would park it again).
-retries() { curl -s "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=^cluster\.query_service\.upstream_rq_retry\$" | awk '{print $2}'; }
+retries() { curl -s --unix-socket "$ENVOY_ADMIN_SOCKET" "http://admin/stats?filter=^cluster\.query_service\.upstream_rq_retry\$" | awk '{print $2}'; }
+[ -n "$(retries)" ] || fail "Envoy's admin socket gave no retry counter"
 before=$(retries)
 expect_rest 503 '"code":14' GET "/v1/accounts/$a/balance" -H "grpc-timeout: 2S" -G --data-urlencode "min_consistency_token=ct1.${a//-/}:1000000"
 [ "$(retries)" = "$before" ] || fail "the edge retried a read parked on an unreachable consistency token ($before -> $(retries))"

@@ -8,6 +8,18 @@
 # started must be gone and every port free. Then the two ways it must fail
 # clearly: a port in use (one line naming the port and its variable) and a
 # service that dies (named, with its last log lines, and everything stopped).
+#
+# And three attacks by an unprivileged local user (made for the run with
+# useradd, removed after), against that first run:
+# - reading every process's command line every ~2 ms from before scripts/run
+#   starts (stack start, provisioning, migrations, services) through the
+#   walk-through to the end of Ctrl-C: no secret of .state/secrets may appear
+#   in any (and the watcher must have seen psql, postgres, the migrations,
+#   every service and Envoy, so it cannot pass by seeing nothing);
+# - (as root, what a compromised service could read of itself) each
+#   service's environment holds its own secrets and no other's; Envoy's none;
+# - Envoy's admin interface: no TCP port, and its unix socket refuses that
+#   user's POST /quitquitquit; Envoy stays up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/stack.sh
@@ -18,7 +30,7 @@ git clone -q "$repo" "$clone"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 
 port_vars=(PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT
-  COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT EDGE_PORT ENVOY_ADMIN_PORT)
+  COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT EDGE_PORT)
 read -r -a ports <<<"$(free_ports ${#port_vars[@]})"
 port_env=()
 for i in "${!port_vars[@]}"; do port_env+=("${port_vars[$i]}=${ports[$i]}"); done
@@ -43,7 +55,16 @@ start_run() {
   done
   fail "scripts/run did not bring the mesh up within 10 minutes"
 }
+snoop_user="bmsnoop$$" snoop_pids=()
+stop_watcher() {
+  local p
+  for p in "${snoop_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${snoop_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  snoop_pids=()
+}
 cleanup() {
+  stop_watcher
+  if id "$snoop_user" >/dev/null 2>&1; then userdel "$snoop_user" 2>/dev/null || true; fi
   if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
     kill -TERM "$run_pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.1; done
@@ -96,6 +117,38 @@ check_outputs() { # check_outputs <output file> <python expressions over docs[-n
   python3 "$repo/scripts/lib/check_outputs.py" "$@"
 }
 
+# 0. An unprivileged local user watching every command line from now on.
+useradd --system --no-create-home --shell /usr/sbin/nologin "$snoop_user"
+: >"$work/cmdlines.jsonl"
+runuser -u "$snoop_user" -- python3 -c '
+import json, os, sys, time
+seen = set()
+print(json.dumps("watcher ready"), flush=True)
+while True:
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fd = os.open(f"/proc/{d}/cmdline", os.O_RDONLY)
+                try:
+                    c = os.read(fd, 65536)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue
+            if c and c not in seen:
+                seen.add(c)
+                sys.stdout.write(json.dumps(c.decode("utf-8", "replace").replace("\0", " ")) + "\n")
+                sys.stdout.flush()
+    time.sleep(0.002)
+' >>"$work/cmdlines.jsonl" 2>"$work/watcher.err" &
+snoop_pids+=($!)
+for _ in $(seq 1 100); do grep -q "watcher ready" "$work/cmdlines.jsonl" && break; sleep 0.05; done
+grep -q "watcher ready" "$work/cmdlines.jsonl" || fail "the command-line watcher did not start"
+snoop_child=$(pgrep -P "${snoop_pids[0]}" | head -1 || true)
+[ -z "$snoop_child" ] || snoop_pids+=("$snoop_child")
+# A short-lived process it must catch: the proof that it is quick enough.
+bash -c 'sleep 0.05; true' "bankmesh-canary-$$"
+
 # 1. Up from a fresh clone, and the README's commands work as written.
 start_run
 echo "ok: scripts/run brought the mesh up from a fresh clone"
@@ -127,6 +180,78 @@ check_outputs "$work/holds.out" \
   fail "holds walk-through output"
 echo "ok: the README's gRPC, REST and holds walk-throughs, as written, through the edge"
 
+# 1b. Each service's environment: its own secrets, and no other's.
+python3 - "$run_pid" "$clone/.state/secrets" <<'PY' || fail "a process's environment (above)"
+import os, sys
+run, secrets_dir = int(sys.argv[1]), sys.argv[2]
+secrets = {n: open(os.path.join(secrets_dir, n)).read().strip() for n in os.listdir(secrets_dir)}
+assert len(secrets) >= 17 and all(secrets.values()), sorted(secrets)
+own = {
+    "auth-service": {"pg_bank_auth", "nats_auth", "redis_auth"},
+    "command-service": {"pg_bank_command", "nats_command", "redis_command"},
+    "projector": {"pg_bank_projector", "nats_projector", "redis_projector"},
+    "query-service": {"pg_bank_query", "nats_query", "redis_query", "page_token"},
+    "envoy": set(),
+}
+# Key files (paths) and the bootstrap password: only their own service's.
+own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
+            "projector": {"EVENT_VERIFYING_KEYS"}, "query-service": {"PAGE_TOKEN_SECRET"}, "envoy": set()}
+key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
+found, bad = {}, []
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        argv0 = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")[0].decode()
+        environ = open(f"/proc/{d}/environ", "rb").read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        continue
+    name = os.path.basename(argv0)
+    if ppid != run or name not in own:
+        continue
+    found[name] = d
+    env = dict(kv.split("=", 1) for kv in environ if "=" in kv)
+    text = "\0".join(environ)
+    held = {n for n, v in secrets.items() if v in text}
+    for n in sorted(held - own[name]):
+        bad.append(f"{name} (pid {d}) holds {n}, not its own")
+    for n in sorted(own[name] - held):
+        bad.append(f"{name} (pid {d}) lacks its own {n}")
+    for v in sorted(key_vars & set(env)):
+        if v not in own_vars[name]:
+            bad.append(f"{name} (pid {d}) holds {v}, not its own")
+    for v in sorted(own_vars[name] - set(env)):
+        bad.append(f"{name} (pid {d}) lacks its own {v}")
+    for v in env:
+        if v.endswith("_ADMIN_URL") or v.endswith("_MIGRATE_DATABASE_URL") or v.endswith("_PASSWORD") and v != "BOOTSTRAP_ADMIN_PASSWORD":
+            bad.append(f"{name} (pid {d}) holds {v}")
+missing = set(own) - set(found)
+if missing:
+    bad.append(f"not found under scripts/run: {sorted(missing)}")
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+echo "ok: each service's environment holds its own credentials and keys and no other's; Envoy's holds none"
+
+# 1c. Envoy's admin interface: no TCP port; its socket (owner-only) refuses
+#     the unprivileged user, and Envoy stays up.
+admin_sock="$clone/.state/run/envoy-admin.sock"
+envoy_pid=$(pgrep -P "$run_pid" -x envoy || true)
+[ -n "$envoy_pid" ] || fail "Envoy not found under scripts/run"
+envoy_tcp=$(ss -ltnpH | grep "pid=$envoy_pid," | awk '{print $4}' | sed 's/.*://' | sort -u | tr '\n' ' ')
+[ "$envoy_tcp" = "$EDGE_PORT " ] || fail "Envoy listens on TCP ports '$envoy_tcp', want only the edge ($EDGE_PORT)"
+[ "$(stat -c %a "$admin_sock")" = 600 ] || fail "admin socket mode $(stat -c %a "$admin_sock")"
+runuser -u "$snoop_user" -- test -S "$admin_sock" || fail "the unprivileged user cannot even see the admin socket (test not meaningful)"
+status=0
+runuser -u "$snoop_user" -- curl -s -m 5 -X POST --unix-socket "$admin_sock" http://admin/quitquitquit >"$work/quit.out" 2>&1 || status=$?
+[ "$status" = 7 ] || fail "an unprivileged POST /quitquitquit on the admin socket: curl status $status, $(cat "$work/quit.out")"
+sleep 0.5
+kill -0 "$envoy_pid" 2>/dev/null && port_open "$EDGE_PORT" || fail "Envoy is gone after the unprivileged /quitquitquit"
+[ "$(curl -s -m 5 --unix-socket "$admin_sock" http://admin/ready)" = LIVE ] || fail "the admin socket does not answer its owner"
+echo "ok: Envoy's admin has no TCP port; its socket refused an unprivileged POST /quitquitquit (Envoy still up)"
+
 # 2. Ctrl-C stops everything it started and frees every port.
 pids=$(started_pids | tr '\n' ' ')
 [ -n "$pids" ] || fail "found no processes under scripts/run"
@@ -143,6 +268,36 @@ for pid in $pids; do
 done
 for port in "${ports[@]}"; do port_open "$port" && fail "port $port still in use after Ctrl-C"; done
 echo "ok: Ctrl-C stopped all $(wc -w <<<"$pids") processes it started and freed all ${#ports[@]} ports"
+
+# 2b. What the watcher saw from start to stop: no secret on any command line.
+stop_watcher
+python3 - "$work/cmdlines.jsonl" "$clone/.state/secrets" "$target" "bankmesh-canary-$$" <<'PY' || fail "command lines (above)"
+import json, os, re, sys
+path, secrets_dir, target, canary = sys.argv[1:]
+lines = [json.loads(l) for l in open(path) if l.strip()]
+secrets = {n: open(os.path.join(secrets_dir, n)).read().strip() for n in os.listdir(secrets_dir)}
+def redact(c):
+    for n, v in secrets.items():
+        c = c.replace(v, f"<{n}>")
+    return c[:300]
+bad = [f"{n} on a command line: {redact(c)}" for c in lines for n, v in secrets.items() if v in c]
+def saw(what, test):
+    if not any(test(c) for c in lines):
+        bad.append(f"the watcher never saw {what} ({len(lines)} command lines seen): not a meaningful test")
+saw("the canary", lambda c: canary in c)
+saw("psql (provisioning)", lambda c: c.split(" ")[0].endswith("psql"))
+saw("the postgres server", lambda c: "postgres" in c.split(" ")[0] and " -D " in c)
+for svc in ("auth-service", "command-service", "projector"):
+    saw(f"{svc} migrate", lambda c, s=svc: c.startswith(f"{target}/debug/{s} migrate"))
+for svc in ("auth-service", "command-service", "projector", "query-service"):
+    saw(svc, lambda c, s=svc: c.strip() == f"{target}/debug/{s}")
+saw("envoy", lambda c: re.search(r"(^|/)envoy -c ", c))
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+print(f"{len(lines)} distinct command lines seen, {len(secrets)} secrets looked for")
+sys.exit(1 if bad else 0)
+PY
+echo "ok: an unprivileged user reading every command line from start to stop saw no secret"
 
 # 3. A port in use: one clear line naming the port and the variable that moves it.
 python3 -c 'import socket, sys, time
