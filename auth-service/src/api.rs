@@ -42,6 +42,8 @@ pub struct AuthApi {
     /// Verified against when the email is unknown, so both failures cost the same.
     pub dummy_hash: Arc<String>,
     pub service_clients: Arc<ServiceClients>,
+    /// Suspensions and revocations answer once the enforcing services hold them.
+    pub barrier: Arc<crate::barrier::StandingBarrier>,
 }
 
 fn role_proto(role: &str) -> pb::Role {
@@ -259,7 +261,12 @@ impl AuthApi {
             return Err(AuthError::UserNotFound);
         }
         tracing::info!(user_id = %id, admin = %caller.user_id, role, grant, "role changed");
-        store::user_by_id(&self.db, id).await?.ok_or(AuthError::UserNotFound)
+        let user = store::user_by_id(&self.db, id).await?.ok_or(AuthError::UserNotFound)?;
+        // A grant needs a new token to take effect; a revocation is at once.
+        if !grant {
+            self.barrier.wait(user.standing_seq).await?;
+        }
+        Ok(user)
     }
 
     async fn service_token(
@@ -424,6 +431,7 @@ impl AuthService for AuthApi {
         let user = store::user_by_id(&mut *tx, id).await?.ok_or(AuthError::UserNotFound)?;
         tx.commit().await.map_err(AuthError::from)?;
         tracing::info!(user_id = %id, admin = %caller.user_id, "customer suspended");
+        self.barrier.wait(user.standing_seq).await?;
         Ok(Response::new(user_proto(&user)))
     }
 }

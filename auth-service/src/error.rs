@@ -29,6 +29,9 @@ pub enum AuthError {
     UserNotFound,
     #[error("admin role required")]
     NotAdmin,
+    /// Recorded, but not every enforcing service confirmed it in time.
+    #[error("the change is recorded but not yet confirmed by every service; call again to confirm it")]
+    StandingNotConfirmed,
     #[error("cache: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("database: {0}")]
@@ -71,6 +74,7 @@ impl From<AuthError> for Status {
             AuthError::Suspended => status::with_reason(Code::FailedPrecondition, "USER_SUSPENDED", message),
             AuthError::UserNotFound => status::not_found("user"),
             AuthError::NotAdmin => status::permission_denied(message),
+            AuthError::StandingNotConfirmed => status::with_reason(Code::Unavailable, "CHANGE_NOT_CONFIRMED", message),
             AuthError::Redis(err) => status::unavailable(&err),
             AuthError::Db(err) => status::from_db(&err),
             AuthError::Internal(err) => status::internal(&format!("{err:#}")),

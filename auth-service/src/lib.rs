@@ -3,6 +3,7 @@
 //! and login throttling.
 
 pub mod api;
+pub mod barrier;
 pub mod credentials;
 pub mod error;
 pub mod feed;
@@ -131,6 +132,10 @@ impl Config {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Methods reachable without an access token.
+/// How long a suspension or revocation waits for the enforcing services to
+/// confirm it before answering CHANGE_NOT_CONFIRMED (a retry confirms it).
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub const PUBLIC_METHODS: &[&str] = &[
     "/bank.v1.AuthService/Register",
     "/bank.v1.AuthService/Login",
@@ -165,6 +170,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let dummy_hash =
         credentials::blocking(|| credentials::hash_password("not a real password, only for timing")).await??;
     let throttle = LoginThrottle::new(redis, config.redis_prefix.clone(), config.throttle.clone());
+    let barrier = Arc::new(barrier::StandingBarrier::new(pool.clone(), config.standing_feed.clone(), BARRIER_TIMEOUT));
     let api = AuthApi {
         db: pool,
         signer: config.signers[0].clone(),
@@ -181,6 +187,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         dummy_hash: Arc::new(dummy_hash),
         service_clients: Arc::new(config.service_clients.clone()),
+        barrier,
     };
     running.spawn(feed::run(api.db.clone(), config.standing_feed.clone(), config.signers[0].clone(), shutdown.clone()));
     let routes =

@@ -192,6 +192,17 @@ fn is_staff(caller: &Caller) -> bool {
 }
 
 impl QueryApi {
+    /// The caller, unless a standing newer than its token takes away what
+    /// the token says (suspended, or a role revoked): every read follows the
+    /// standing feed, not only streams.
+    fn current_caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let caller = caller(req)?;
+        match self.standings.revokes(&caller) {
+            Some(why) => Err(QueryError::StandingRevoked(why).into()),
+            None => Ok(caller),
+        }
+    }
+
     /// Parses and honours `min_consistency_token` before a read. A token
     /// naming an account the caller may not see is refused before any wait:
     /// waiting on it would tell them how far that account has moved. An
@@ -305,7 +316,7 @@ type QueryResult<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl AccountQueryService for QueryApi {
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> QueryResult<pb::Account> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
         let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
@@ -315,7 +326,7 @@ impl AccountQueryService for QueryApi {
     }
 
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> QueryResult<pb::ListAccountsResponse> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let owner = if r.owner_id.is_empty() {
@@ -340,7 +351,7 @@ impl AccountQueryService for QueryApi {
     }
 
     async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> QueryResult<pb::GetBalanceResponse> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let as_of = time("as_of", &r.as_of).map_err(QueryError::from)?;
         let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
@@ -380,7 +391,7 @@ impl AccountQueryService for QueryApi {
         &self,
         req: Request<pb::ListTransactionsRequest>,
     ) -> QueryResult<pb::ListTransactionsResponse> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let mut violations = Vec::new();
         let page_size = match r.page_size {
@@ -469,7 +480,7 @@ impl AccountQueryService for QueryApi {
         &self,
         req: Request<pb::GetTransactionRequest>,
     ) -> QueryResult<pb::GetTransactionResponse> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let id = parse_id("transaction_id", &r.transaction_id).map_err(QueryError::from)?;
         self.settle(&caller, &r.min_consistency_token, deadline).await?;
@@ -494,7 +505,7 @@ impl AccountQueryService for QueryApi {
     }
 
     async fn get_statement(&self, req: Request<pb::GetStatementRequest>) -> QueryResult<pb::Statement> {
-        let (caller, deadline) = (caller(&req)?, deadline(&req));
+        let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
         let (from, to) = match (time("from_time", &r.from_time), time("to_time", &r.to_time)) {
             (Ok(Some(f)), Ok(Some(t))) if f < t && t - f <= chrono::Duration::days(366) => (f, t),

@@ -189,13 +189,14 @@ assert len(secrets) >= 17 and all(secrets.values()), sorted(secrets)
 own = {
     "auth-service": {"pg_bank_auth", "nats_auth", "redis_auth"},
     "command-service": {"pg_bank_command", "nats_command", "redis_command"},
-    "projector": {"pg_bank_projector", "nats_projector", "redis_projector"},
-    "query-service": {"pg_bank_query", "nats_query", "redis_query", "page_token"},
+    "projector": {"pg_bank_projector", "nats_projector", "redis_projector", "read_cache_key"},
+    "query-service": {"pg_bank_query", "nats_query", "redis_query", "page_token", "read_cache_key"},
     "envoy": set(),
 }
 # Key files (paths) and the bootstrap password: only their own service's.
 own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
-            "projector": {"EVENT_VERIFYING_KEYS"}, "query-service": {"PAGE_TOKEN_SECRET"}, "envoy": set()}
+            "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
+            "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY"}, "envoy": set()}
 key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
 found, bad = {}, []
 for d in os.listdir("/proc"):
