@@ -263,6 +263,46 @@ async fn command_services_role_can_neither_rewrite_history_nor_turn_off_its_guar
     let _ = conn.close().await;
 }
 
+/// With command-service's own password, money is added by hand: to the
+/// balance alone, with a version bump, on a new account, or by moving the
+/// version back so old postings count again. Postgres refuses each at
+/// commit; the customer spends only what the postings explain.
+#[tokio::test]
+async fn a_stolen_command_password_cannot_move_a_balance_without_postings() {
+    use sqlx::Connection;
+    let (h, _) = bank_with_a_deposit().await;
+    let (_, ada) = h.customer();
+    let account = h.open(&ada, "USD").await;
+    h.fund(&account, "100.00").await;
+    let mut conn = sqlx::PgConnection::connect(&h.config.database_url).await.unwrap();
+    let id = uuid::Uuid::parse_str(&account).unwrap();
+    let forgeries = [
+        format!("UPDATE accounts SET balance = balance + 1000 WHERE id = '{id}'"),
+        format!("UPDATE accounts SET balance = balance + 1000, version = version + 1 WHERE id = '{id}'"),
+        format!("UPDATE accounts SET version = 1 WHERE id = '{id}'"),
+        format!(
+            "INSERT INTO accounts (id, owner_id, kind, currency, balance, status, version, last_hash, opened_at)
+             SELECT gen_random_uuid(), owner_id, kind, currency, 1000, status, 1, last_hash, now()
+             FROM accounts WHERE id = '{id}'"
+        ),
+    ];
+    for forgery in &forgeries {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query(forgery).execute(&mut *tx).await.expect("the statement itself is allowed");
+        let error = tx.commit().await.expect_err(forgery).to_string();
+        assert!(
+            error.contains("postings") || error.contains("went back"),
+            "{forgery}: refused for another reason: {error}"
+        );
+    }
+    let balance: rust_decimal::Decimal =
+        sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1").bind(id).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(balance, rust_decimal::Decimal::from(100));
+    // Control: the money path itself still moves it.
+    h.fund(&account, "1.00").await;
+    let _ = conn.close().await;
+}
+
 #[tokio::test]
 async fn the_read_side_roles_reach_only_the_read_models_and_query_service_writes_nothing() {
     use sqlx::Connection;
