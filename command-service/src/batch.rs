@@ -92,8 +92,14 @@ impl Queue {
 }
 
 impl Batcher {
-    pub fn new(pool: PgPool, subject_prefix: String, outbox_written: Arc<Notify>, limits: Limits) -> Self {
-        Self { pool, subject_prefix, outbox_written, limits }
+    pub fn new(
+        pool: PgPool,
+        standings: Arc<crate::standing::Standings>,
+        subject_prefix: String,
+        outbox_written: Arc<Notify>,
+        limits: Limits,
+    ) -> Self {
+        Self { pool, standings, subject_prefix, outbox_written, limits }
     }
 
     /// Batching off: `job` alone, in the caller's task.
@@ -148,6 +154,7 @@ pub fn start(batcher: Batcher, config: &BatchConfig) -> (Queue, Vec<tokio::task:
 
 pub struct Batcher {
     pool: PgPool,
+    standings: Arc<crate::standing::Standings>,
     subject_prefix: String,
     outbox_written: Arc<Notify>,
     limits: Limits,
@@ -199,7 +206,7 @@ impl Batcher {
         let (mut created_holds, mut touched_holds) = (HashSet::new(), Vec::new());
         // Each caller's newest standing, read in this transaction.
         let callers: Vec<Uuid> = jobs.iter().map(|j| j.caller.user_id).collect();
-        let standings = crate::standing::load(&mut tx, &callers).await?;
+        let standings = self.standings.load(&mut tx, &callers).await?;
         let claims: Vec<(Uuid, String, Vec<u8>)> =
             jobs.iter().map(|j| (j.caller.user_id, j.key.clone(), j.request_hash.clone())).collect();
         let claimed = store::claim_keys(&mut tx, &claims).await?;

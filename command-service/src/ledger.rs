@@ -543,8 +543,14 @@ fn respond(
 }
 
 impl Ledger {
-    pub fn new(pool: PgPool, limits: Limits, subject_prefix: String, outbox_written: Arc<Notify>) -> Self {
-        let direct = Arc::new(Batcher::new(pool.clone(), subject_prefix, outbox_written, limits.clone()));
+    pub fn new(
+        pool: PgPool,
+        standings: Arc<crate::standing::Standings>,
+        limits: Limits,
+        subject_prefix: String,
+        outbox_written: Arc<Notify>,
+    ) -> Self {
+        let direct = Arc::new(Batcher::new(pool.clone(), standings, subject_prefix, outbox_written, limits.clone()));
         Self { limits, executor: Executor::Direct(direct), pool }
     }
 

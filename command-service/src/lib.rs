@@ -158,12 +158,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!(opened, "opened the bank's settlement and fee-income accounts");
     }
     let wake = Arc::new(Notify::new());
-    let mut ledger =
-        Ledger::new(pool.clone(), config.limits.clone(), config.relay.subject_prefix.clone(), wake.clone());
+    let standings = Arc::new(standing::Standings::new(verifier.keys()));
+    let mut ledger = Ledger::new(
+        pool.clone(),
+        standings.clone(),
+        config.limits.clone(),
+        config.relay.subject_prefix.clone(),
+        wake.clone(),
+    );
     if let Some(batching) = &config.batching {
         // The batchers end when the ledger (the queue's only sender) is dropped.
-        let batcher =
-            batch::Batcher::new(pool.clone(), config.relay.subject_prefix.clone(), wake.clone(), config.limits.clone());
+        let batcher = batch::Batcher::new(
+            pool.clone(),
+            standings,
+            config.relay.subject_prefix.clone(),
+            wake.clone(),
+            config.limits.clone(),
+        );
         let (queue, _batchers) = batch::start(batcher, batching);
         ledger = ledger.with_batching(queue);
     }

@@ -47,7 +47,7 @@ async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
     read_feed(messages, keys, shutdown, |verdict, message| async move {
         let ack = match verdict {
             Verdict::Signed(s) => {
-                record(pool, &s).await?;
+                record(pool, &s, std::str::from_utf8(&message.payload).unwrap_or_default()).await?;
                 AckKind::Ack
             }
             Verdict::Refused => AckKind::Ack,
@@ -63,31 +63,102 @@ async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
     .await
 }
 
-/// Keeps the newest standing: an older one arriving late changes nothing.
-async fn record(pool: &PgPool, s: &Standing) -> Result<(), sqlx::Error> {
+/// Keeps the newest standing (with its signature): an older one arriving
+/// late changes nothing; a row without a signature is replaced.
+async fn record(pool: &PgPool, s: &Standing, jws: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO user_standing (user_id, status, roles, seq) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (user_id) DO UPDATE SET status = EXCLUDED.status, roles = EXCLUDED.roles, seq = EXCLUDED.seq
-         WHERE user_standing.seq < EXCLUDED.seq",
+        "INSERT INTO user_standing (user_id, status, roles, seq, jws) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (user_id) DO UPDATE SET status = EXCLUDED.status, roles = EXCLUDED.roles, seq = EXCLUDED.seq,
+             jws = EXCLUDED.jws
+         WHERE user_standing.seq < EXCLUDED.seq OR user_standing.jws IS NULL",
     )
     .bind(s.user_id)
     .bind(&s.status)
     .bind(&s.roles)
     .bind(s.seq)
+    .bind(jws)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// The standings of `users` known here (read in the command's transaction).
-pub async fn load(conn: &mut PgConnection, users: &[Uuid]) -> Result<HashMap<Uuid, Standing>, CommandError> {
-    let rows: Vec<(Uuid, String, Vec<String>, i64)> =
-        sqlx::query_as("SELECT user_id, status, roles, seq FROM user_standing WHERE user_id = ANY($1)")
-            .bind(users)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(user_id, status, roles, seq)| (user_id, Standing { user_id, status, roles, seq }))
-        .collect())
+static UNVERIFIED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "command_standings_unverified_total",
+        "user_standing rows whose signature did not verify when a command read them (their user is refused)"
+    )
+    .expect("registers once")
+});
+
+/// Standings as the money path reads them: from the signed JWS of each
+/// row, checked against auth-service's keys, never from the plain columns.
+/// Verified JWSs are remembered, so a user's standing is checked once.
+pub struct Standings {
+    keys: Arc<KeyCache>,
+    verified: std::sync::Mutex<HashMap<Uuid, (String, Standing)>>,
 }
+
+/// What a row that does not verify stands for: nobody active, no role, and
+/// newer than any token, so the domain refuses every command of its user.
+fn locked_out(user_id: Uuid) -> Standing {
+    Standing { user_id, status: "UNVERIFIED".into(), roles: Vec::new(), seq: i64::MAX }
+}
+
+impl Standings {
+    pub fn new(keys: Arc<KeyCache>) -> Self {
+        Self { keys, verified: Default::default() }
+    }
+
+    /// The standings of `users` known here (read in the command's transaction).
+    pub async fn load(&self, conn: &mut PgConnection, users: &[Uuid]) -> Result<HashMap<Uuid, Standing>, CommandError> {
+        let rows: Vec<(Uuid, Option<String>)> =
+            sqlx::query_as("SELECT user_id, jws FROM user_standing WHERE user_id = ANY($1)")
+                .bind(users)
+                .fetch_all(conn)
+                .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for (user_id, jws) in rows {
+            out.insert(user_id, self.verify(user_id, jws.as_deref()).await);
+        }
+        Ok(out)
+    }
+
+    async fn verify(&self, user_id: Uuid, jws: Option<&str>) -> Standing {
+        let Some(jws) = jws else {
+            UNVERIFIED.inc();
+            tracing::warn!(%user_id, "user standing without a signature: the user is refused until the feed writes it again");
+            return locked_out(user_id);
+        };
+        {
+            let known = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((k, s)) = known.get(&user_id)
+                && k == jws
+            {
+                return s.clone();
+            }
+        }
+        match self.keys.verify_standing(jws).await {
+            Ok(s) if s.user_id == user_id => {
+                let mut known = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if known.len() > MAX_REMEMBERED {
+                    known.clear();
+                }
+                known.insert(user_id, (jws.to_owned(), s.clone()));
+                s
+            }
+            Ok(s) => {
+                UNVERIFIED.inc();
+                tracing::warn!(%user_id, names = %s.user_id, "user standing signed for another user: the user is refused");
+                locked_out(user_id)
+            }
+            Err(why) => {
+                UNVERIFIED.inc();
+                tracing::warn!(%user_id, reason = %why, "user standing does not verify: the user is refused");
+                locked_out(user_id)
+            }
+        }
+    }
+}
+
+/// Verified standings kept in memory (one small entry per user).
+const MAX_REMEMBERED: usize = 100_000;

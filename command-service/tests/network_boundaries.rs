@@ -389,6 +389,64 @@ async fn a_standing_nobody_signed_cannot_mask_a_suspension() {
     assert!(refusals >= 3.0, "the three forgeries were counted: {refusals}");
 }
 
+/// With command-service's own database password, a suspended customer is
+/// made active again by hand: the columns rewritten, the signed standing
+/// swapped for another user's, or taken away. A standing takes effect only
+/// from a signature that verifies for its user, so none of that lets her
+/// move money; each tampered row is refused and counted.
+#[tokio::test]
+async fn a_standing_rewritten_in_the_database_does_not_lift_a_suspension() {
+    use bank_platform::standing::Standing;
+    use sqlx::Connection;
+    let h = Harness::start().await;
+    let (ada, ada_token) = h.customer();
+    let (bo, bo_token) = h.customer();
+    let from = h.open(&ada_token, "USD").await;
+    let to = h.open(&bo_token, "USD").await;
+    h.fund(&from, "100.00").await;
+    let standing = |user, status: &str, seq| Standing {
+        user_id: user,
+        status: status.into(),
+        roles: vec!["customer".into()],
+        seq,
+    };
+    publish_on_feed(&h, bo, h.issuer.sign_standing(&standing(bo, "ACTIVE", 4)).into_bytes()).await;
+    publish_on_feed(&h, ada, h.issuer.sign_standing(&standing(ada, "SUSPENDED", 5)).into_bytes()).await;
+    assert_eventually!(
+        h.transfer(&ada_token, &from, &to, "1.00").await.is_err(),
+        Duration::from_secs(10),
+        "control: the suspension reached the money path"
+    );
+    let mut conn = sqlx::PgConnection::connect(&h.config.database_url).await.unwrap();
+    let counted = || async {
+        bank_testkit::metric(h.running.as_ref().unwrap().http_addr, "command_standings_unverified_total").await
+    };
+    let tamperings = [
+        "UPDATE user_standing SET status = 'ACTIVE' WHERE user_id = $1".to_owned(),
+        "UPDATE user_standing SET status = 'ACTIVE', jws = (SELECT jws FROM user_standing WHERE user_id = $2) WHERE user_id = $1"
+            .to_owned(),
+        "UPDATE user_standing SET status = 'ACTIVE', jws = NULL WHERE user_id = $1".to_owned(),
+    ];
+    for tampering in &tamperings {
+        sqlx::query(tampering).bind(ada).bind(bo).execute(&mut conn).await.expect("the statement itself is allowed");
+        let before = counted().await;
+        let refused = h.transfer(&ada_token, &from, &to, "1.00").await.expect_err(tampering);
+        assert_eq!(
+            (refused.code(), common::reason(&refused)),
+            (tonic::Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE".into()),
+            "{tampering}"
+        );
+        if !tampering.contains("SET status = 'ACTIVE' WHERE") {
+            assert!(counted().await > before, "{tampering}: not reported");
+        }
+    }
+    // Bo, whose row nobody touched, still moves money.
+    h.fund(&to, "5.00").await;
+    let back = h.open(&bo_token, "USD").await;
+    h.transfer(&bo_token, &to, &back, "1.00").await.expect("control: an untouched standing still stands");
+    let _ = conn.close().await;
+}
+
 /// No other service can silence the standing consumer through which
 /// suspensions reach the money path: not change its filter, not delete it,
 /// not pull its messages.
