@@ -41,6 +41,8 @@ impl Auth {
         config.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Auth);
         config.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         config.standing_feed.subject_prefix = format!("{prefix}.users");
+        let feed = &config.standing_feed;
+        bank_testkit::provision_streams(&feed.nats_url, &[(&feed.stream, &feed.subject_prefix)]).await;
         config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
         tweak(&mut config);
         let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
@@ -457,6 +459,8 @@ async fn money_path(a: &Auth) -> (Running, pb::account_command_service_client::A
     config.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Command);
     config.audit.read_database_url = None;
     config.audit.redis_url = None;
+    bank_testkit::provision_streams(&config.relay.nats_url, &[(&config.relay.stream, &config.relay.subject_prefix)])
+        .await;
     let bank = command_service::start(config, CancellationToken::new()).await.unwrap();
     let commands =
         pb::account_command_service_client::AccountCommandServiceClient::connect(format!("http://{}", bank.grpc_addr))

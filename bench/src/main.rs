@@ -440,6 +440,7 @@ async fn main() -> Result<()> {
     let (write_url, read_url) = (dbs.0.admin_url(), dbs.1.admin_url());
     // The reference runs as the superuser on a database of its own.
     let pg_url = bank_testkit::TestDb::create("benchpg", bank_testkit::DbRole::CommandOwner).await.admin_url();
+    bank_testkit::provision_prefix(&bank_testkit::nats_admin_url(), &prefix).await;
     let mut base_env = bank_testkit::service_env(&prefix, &issuer.jwks_url);
     base_env.push(("DB_MAX_CONNECTIONS".into(), pool_size.to_string()));
     let mut services = system::Services::start(base_env, dbs).await?;

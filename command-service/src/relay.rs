@@ -183,11 +183,11 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Makes the stream if it is missing; whether it takes atomic batches
+    /// The (provisioned) stream: whether it takes atomic batches
     /// (a stream made before they were used does not: rounds then go
     /// message by message).
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<bool> {
-        let stream = bank_platform::nats::durable_stream(js, &self.config.stream, &self.config.subject_prefix).await?;
+        let stream = bank_platform::nats::durable_stream(js, &self.config.stream).await?;
         Ok(stream.cached_info().config.allow_atomic_publish)
     }
 

@@ -389,6 +389,49 @@ async fn a_standing_nobody_signed_cannot_mask_a_suspension() {
     assert!(refusals >= 3.0, "the three forgeries were counted: {refusals}");
 }
 
+/// The projector's durable consumers are its own: no other service's user
+/// pulls the events they hold (they would never reach the read models). And
+/// no service makes a stream: one over the projector's inbox subjects kept
+/// copies of what the projector received.
+#[tokio::test]
+async fn no_service_pulls_the_projectors_events_or_makes_a_stream() {
+    use jetstream::{consumer::pull, stream};
+    let (h, stored) = bank_with_a_deposit().await;
+    let stream_name = h.config.relay.stream.clone();
+    let admin = js_as(&nats_admin_url()).await;
+    let events = admin.get_stream(&stream_name).await.unwrap();
+    // The projector's durable for a partition, as the projector makes it.
+    let durable = "projector-p0";
+    events.create_consumer(pull::Config { durable_name: Some(durable.into()), ..Default::default() }).await.unwrap();
+    for who in [Principal::Query, Principal::Auth, Principal::Command] {
+        let client = bank_platform::nats::connect(&nats_url_as(who)).await.unwrap();
+        let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{durable}");
+        let pulled =
+            tokio::time::timeout(Duration::from_secs(1), client.request(next, r#"{"batch":10,"no_wait":true}"#.into()))
+                .await;
+        assert!(!matches!(pulled, Ok(Ok(_))), "{who:?} pulled the projector's events: {pulled:?}");
+        let js = js_as(&nats_url_as(who)).await;
+        if let Ok(s) = js.get_stream(&stream_name).await {
+            assert!(s.delete_consumer(durable).await.is_err(), "{who:?} deleted the projector's consumer");
+        }
+    }
+    let info = events.consumer_info(durable).await.unwrap();
+    assert_eq!((info.delivered.stream_sequence, info.num_pending), (0, stored), "nothing was taken from the projector");
+
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    for who in [Principal::Auth, Principal::Command, Principal::Query, Principal::Projector] {
+        let name = format!("STEAL_{}_{unique}", who.user().to_uppercase());
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("_INBOX_projector.{name}.>")],
+            ..Default::default()
+        };
+        let js = js_as(&nats_url_as(who)).await;
+        assert!(js.create_stream(config).await.is_err(), "{who:?} made a stream");
+        assert!(admin.get_stream(&name).await.is_err(), "{who:?}'s stream exists");
+    }
+}
+
 /// With command-service's own database password, a suspended customer is
 /// made active again by hand: the columns rewritten, the signed standing
 /// swapped for another user's, or taken away. A standing takes effect only

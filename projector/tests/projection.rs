@@ -50,6 +50,7 @@ impl World {
         command.relay.subject_prefix = format!("{prefix}.events");
         command.standing_feed.stream = format!("{}_USERS", prefix.to_uppercase());
         command.standing_feed.subject_prefix = format!("{prefix}.users");
+        bank_testkit::provision_prefix(&command.relay.nats_url, &prefix).await;
         let running = command_service::start(command.clone(), CancellationToken::new()).await.unwrap();
         let client = AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap();
         let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();

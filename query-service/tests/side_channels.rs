@@ -80,7 +80,10 @@ async fn one_caller_cannot_park_more_than_its_share_of_reads() {
     let opened = bank.open(&alice).await;
     let a = opened.account.unwrap().account_id;
     bank.balance(&alice, &a, &opened.consistency_token).await.unwrap();
-    let b = bank.open(&bob).await.account.unwrap().account_id;
+    let opened = bank.open(&bob).await;
+    let b = opened.account.unwrap().account_id;
+    // Projected before the reads below (they carry no token).
+    bank.balance(&bob, &b, &opened.consistency_token).await.unwrap();
     let parked_token = unreachable_token(&a);
 
     let parked = join_all((0..query_service::api::MAX_PARKED_PER_CALLER).map(|_| {

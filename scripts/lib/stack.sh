@@ -241,6 +241,18 @@ run_migrations() {
   done
 }
 
+# provision_streams <binary dir>: the event and standing streams, made by
+# the NATS administrator before the services start; no service may make a
+# stream (deploy/nats/nats.conf). Names, prefixes and replicas are the
+# services' own (NATS_STREAM, USERS_STREAM, ..., NATS_STREAM_REPLICAS).
+provision_streams() {
+  (
+    stack_secrets
+    NATS_PROVISION_URL="$(service_nats_url admin "$NATS_ADMIN_PASSWORD")"
+    exec_clean NATS_PROVISION_URL -- "$1/command-service" provision-streams
+  )
+}
+
 # The environment a service process starts with (scripts/run, the edge
 # test): the variables below, which hold no secret, and nothing else of the
 # caller's; then the service's own credentials (service_exec). Everything

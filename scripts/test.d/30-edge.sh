@@ -48,6 +48,7 @@ cleanup() {
 trap cleanup EXIT
 create_databases
 run_migrations "$bin" >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&2; exit 1; }
+provision_streams "$bin" >>"$logs/migrate.log" 2>&1 || { cat "$logs/migrate.log" >&2; exit 1; }
 wait_port() { wait_for "$1" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$2"; }
 fail() { echo "EDGE TEST FAILED: $*" >&2; tail -n 20 "$logs"/*.log >&2; exit 1; }
 

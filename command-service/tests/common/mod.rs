@@ -70,6 +70,12 @@ impl Harness {
         config.audit.read_database_url = None;
         config.audit.redis_url = None;
         adjust(&mut config);
+        let (events, users) = (&config.relay, &config.standing_feed);
+        bank_testkit::provision_streams(
+            &config.relay.nats_url,
+            &[(&events.stream, &events.subject_prefix), (&users.stream, &users.subject_prefix)],
+        )
+        .await;
         let running = command_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = match &config.tls {
             None => AccountCommandServiceClient::connect(format!("http://{}", running.grpc_addr)).await.unwrap(),

@@ -77,17 +77,14 @@ async fn connect_with(
         .with_context(|| format!("NATS at {}", endpoint.url))
 }
 
-/// The project's streams, made the same way wherever they are first used
-/// (events by command-service, standings by auth-service or command-service):
-/// file storage, a two-minute duplicate window for message ids, atomic
-/// batches, and nobody,
-/// whatever their permissions, removes what was published.
-pub async fn durable_stream(
-    js: &async_nats::jetstream::Context,
-    name: &str,
-    subject_prefix: &str,
-) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+/// The project's streams, made once at provisioning by an administrator
+/// (`command-service provision-streams`, run by the stack and compose before
+/// the services): file storage, a two-minute duplicate window for message
+/// ids, atomic batches, and nobody, whatever their permissions, removes what
+/// was published. No service may create a stream: a user that could would
+/// make one over another's inbox and keep copies of its deliveries.
+pub fn stream_config(name: &str, subject_prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
         name: name.to_owned(),
         subjects: vec![format!("{subject_prefix}.>")],
         storage: async_nats::jetstream::stream::StorageType::File,
@@ -97,11 +94,48 @@ pub async fn durable_stream(
         // The relay publishes each round as one atomic batch (one fsync).
         allow_atomic_publish: true,
         // On a cluster, 3: an acknowledged publish is on a majority of them.
-        num_replicas: stream_replicas(),
+        num_replicas: replicas,
         ..Default::default()
+    }
+}
+
+/// Makes the stream unless it exists (as the administrator).
+pub async fn provision_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subject_prefix: &str,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    js.get_or_create_stream(stream_config(name, subject_prefix, replicas))
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+    Ok(())
+}
+
+/// `provision-streams`: the event and standing streams, as the administrator
+/// (`NATS_PROVISION_URL`), named as the services name them (`NATS_STREAM`,
+/// `NATS_SUBJECT_PREFIX`, `USERS_STREAM`, `USERS_SUBJECT_PREFIX`,
+/// `NATS_STREAM_REPLICAS`).
+pub async fn provision_from_env(env: &impl crate::config::Env) -> anyhow::Result<()> {
+    let url = env.var("NATS_PROVISION_URL").context("NATS_PROVISION_URL (an administrator's NATS URL) is not set")?;
+    let js = async_nats::jetstream::new(connect(&url).await?);
+    let events = crate::config::string(env, "NATS_STREAM", "BANK_EVENTS");
+    let events_prefix = crate::config::string(env, "NATS_SUBJECT_PREFIX", "bank.events");
+    let feed = crate::standing::Feed::from_env(env);
+    provision_stream(&js, &events, &events_prefix, stream_replicas()).await?;
+    provision_stream(&js, &feed.stream, &feed.subject_prefix, stream_replicas()).await?;
+    tracing::info!(%events, users = %feed.stream, replicas = stream_replicas(), "streams provisioned");
+    Ok(())
+}
+
+/// A stream the services use: it must have been provisioned.
+pub async fn durable_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    js.get_stream(name).await.map_err(|e| {
+        anyhow::anyhow!("stream {name}: {e} (streams are made at provisioning: `command-service provision-streams`)")
     })
-    .await
-    .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))
 }
 
 /// Event subjects carry a partition of the account (issue 18):
@@ -121,9 +155,8 @@ pub fn event_subject(prefix: &str, account: uuid::Uuid) -> String {
     format!("{prefix}.{}.{account}", event_partition(account))
 }
 
-/// `NATS_STREAM_REPLICAS` (default 1; the HA topology runs 3). Read where
-/// streams are made, so every service makes them alike.
-fn stream_replicas() -> usize {
+/// `NATS_STREAM_REPLICAS` (default 1; the HA topology runs 3).
+pub fn stream_replicas() -> usize {
     std::env::var("NATS_STREAM_REPLICAS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 

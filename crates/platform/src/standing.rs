@@ -63,10 +63,9 @@ impl Feed {
         }
     }
 
-    /// The stream, created on first use by whichever side comes first (the
-    /// same settings on both).
+    /// The stream (made at provisioning).
     pub async fn stream(&self, js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
-        crate::nats::durable_stream(js, &self.stream, &self.subject_prefix).await
+        crate::nats::durable_stream(js, &self.stream).await
     }
 }
 

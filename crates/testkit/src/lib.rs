@@ -162,6 +162,32 @@ pub fn nats_admin_url() -> String {
     nats_url_as(Principal::Admin)
 }
 
+/// `url` (one NATS server or several) with the administrator's credentials
+/// instead of its own: a test's own server uses the same users.
+pub fn as_nats_admin(url: &str) -> String {
+    let endpoint = bank_platform::nats::Endpoint::parse(url).expect("a NATS URL");
+    let admin = Principal::Admin;
+    endpoint.url.replacen("://", &format!("://{}:{}@", admin.user(), admin.password("NATS")), 1)
+}
+
+/// Makes `streams` (name, subject prefix) on the server of `nats_url` as the
+/// administrator, the way the stack provisions them: no service may.
+pub async fn provision_streams(nats_url: &str, streams: &[(&str, &str)]) {
+    let client = bank_platform::nats::connect(&as_nats_admin(nats_url)).await.expect("NATS as the administrator");
+    let js = async_nats::jetstream::new(client);
+    for (name, prefix) in streams {
+        bank_platform::nats::provision_stream(&js, name, prefix, bank_platform::nats::stream_replicas())
+            .await
+            .expect("the stream is provisioned");
+    }
+}
+
+/// The event and standing streams `service_env(prefix, …)` names.
+pub async fn provision_prefix(nats_url: &str, prefix: &str) {
+    let (events, users) = (prefix.to_uppercase(), format!("{}_USERS", prefix.to_uppercase()));
+    provision_streams(nats_url, &[(&events, &format!("{prefix}.events")), (&users, &format!("{prefix}.users"))]).await;
+}
+
 /// Publishes `payload` on `subject` as the NATS admin and waits for
 /// JetStream to store it (retrying while the stream is yet to be created by
 /// the service that owns it).

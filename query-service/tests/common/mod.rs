@@ -91,6 +91,7 @@ impl Bank {
         // The same standing feed command-service follows, as query's own NATS user.
         query.standing_feed = command.standing_feed.clone();
         query.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Query);
+        bank_testkit::provision_prefix(&command.relay.nats_url, &prefix).await;
         let c = command_service::start(command, CancellationToken::new()).await.unwrap();
         let q = query_service::start(query.clone(), CancellationToken::new()).await.unwrap();
         let p = projector::start(projector, CancellationToken::new()).await.unwrap();

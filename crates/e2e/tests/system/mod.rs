@@ -71,6 +71,7 @@ impl System {
         let prefix = bank_testkit::unique_prefix("e2e");
         let (command_addr, query_addr) = (bank_testkit::free_addr(), bank_testkit::free_addr());
         let dbs = bank_testkit::migrated_by_processes("e2e", bin).await;
+        bank_testkit::provision_prefix(&bank_testkit::nats_admin_url(), &prefix).await;
         let mut env = bank_testkit::service_env(&prefix, &issuer.jwks_url);
         env.extend(
             [
