@@ -9,8 +9,9 @@ from what would be generated (CI proof that the committed document is current).
 
 What it follows, so the document matches what Envoy really does:
 - every RPC of package bank.v1 must carry a google.api.http rule (error if not);
-- schemas use proto field names (snake_case): the edge prints responses with
-  preserve_proto_field_names;
+- schemas use the lowerCamelCase JSON names (the proto3 JSON mapping), as the
+  edge prints responses (preserve_proto_field_names off); requests also accept
+  the proto names;
 - the proto3 JSON mapping (64-bit integers are strings, enums are their names,
   Timestamp is an RFC 3339 string, ...);
 - a server-streaming RPC answers one JSON array, written as messages arrive;
@@ -54,8 +55,10 @@ INFO_DESCRIPTION = (
     "`message`, and `details` (typed messages such as google.rpc.ErrorInfo and "
     "google.rpc.BadRequest). Amounts are decimal strings (e.g. \"10.50\"), never "
     "numbers; 64-bit integers are strings too.\n\n"
-    "Responses use the proto field names (snake_case), as documented here; "
-    "requests accept those and the lowerCamelCase JSON names."
+    "Bodies use the proto3 JSON mapping: lowerCamelCase JSON names (`accountId`), "
+    "as documented here, in responses; requests accept those and the proto field "
+    "names (`account_id`), and refuse a field given twice in either style. Query "
+    "parameters are the proto field names."
 )
 
 # HTTP status -> the gRPC codes Envoy maps to it (convert_grpc_status), documented
@@ -74,6 +77,14 @@ ERROR_RESPONSES = (
 )
 
 STATUS_TYPE = ".google.rpc.Status"
+
+
+def json_name(field):
+    """The field's proto3 JSON name (protoc fills it in; computed if not)."""
+    if field.json_name:
+        return field.json_name
+    head, *rest = field.name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 TIMESTAMP_TYPE = ".google.protobuf.Timestamp"
 
 FD = descriptor_pb2.FieldDescriptorProto
@@ -338,7 +349,7 @@ class Generator:
         properties = {}
         for field in info.proto.field:
             if field.name not in exclude:
-                properties[field.name] = with_description(self.field_schema(field), self.field_text(info, field))
+                properties[json_name(field)] = with_description(self.field_schema(field), self.field_text(info, field))
         if properties:
             schema["properties"] = properties
         return schema

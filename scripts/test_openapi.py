@@ -199,6 +199,11 @@ class SmallSetTest(unittest.TestCase):
         self.assertEqual(p["tags"]["schema"], {"type": "array", "items": {"type": "string"}})
         self.assertNotIn("requestBody", op)
 
+    def test_properties_are_the_json_names_as_the_edge_prints_them(self):
+        props = schema(self.doc, "Thing")["properties"]
+        self.assertIn("thingId", props)
+        self.assertNotIn("thing_id", props)
+
     def test_scalar_mappings(self):
         props = schema(self.doc, "Thing")["properties"]
         self.assertEqual(props["count"], {"type": "string", "format": "int64"})

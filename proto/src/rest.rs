@@ -86,6 +86,9 @@ impl RestSchema {
         if binding.method == "get" || body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
+        if let Some(field) = repeated_key(body) {
+            return Err(FieldError { field, description: "is given twice; give each field once".into() });
+        }
         let mut de = serde_json::Deserializer::from_slice(body);
         let mut track = serde_path_to_error::Track::new();
         let result = DynamicMessage::deserialize(
@@ -153,6 +156,90 @@ fn split_verb(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The first key an object of `body` gives twice (`money.amount`), either
+/// name style counting as the same field: the transcoder keeps the last one
+/// silently, so a reader of the first would see another request.
+fn repeated_key(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::{cell::RefCell, collections::HashSet, fmt};
+
+    struct Keys<'a> {
+        path: String,
+        found: &'a RefCell<Option<String>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Keys<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq.next_element_seed(Keys { path: format!("{}[{i}]", self.path), found: self.found })?.is_some() {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+                if !seen.insert(camel(&key)) {
+                    *self.found.borrow_mut() = Some(path);
+                    return Err(A::Error::custom("repeated key"));
+                }
+                map.next_value_seed(Keys { path, found: self.found })?;
+            }
+            Ok(())
+        }
+    }
+    /// `idempotency_key` and `idempotencyKey` name one field.
+    fn camel(key: &str) -> String {
+        let mut out = String::with_capacity(key.len());
+        let mut upper = false;
+        for c in key.chars() {
+            match c {
+                '_' => upper = true,
+                c if upper => {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // Malformed JSON is the full check's to describe.
+    let _ = Keys { path: String::new(), found: &found }.deserialize(&mut de);
+    found.into_inner()
+}
+
 /// serde's message without its " at line 1 column 42" suffix.
 fn describe(e: &serde_json::Error) -> String {
     let text = e.to_string();
@@ -192,6 +279,18 @@ mod tests {
         assert_eq!(err.field, "money.amount");
         let err = check("POST", "/v1/accounts", r#"{"type":"ACCOUNT_TYPE_NOPE"}"#).unwrap_err();
         assert_eq!(err.field, "type");
+    }
+
+    #[test]
+    fn a_field_given_twice_is_named_whichever_its_name_style() {
+        let err = check("POST", "/v1/transfers", r#"{"money":{"amount":"1.00","amount":"900.00"}}"#).unwrap_err();
+        assert_eq!(err.field, "money.amount", "{err:?}");
+        let err = check("POST", "/v1/transfers", r#"{"idempotency_key":"a","idempotencyKey":"b"}"#).unwrap_err();
+        assert_eq!(err.field, "idempotencyKey", "{err:?}");
+        assert!(err.description.contains("twice"), "{err:?}");
+        // Control: the same key in two different objects is no repetition.
+        let body = r#"{"money":{"currency_code":"USD","amount":"5.00"},"idempotencyKey":"k"}"#;
+        assert_eq!(check("POST", "/v1/accounts/0190a0a0-0000-7000-8000-000000000000:deposit", body), Ok(()));
     }
 
     #[test]

@@ -201,13 +201,13 @@ expect_rest() { # expect_rest <status> <needle> <method> <path> [curl args...]
   [[ "$out" == "$status "* ]] && grep -qF -- "$needle" <<<"$out" || fail "REST $1 $2: want $status with '$needle', got: $out"
 }
 expect_rest 200 '"amount":"69.75"' GET "/v1/accounts/$a/balance" -G --data-urlencode "min_consistency_token=$ct"
-expect_rest 200 '"account_id":"'"$b"'"' GET "/v1/accounts/$b"
-expect_rest 200 '"transaction_id":"'"$tx"'"' GET "/v1/transactions/$tx"
+expect_rest 200 '"accountId":"'"$b"'"' GET "/v1/accounts/$b"
+expect_rest 200 '"transactionId":"'"$tx"'"' GET "/v1/transactions/$tx"
 [ "$(rest GET "/v1/accounts/$a/transactions?page_size=10&kinds=TRANSACTION_KIND_DEPOSIT" | grep -o '"kind":' | wc -l)" = 1 ] \
   || fail "REST kinds filter"
 [ "$(rest GET "/v1/accounts/$a/transactions?page_size=10" | grep -o '"kind":' | wc -l)" = 2 ] || fail "REST history"
 expect_rest 200 '"transactions":[]' GET "/v1/accounts/$a/transactions?from_time=2999-01-01T00:00:00Z"
-expect_rest 200 '"closing_balance":{"currency_code":"USD","amount":"69.75"}' GET "/v1/accounts/$a/statement?from_time=$(date -u -d yesterday +%FT%TZ)&to_time=$(date -u -d tomorrow +%FT%TZ)"
+expect_rest 200 '"closingBalance":{"currencyCode":"USD","amount":"69.75"}' GET "/v1/accounts/$a/statement?from_time=$(date -u -d yesterday +%FT%TZ)&to_time=$(date -u -d tomorrow +%FT%TZ)"
 expect_rest 400 '"field":"account_id"' GET "/v1/accounts/not-a-uuid/balance"
 expect_rest 404 '"code":5' GET "/v1/accounts/$(python3 -c 'import uuid; print(uuid.uuid4())')/balance"
 expect_rest 400 '"code":3' GET "/v1/accounts/$a/transactions?page_sise=10"
@@ -216,6 +216,10 @@ expect_rest 400 '"field":"idempotency_key"' POST "/v1/transfers" -d "{\"from_acc
 expect_rest 400 '"code":3' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotency_key":"rest-bad-2"'
 expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":5},"idempotency_key":"rest-bad-3"}'
 expect_rest 400 '"field":"money.amout"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amout":"5.00"},"idempotency_key":"rest-bad-4"}'
+# A field given twice (the transcoder would keep the last), and an amount with a leading zero.
+expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"1.00","amount":"900.00"},"idempotency_key":"rest-bad-11"}'
+expect_rest 400 '"field":"idempotencyKey"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"1.00"},"idempotency_key":"rest-bad-12","idempotencyKey":"rest-bad-13"}'
+expect_rest 400 '"field":"money.amount"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"01.00"},"idempotency_key":"rest-bad-14"}'
 expect_rest 400 '"field":"idempotencykey"' POST "/v1/accounts/$a:deposit" -d '{"money":{"currency_code":"USD","amount":"5.00"},"idempotencykey":"rest-bad-5"}'
 # Customers do not take money out of the bank: 403.
 expect_rest 403 '"code":7' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-6"}'
@@ -240,7 +244,7 @@ expect_rest 200 '"amount":"74.75"' POST "/v1/accounts/$a:deposit" -d '{"money":{
 expect_rest 400 '"reason":"INSUFFICIENT_FUNDS"' POST "/v1/accounts/$a:withdraw" -d '{"money":{"currency_code":"USD","amount":"1000.00"},"idempotency_key":"rest-bad-10"}'
 token=$token_saved
 ct=$(rest POST /v1/transfers -d "{\"from_account_id\":\"$a\",\"to_account_id\":\"$b\",\"money\":{\"currency_code\":\"USD\",\"amount\":\"4.75\"},\"idempotency_key\":\"rest-tr\"}" \
-  | cut -d' ' -f2- | field consistency_token)
+  | cut -d' ' -f2- | field consistencyToken)
 expect_rest 200 '"amount":"35.00"' GET "/v1/accounts/$b/balance" -G --data-urlencode "min_consistency_token=$ct"
 echo "ok: REST paths, filters, read-your-writes, errors as HTTP + google.rpc.Status, bad input refused"
 

@@ -86,7 +86,7 @@ kill -0 "$run_pid" 2>/dev/null || fail "scripts/run --ha stopped when one instan
 sleep 5
 walk rest
 python3 "$repo/scripts/lib/check_outputs.py" "$work/rest.out" \
-  'docs[-4]["balance"] == {"currency_code": "USD", "amount": "4.50"}' \
+  'docs[-4]["balance"] == {"currencyCode": "USD", "amount": "4.50"}' \
   '[t["kind"] for t in docs[-3]["transactions"]] == ["TRANSACTION_KIND_DEPOSIT"] * 2' ||
   fail "REST walk-through output on the survivors"
 echo "ok: one instance of each service killed; the REST walk-through succeeded through the edge on the others"

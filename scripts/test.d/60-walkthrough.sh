@@ -164,10 +164,10 @@ check_outputs "$work/grpc.out" \
   'sorted((d["type"], d["balance"]["amount"]) for d in docs[-2:]) == [("ACCOUNT_TYPE_FEE_INCOME", "0.00"), ("ACCOUNT_TYPE_SETTLEMENT", "-100.00")]' ||
   fail "gRPC walk-through output"
 check_outputs "$work/rest.out" \
-  'docs[-4]["balance"] == {"currency_code": "USD", "amount": "4.50"}' \
+  'docs[-4]["balance"] == {"currencyCode": "USD", "amount": "4.50"}' \
   '[t["kind"] for t in docs[-3]["transactions"]] == ["TRANSACTION_KIND_DEPOSIT"] * 2' \
   'docs[-2]["code"] == 7' \
-  'docs[-1]["code"] == 3 and docs[-1]["details"][0]["field_violations"][0]["field"] == "money.amout"' ||
+  'docs[-1]["code"] == 3 and docs[-1]["details"][0]["fieldViolations"][0]["field"] == "money.amout"' ||
   fail "REST walk-through output"
 check_outputs "$work/holds.out" \
   'docs[0]["balance"]["amount"] == "80.00" and docs[0]["availableBalance"]["amount"] == "50.00"' \

@@ -97,6 +97,11 @@ pub fn parse_amount(field: &str, text: &str, currency: Currency, max: Decimal) -
     if !digits(int_part) || frac_part.is_some_and(|f| !digits(f)) {
         return Err(bad("must be a positive decimal such as \"10.50\""));
     }
+    // One way to write each amount: "01.00" is not "1.00" to every reader
+    // (octal, padding), so it is refused rather than guessed at.
+    if int_part.len() > 1 && int_part.starts_with('0') {
+        return Err(bad("must not start with a leading zero (write \"1.00\", not \"01.00\")"));
+    }
     // Bound the length before parsing so a 40-digit amount is a clear error,
     // not an overflow.
     if int_part.trim_start_matches('0').len() > 15 {
@@ -168,6 +173,7 @@ mod tests {
     fn accepts_plain_amounts_within_the_minor_unit() {
         assert_eq!(parse_amount("a", "10.50", usd(), max()).unwrap().to_string(), "10.50");
         assert_eq!(parse_amount("a", "7", usd(), max()).unwrap(), Decimal::from(7));
+        assert_eq!(parse_amount("a", "0.50", usd(), max()).unwrap().to_string(), "0.50");
         let jpy = Currency::from_code("JPY").unwrap();
         assert!(parse_amount("a", "500", jpy, max()).is_ok());
         assert!(parse_amount("a", "5.0", jpy, max()).is_err());
@@ -196,6 +202,9 @@ mod tests {
             "１",
             "1.2.3",
             "1_000",
+            "01.00",
+            "00.50",
+            "007",
             "1234567890123456789012345678901234567890",
         ] {
             assert!(parse_amount("amount", bad, usd(), max()).is_err(), "{bad:?} accepted");
