@@ -16,6 +16,10 @@ use crate::load::round;
 pub async fn prepare_pgbench_db(url: &str, n: usize) -> Result<PgPool> {
     let pool = bank_platform::db::connect(url, 2).await?;
     command_service::MIGRATOR.run(&pool).await?;
+    // Funded as a fixture, not by postings: as the superuser, with the
+    // balance check (a trigger) off for this one transaction.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await?;
     sqlx::query(
         "INSERT INTO accounts (id, owner_id, kind, currency, balance, status, version, last_hash, opened_at)
          SELECT ('00000000-0000-7000-8000-' || lpad(g::text, 12, '0'))::uuid, '00000000-0000-7000-8000-000000000000',
@@ -23,8 +27,9 @@ pub async fn prepare_pgbench_db(url: &str, n: usize) -> Result<PgPool> {
          FROM generate_series(1, $1) g",
     )
     .bind(n as i32)
-    .execute(&pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(pool)
 }
 
@@ -94,6 +99,12 @@ impl Pgbench<'_> {
         } else {
             self.url.to_owned()
         };
+        // The password reaches pgbench through its environment, never its
+        // command line (which every local user can read).
+        let (url, password) = without_password(&url);
+        if let Some(password) = password {
+            cmd.env("PGPASSWORD", password);
+        }
         let out = cmd.arg(url).output().context("pgbench")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
@@ -120,13 +131,50 @@ impl Pgbench<'_> {
     }
 }
 
-/// GET/s from redis-benchmark at `clients` concurrent connections, as the
-/// user of `redis_url` (`redis://user:password@host:port`).
+/// `postgres://user:password@host/db` as the URL without its password, and
+/// the password.
+fn without_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_owned(), None) };
+    let Some((creds, host)) = rest.rsplit_once('@') else { return (url.to_owned(), None) };
+    match creds.split_once(':') {
+        Some((user, password)) => (format!("{scheme}://{user}@{host}"), Some(password.to_owned())),
+        None => (url.to_owned(), None),
+    }
+}
+
+/// GET/s from redis-benchmark at `clients` concurrent connections. The
+/// administrator (`redis_url`, `redis://admin:password@host:port`) makes a
+/// user for the run that may only GET redis-benchmark's own keys, and
+/// removes it afterwards: redis-benchmark takes a password only as an
+/// argument, which every local user can read, so the one it gets is worth
+/// nothing after the run and little during it. The administrator's own
+/// password goes to redis-cli through its environment and stdin only.
 pub fn redis_get(redis_url: &str, clients: usize) -> Result<f64> {
     let rest = redis_url.trim_start_matches("redis://").trim_end_matches('/');
     let (creds, host_port) = rest.rsplit_once('@').context("a Redis URL with a user")?;
-    let (user, password) = creds.split_once(':').context("a Redis URL with a password")?;
+    let (admin, admin_password) = creds.split_once(':').context("a Redis URL with a password")?;
     let port = host_port.rsplit(':').next().unwrap_or("6379").to_owned();
+    let user = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let acl = |command: String| -> Result<()> {
+        use std::io::Write;
+        let mut cli = Command::new(tool("redis-cli")?)
+            .args(["-h", "127.0.0.1", "-p", &port, "--user", admin])
+            .env("REDISCLI_AUTH", admin_password)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("redis-cli")?;
+        cli.stdin.take().context("redis-cli stdin")?.write_all(format!("{command}\n").as_bytes())?;
+        let out = cli.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let answered = text.trim_start().starts_with("OK") || text.trim().parse::<u64>().is_ok();
+        if !out.status.success() || !answered {
+            bail!("redis-cli {}: {text}", command.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+        }
+        Ok(())
+    };
+    acl(format!("ACL SETUSER {user} on >{password} resetkeys ~key:* resetchannels -@all +get +ping"))?;
     let out = Command::new(tool("redis-benchmark")?)
         .args([
             "-h",
@@ -134,9 +182,9 @@ pub fn redis_get(redis_url: &str, clients: usize) -> Result<f64> {
             "-p",
             &port,
             "--user",
-            user,
+            &user,
             "-a",
-            password,
+            &password,
             "-t",
             "get",
             "-n",
@@ -147,7 +195,9 @@ pub fn redis_get(redis_url: &str, clients: usize) -> Result<f64> {
         .arg("-c")
         .arg(clients.to_string())
         .output()
-        .context("redis-benchmark")?;
+        .context("redis-benchmark");
+    acl(format!("ACL DELUSER {user}"))?;
+    let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find(|l| l.starts_with("\"GET\""))
