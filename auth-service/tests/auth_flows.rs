@@ -469,6 +469,32 @@ async fn money_path(a: &Auth) -> (Running, pb::account_command_service_client::A
     (bank, commands)
 }
 
+/// Ada, an approved customer, and Tom, an approved customer who is also a
+/// teller, each signed in: their user ids, then their access tokens.
+async fn ada_and_teller_tom(a: &Auth, admin: &str) -> (String, String, String, String) {
+    let approve = |id: &str| pb::ApproveCustomerRequest { user_id: id.into() };
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(approve(&ada.user_id), admin)).await.unwrap();
+    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(approve(&tom.user_id), admin)).await.unwrap();
+    let grant = pb::GrantRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
+    a.c().grant_role(authed(grant, admin)).await.unwrap();
+    // Tokens issued now stay valid for their whole lifetime (15 minutes).
+    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
+    let tom_token = a.login("tom@example.com", PASSWORD).await.unwrap().access_token;
+    (ada.user_id, tom.user_id, ada_token, tom_token)
+}
+
+async fn suspend(a: &Auth, admin: &str, user_id: &str) {
+    let req = pb::SuspendCustomerRequest { user_id: user_id.into(), reason: "fraud review".into() };
+    a.c().suspend_customer(authed(req, admin)).await.unwrap();
+}
+
+async fn revoke_teller(a: &Auth, admin: &str, user_id: &str) {
+    let req = pb::RevokeRoleRequest { user_id: user_id.into(), role: pb::Role::Teller as i32 };
+    a.c().revoke_role(authed(req, admin)).await.unwrap();
+}
+
 /// query-service alone (no projector: the reads below need no read model),
 /// following this test's auth-service for tokens and standings.
 async fn read_path(a: &Auth) -> (Running, pb::account_query_service_client::AccountQueryServiceClient<Channel>) {
@@ -499,14 +525,7 @@ async fn a_suspension_and_a_revoked_role_stop_reads_before_the_call_answers() {
     let (money, _commands) = money_path(&a).await;
     let (reads, queries) = read_path(&a).await;
     let admin = a.admin_token().await;
-    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id.clone() }, &admin)).await.unwrap();
-    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: tom.user_id.clone() }, &admin)).await.unwrap();
-    let grant = pb::GrantRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
-    a.c().grant_role(authed(grant, &admin)).await.unwrap();
-    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
-    let tom_token = a.login("tom@example.com", PASSWORD).await.unwrap().access_token;
+    let (ada, tom, ada_token, tom_token) = ada_and_teller_tom(&a, &admin).await;
     let list = |token: &str| {
         let mut q = queries.clone();
         let req = authed(pb::ListAccountsRequest::default(), token);
@@ -515,16 +534,9 @@ async fn a_suspension_and_a_revoked_role_stop_reads_before_the_call_answers() {
     list(&ada_token).await.expect("control: Ada reads");
     list(&tom_token).await.expect("control: Tom reads");
 
-    a.c()
-        .suspend_customer(authed(
-            pb::SuspendCustomerRequest { user_id: ada.user_id.clone(), reason: "fraud review".into() },
-            &admin,
-        ))
-        .await
-        .unwrap();
+    suspend(&a, &admin, &ada).await;
     let ada_refused = list(&ada_token).await.expect_err("Ada's read right after her suspension answered");
-    let revoke = pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
-    a.c().revoke_role(authed(revoke, &admin)).await.unwrap();
+    revoke_teller(&a, &admin, &tom).await;
     let tom_refused = list(&tom_token).await.expect_err("Tom's read right after his revocation answered");
     for refused in [&ada_refused, &tom_refused] {
         assert_eq!((refused.code(), reason(refused)), (Code::PermissionDenied, "STANDING_REVOKED".into()));
@@ -541,16 +553,7 @@ async fn no_transfer_sent_after_a_suspension_answered_succeeds() {
     let a = Auth::start().await;
     let (money, commands) = money_path(&a).await;
     let admin = a.admin_token().await;
-    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id.clone() }, &admin)).await.unwrap();
-    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: tom.user_id.clone() }, &admin)).await.unwrap();
-    a.c()
-        .grant_role(authed(pb::GrantRoleRequest { user_id: tom.user_id, role: pb::Role::Teller as i32 }, &admin))
-        .await
-        .unwrap();
-    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
-    let tom_token = a.login("tom@example.com", PASSWORD).await.unwrap().access_token;
+    let (ada, _, ada_token, tom_token) = ada_and_teller_tom(&a, &admin).await;
     let open =
         |key: &str| pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: key.into() };
     let mut c = commands.clone();
@@ -581,8 +584,7 @@ async fn no_transfer_sent_after_a_suspension_answered_succeeds() {
         sent
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let suspend = pb::SuspendCustomerRequest { user_id: ada.user_id.clone(), reason: "fraud review".into() };
-    a.c().suspend_customer(authed(suspend, &admin)).await.unwrap();
+    suspend(&a, &admin, &ada).await;
     let answered = std::time::Instant::now();
     let sent = sender.await.unwrap();
     let before = sent.iter().filter(|(at, ok)| *at < answered && *ok).count();
@@ -743,16 +745,7 @@ async fn a_suspension_and_a_revoked_role_stop_money_before_the_call_answers_whil
     let a = Auth::start().await;
     let (bank, commands) = money_path(&a).await;
     let admin = a.admin_token().await;
-    let approve = |id: &str| pb::ApproveCustomerRequest { user_id: id.into() };
-    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(approve(&ada.user_id), &admin)).await.unwrap();
-    let tom = a.register("tom@example.com", PASSWORD).await.unwrap();
-    a.c().approve_customer(authed(approve(&tom.user_id), &admin)).await.unwrap();
-    let grant = pb::GrantRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
-    a.c().grant_role(authed(grant, &admin)).await.unwrap();
-    // Tokens issued now stay valid for their whole lifetime (15 minutes).
-    let ada_token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
-    let tom_token = a.login("tom@example.com", PASSWORD).await.unwrap().access_token;
+    let (ada, tom, ada_token, tom_token) = ada_and_teller_tom(&a, &admin).await;
     let open =
         |key: &str| pb::OpenAccountRequest { r#type: 1, currency_code: "USD".into(), idempotency_key: key.into() };
     let mut c = commands.clone();
@@ -775,15 +768,8 @@ async fn a_suspension_and_a_revoked_role_stop_money_before_the_call_answers_whil
     c.transfer(authed(transfer("t1"), &ada_token)).await.unwrap();
 
     // The admin suspends Ada and takes Tom's teller role away.
-    a.c()
-        .suspend_customer(authed(
-            pb::SuspendCustomerRequest { user_id: ada.user_id.clone(), reason: "fraud review".into() },
-            &admin,
-        ))
-        .await
-        .unwrap();
-    let revoke = pb::RevokeRoleRequest { user_id: tom.user_id.clone(), role: pb::Role::Teller as i32 };
-    a.c().revoke_role(authed(revoke, &admin)).await.unwrap();
+    suspend(&a, &admin, &ada).await;
+    revoke_teller(&a, &admin, &tom).await;
 
     // The calls answered: from now on the old tokens move nothing, not even
     // the very first command sent after the answer.

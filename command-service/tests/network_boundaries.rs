@@ -345,24 +345,22 @@ async fn publish_on_feed(h: &Harness, user: uuid::Uuid, payload: Vec<u8>) {
     bank_testkit::publish_stored(&format!("{}.{user}", h.config.standing_feed.subject_prefix), payload).await;
 }
 
+/// A customer's standing as auth-service would publish it.
+fn standing(user: uuid::Uuid, status: &str, seq: i64) -> bank_platform::standing::Standing {
+    bank_platform::standing::Standing { user_id: user, status: status.into(), roles: vec!["customer".into()], seq }
+}
+
 /// Issue 15, attacks 1 and 4: a standing nobody signed (or signed with
 /// another key, or for another user) cannot mask a later suspension with a
 /// huge sequence number; the real suspension stops the customer's money.
 #[tokio::test]
 async fn a_standing_nobody_signed_cannot_mask_a_suspension() {
-    use bank_platform::standing::Standing;
     let h = Harness::start().await;
     let (ada, ada_token) = h.customer();
     let (_, bo_token) = h.customer();
     let from = h.open(&ada_token, "USD").await;
     let to = h.open(&bo_token, "USD").await;
     h.fund(&from, "100.00").await;
-    let standing = |user, status: &str, seq| Standing {
-        user_id: user,
-        status: status.into(),
-        roles: vec!["customer".into()],
-        seq,
-    };
     let mask = standing(ada, "ACTIVE", 1_000_000);
     let stranger = bank_platform::auth::TokenSigner::generate();
     publish_on_feed(&h, ada, serde_json::to_vec(&mask).unwrap()).await;
@@ -439,7 +437,6 @@ async fn no_service_pulls_the_projectors_events_or_makes_a_stream() {
 /// move money; each tampered row is refused and counted.
 #[tokio::test]
 async fn a_standing_rewritten_in_the_database_does_not_lift_a_suspension() {
-    use bank_platform::standing::Standing;
     use sqlx::Connection;
     let h = Harness::start().await;
     let (ada, ada_token) = h.customer();
@@ -447,12 +444,6 @@ async fn a_standing_rewritten_in_the_database_does_not_lift_a_suspension() {
     let from = h.open(&ada_token, "USD").await;
     let to = h.open(&bo_token, "USD").await;
     h.fund(&from, "100.00").await;
-    let standing = |user, status: &str, seq| Standing {
-        user_id: user,
-        status: status.into(),
-        roles: vec!["customer".into()],
-        seq,
-    };
     publish_on_feed(&h, bo, h.issuer.sign_standing(&standing(bo, "ACTIVE", 4)).into_bytes()).await;
     publish_on_feed(&h, ada, h.issuer.sign_standing(&standing(ada, "SUSPENDED", 5)).into_bytes()).await;
     assert_eventually!(
