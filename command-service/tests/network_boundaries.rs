@@ -415,6 +415,17 @@ async fn no_service_pulls_the_projectors_events_or_makes_a_stream() {
     }
     let info = events.consumer_info(durable).await.unwrap();
     assert_eq!((info.delivered.stream_sequence, info.num_pending), (0, stored), "nothing was taken from the projector");
+    // The projector makes consumers on event subjects only: none that reads the standings.
+    let projector = js_as(&nats_url_as(Principal::Projector)).await;
+    let feed = &h.config.standing_feed;
+    if let Ok(users) = projector.get_stream(&feed.stream).await {
+        let reader = pull::Config {
+            name: Some(format!("peek-{}", uuid::Uuid::new_v4().simple())),
+            filter_subject: format!("{}.>", feed.subject_prefix),
+            ..Default::default()
+        };
+        assert!(users.create_consumer(reader).await.is_err(), "the projector opened a consumer on the standings");
+    }
 
     let unique = uuid::Uuid::new_v4().simple().to_string();
     for who in [Principal::Auth, Principal::Command, Principal::Query, Principal::Projector] {
