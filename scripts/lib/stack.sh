@@ -450,6 +450,9 @@ event_keys() {
 edge_config() {
   "$1" "$2" >/dev/null
   stack_tls
+  # The socket's folder exists whichever topology runs (the HA one keeps
+  # its engines elsewhere and makes no $STATE/run of its own).
+  mkdir -p "$(dirname "${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}")"
   EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
     ENVOY_ADMIN_SOCKET="${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}" \
     TLS_DIR="$STATE/tls" DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
