@@ -397,6 +397,19 @@ stack_env() {
   export PATH
 }
 
+# as_from_a_terminal <command...>: exec the command with SIGINT and SIGQUIT
+# at their defaults, as a terminal's shell starts it (and SIGPIPE and
+# SIGXFSZ too, which python itself ignores). A test started as a background
+# job inherits SIGINT ignored, and bash cannot trap a signal ignored at its
+# start: scripts/run would never see the Ctrl-C the walk-through tests send.
+as_from_a_terminal() {
+  exec python3 -c '
+import os, signal, sys
+for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGXFSZ):
+    signal.signal(s, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' "$@"
+}
+
 # free_ports N: N distinct loopback ports, free now and below the kernel's
 # ephemeral range (32768-60999), so no outgoing connection can take one
 # before its server binds it (port 0 would hand out an ephemeral one).

@@ -42,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 set -m
-env -i HOME="$HOME" PATH="$PATH" TERM=dumb CARGO_TARGET_DIR="$target" "${port_env[@]}" \
+as_from_a_terminal env -i HOME="$HOME" PATH="$PATH" TERM=dumb CARGO_TARGET_DIR="$target" "${port_env[@]}" \
   bash "$clone/scripts/run" --ha >"$work/run.log" 2>&1 &
 run_pid=$!
 set +m

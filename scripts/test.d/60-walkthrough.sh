@@ -44,7 +44,7 @@ run_pid=""
 # background job of a script would otherwise inherit SIGINT ignored).
 start_run() {
   set -m
-  env -i HOME="$HOME" PATH="$PATH" TERM=dumb CARGO_TARGET_DIR="$target" "${port_env[@]}" \
+  as_from_a_terminal env -i HOME="$HOME" PATH="$PATH" TERM=dumb CARGO_TARGET_DIR="$target" "${port_env[@]}" \
     bash "$clone/scripts/run" >"$work/run.log" 2>&1 &
   run_pid=$!
   set +m
