@@ -242,7 +242,7 @@ fn edge_check(
                 "message": format!("invalid request: {}: {}", e.field, e.description),
                 "details": [{
                     "@type": "type.googleapis.com/google.rpc.BadRequest",
-                    "field_violations": [{ "field": e.field, "description": e.description }],
+                    "fieldViolations": [{ "field": e.field, "description": e.description }],
                 }],
             });
             (axum::http::StatusCode::BAD_REQUEST, axum::Json(status)).into_response()
