@@ -70,9 +70,10 @@ impl StandingBarrier {
                 anyhow::Ok(jetstream::new(bank_platform::nats::connect(&self.feed.nats_url).await?))
             })
             .await?;
-        let mut stream = js.get_stream(&self.feed.stream).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        // Published means at or below the stream's last sequence now.
-        let published = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?.state.last_sequence;
+        // Looked up now, after the change was published: it is at or below
+        // the stream's last sequence in this answer.
+        let stream = js.get_stream(&self.feed.stream).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let published = stream.cached_info().state.last_sequence;
         loop {
             let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let behind = consumers.iter().any(|c| {

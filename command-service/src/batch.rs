@@ -184,6 +184,11 @@ impl Batcher {
 
     async fn execute(&self, jobs: Vec<Job>) -> Result<Vec<Result<Vec<u8>, CommandError>>, CommandError> {
         let mut tx = self.pool.begin().await?;
+        // Each caller's newest standing, read in this transaction before any
+        // row is locked: checking a signature (and, for a key not seen yet,
+        // fetching the JWKS) holds no account's lock.
+        let callers: Vec<Uuid> = jobs.iter().map(|j| j.caller.user_id).collect();
+        let standings = self.standings.load(&mut tx, &callers).await?;
         let mut ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.lock_ids.iter().copied()).collect();
         ids.sort();
         ids.dedup();
@@ -204,9 +209,6 @@ impl Batcher {
             .collect();
         let mut transactions = store::load_transactions(&mut tx, &tx_ids).await?;
         let (mut created_holds, mut touched_holds) = (HashSet::new(), Vec::new());
-        // Each caller's newest standing, read in this transaction.
-        let callers: Vec<Uuid> = jobs.iter().map(|j| j.caller.user_id).collect();
-        let standings = self.standings.load(&mut tx, &callers).await?;
         let claims: Vec<(Uuid, String, Vec<u8>)> =
             jobs.iter().map(|j| (j.caller.user_id, j.key.clone(), j.request_hash.clone())).collect();
         let claimed = store::claim_keys(&mut tx, &claims).await?;

@@ -12,6 +12,7 @@ pub mod page_token;
 
 use std::collections::HashMap;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
@@ -107,14 +108,6 @@ pub struct AccountChange {
     pub seal: Option<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Redis key layout under a prefix (tests use a unique prefix each), and
 /// the seal that makes what the projector writes there checkable.
 ///
@@ -176,7 +169,8 @@ impl CacheKeys {
         Self { prefix: prefix.into(), seal: Some(key.into()) }
     }
 
-    fn mac(&self, parts: &[&str]) -> Option<String> {
+    /// The HMAC over `parts`, ready to finalize or verify; None without a seal.
+    fn mac(&self, parts: &[&str]) -> Option<Hmac<Sha256>> {
         let key = self.seal.as_ref()?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         for part in parts {
@@ -184,13 +178,26 @@ impl CacheKeys {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
         }
-        Some(hex(&mac.finalize().into_bytes()))
+        Some(mac)
     }
 
-    fn entry_seal(&self, key: &str, values: &[&str]) -> Option<String> {
+    fn seal_of(&self, parts: &[&str]) -> Option<String> {
+        self.mac(parts).map(|mac| URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether `seal` is the seal of `parts` (compared in constant time).
+    fn seals(&self, parts: &[&str], seal: Option<&String>) -> bool {
+        match (self.mac(parts), seal.and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())) {
+            (None, _) => true,
+            (Some(mac), Some(seal)) => mac.verify_slice(&seal).is_ok(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn entry_parts<'a>(key: &'a str, values: &[&'a str]) -> Vec<&'a str> {
         let mut parts = vec!["entry", key];
         parts.extend_from_slice(values);
-        self.mac(&parts)
+        parts
     }
 
     /// The fields to write for `account` (version excluded; it is ARGV[1]),
@@ -200,7 +207,8 @@ impl CacheKeys {
         let version = account.version.to_string();
         let mut values = vec![version.as_str()];
         values.extend(fields.iter().map(|(_, v)| v.as_str()));
-        if let Some(seal) = self.entry_seal(&self.account(generation, account.account_id), &values) {
+        let key = self.account(generation, account.account_id);
+        if let Some(seal) = self.seal_of(&Self::entry_parts(&key, &values)) {
             fields.push(("seal".into(), seal));
         }
         fields
@@ -214,39 +222,37 @@ impl CacheKeys {
             return Cached::Valid(view);
         }
         let values: Vec<&str> = SEALED_FIELDS.iter().map(|f| h.get(*f).map_or("", String::as_str)).collect();
-        match (self.entry_seal(&self.account(generation, id), &values), h.get("seal")) {
-            (Some(expected), Some(seal)) if constant_time_eq(expected.as_bytes(), seal.as_bytes()) => {
-                Cached::Valid(view)
-            }
-            _ => Cached::Forged,
-        }
+        let key = self.account(generation, id);
+        if self.seals(&Self::entry_parts(&key, &values), h.get("seal")) { Cached::Valid(view) } else { Cached::Forged }
     }
 
-    fn change_seal(&self, change: &AccountChange) -> Option<String> {
+    /// What a change's seal covers: the channel, the account, its version,
+    /// the transaction, the instant and every cached field.
+    fn change_parts(&self, change: &AccountChange) -> Vec<String> {
         let a = &change.account;
-        let (id, version) = (a.account_id.to_string(), a.version.to_string());
-        let (tx, at) =
-            (change.transaction_id.map(|t| t.to_string()).unwrap_or_default(), change.occurred_at.to_rfc3339());
-        let fields = cache_fields(a);
-        let channel = self.changes_channel();
-        let mut parts = vec!["change", channel.as_str(), id.as_str(), version.as_str(), tx.as_str(), at.as_str()];
-        parts.extend(fields.iter().map(|(_, v)| v.as_str()));
-        self.mac(&parts)
+        let mut parts = vec![
+            "change".to_owned(),
+            self.changes_channel(),
+            a.account_id.to_string(),
+            a.version.to_string(),
+            change.transaction_id.map(|t| t.to_string()).unwrap_or_default(),
+            change.occurred_at.to_rfc3339(),
+        ];
+        parts.extend(cache_fields(a).into_iter().map(|(_, v)| v));
+        parts
     }
 
     /// Seals a change before it is published.
     pub fn seal_change(&self, change: &mut AccountChange) {
-        change.seal = self.change_seal(change);
+        let parts = self.change_parts(change);
+        change.seal = self.seal_of(&parts.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Whether a received change was sealed by the projector (always, when
     /// the keys have no seal).
     pub fn change_is_sealed(&self, change: &AccountChange) -> bool {
-        match (self.change_seal(change), &change.seal) {
-            (None, _) => true,
-            (Some(expected), Some(seal)) => constant_time_eq(expected.as_bytes(), seal.as_bytes()),
-            (Some(_), None) => false,
-        }
+        let parts = self.change_parts(change);
+        self.seals(&parts.iter().map(String::as_str).collect::<Vec<_>>(), change.seal.as_ref())
     }
 
     pub fn account(&self, generation: i32, id: Uuid) -> String {
@@ -303,24 +309,7 @@ pub fn from_cache(id: Uuid, h: &HashMap<String, String>) -> Option<AccountView> 
     })
 }
 
-/// Writes `account` to the cache through the version guard.
-pub async fn cache_upsert(
-    redis: &mut impl redis::aio::ConnectionLike,
-    keys: &CacheKeys,
-    generation: i32,
-    account: &AccountView,
-) -> redis::RedisResult<()> {
-    let script = redis::Script::new(UPSERT_SCRIPT);
-    let mut call = script.key(keys.account(generation, account.account_id));
-    call.arg(account.version).arg(CACHE_TTL_SECS);
-    for (k, v) in keys.entry_fields(generation, account) {
-        call.arg(k).arg(v);
-    }
-    let _: i64 = call.invoke_async(redis).await?;
-    Ok(())
-}
-
-/// `cache_upsert` for many accounts in one round trip (a pipeline of EVALs;
+/// Writes `accounts` to the cache through the version guard, in one round trip (a pipeline of EVALs;
 /// Redis caches the script by its hash, so only the text travels again).
 pub async fn cache_upsert_many(
     redis: &mut impl redis::aio::ConnectionLike,
@@ -346,6 +335,35 @@ pub async fn cache_upsert_many(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_entry_opens_and_any_change_to_it_or_its_key_does_not() {
+        let keys = CacheKeys::sealed("p:", b"0123456789abcdef");
+        let a = AccountView {
+            account_id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            kind: "CHECKING".into(),
+            currency: "USD".into(),
+            balance: "12.50".parse().unwrap(),
+            status: "ACTIVE".into(),
+            version: 3,
+            opened_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            held: "0".parse().unwrap(),
+        };
+        let mut h: HashMap<String, String> = keys.entry_fields(1, &a).into_iter().collect();
+        h.insert("version".into(), "3".into());
+        assert_eq!(keys.open_entry(1, a.account_id, &h), Cached::Valid(a.clone()));
+        assert_eq!(keys.open_entry(2, a.account_id, &h), Cached::Forged, "another generation's key");
+        assert_eq!(CacheKeys::sealed("p:", b"another key 0123").open_entry(1, a.account_id, &h), Cached::Forged);
+        h.insert("owner_id".into(), Uuid::now_v7().to_string());
+        assert_eq!(keys.open_entry(1, a.account_id, &h), Cached::Forged);
+        let mut change = AccountChange { account: a, transaction_id: None, occurred_at: Utc::now(), seal: None };
+        assert!(!keys.change_is_sealed(&change));
+        keys.seal_change(&mut change);
+        assert!(keys.change_is_sealed(&change));
+        change.account.balance += Decimal::ONE;
+        assert!(!keys.change_is_sealed(&change));
+    }
 
     #[test]
     fn cache_fields_round_trip() {
