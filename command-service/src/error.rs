@@ -26,6 +26,13 @@ pub enum CommandError {
     Unavailable(&'static str),
 }
 
+impl CommandError {
+    /// The batch a command was in did not commit: nothing of it is durable.
+    pub fn aborted() -> Self {
+        CommandError::Unavailable("the batch this command was in did not commit")
+    }
+}
+
 impl From<InputError> for CommandError {
     fn from(e: InputError) -> Self {
         CommandError::Invalid(vec![e])

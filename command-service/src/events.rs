@@ -2,12 +2,17 @@
 //! published), its hash chained to the account's previous event, and the
 //! columns the event store keeps beside it for folding in SQL.
 
-use bank_domain::{Currency, format_amount};
+use bank_domain::{
+    Account, Currency, format_amount,
+    ledger::{Event, Posting, PostingKind},
+};
 use bank_proto::v1::{self as pb, event_envelope::Payload};
 use chrono::{DateTime, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
 use uuid::Uuid;
+
+use crate::views::{account_type, hold_state, limit_text};
 
 /// An event ready to be written to `events` and `outbox`.
 #[derive(Debug, Clone)]
@@ -114,6 +119,145 @@ pub fn seal(
 pub fn verify_chain_link(previous: &[u8], stored_envelope: &[u8]) -> bool {
     let Ok(envelope) = pb::EventEnvelope::decode(stored_envelope) else { return false };
     bank_platform::signing::chain_link_holds(previous, &envelope)
+}
+
+// ---- a domain event as published ----
+
+fn posting_proto(p: &Posting) -> pb::Posting {
+    pb::Posting { account_id: p.account.to_string(), amount: money(p.currency, p.amount) }
+}
+
+/// The published payload of a domain event on `account` (as the event left
+/// it), and its signed balance change.
+fn payload(event: &Event, account: &Account) -> (Payload, Decimal) {
+    let currency = account.currency;
+    let m = |d: Decimal| money(currency, d);
+    match event {
+        Event::AccountOpened { kind, currency, owner, .. } => (
+            Payload::AccountOpened(pb::AccountOpened {
+                owner_id: owner.to_string(),
+                r#type: account_type(*kind) as i32,
+                currency_code: currency.code().to_owned(),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::Posted { posting, before, after, kind, description, .. } => {
+            let (amount, before, after, description) =
+                (m(posting.amount.abs()), m(*before), m(*after), description.clone());
+            let p = match kind {
+                PostingKind::Deposit => Payload::MoneyDeposited(pb::MoneyDeposited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+                PostingKind::Withdrawal => Payload::MoneyWithdrawn(pb::MoneyWithdrawn {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+                PostingKind::TransferOut { to } => Payload::TransferDebited(pb::TransferDebited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    to_account_id: to.to_string(),
+                    description,
+                }),
+                PostingKind::TransferIn { from } => Payload::TransferCredited(pb::TransferCredited {
+                    amount,
+                    balance_before: before,
+                    balance_after: after,
+                    from_account_id: from.to_string(),
+                    description,
+                }),
+                PostingKind::Leg => Payload::Posted(pb::Posted {
+                    amount: m(posting.amount),
+                    balance_before: before,
+                    balance_after: after,
+                    description,
+                }),
+                PostingKind::Reversal { original } => Payload::Reversed(pb::Reversed {
+                    amount: m(posting.amount),
+                    balance_before: before,
+                    balance_after: after,
+                    reverses_transaction_id: original.to_string(),
+                    reason: description,
+                }),
+            };
+            (p, posting.amount)
+        }
+        Event::HoldPlaced { hold, description } => (
+            Payload::HoldPlaced(pb::HoldPlaced {
+                hold_id: hold.id.to_string(),
+                to_account_id: hold.to.to_string(),
+                amount: m(hold.money.amount),
+                expires_at: timestamp(hold.expires_at),
+                held_after: m(account.held),
+                description: description.clone(),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::HoldReleased { hold, released, state, captured, .. } => (
+            Payload::HoldReleased(pb::HoldReleased {
+                hold_id: hold.to_string(),
+                released: m(*released),
+                held_after: m(account.held),
+                state: hold_state(*state) as i32,
+                captured: m(*captured),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::LimitsSet { limits, .. } => (
+            Payload::LimitsSet(pb::LimitsSet {
+                max_single_debit: limit_text(limits.max_debit),
+                daily_debit_limit: limit_text(limits.daily_debit),
+            }),
+            Decimal::ZERO,
+        ),
+        Event::AccountFrozen { reason, .. } => {
+            (Payload::AccountFrozen(pb::AccountFrozen { reason: reason.clone() }), Decimal::ZERO)
+        }
+        Event::AccountUnfrozen { reason, .. } => {
+            (Payload::AccountUnfrozen(pb::AccountUnfrozen { reason: reason.clone() }), Decimal::ZERO)
+        }
+        Event::AccountClosed { .. } => (Payload::AccountClosed(pb::AccountClosed {}), Decimal::ZERO),
+    }
+}
+
+/// Seals `event` (already applied to `row`) as the next link of the row's
+/// hash chain.
+pub(crate) fn record(
+    row: &mut crate::store::AccountRow,
+    event: &Event,
+    tx: Uuid,
+    actor: Uuid,
+    at: DateTime<Utc>,
+    trace: &std::collections::BTreeMap<String, String>,
+) -> NewEvent {
+    let (payload, delta) = payload(event, &row.account);
+    let counterparties = match event {
+        Event::Posted { counterparties, .. } => counterparties.iter().map(posting_proto).collect(),
+        _ => Vec::new(),
+    };
+    let new = seal(
+        EventDraft {
+            account_id: row.account.id,
+            currency: row.account.currency,
+            version: row.account.version,
+            transaction_id: tx,
+            actor,
+            occurred_at: at,
+            delta,
+            balance_after: row.account.balance,
+            payload,
+            counterparties,
+        },
+        &row.last_hash,
+        trace,
+    );
+    row.last_hash = new.hash.clone();
+    new
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use bank_platform::{CancellationToken, auth::Caller};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{error::CommandError, ledger::Ledger};
+use crate::{error::CommandError, ledger::Ledger, validate::IdempotencyKey};
 
 pub struct HoldExpiry {
     pub pool: PgPool,
@@ -54,15 +54,15 @@ impl HoldExpiry {
 
     /// Expires the holds due now; returns how many were due.
     async fn pass(&self, bank: &Caller) -> Result<usize, CommandError> {
-        let due: Vec<Uuid> = sqlx::query_scalar(
+        let due: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM holds WHERE state = 'OPEN' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            crate::execute::now(),
+            PASS
         )
-        .bind(crate::ledger::now())
-        .bind(PASS)
         .fetch_all(&self.pool)
         .await?;
         for hold in &due {
-            let key = format!("expire:{hold}");
+            let key = IdempotencyKey::parse(&format!("expire:{hold}"))?;
             let hash = hold.as_bytes().to_vec();
             match self
                 .ledger

@@ -3,11 +3,7 @@
 
 use std::sync::Arc;
 
-use bank_domain::{
-    AccountKind, Currency, InputError, Money,
-    ledger::{self as rules, Command, Posting},
-    parse_amount,
-};
+use bank_domain::{AccountKind, Money, ledger::Command};
 use bank_platform::{
     auth::{Caller, caller},
     status,
@@ -20,8 +16,9 @@ use uuid::Uuid;
 
 use crate::{
     Reconciler,
-    error::leg_violation,
-    ledger::{Ledger, Violations, check_description, check_idempotency_key, parse_id, parse_money},
+    execute::now,
+    ledger::Ledger,
+    validate::{self, IdempotencyKey, Violations, parse_id},
 };
 
 pub struct CommandApi {
@@ -40,11 +37,11 @@ impl CommandApi {
         caller: &Caller,
         rpc: &'static str,
         request: &impl Message,
-        key: &str,
+        key: IdempotencyKey,
         command: Command,
     ) -> Result<Response<R>, Status> {
         let hash = request_hash(rpc, request);
-        Ok(Response::new(self.ledger.run(caller, rpc, key, &hash, command).await?))
+        Ok(Response::new(self.ledger.run(caller, rpc, &key, &hash, command).await?))
     }
 }
 
@@ -64,75 +61,22 @@ fn money_fields(
     key: &str,
     description: &str,
     ledger: &Ledger,
-) -> Result<(Uuid, Money), Status> {
+) -> Result<(Uuid, Money, IdempotencyKey, String), Status> {
     let mut v = Violations::default();
     let account_id = v.check(parse_id("account_id", account_id));
-    let money = v.check_all(parse_money(money, ledger.limits().max_amount));
-    v.check(check_idempotency_key(key));
-    v.check(check_description(description));
-    Ok(v.finish(|| Some((account_id?, money?)))?)
+    let money = v.check_all(validate::money("money", money, ledger.limits().max_amount));
+    let key = v.check(IdempotencyKey::parse(key));
+    let description = v.check(validate::description(description));
+    Ok(v.finish(|| Some((account_id?, money?, key?, description?)))?)
 }
 
-/// Source, destination (distinct) and money of a Transfer or PlaceHold.
-fn movement(
-    v: &mut Violations,
-    from: &str,
-    to: &str,
-    money: Option<&pb::Money>,
-    ledger: &Ledger,
-) -> (Option<Uuid>, Option<Uuid>, Option<Money>) {
-    let from = v.check(parse_id("from_account_id", from));
-    let to = v.check(parse_id("to_account_id", to));
-    if from.is_some() && from == to {
-        v.add("to_account_id", "must differ from from_account_id");
-    }
-    (from, to, v.check_all(parse_money(money, ledger.limits().max_amount)))
-}
-
-/// The legs of a PostTransaction as postings: each leg's fields checked, then
-/// the whole (count, distinct accounts, balanced per currency) by the domain.
-fn postings(legs: &[pb::PostingLeg], max_amount: rust_decimal::Decimal, v: &mut Violations) -> Option<Vec<Posting>> {
-    // Counted first: thousands of legs must not become thousands of violations.
-    if !(2..=rules::MAX_LEGS).contains(&legs.len()) {
-        v.add("legs", &format!("a transaction has 2 to {} legs", rules::MAX_LEGS));
-        return None;
-    }
-    let mut out = Vec::with_capacity(legs.len());
-    for (i, leg) in legs.iter().enumerate() {
-        let account = v.check(parse_id(&format!("legs[{i}].account_id"), &leg.account_id));
-        let money = match &leg.money {
-            None => {
-                v.add(&format!("legs[{i}].money"), "is required");
-                None
-            }
-            Some(m) => {
-                let currency = v.check(Currency::from_code(&m.currency_code).map_err(|_| {
-                    InputError::new(
-                        format!("legs[{i}].money.currency_code"),
-                        "must be a supported ISO 4217 code such as USD",
-                    )
-                }));
-                currency.and_then(|c| {
-                    v.check(parse_amount(&format!("legs[{i}].money.amount"), &m.amount, c, max_amount)).map(|a| (c, a))
-                })
-            }
-        };
-        let sign = match pb::PostingSide::try_from(leg.side) {
-            Ok(pb::PostingSide::Debit) => Some(-1),
-            Ok(pb::PostingSide::Credit) => Some(1),
-            _ => {
-                v.add(&format!("legs[{i}].side"), "must be POSTING_SIDE_DEBIT or POSTING_SIDE_CREDIT");
-                None
-            }
-        };
-        if let (Some(account), Some((currency, amount)), Some(sign)) = (account, money, sign) {
-            out.push(Posting { account, currency, amount: amount * rust_decimal::Decimal::from(sign) });
-        }
-    }
-    if out.len() != legs.len() {
-        return None;
-    }
-    v.check(rules::check_legs(&out).map_err(|e| leg_violation(&e))).map(|()| out)
+/// Account, reason and key of a status change.
+fn status_fields(account_id: &str, reason: &str, key: &str) -> Result<(Uuid, String, IdempotencyKey), Status> {
+    let mut v = Violations::default();
+    let id = v.check(parse_id("account_id", account_id));
+    let key = v.check(IdempotencyKey::parse(key));
+    let reason = v.check(validate::status_reason(reason));
+    Ok(v.finish(|| Some((id?, reason?, key?)))?)
 }
 
 #[tonic::async_trait]
@@ -152,42 +96,41 @@ impl AccountCommandService for CommandApi {
                 None
             }
         };
-        let currency = v.check(Currency::from_code(&r.currency_code));
-        v.check(check_idempotency_key(&r.idempotency_key));
-        let (kind, currency) = v.finish(|| Some((kind?, currency?)))?;
+        let currency = v.check(validate::currency("currency_code", &r.currency_code));
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let (kind, currency, key) = v.finish(|| Some((kind?, currency?, key?)))?;
         let command = Command::OpenAccount { id: Uuid::now_v7(), kind, currency };
-        self.run(&caller, "OpenAccount", &r, &r.idempotency_key, command).await
+        self.run(&caller, "OpenAccount", &r, key, command).await
     }
 
     async fn deposit(&self, req: Request<pb::DepositRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let (account, money) =
+        let (account, money, key, description) =
             money_fields(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
-        let command = Command::Deposit { account, money, description: r.description.clone() };
-        self.run(&caller, "Deposit", &r, &r.idempotency_key, command).await
+        self.run(&caller, "Deposit", &r, key, Command::Deposit { account, money, description }).await
     }
 
     async fn withdraw(&self, req: Request<pb::WithdrawRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let (account, money) =
+        let (account, money, key, description) =
             money_fields(&r.account_id, r.money.as_ref(), &r.idempotency_key, &r.description, &self.ledger)?;
-        let command = Command::Withdraw { account, money, description: r.description.clone() };
-        self.run(&caller, "Withdraw", &r, &r.idempotency_key, command).await
+        self.run(&caller, "Withdraw", &r, key, Command::Withdraw { account, money, description }).await
     }
 
     async fn transfer(&self, req: Request<pb::TransferRequest>) -> Result<Response<pb::MoneyMovementResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let (from, to, money) = movement(&mut v, &r.from_account_id, &r.to_account_id, r.money.as_ref(), &self.ledger);
-        v.check(check_idempotency_key(&r.idempotency_key));
-        v.check(check_description(&r.description));
-        let command = v.finish(|| {
-            Some(Command::Transfer { from: from?, to: to?, money: money?, description: r.description.clone() })
+        let (from, to) = validate::movement(&mut v, &r.from_account_id, &r.to_account_id);
+        let money = v.check_all(validate::money("money", r.money.as_ref(), self.ledger.limits().max_amount));
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let description = v.check(validate::description(&r.description));
+        let (command, key) = v.finish(|| {
+            Some((Command::Transfer { from: from?, to: to?, money: money?, description: description? }, key?))
         })?;
-        self.run(&caller, "Transfer", &r, &r.idempotency_key, command).await
+        self.run(&caller, "Transfer", &r, key, command).await
     }
 
     async fn post_transaction(
@@ -197,32 +140,34 @@ impl AccountCommandService for CommandApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let legs = postings(&r.legs, self.ledger.limits().max_amount, &mut v);
-        v.check(check_idempotency_key(&r.idempotency_key));
-        v.check(check_description(&r.description));
-        let command = v.finish(|| Some(Command::Post { legs: legs?, description: r.description.clone() }))?;
-        self.run(&caller, "PostTransaction", &r, &r.idempotency_key, command).await
+        let legs = validate::legs(&r.legs, self.ledger.limits().max_amount, &mut v);
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let description = v.check(validate::description(&r.description));
+        let (command, key) = v.finish(|| Some((Command::Post { legs: legs?, description: description? }, key?)))?;
+        self.run(&caller, "PostTransaction", &r, key, command).await
     }
 
     async fn place_hold(&self, req: Request<pb::PlaceHoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
-        let (from, to, money) = movement(&mut v, &r.from_account_id, &r.to_account_id, r.money.as_ref(), &self.ledger);
-        let expires_at = v.check(hold_deadline(r.expires_at.as_ref(), r.ttl_seconds, crate::ledger::now()));
-        v.check(check_idempotency_key(&r.idempotency_key));
-        v.check(check_description(&r.description));
-        let command = v.finish(|| {
-            Some(Command::PlaceHold {
+        let (from, to) = validate::movement(&mut v, &r.from_account_id, &r.to_account_id);
+        let money = v.check_all(validate::money("money", r.money.as_ref(), self.ledger.limits().max_amount));
+        let expires_at = v.check(validate::hold_deadline(r.expires_at.as_ref(), r.ttl_seconds, now()));
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let description = v.check(validate::description(&r.description));
+        let (command, key) = v.finish(|| {
+            let hold = Command::PlaceHold {
                 id: Uuid::now_v7(),
                 from: from?,
                 to: to?,
                 money: money?,
                 expires_at: expires_at?,
-                description: r.description.clone(),
-            })
+                description: description?,
+            };
+            Some((hold, key?))
         })?;
-        self.run(&caller, "PlaceHold", &r, &r.idempotency_key, command).await
+        self.run(&caller, "PlaceHold", &r, key, command).await
     }
 
     async fn capture_hold(
@@ -235,18 +180,11 @@ impl AccountCommandService for CommandApi {
         let hold = v.check(parse_id("hold_id", &r.hold_id));
         let amount = match &r.amount {
             None => Some(None),
-            Some(m) => v
-                .check_all(parse_money(Some(m), self.ledger.limits().max_amount).map_err(|errors| {
-                    errors
-                        .into_iter()
-                        .map(|e| InputError::new(e.field.replacen("money", "amount", 1), e.description))
-                        .collect()
-                }))
-                .map(Some),
+            Some(m) => v.check_all(validate::money("amount", Some(m), self.ledger.limits().max_amount)).map(Some),
         };
-        v.check(check_idempotency_key(&r.idempotency_key));
-        let command = v.finish(|| Some(Command::CaptureHold { hold: hold?, amount: amount? }))?;
-        self.run(&caller, "CaptureHold", &r, &r.idempotency_key, command).await
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let (command, key) = v.finish(|| Some((Command::CaptureHold { hold: hold?, amount: amount? }, key?)))?;
+        self.run(&caller, "CaptureHold", &r, key, command).await
     }
 
     async fn void_hold(&self, req: Request<pb::VoidHoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
@@ -254,9 +192,9 @@ impl AccountCommandService for CommandApi {
         let r = req.into_inner();
         let mut v = Violations::default();
         let hold = v.check(parse_id("hold_id", &r.hold_id));
-        v.check(check_idempotency_key(&r.idempotency_key));
-        let command = v.finish(|| Some(Command::VoidHold { hold: hold? }))?;
-        self.run(&caller, "VoidHold", &r, &r.idempotency_key, command).await
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let (command, key) = v.finish(|| Some((Command::VoidHold { hold: hold? }, key?)))?;
+        self.run(&caller, "VoidHold", &r, key, command).await
     }
 
     async fn reverse_transaction(
@@ -267,14 +205,11 @@ impl AccountCommandService for CommandApi {
         let r = req.into_inner();
         let mut v = Violations::default();
         let transaction = v.check(parse_id("transaction_id", &r.transaction_id));
-        if r.reason.trim().is_empty() {
-            v.add("reason", "is required: it is shown in both accounts' history");
-        } else if r.reason.chars().count() > 140 || r.reason.chars().any(char::is_control) {
-            v.add("reason", "must be at most 140 characters without control characters");
-        }
-        v.check(check_idempotency_key(&r.idempotency_key));
-        let command = v.finish(|| Some(Command::Reverse { transaction: transaction?, reason: r.reason.clone() }))?;
-        self.run(&caller, "ReverseTransaction", &r, &r.idempotency_key, command).await
+        let reason = v.check(validate::reversal_reason(&r.reason));
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let (command, key) =
+            v.finish(|| Some((Command::Reverse { transaction: transaction?, reason: reason? }, key?)))?;
+        self.run(&caller, "ReverseTransaction", &r, key, command).await
     }
 
     async fn set_account_limits(
@@ -286,27 +221,13 @@ impl AccountCommandService for CommandApi {
         let mut v = Violations::default();
         let account = v.check(parse_id("account_id", &r.account_id));
         let max = self.ledger.limits().max_balance;
-        let max_debit = v.check(limit("max_single_debit", r.max_single_debit.as_ref(), max));
-        let daily = v.check(limit("daily_debit_limit", r.daily_debit_limit.as_ref(), max));
-        let currency = match (max_debit.flatten(), daily.flatten()) {
-            (Some(a), Some(b)) if a.currency != b.currency => {
-                v.add("daily_debit_limit.currency_code", "must be the currency of max_single_debit");
-                None
-            }
-            (a, b) => a.or(b).map(|m| m.currency),
-        };
-        v.check(check_idempotency_key(&r.idempotency_key));
-        let command = v.finish(|| {
-            Some(Command::SetLimits {
-                account: account?,
-                limits: bank_domain::DebitLimits {
-                    max_debit: max_debit?.map(|m| m.amount),
-                    daily_debit: daily?.map(|m| m.amount),
-                },
-                currency,
-            })
+        let limits = validate::limits(&mut v, r.max_single_debit.as_ref(), r.daily_debit_limit.as_ref(), max);
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let (command, key) = v.finish(|| {
+            let (limits, currency) = limits?;
+            Some((Command::SetLimits { account: account?, limits, currency }, key?))
         })?;
-        self.run(&caller, "SetAccountLimits", &r, &r.idempotency_key, command).await
+        self.run(&caller, "SetAccountLimits", &r, key, command).await
     }
 
     async fn freeze_account(
@@ -315,9 +236,8 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let account = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
-        let command = Command::Freeze { account, reason: r.reason.clone() };
-        self.run(&caller, "FreezeAccount", &r, &r.idempotency_key, command).await
+        let (account, reason, key) = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
+        self.run(&caller, "FreezeAccount", &r, key, Command::Freeze { account, reason }).await
     }
 
     async fn unfreeze_account(
@@ -326,9 +246,8 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let account = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
-        let command = Command::Unfreeze { account, reason: r.reason.clone() };
-        self.run(&caller, "UnfreezeAccount", &r, &r.idempotency_key, command).await
+        let (account, reason, key) = status_fields(&r.account_id, &r.reason, &r.idempotency_key)?;
+        self.run(&caller, "UnfreezeAccount", &r, key, Command::Unfreeze { account, reason }).await
     }
 
     async fn close_account(
@@ -337,8 +256,8 @@ impl AccountCommandService for CommandApi {
     ) -> Result<Response<pb::AccountChangeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        let account = status_fields(&r.account_id, "", &r.idempotency_key)?;
-        self.run(&caller, "CloseAccount", &r, &r.idempotency_key, Command::Close { account }).await
+        let (account, _, key) = status_fields(&r.account_id, "", &r.idempotency_key)?;
+        self.run(&caller, "CloseAccount", &r, key, Command::Close { account }).await
     }
 
     async fn reconcile(&self, req: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileReport>, Status> {
@@ -370,59 +289,4 @@ impl AccountCommandService for CommandApi {
             behind: report.behind,
         }))
     }
-}
-
-/// Longest a hold may last.
-const MAX_HOLD_SECONDS: i64 = 30 * 24 * 3600;
-
-/// A hold's deadline from exactly one of `expires_at` or `ttl_seconds`.
-fn hold_deadline(
-    expires_at: Option<&prost_types::Timestamp>,
-    ttl_seconds: i64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<chrono::DateTime<chrono::Utc>, InputError> {
-    let latest = now + chrono::Duration::seconds(MAX_HOLD_SECONDS);
-    match (expires_at, ttl_seconds) {
-        (Some(_), t) if t != 0 => Err(InputError::new("ttl_seconds", "give expires_at or ttl_seconds, not both")),
-        (None, 0) => Err(InputError::new("expires_at", "expires_at or ttl_seconds is required")),
-        (None, t) if !(1..=MAX_HOLD_SECONDS).contains(&t) => {
-            Err(InputError::new("ttl_seconds", format!("must be 1 to {MAX_HOLD_SECONDS}")))
-        }
-        (None, t) => Ok(now + chrono::Duration::seconds(t)),
-        (Some(ts), _) => {
-            let at = u32::try_from(ts.nanos)
-                .ok()
-                .and_then(|n| chrono::DateTime::from_timestamp(ts.seconds, n))
-                .ok_or_else(|| InputError::new("expires_at", "is not a valid timestamp"))?;
-            if at <= now || at > latest {
-                return Err(InputError::new("expires_at", "must be in the future and at most 30 days away"));
-            }
-            // Postgres keeps microseconds: the deadline stored is the one answered.
-            Ok(chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
-        }
-    }
-}
-
-/// An optional limit: absent or an empty amount is no limit.
-fn limit(field: &str, money: Option<&pb::Money>, max: rust_decimal::Decimal) -> Result<Option<Money>, InputError> {
-    let Some(m) = money.filter(|m| !m.amount.is_empty() || !m.currency_code.is_empty()) else { return Ok(None) };
-    let currency = Currency::from_code(&m.currency_code).map_err(|_| {
-        InputError::new(format!("{field}.currency_code"), "must be a supported ISO 4217 code such as USD")
-    })?;
-    if m.amount.is_empty() {
-        return Ok(None);
-    }
-    let amount = parse_amount(&format!("{field}.amount"), &m.amount, currency, max)?;
-    Ok(Some(Money::new(currency, amount)))
-}
-
-/// Account, reason and key of a status change.
-fn status_fields(account_id: &str, reason: &str, key: &str) -> Result<Uuid, Status> {
-    let mut v = Violations::default();
-    let id = v.check(parse_id("account_id", account_id));
-    v.check(check_idempotency_key(key));
-    if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
-        v.add("reason", "must be at most 200 characters without control characters");
-    }
-    Ok(v.finish(|| id)?)
 }

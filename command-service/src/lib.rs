@@ -1,16 +1,25 @@
-//! command-service: the money path. See `ledger` for the transaction each
-//! command runs in and `relay` for how committed events reach JetStream.
+//! command-service: the money path. `grpc` (the adapter) validates a request
+//! (`validate`) into a domain command; `ledger` hands it to the executor
+//! (`batch`: load what it needs, claim its key (`idempotency`), decide
+//! (`execute`), write (`store`)), which answers with `views`; `events` seals
+//! what is published and `relay` takes it to JetStream.
 
 pub mod batch;
+pub mod bootstrap;
 pub mod error;
 pub mod events;
+pub mod execute;
 pub mod expiry;
 pub mod grpc;
+pub mod idempotency;
 pub mod ledger;
+pub mod queue;
 pub mod reconcile;
 pub mod relay;
 pub mod standing;
 pub mod store;
+pub mod validate;
+pub mod views;
 
 use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
@@ -27,8 +36,9 @@ use rust_decimal::Decimal;
 use tokio::sync::Notify;
 
 use crate::{
+    execute::Limits,
     grpc::CommandApi,
-    ledger::{Ledger, Limits},
+    ledger::Ledger,
     relay::{OutboxRelay, RelayConfig},
 };
 
@@ -46,7 +56,7 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Batching mode (`COMMAND_BATCHING`, on by default; `off` runs one
     /// transaction per command): see `batch`.
-    pub batching: Option<batch::BatchConfig>,
+    pub batching: Option<queue::BatchConfig>,
     /// How often due holds are looked for (`HOLD_EXPIRY_POLL_MS`).
     pub hold_expiry_poll: Duration,
     /// auth-service's feed of user standings (suspensions, role changes).
@@ -120,7 +130,7 @@ impl Config {
             },
             batching: match config::string(env, "COMMAND_BATCHING", "on").as_str() {
                 "off" | "false" | "0" => None,
-                _ => Some(batch::BatchConfig {
+                _ => Some(queue::BatchConfig {
                     batchers: config::parse(env, "COMMAND_BATCHERS", 8)?,
                     max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
                 }),
@@ -153,7 +163,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .await?,
     );
 
-    let opened = ledger::open_system_accounts(&pool, &config.relay.subject_prefix).await?;
+    let opened = bootstrap::open_system_accounts(&pool, &config.relay.subject_prefix).await?;
     if opened > 0 {
         tracing::info!(opened, "opened the bank's settlement and fee-income accounts");
     }
@@ -175,7 +185,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             wake.clone(),
             config.limits.clone(),
         );
-        let (queue, _batchers) = batch::start(batcher, batching);
+        let (queue, _batchers) = queue::start(batcher, batching);
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);

@@ -7,7 +7,7 @@ mod common;
 
 use bank_proto::v1 as pb;
 use bank_testkit::{Principal, authed};
-use command_service::batch::BatchConfig;
+use command_service::queue::BatchConfig;
 use common::{Harness, key, reason, usd};
 use futures::future::join_all;
 use tonic::Code;

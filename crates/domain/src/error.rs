@@ -27,9 +27,9 @@ pub enum DomainError {
     /// Someone else's account: answered like `AccountNotFound`, but audited.
     #[error("account not found")]
     NotOwner,
-    /// The caller's role may not do this (audited).
+    /// The caller's role may not do this (audited); which rule says so.
     #[error("{0}")]
-    NotPermitted(&'static str),
+    NotPermitted(Forbidden),
     /// One leg of a posted transaction, by its index in the request.
     #[error("legs[{index}]: {cause}")]
     Leg { index: usize, cause: Box<DomainError> },
@@ -83,7 +83,33 @@ impl DomainError {
         match self {
             DomainError::HoldNotFound | DomainError::NotHoldParty => "hold",
             DomainError::TransactionNotFound => "transaction",
-            _ => "account",
+            DomainError::Leg { cause, .. } => cause.missing(),
+            DomainError::AccountNotFound
+            | DomainError::NotOwner
+            | DomainError::InsufficientFunds
+            | DomainError::AccountFrozen
+            | DomainError::AccountClosed
+            | DomainError::CurrencyMismatch { .. }
+            | DomainError::SameAccount
+            | DomainError::BalanceNotZero
+            | DomainError::CustomerNotActive
+            | DomainError::AccountNotFrozen
+            | DomainError::BalanceLimitExceeded
+            | DomainError::NotPermitted(_)
+            | DomainError::LegCount { .. }
+            | DomainError::ZeroPosting
+            | DomainError::DuplicateLeg { .. }
+            | DomainError::Unbalanced { .. }
+            | DomainError::SystemAccountMissing(_)
+            | DomainError::SettlementRefused { .. }
+            | DomainError::OwnAccount
+            | DomainError::HoldEnded(_)
+            | DomainError::CaptureExceedsHold { .. }
+            | DomainError::HoldNotDue
+            | DomainError::LimitExceeded { .. }
+            | DomainError::AlreadyReversed { .. }
+            | DomainError::ReversalNotReversible { .. }
+            | DomainError::ReversalWouldOverdraw { .. } => "account",
         }
     }
 
@@ -138,9 +164,67 @@ impl DomainError {
             DomainError::SystemAccountMissing(_) | DomainError::SettlementRefused { .. } => Refusal::Unavailable,
             DomainError::OwnAccount => Refusal::PermissionDenied,
             DomainError::Leg { cause, .. } => cause.class(),
-            _ => Refusal::BusinessRule,
+            DomainError::InsufficientFunds
+            | DomainError::AccountFrozen
+            | DomainError::AccountClosed
+            | DomainError::CurrencyMismatch { .. }
+            | DomainError::SameAccount
+            | DomainError::BalanceNotZero
+            | DomainError::CustomerNotActive
+            | DomainError::AccountNotFrozen
+            | DomainError::BalanceLimitExceeded
+            | DomainError::Unbalanced { .. }
+            | DomainError::HoldEnded(_)
+            | DomainError::CaptureExceedsHold { .. }
+            | DomainError::LimitExceeded { .. }
+            | DomainError::AlreadyReversed { .. }
+            | DomainError::ReversalNotReversible { .. }
+            | DomainError::ReversalWouldOverdraw { .. } => Refusal::BusinessRule,
         }
     }
+
+    /// The reason an audited refusal is filed under, or `None` when the
+    /// refusal is not audited. Someone else's account or hold is filed as
+    /// NOT_OWNER though answered NOT_FOUND; every role refusal as
+    /// PERMISSION_DENIED (the detail says which rule).
+    pub fn audit_reason(&self) -> Option<&'static str> {
+        match self.class() {
+            Refusal::NotFound { audited: true } => Some("NOT_OWNER"),
+            Refusal::PermissionDenied => Some("PERMISSION_DENIED"),
+            Refusal::BusinessRule => Some(self.reason()),
+            Refusal::NotFound { audited: false } | Refusal::InvalidArgument | Refusal::Unavailable => None,
+        }
+    }
+}
+
+/// The rules about who may do what: each is its own refusal, so a test (and
+/// an auditor) can tell which one fired. Answered PERMISSION_DENIED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Forbidden {
+    #[error("only tellers and service principals move money into or out of the bank")]
+    BoundaryNotStaff,
+    #[error("only service principals and staff post transactions")]
+    PostNotStaff,
+    #[error("only staff reverse transactions")]
+    ReverseNotStaff,
+    #[error("only staff set limits")]
+    LimitsNotStaff,
+    #[error("a suspended or unapproved user moves no money")]
+    Suspended,
+    #[error("a service principal is not a customer")]
+    ServiceNotCustomer,
+    #[error("only the bank opens its own accounts")]
+    BankOpensItsOwn,
+    #[error("deposits and withdrawals are for customer accounts")]
+    BoundaryOnBankAccount,
+    #[error("the bank's own accounts take postings from staff only")]
+    BankAccountTakesStaffPostings,
+    #[error("only an admin may freeze or unfreeze accounts")]
+    FreezeNotAdmin,
+    #[error("holds expire by themselves")]
+    ExpiryIsTheBanks,
+    #[error("the bank's own accounts have no customer limits")]
+    BankAccountHasNoLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

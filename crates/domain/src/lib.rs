@@ -10,5 +10,5 @@ pub mod ledger;
 pub mod money;
 
 pub use account::{Account, AccountKind, AccountStatus, BalanceChange, DebitLimits, transfer};
-pub use error::{DomainError, InputError, Refusal};
+pub use error::{DomainError, Forbidden, InputError, Refusal};
 pub use money::{Currency, Money, format_amount, parse_amount};

@@ -1,0 +1,99 @@
+//! Where commands wait for a batcher: with batching on, concurrent commands
+//! share one Postgres transaction (one commit, one fsync), the way
+//! TigerBeetle amortizes the disk over a batch.
+
+use std::sync::Arc;
+
+use bank_domain::ledger::Command;
+use bank_platform::auth::Caller;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{batch::Batcher, error::CommandError, validate::IdempotencyKey};
+
+/// One command waiting for a batch.
+pub struct Job {
+    pub(crate) caller: Caller,
+    pub(crate) rpc: &'static str,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) request_hash: Vec<u8>,
+    /// Every account the command locks: those it needs, and those of the
+    /// holds and transactions it names (`store::accounts_to_lock`).
+    pub(crate) lock_ids: Vec<Uuid>,
+    pub(crate) command: Command,
+    /// The caller's span, so the command's trace context and logs stay its own.
+    pub(crate) span: tracing::Span,
+    pub(crate) reply: Option<oneshot::Sender<Result<Vec<u8>, CommandError>>>,
+}
+
+impl Job {
+    pub fn new(
+        caller: &Caller,
+        rpc: &'static str,
+        key: &IdempotencyKey,
+        request_hash: &[u8],
+        command: Command,
+        lock_ids: Vec<Uuid>,
+    ) -> Self {
+        Self {
+            caller: caller.clone(),
+            rpc,
+            key: key.clone(),
+            request_hash: request_hash.to_vec(),
+            lock_ids,
+            command,
+            span: tracing::Span::current(),
+            reply: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Queue(mpsc::UnboundedSender<Job>);
+
+impl Queue {
+    pub async fn run(&self, mut job: Job) -> Result<Vec<u8>, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        job.reply = Some(tx);
+        self.0.send(job).map_err(|_| CommandError::aborted())?;
+        rx.await.map_err(|_| CommandError::aborted())?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub batchers: usize,
+    pub max_batch: usize,
+}
+
+/// Starts `config.batchers` batchers sharing one queue: each takes every
+/// command queued while it was busy (up to `max_batch`).
+pub fn start(batcher: Batcher, config: &BatchConfig) -> (Queue, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::unbounded_channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let batcher = Arc::new(batcher);
+    let max = config.max_batch.max(1);
+    let handles = (0..config.batchers.max(1))
+        .map(|_| {
+            let (rx, batcher) = (rx.clone(), batcher.clone());
+            tokio::spawn(async move {
+                loop {
+                    let jobs = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut jobs = vec![first];
+                        while jobs.len() < max {
+                            match rx.try_recv() {
+                                Ok(j) => jobs.push(j),
+                                Err(_) => break,
+                            }
+                        }
+                        jobs
+                    };
+                    batcher.run(jobs).await;
+                }
+            })
+        })
+        .collect();
+    (Queue(tx), handles)
+}
