@@ -532,3 +532,45 @@ async fn no_other_service_can_touch_command_services_standing_consumer() {
     let info = admin.get_stream(&stream_name).await.unwrap().consumer_info(name).await.unwrap();
     assert_eq!(info.config.filter_subject, "", "the consumer still reads every standing");
 }
+
+/// A teller's role revoked after the token was issued: the token still says
+/// teller, but the answer to their own transfer no longer shows them the
+/// payee's balance (what the caller may see follows the newest standing,
+/// as what they may do does).
+#[tokio::test]
+async fn a_revoked_teller_no_longer_sees_the_payees_balance_in_an_answer() {
+    let h = Harness::start().await;
+    let teller = uuid::Uuid::now_v7();
+    let teller_token = h.issuer.teller(teller);
+    let (_, payee_token) = h.customer();
+    let mine = h.open(&teller_token, "USD").await;
+    let payee = h.open(&payee_token, "USD").await;
+    h.fund(&mine, "500.00").await;
+    let named = |r: &bank_proto::v1::MoneyMovementResponse| -> Vec<String> {
+        let mut ids: Vec<String> = r.balances_after.iter().map(|b| b.account_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let before = h.transfer(&teller_token, &mine, &payee, "1.00").await.unwrap();
+    let mut both = vec![mine.clone(), payee.clone()];
+    both.sort();
+    assert_eq!(named(&before), both, "control: staff see every account in an answer");
+
+    let revoked = bank_platform::standing::Standing {
+        user_id: teller,
+        status: "ACTIVE".into(),
+        roles: vec!["customer".into()],
+        seq: 1_000,
+    };
+    publish_on_feed(&h, teller, h.issuer.sign_standing(&revoked).into_bytes()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = h.transfer(&teller_token, &mine, &payee, "0.01").await.unwrap();
+        if named(&after) == vec![mine.clone()] {
+            break;
+        }
+        assert_eq!(named(&after), both, "an answer names the caller's account and maybe the payee's, nothing else");
+        assert!(std::time::Instant::now() < deadline, "the revoked teller still sees the payee's balance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
