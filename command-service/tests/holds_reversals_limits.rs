@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bank_domain::Forbidden;
 use bank_proto::v1 as pb;
 use bank_testkit::{Principal, authed};
 use common::{Harness, key, reason, usd, violation_fields};
@@ -361,7 +362,7 @@ async fn reversals_restore_balances_once_and_refuse_clearly_otherwise() {
 
     // Customers do not reverse.
     let err = h.reverse(&alice, &original).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    common::assert_denied_by(&err, Forbidden::ReverseNotStaff);
 
     // A clean reversal restores both balances, as a new transaction.
     let reversal = h.reverse(&teller, &original).await.unwrap();
@@ -435,7 +436,7 @@ async fn forty_concurrent_debits_against_a_velocity_limit_never_exceed_it() {
         idempotency_key: key(),
     };
     let err = h.client.clone().set_account_limits(authed(set.clone(), &alice)).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "customers do not set their own limits");
+    common::assert_denied_by(&err, Forbidden::LimitsNotStaff);
     h.client.clone().set_account_limits(authed(set, &h.teller())).await.unwrap();
 
     let err = h.transfer(&alice, &a, &b, "50.01").await.unwrap_err();

@@ -4,6 +4,7 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
+use bank_domain::{DomainError, Forbidden};
 use bank_proto::v1 as pb;
 use bank_testkit::{Principal, assert_eventually, authed};
 use common::{Harness, key, reason, usd, violation_fields};
@@ -222,7 +223,7 @@ async fn hostile_amounts_and_ids_are_clear_errors_that_write_nothing() {
     assert_eq!(unknown_deposit.code(), Code::NotFound);
     // A customer may not take money out of the bank, not even someone else's.
     let foreign_withdrawal = h.withdraw(&mallory, &acc, "1.00").await.unwrap_err();
-    assert_eq!(foreign_withdrawal.code(), Code::PermissionDenied);
+    common::assert_denied_by(&foreign_withdrawal, Forbidden::BoundaryNotStaff);
 
     let after = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
     assert_eq!(before, after, "a refused input wrote rows");
@@ -253,7 +254,7 @@ async fn frozen_closed_and_foreign_currency_accounts_refuse_money() {
         idempotency_key: k,
     };
     let denied = h.client.clone().freeze_account(authed(freeze(key()), &alice)).await.unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
+    common::assert_denied_by(&denied, Forbidden::FreezeNotAdmin);
     let frozen = h.client.clone().freeze_account(authed(freeze(key()), &admin)).await.unwrap().into_inner();
     assert_eq!(frozen.account.unwrap().status, pb::AccountStatus::Frozen as i32);
 
@@ -304,7 +305,7 @@ async fn a_service_principal_is_not_a_customer() {
     };
     // Its token says ACTIVE, but it passed no KYC: it opens no account...
     let err = h.client.clone().open_account(authed(req, &service)).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    common::assert_denied_by(&err, Forbidden::ServiceNotCustomer);
     // ...and reaches no customer's account as if it were its own.
     let other = h.open(&alice, "USD").await;
     let err = h.transfer(&service, &acc, &other, "1.00").await.unwrap_err();
@@ -597,12 +598,15 @@ async fn only_tellers_and_services_cross_the_boundary_and_a_customers_attempt_wr
     h.fund(&acc, "30.00").await;
     let before = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
 
-    for err in [
-        h.deposit(&alice, &acc, "1000.00").await.unwrap_err(),
-        h.withdraw(&alice, &acc, "1.00").await.unwrap_err(),
-        h.deposit(&h.service(), &Harness::fee_income("USD"), "1.00").await.unwrap_err(),
+    for (err, rule) in [
+        (h.deposit(&alice, &acc, "1000.00").await.unwrap_err(), Forbidden::BoundaryNotStaff),
+        (h.withdraw(&alice, &acc, "1.00").await.unwrap_err(), Forbidden::BoundaryNotStaff),
+        (
+            h.deposit(&h.service(), &Harness::fee_income("USD"), "1.00").await.unwrap_err(),
+            Forbidden::BoundaryOnBankAccount,
+        ),
     ] {
-        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        common::assert_denied_by(&err, rule);
     }
     let after = (h.count("events").await, h.count("idempotency").await, h.outbox_ids_issued().await);
     assert_eq!(before, after, "a denied attempt wrote more than the audit row");
@@ -678,7 +682,7 @@ async fn a_posted_transaction_moves_a_transfer_and_its_fee_at_once_and_only_once
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    common::assert_denied_by(&err, Forbidden::PostNotStaff);
     assert_eq!(h.balance(&a).await, "9.50");
 }
 
@@ -805,7 +809,7 @@ async fn staff_do_not_move_money_on_their_own_accounts_and_transactions_have_at_
     let teller = h.issuer.token_for(teller_id, &["customer", "teller"], "ACTIVE", Duration::from_secs(600));
     let own = h.open(&teller, "USD").await;
     let err = h.deposit(&teller, &own, "100.00").await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    common::assert_denied_by(&err, DomainError::OwnAccount);
     assert_eq!(h.balance(&own).await, "0.00");
 
     let legs: Vec<_> = (0..9).map(|_| leg(&uuid::Uuid::now_v7().to_string(), "1.00", Debit)).collect();

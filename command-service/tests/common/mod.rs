@@ -266,3 +266,14 @@ pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 pub const ACTIVE: &str = STATUS_ACTIVE;
+
+/// A PERMISSION_DENIED answer, and which rule gave it (its text is the
+/// message): a test stays red if another rule fires instead.
+#[track_caller]
+pub fn assert_denied_by(status: &tonic::Status, rule: impl std::fmt::Display) {
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::PermissionDenied, rule.to_string().as_str()),
+        "{status:?}"
+    );
+}
