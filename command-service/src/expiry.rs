@@ -53,6 +53,7 @@ impl HoldExpiry {
     }
 
     /// Expires the holds due now; returns how many were due.
+    #[tracing::instrument(skip_all, err(level = "info"))]
     async fn pass(&self, bank: &Caller) -> Result<usize, CommandError> {
         let due: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM holds WHERE state = 'OPEN' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",

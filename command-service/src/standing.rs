@@ -65,18 +65,19 @@ async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
 
 /// Keeps the newest standing (with its signature): an older one arriving
 /// late changes nothing; a row without a signature is replaced.
+#[tracing::instrument(skip_all, fields(user = %s.user_id, seq = s.seq), err(level = "info"))]
 async fn record(pool: &PgPool, s: &Standing, jws: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO user_standing (user_id, status, roles, seq, jws) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (user_id) DO UPDATE SET status = EXCLUDED.status, roles = EXCLUDED.roles, seq = EXCLUDED.seq,
              jws = EXCLUDED.jws
          WHERE user_standing.seq < EXCLUDED.seq OR user_standing.jws IS NULL",
+        s.user_id,
+        s.status,
+        &s.roles,
+        s.seq,
+        jws
     )
-    .bind(s.user_id)
-    .bind(&s.status)
-    .bind(&s.roles)
-    .bind(s.seq)
-    .bind(jws)
     .execute(pool)
     .await?;
     Ok(())
@@ -110,15 +111,14 @@ impl Standings {
     }
 
     /// The standings of `users` known here (read in the command's transaction).
+    #[tracing::instrument(skip_all, fields(users = users.len()), err(level = "info"))]
     pub async fn load(&self, conn: &mut PgConnection, users: &[Uuid]) -> Result<HashMap<Uuid, Standing>, CommandError> {
-        let rows: Vec<(Uuid, Option<String>)> =
-            sqlx::query_as("SELECT user_id, jws FROM user_standing WHERE user_id = ANY($1)")
-                .bind(users)
-                .fetch_all(conn)
-                .await?;
+        let rows = sqlx::query!("SELECT user_id, jws FROM user_standing WHERE user_id = ANY($1)", users)
+            .fetch_all(conn)
+            .await?;
         let mut out = HashMap::with_capacity(rows.len());
-        for (user_id, jws) in rows {
-            out.insert(user_id, self.verify(user_id, jws.as_deref()).await);
+        for row in rows {
+            out.insert(row.user_id, self.verify(row.user_id, row.jws.as_deref()).await);
         }
         Ok(out)
     }
