@@ -34,14 +34,14 @@ use std::{
 use bank_domain::ledger::{Actor, Debits, StandingClaims, TokenClaims, debit_window_start};
 use bank_platform::{auth::Caller, standing::Standing};
 use sqlx::PgPool;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Mutex, Notify, oneshot};
 use uuid::Uuid;
 
 use crate::{
     error::CommandError,
     execute::{self, Limits},
     idempotency::{self, Keys, Verdict},
-    queue::Job,
+    queue::{BatchConfig, Job, Queue},
     store::{self, AccountRow, BatchWrites, HoldRow},
 };
 
@@ -183,6 +183,38 @@ impl Batcher {
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Starts `config.batchers` batchers sharing one queue: each takes every
+/// command queued while it was busy (up to `max_batch`).
+pub fn start(batcher: Batcher, config: &BatchConfig) -> (Queue, Vec<tokio::task::JoinHandle<()>>) {
+    let (queue, rx) = Queue::new();
+    let rx = Arc::new(Mutex::new(rx));
+    let batcher = Arc::new(batcher);
+    let max = config.max_batch.max(1);
+    let handles = (0..config.batchers.max(1))
+        .map(|_| {
+            let (rx, batcher) = (rx.clone(), batcher.clone());
+            tokio::spawn(async move {
+                loop {
+                    let jobs = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut jobs = vec![first];
+                        while jobs.len() < max {
+                            match rx.try_recv() {
+                                Ok(j) => jobs.push(j),
+                                Err(_) => break,
+                            }
+                        }
+                        jobs
+                    };
+                    batcher.run(jobs).await;
+                }
+            })
+        })
+        .collect();
+    (queue, handles)
 }
 
 /// The actor the rules see: the verified token, narrowed by the caller's

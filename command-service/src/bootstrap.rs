@@ -31,7 +31,15 @@ pub async fn open_system_accounts(pool: &PgPool, subject_prefix: &str) -> Result
         let event = Event::AccountOpened { account: id, owner: rules::BANK, kind, currency };
         let account = rules::apply(None, &event).expect("opening applies to no account");
         let mut row = AccountRow { account, last_hash: GENESIS_HASH.to_vec(), opened_at: at };
-        writes.events.push(events::record(&mut row, &event, Uuid::now_v7(), rules::BANK, at, &Default::default()));
+        writes.events.push(events::record(
+            &row.account,
+            &mut row.last_hash,
+            &event,
+            Uuid::now_v7(),
+            rules::BANK,
+            at,
+            &Default::default(),
+        ));
         writes.new_accounts.push(row);
     }
     let opened = writes.new_accounts.len();

@@ -3,7 +3,7 @@
 //! columns the event store keeps beside it for folding in SQL.
 
 use bank_domain::{
-    Account, Currency, format_amount,
+    Account, Currency,
     ledger::{Event, Posting, PostingKind},
 };
 use bank_proto::v1::{self as pb, event_envelope::Payload};
@@ -12,7 +12,8 @@ use prost::Message;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::views::{account_type, hold_state, limit_text};
+use crate::wire::{account_type, hold_state, limit_text};
+pub use crate::wire::{money, timestamp};
 
 /// An event ready to be written to `events` and `outbox`.
 #[derive(Debug, Clone)]
@@ -44,14 +45,6 @@ pub struct EventDraft {
     pub payload: Payload,
     /// The transaction's other postings.
     pub counterparties: Vec<pb::Posting>,
-}
-
-pub fn money(currency: Currency, amount: Decimal) -> Option<pb::Money> {
-    Some(pb::Money { currency_code: currency.code().to_owned(), amount: format_amount(amount, currency) })
-}
-
-pub fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
 }
 
 pub fn kind_of(payload: &Payload) -> &'static str {
@@ -228,35 +221,36 @@ fn payload(event: &Event, account: &Account) -> (Payload, Decimal) {
 /// Seals `event` (already applied to `row`) as the next link of the row's
 /// hash chain.
 pub(crate) fn record(
-    row: &mut crate::store::AccountRow,
+    account: &Account,
+    last_hash: &mut Vec<u8>,
     event: &Event,
     tx: Uuid,
     actor: Uuid,
     at: DateTime<Utc>,
     trace: &std::collections::BTreeMap<String, String>,
 ) -> NewEvent {
-    let (payload, delta) = payload(event, &row.account);
+    let (payload, delta) = payload(event, account);
     let counterparties = match event {
         Event::Posted { counterparties, .. } => counterparties.iter().map(posting_proto).collect(),
         _ => Vec::new(),
     };
     let new = seal(
         EventDraft {
-            account_id: row.account.id,
-            currency: row.account.currency,
-            version: row.account.version,
+            account_id: account.id,
+            currency: account.currency,
+            version: account.version,
             transaction_id: tx,
             actor,
             occurred_at: at,
             delta,
-            balance_after: row.account.balance,
+            balance_after: account.balance,
             payload,
             counterparties,
         },
-        &row.last_hash,
+        last_hash,
         trace,
     );
-    row.last_hash = new.hash.clone();
+    *last_hash = new.hash.clone();
     new
 }
 

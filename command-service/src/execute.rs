@@ -103,7 +103,7 @@ pub(crate) fn decide(
             AccountRow { account: next.clone(), last_hash: GENESIS_HASH.to_vec(), opened_at: at }
         });
         row.account = next;
-        sealed.push(events::record(row, event, tx, actor.id, at, &trace));
+        sealed.push(events::record(&row.account, &mut row.last_hash, event, tx, actor.id, at, &trace));
         if !order.contains(&id) {
             order.push(id);
         }

@@ -20,6 +20,7 @@ pub mod standing;
 pub mod store;
 pub mod validate;
 pub mod views;
+pub mod wire;
 
 use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
@@ -185,7 +186,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             wake.clone(),
             config.limits.clone(),
         );
-        let (queue, _batchers) = queue::start(batcher, batching);
+        let (queue, _batchers) = batch::start(batcher, batching);
         ledger = ledger.with_batching(queue);
     }
     let ledger = Arc::new(ledger);

@@ -2,14 +2,12 @@
 //! share one Postgres transaction (one commit, one fsync), the way
 //! TigerBeetle amortizes the disk over a batch.
 
-use std::sync::Arc;
-
 use bank_domain::ledger::Command;
 use bank_platform::auth::Caller;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{batch::Batcher, error::CommandError, validate::IdempotencyKey};
+use crate::{error::CommandError, validate::IdempotencyKey};
 
 /// One command waiting for a batch.
 pub struct Job {
@@ -52,6 +50,12 @@ impl Job {
 pub struct Queue(mpsc::UnboundedSender<Job>);
 
 impl Queue {
+    /// A queue, and where its batchers take jobs from.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
     pub async fn run(&self, mut job: Job) -> Result<Vec<u8>, CommandError> {
         let (tx, rx) = oneshot::channel();
         job.reply = Some(tx);
@@ -64,36 +68,4 @@ impl Queue {
 pub struct BatchConfig {
     pub batchers: usize,
     pub max_batch: usize,
-}
-
-/// Starts `config.batchers` batchers sharing one queue: each takes every
-/// command queued while it was busy (up to `max_batch`).
-pub fn start(batcher: Batcher, config: &BatchConfig) -> (Queue, Vec<tokio::task::JoinHandle<()>>) {
-    let (tx, rx) = mpsc::unbounded_channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    let batcher = Arc::new(batcher);
-    let max = config.max_batch.max(1);
-    let handles = (0..config.batchers.max(1))
-        .map(|_| {
-            let (rx, batcher) = (rx.clone(), batcher.clone());
-            tokio::spawn(async move {
-                loop {
-                    let jobs = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut jobs = vec![first];
-                        while jobs.len() < max {
-                            match rx.try_recv() {
-                                Ok(j) => jobs.push(j),
-                                Err(_) => break,
-                            }
-                        }
-                        jobs
-                    };
-                    batcher.run(jobs).await;
-                }
-            })
-        })
-        .collect();
-    (Queue(tx), handles)
 }

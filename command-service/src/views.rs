@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 
 use bank_domain::{
-    AccountKind, AccountStatus,
+    AccountStatus,
     consistency::ConsistencyToken,
-    hold::HoldState,
     ledger::{Actor, Command},
 };
 use bank_proto::v1 as pb;
@@ -16,18 +15,10 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::{
-    events::{self, NewEvent},
+    events::NewEvent,
     store::{AccountRow, HoldRow},
+    wire::{self, account_type, hold_state},
 };
-
-pub(crate) fn account_type(kind: AccountKind) -> pb::AccountType {
-    match kind {
-        AccountKind::Checking => pb::AccountType::Checking,
-        AccountKind::Savings => pb::AccountType::Savings,
-        AccountKind::Settlement => pb::AccountType::Settlement,
-        AccountKind::FeeIncome => pb::AccountType::FeeIncome,
-    }
-}
 
 pub fn account_proto(row: &AccountRow) -> pb::Account {
     let a = &row.account;
@@ -36,23 +27,14 @@ pub fn account_proto(row: &AccountRow) -> pb::Account {
         owner_id: a.owner_id.to_string(),
         r#type: account_type(a.kind) as i32,
         currency_code: a.currency.code().to_owned(),
-        balance: events::money(a.currency, a.balance),
+        balance: wire::money(a.currency, a.balance),
         status: match a.status {
             AccountStatus::Active => pb::AccountStatus::Active,
             AccountStatus::Frozen => pb::AccountStatus::Frozen,
             AccountStatus::Closed => pb::AccountStatus::Closed,
         } as i32,
         version: a.version,
-        opened_at: events::timestamp(row.opened_at),
-    }
-}
-
-pub fn hold_state(state: HoldState) -> pb::HoldState {
-    match state {
-        HoldState::Open => pb::HoldState::Open,
-        HoldState::Captured => pb::HoldState::Captured,
-        HoldState::Voided => pb::HoldState::Voided,
-        HoldState::Expired => pb::HoldState::Expired,
+        opened_at: wire::timestamp(row.opened_at),
     }
 }
 
@@ -62,15 +44,11 @@ pub fn hold_proto(row: &HoldRow) -> pb::Hold {
         hold_id: h.id.to_string(),
         from_account_id: h.account.to_string(),
         to_account_id: h.to.to_string(),
-        amount: events::money(h.money.currency, h.money.amount),
+        amount: wire::money(h.money.currency, h.money.amount),
         state: hold_state(h.state) as i32,
-        expires_at: events::timestamp(h.expires_at),
-        captured: events::money(h.money.currency, row.captured),
+        expires_at: wire::timestamp(h.expires_at),
+        captured: wire::money(h.money.currency, row.captured),
     }
-}
-
-pub(crate) fn limit_text(limit: Option<Decimal>) -> String {
-    limit.map(|d| d.normalize().to_string()).unwrap_or_default()
 }
 
 fn token_of(events: &[NewEvent]) -> String {
@@ -106,12 +84,12 @@ pub(crate) fn respond(
                 .filter_map(|id| rows.get(id))
                 .map(|r| pb::AccountBalance {
                     account_id: r.account.id.to_string(),
-                    balance: events::money(r.account.currency, r.account.balance),
+                    balance: wire::money(r.account.currency, r.account.balance),
                     version: r.account.version,
                 })
                 .collect(),
             consistency_token: token_of(&named),
-            occurred_at: events::timestamp(at),
+            occurred_at: wire::timestamp(at),
         }
         .encode_to_vec()
     };
@@ -137,7 +115,7 @@ pub(crate) fn respond(
             let source = hold.and_then(|h| rows.get(&h.hold.account));
             pb::HoldResponse {
                 hold: hold.map(hold_proto),
-                available_balance: source.and_then(|r| events::money(r.account.currency, r.account.available())),
+                available_balance: source.and_then(|r| wire::money(r.account.currency, r.account.available())),
                 consistency_token: token_of(events),
             }
             .encode_to_vec()
