@@ -57,8 +57,7 @@ impl StandingBarrier {
     }
 
     async fn confirmed(&self, seq: i64) -> anyhow::Result<()> {
-        while sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM user_changes WHERE seq <= $1)")
-            .bind(seq)
+        while sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM user_changes WHERE seq <= $1) AS "pending!""#, seq)
             .fetch_one(&self.db)
             .await?
         {

@@ -15,7 +15,6 @@ use bank_platform::{
     standing::{Feed, Standing},
 };
 use sqlx::PgPool;
-use uuid::Uuid;
 
 const BATCH: i64 = 256;
 
@@ -51,22 +50,24 @@ async fn publish_all(
     let js = jetstream::new(client);
     feed.stream(&js).await?;
     loop {
-        let rows: Vec<(i64, Uuid, String, Vec<String>)> =
-            sqlx::query_as("SELECT seq, user_id, status, roles FROM user_changes ORDER BY seq LIMIT $1")
-                .bind(BATCH)
-                .fetch_all(pool)
-                .await?;
-        for (seq, user_id, status, roles) in &rows {
-            let standing = Standing { user_id: *user_id, status: status.clone(), roles: roles.clone(), seq: *seq };
+        let rows = sqlx::query_as!(
+            Standing,
+            "SELECT seq, user_id, status, roles FROM user_changes ORDER BY seq LIMIT $1",
+            BATCH
+        )
+        .fetch_all(pool)
+        .await?;
+        for standing in &rows {
+            let (seq, user_id) = (standing.seq, standing.user_id);
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("user-change-{seq}").as_str());
             let subject = format!("{}.{user_id}", feed.subject_prefix);
-            js.publish_with_headers(subject, headers, signer.sign_standing(&standing)?.into_bytes().into())
+            js.publish_with_headers(subject, headers, signer.sign_standing(standing)?.into_bytes().into())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sqlx::query("DELETE FROM user_changes WHERE seq = $1").bind(seq).execute(pool).await?;
+            sqlx::query!("DELETE FROM user_changes WHERE seq = $1", seq).execute(pool).await?;
         }
         if rows.is_empty() {
             tokio::select! {

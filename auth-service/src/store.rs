@@ -1,4 +1,5 @@
-//! The Postgres adapter: users and refresh-token families.
+//! The Postgres adapter: users and refresh-token families. Every statement
+//! is checked against the schema at compile time (`.sqlx/`).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -6,7 +7,7 @@ use uuid::Uuid;
 
 use crate::error::AuthError;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -21,11 +22,11 @@ pub struct User {
 
 /// Adds `role` to the user's roles (once); false when there is no such user.
 pub async fn grant_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE users SET roles = array_append(array_remove(roles, $2), $2), updated_at = now() WHERE id = $1",
+        id,
+        role
     )
-    .bind(id)
-    .bind(role)
     .execute(db)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -33,27 +34,24 @@ pub async fn grant_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool>
 
 /// Removes `role` from the user's roles; false when there is no such user.
 pub async fn revoke_role(db: &PgPool, id: Uuid, role: &str) -> sqlx::Result<bool> {
-    let r = sqlx::query("UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(role)
-        .execute(db)
-        .await?;
+    let r =
+        sqlx::query!("UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE id = $1", id, role)
+            .execute(db)
+            .await?;
     Ok(r.rows_affected() == 1)
 }
 
-const USER_COLUMNS: &str = "id, email, full_name, password_hash, status, roles, created_at, standing_seq";
-
 pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO users (id, email, full_name, password_hash, status, roles) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (email) DO NOTHING",
+        user.id,
+        user.email,
+        user.full_name,
+        user.password_hash,
+        user.status,
+        &user.roles
     )
-    .bind(user.id)
-    .bind(&user.email)
-    .bind(&user.full_name)
-    .bind(&user.password_hash)
-    .bind(&user.status)
-    .bind(&user.roles)
     .execute(db)
     .await?
     .rows_affected();
@@ -68,47 +66,48 @@ pub async fn insert_user(db: &PgPool, user: &User) -> Result<bool, AuthError> {
 /// reactivated (an admin suspended by another stays suspended). Returns
 /// whether that existing user is an admin.
 pub async fn ensure_admin(db: &PgPool, user: &User) -> Result<bool, AuthError> {
-    sqlx::query(
-        "INSERT INTO users (id, email, full_name, password_hash, status, roles) VALUES ($1, $2, $3, $4, 'ACTIVE', ARRAY['admin'])
+    sqlx::query!(
+        "INSERT INTO users (id, email, full_name, password_hash, status, roles)
+         VALUES ($1, $2, $3, $4, 'ACTIVE', ARRAY['admin'])
          ON CONFLICT (email) DO NOTHING",
+        user.id,
+        user.email,
+        user.full_name,
+        user.password_hash
     )
-    .bind(user.id)
-    .bind(&user.email)
-    .bind(&user.full_name)
-    .bind(&user.password_hash)
     .execute(db)
     .await?;
-    let roles: Vec<String> =
-        sqlx::query_scalar("SELECT roles FROM users WHERE email = $1").bind(&user.email).fetch_one(db).await?;
+    let roles = sqlx::query_scalar!("SELECT roles FROM users WHERE email = $1", user.email).fetch_one(db).await?;
     Ok(roles.iter().any(|r| r == bank_platform::auth::ROLE_ADMIN))
 }
 
 pub async fn set_password(db: &mut PgConnection, id: Uuid, hash: &str) -> Result<(), AuthError> {
-    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(hash)
-        .execute(db)
-        .await?;
+    sqlx::query!("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", id, hash).execute(db).await?;
     Ok(())
 }
 
 pub async fn user_by_email(db: &PgPool, email: &str) -> Result<Option<User>, AuthError> {
-    Ok(sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
-        .bind(email)
-        .fetch_optional(db)
-        .await?)
+    Ok(sqlx::query_as!(
+        User,
+        "SELECT id, email, full_name, password_hash, status, roles, created_at, standing_seq FROM users WHERE email = $1",
+        email
+    )
+    .fetch_optional(db)
+    .await?)
 }
 
 pub async fn user_by_id(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<Option<User>, AuthError> {
-    Ok(sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")).bind(id).fetch_optional(db).await?)
+    Ok(sqlx::query_as!(
+        User,
+        "SELECT id, email, full_name, password_hash, status, roles, created_at, standing_seq FROM users WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await?)
 }
 
 pub async fn set_status(db: &mut PgConnection, id: Uuid, status: &str) -> Result<(), AuthError> {
-    sqlx::query("UPDATE users SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status)
-        .execute(db)
-        .await?;
+    sqlx::query!("UPDATE users SET status = $2, updated_at = now() WHERE id = $1", id, status).execute(db).await?;
     Ok(())
 }
 
@@ -119,13 +118,15 @@ pub async fn insert_refresh(
     user: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<(), AuthError> {
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(hash)
-        .bind(family)
-        .bind(user)
-        .bind(expires_at)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
+        hash,
+        family,
+        user,
+        expires_at
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -140,46 +141,41 @@ pub enum Spend {
 
 /// Spends a refresh token atomically: of two concurrent callers exactly one wins.
 pub async fn spend_refresh(db: &mut PgConnection, hash: &[u8]) -> Result<Spend, AuthError> {
-    let spent: Option<(Uuid, Uuid)> = sqlx::query_as(
+    let spent = sqlx::query!(
         "UPDATE refresh_tokens SET spent_at = now()
          WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
          RETURNING user_id, family_id",
+        hash
     )
-    .bind(hash)
     .fetch_optional(&mut *db)
     .await?;
-    if let Some((user, family)) = spent {
-        return Ok(Spend::Spent(user, family));
+    if let Some(s) = spent {
+        return Ok(Spend::Spent(s.user_id, s.family_id));
     }
-    let prior: Option<(Uuid, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT family_id, spent_at FROM refresh_tokens WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(db)
-            .await?;
+    let prior = sqlx::query!("SELECT family_id, spent_at FROM refresh_tokens WHERE token_hash = $1", hash)
+        .fetch_optional(db)
+        .await?;
     Ok(match prior {
-        Some((family, Some(_))) => Spend::Reused(family),
+        Some(p) if p.spent_at.is_some() => Spend::Reused(p.family_id),
         _ => Spend::Invalid,
     })
 }
 
 pub async fn revoke_family(db: impl sqlx::PgExecutor<'_>, family: Uuid) -> Result<(), AuthError> {
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
-        .bind(family)
+    sqlx::query!("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", family)
         .execute(db)
         .await?;
     Ok(())
 }
 
 pub async fn family_of(db: &PgPool, hash: &[u8]) -> Result<Option<Uuid>, AuthError> {
-    Ok(sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
-        .bind(hash)
+    Ok(sqlx::query_scalar!("SELECT family_id FROM refresh_tokens WHERE token_hash = $1", hash)
         .fetch_optional(db)
         .await?)
 }
 
 pub async fn revoke_user(db: &mut PgConnection, user: Uuid) -> Result<(), AuthError> {
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(user)
+    sqlx::query!("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user)
         .execute(db)
         .await?;
     Ok(())
