@@ -26,10 +26,7 @@
 //! after the batch's own row locks, so the wait cannot close a cycle). The same
 //! key twice in one batch: the second gets the first's answer.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use bank_domain::ledger::{Actor, Debits, StandingClaims, TokenClaims, debit_window_start};
 use bank_platform::{auth::Caller, standing::Standing};
@@ -39,10 +36,10 @@ use uuid::Uuid;
 
 use crate::{
     error::CommandError,
-    execute::{self, Limits},
+    execute::{self, Limits, Staged},
     idempotency::{self, Keys, Verdict},
     queue::{BatchConfig, Job, Queue},
-    store::{self, AccountRow, BatchWrites, HoldRow},
+    store::{self, BatchWrites},
 };
 
 pub struct Batcher {
@@ -111,21 +108,18 @@ impl Batcher {
         let mut rows = store::lock_accounts(&mut tx, &ids).await?;
         let every = needs.iter().any(|n| n.debits == Debits::OfEvery);
         store::load_debits_since(&mut tx, &mut rows, debit_window_start(execute::now()), every).await?;
-        let mut state: HashMap<Uuid, AccountRow> = rows.into_iter().map(|r| (r.account.id, r)).collect();
         // Holds and transactions named, read under their accounts' locks.
         let hold_ids: Vec<Uuid> = needs.iter().flat_map(|n| n.holds.iter().copied()).collect();
-        let mut holds: HashMap<Uuid, HoldRow> =
-            store::load_holds(&mut tx, &hold_ids).await?.into_iter().map(|h| (h.hold.id, h)).collect();
+        let holds = store::load_holds(&mut tx, &hold_ids).await?;
         let tx_ids: Vec<Uuid> = needs.iter().flat_map(|n| n.transactions.iter().copied()).collect();
-        let mut transactions = store::load_transactions(&mut tx, &tx_ids).await?;
+        let transactions = store::load_transactions(&mut tx, &tx_ids).await?;
+        let mut staged = Staged::new(rows, holds, transactions);
 
         let claims: Vec<(Uuid, &crate::validate::IdempotencyKey, &[u8])> =
             jobs.iter().map(|j| (j.caller.user_id, &j.key, j.request_hash.as_slice())).collect();
         let mut keys = Keys::claim(&mut tx, &claims).await?;
 
         let mut w = BatchWrites::default();
-        let (mut created, mut touched) = (HashSet::new(), Vec::new());
-        let (mut created_holds, mut touched_holds) = (HashSet::new(), Vec::new());
         let mut outcomes: Vec<Result<Vec<u8>, CommandError>> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let user = job.caller.user_id;
@@ -134,51 +128,13 @@ impl Batcher {
                 continue;
             }
             // Claimed now: decide on the rows as the earlier commands left them.
-            let mut mine: Vec<AccountRow> = job.lock_ids.iter().filter_map(|id| state.get(id).cloned()).collect();
-            mine.sort_by_key(|r| r.account.id);
-            mine.dedup_by_key(|r| r.account.id);
             let actor = actor(&job.caller, standings.get(&user));
-            let decided =
-                job.span.in_scope(|| execute::decide(&self.limits, &actor, &job.command, &mine, &holds, &transactions));
-            let outcome = decided.map(|plan| {
-                for h in plan.writes.holds {
-                    if !holds.contains_key(&h.hold.id) {
-                        created_holds.insert(h.hold.id);
-                    }
-                    touched_holds.push(h.hold.id);
-                    holds.insert(h.hold.id, h);
-                }
-                for r in &plan.writes.reversals {
-                    if let Some(t) = transactions.get_mut(&r.original) {
-                        t.reversed_by = Some(r.reversal);
-                    }
-                }
-                w.reversals.extend(plan.writes.reversals);
-                for r in &plan.writes.new_accounts {
-                    created.insert(r.account.id);
-                }
-                for r in plan.writes.new_accounts.into_iter().chain(plan.writes.changed_accounts) {
-                    touched.push(r.account.id);
-                    state.insert(r.account.id, r);
-                }
-                w.events.extend(plan.writes.events);
-                plan.response
-            });
+            let decided = job.span.in_scope(|| staged.decide(&self.limits, &actor, &job.command, &job.lock_ids));
+            let outcome = decided.map(|plan| staged.absorb(plan, &mut w));
             idempotency::settle(&mut w, user, &job.key, job.rpc, job.command.subject(), &outcome);
             outcomes.push(outcome);
         }
-        touched.sort();
-        touched.dedup();
-        for id in touched {
-            let row = state.get(&id).cloned().expect("touched rows are in the state");
-            if created.contains(&id) { w.new_accounts.push(row) } else { w.changed_accounts.push(row) }
-        }
-        touched_holds.sort();
-        touched_holds.dedup();
-        for id in touched_holds {
-            let row = holds.get(&id).cloned().expect("touched holds are in the state");
-            if created_holds.contains(&id) { w.new_holds.push(row) } else { w.changed_holds.push(row) }
-        }
+        staged.finish(&mut w);
         store::apply_batch(&mut tx, &self.subject_prefix, &w).await?;
         tx.commit().await?;
         Ok(outcomes)

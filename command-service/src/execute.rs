@@ -2,7 +2,7 @@
 //! needs, then each event advances its account's version and hash chain and
 //! becomes the rows the batch writes. No I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bank_domain::ledger::{self as rules, Actor, Command, Event, PostingKind, Transaction};
 use bank_platform::signing::GENESIS_HASH;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     error::CommandError,
     events,
-    store::{AccountRow, HoldRow, ReversalRow, Writes},
+    store::{AccountRow, BatchWrites, HoldRow, ReversalRow, Writes},
     views,
 };
 
@@ -116,4 +116,88 @@ pub(crate) fn decide(
     }
     writes.events = sealed;
     Ok(Plan { writes, response })
+}
+
+/// A batch's working state: the rows it loaded, as the commands decided so
+/// far left them, and which of them the batch writes.
+pub struct Staged {
+    accounts: HashMap<Uuid, AccountRow>,
+    holds: HashMap<Uuid, HoldRow>,
+    transactions: HashMap<Uuid, Transaction>,
+    opened: HashSet<Uuid>,
+    touched: Vec<Uuid>,
+    placed: HashSet<Uuid>,
+    touched_holds: Vec<Uuid>,
+}
+
+impl Staged {
+    pub fn new(accounts: Vec<AccountRow>, holds: Vec<HoldRow>, transactions: HashMap<Uuid, Transaction>) -> Self {
+        Self {
+            accounts: accounts.into_iter().map(|r| (r.account.id, r)).collect(),
+            holds: holds.into_iter().map(|h| (h.hold.id, h)).collect(),
+            transactions,
+            opened: HashSet::new(),
+            touched: Vec::new(),
+            placed: HashSet::new(),
+            touched_holds: Vec::new(),
+        }
+    }
+
+    /// Decides `command` on the rows of `accounts` as they stand now.
+    pub fn decide(
+        &self,
+        limits: &Limits,
+        actor: &Actor,
+        command: &Command,
+        accounts: &[Uuid],
+    ) -> Result<Plan<Vec<u8>>, CommandError> {
+        let mut mine: Vec<AccountRow> = accounts.iter().filter_map(|id| self.accounts.get(id).cloned()).collect();
+        mine.sort_by_key(|r| r.account.id);
+        mine.dedup_by_key(|r| r.account.id);
+        decide(limits, actor, command, &mine, &self.holds, &self.transactions)
+    }
+
+    /// Takes a decided command's rows in (later commands see them) and its
+    /// events and reversals into the batch's writes; returns its response.
+    pub fn absorb(&mut self, plan: Plan<Vec<u8>>, w: &mut BatchWrites) -> Vec<u8> {
+        let writes = plan.writes;
+        for h in writes.holds {
+            if !self.holds.contains_key(&h.hold.id) {
+                self.placed.insert(h.hold.id);
+            }
+            self.touched_holds.push(h.hold.id);
+            self.holds.insert(h.hold.id, h);
+        }
+        for r in &writes.reversals {
+            if let Some(t) = self.transactions.get_mut(&r.original) {
+                t.reversed_by = Some(r.reversal);
+            }
+        }
+        w.reversals.extend(writes.reversals);
+        self.opened.extend(writes.new_accounts.iter().map(|r| r.account.id));
+        for r in writes.new_accounts.into_iter().chain(writes.changed_accounts) {
+            self.touched.push(r.account.id);
+            self.accounts.insert(r.account.id, r);
+        }
+        w.events.extend(writes.events);
+        plan.response
+    }
+
+    /// Every row the batch changed, in its final state, once.
+    pub fn finish(mut self, w: &mut BatchWrites) {
+        self.touched.sort();
+        self.touched.dedup();
+        for id in self.touched {
+            if let Some(row) = self.accounts.remove(&id) {
+                if self.opened.contains(&id) { w.new_accounts.push(row) } else { w.changed_accounts.push(row) }
+            }
+        }
+        self.touched_holds.sort();
+        self.touched_holds.dedup();
+        for id in self.touched_holds {
+            if let Some(row) = self.holds.remove(&id) {
+                if self.placed.contains(&id) { w.new_holds.push(row) } else { w.changed_holds.push(row) }
+            }
+        }
+    }
 }
