@@ -37,7 +37,7 @@ use async_nats::jetstream::{
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use prost::Message;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -193,12 +193,14 @@ impl OutboxRelay {
 
     /// The lease, if it is free or expired (or already ours); a new epoch.
     async fn take_lease(&self) -> Result<Option<Lease>> {
-        let epoch: Option<i64> = sqlx::query_scalar(
+        // The lease's length binds as an interval (`as Duration`: the macro
+        // would otherwise expect its own interval type).
+        let epoch: Option<i64> = sqlx::query_scalar!(
             "UPDATE relay_lease SET holder = $1, epoch = epoch + 1, expires_at = now() + $2
              WHERE id = 1 AND (expires_at < now() OR holder = $1) RETURNING epoch",
+            self.holder,
+            LEASE_TTL as Duration,
         )
-        .bind(&self.holder)
-        .bind(LEASE_TTL)
         .fetch_optional(&self.pool)
         .await?;
         Ok(epoch.map(|epoch| Lease { holder: self.holder.clone(), epoch, renewed: std::time::Instant::now() }))
@@ -206,12 +208,12 @@ impl OutboxRelay {
 
     /// Extends the lease; an error when it is no longer ours at this epoch.
     async fn renew(&self, lease: &mut Lease) -> Result<()> {
-        let renewed = sqlx::query(
+        let renewed = sqlx::query!(
             "UPDATE relay_lease SET expires_at = now() + $3 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+            lease.holder,
+            lease.epoch,
+            LEASE_TTL as Duration,
         )
-        .bind(&lease.holder)
-        .bind(lease.epoch)
-        .bind(LEASE_TTL)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -221,11 +223,13 @@ impl OutboxRelay {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        sqlx::query("UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2")
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2",
+            lease.holder,
+            lease.epoch,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -252,11 +256,12 @@ impl OutboxRelay {
             }
             // The envelope is the event's (rows from before migration 0008
             // carry their own copy).
-            let rows = sqlx::query(
-                "SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS envelope
-                 FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1",
+            let rows: Vec<Outgoing> = sqlx::query_as!(
+                Outgoing,
+                r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!"
+                   FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
+                self.config.batch.min(MAX_ATOMIC_BATCH),
             )
-            .bind(self.config.batch.min(MAX_ATOMIC_BATCH))
             .fetch_all(&self.pool)
             .await?;
             if (rows.len() as i64) < self.config.batch {
@@ -284,7 +289,6 @@ impl OutboxRelay {
                     }
                 },
             };
-            let rows = rows.iter().map(Outgoing::from_row).collect::<Result<Vec<_>, _>>()?;
             // After any irregularity the round goes message by message, which
             // tells stored duplicates apart; otherwise the round is one atomic
             // batch: stored whole or not at all, with one fsync for all of it.
@@ -297,13 +301,13 @@ impl OutboxRelay {
             last_seq = (!failed && !out_of_step).then_some(last);
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
-                let deleted = sqlx::query(
+                let deleted = sqlx::query!(
                     "DELETE FROM outbox WHERE id = ANY($1)
                        AND EXISTS (SELECT 1 FROM relay_lease WHERE id = 1 AND holder = $2 AND epoch = $3)",
+                    &acked,
+                    lease.holder,
+                    lease.epoch,
                 )
-                .bind(&acked)
-                .bind(&lease.holder)
-                .bind(lease.epoch)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -443,15 +447,6 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            event_id: row.try_get("event_id")?,
-            subject: row.try_get("subject")?,
-            envelope: row.try_get("envelope")?,
-        })
-    }
-
     /// `Nats-Msg-Id` (deduplication) and the trace context, with the span.
     fn headers(&self) -> (async_nats::HeaderMap, tracing::Span) {
         let mut headers = async_nats::HeaderMap::new();

@@ -531,9 +531,7 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
     let pool = applier.pool.clone();
     let old: i32 = bank_readmodel::active_generation(&pool).await?;
     let new = old + 1;
-    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE generation = $1")).bind(new).execute(&pool).await?;
-    }
+    clear_generation(&pool, new).await?;
     tracing::info!(old, new, ?source, "rebuild started");
     match source {
         RebuildSource::Stream => {
@@ -577,21 +575,38 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
 
     // Readers may hold the old generation for a moment; then it goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE generation < $1")).bind(new).execute(&pool).await?;
-    }
+    drop_generations_before(&pool, new).await?;
     // The old generation's cache entries are left to expire (CACHE_TTL_SECS):
     // the projector's Redis user may not list keys, which would show it every
     // other service's key names.
-    let accounts = sqlx::query_scalar("SELECT count(*) FROM account_view WHERE generation = $1")
-        .bind(new)
-        .fetch_one(&pool)
-        .await?;
-    let entries = sqlx::query_scalar("SELECT count(*) FROM transaction_history WHERE generation = $1")
-        .bind(new)
-        .fetch_one(&pool)
-        .await?;
+    let accounts =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "accounts!" FROM account_view WHERE generation = $1"#, new)
+            .fetch_one(&pool)
+            .await?;
+    let entries =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "entries!" FROM transaction_history WHERE generation = $1"#, new)
+            .fetch_one(&pool)
+            .await?;
     Ok(RebuildReport { old_generation: old, new_generation: new, accounts, entries })
+}
+
+/// Empties generation `generation` of every read model (what an earlier,
+/// interrupted rebuild left there).
+async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
+    sqlx::query!("DELETE FROM account_view WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM transaction_history WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM hold_view WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM reversal_view WHERE generation = $1", generation).execute(pool).await?;
+    Ok(())
+}
+
+/// Drops every generation older than `generation` from every read model.
+async fn drop_generations_before(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
+    sqlx::query!("DELETE FROM account_view WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM transaction_history WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM hold_view WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM reversal_view WHERE generation < $1", generation).execute(pool).await?;
+    Ok(())
 }
 
 async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
@@ -599,11 +614,18 @@ async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
     // synchronous commit: the switch, and with it every batch of the
     // rebuild before it, is on disk when the rebuild reports success.
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
-    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(&mut *tx).await?;
+    sqlx::query!("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+    sqlx::query!("UPDATE projection_meta SET active_generation = $1 WHERE id = 1", new).execute(&mut *tx).await?;
     tx.commit().await?;
     tracing::info!(new, "readers switched to the new generation");
     Ok(())
+}
+
+/// One event as the event store holds it, for a replay.
+struct StoredEvent {
+    seq: i64,
+    account_id: uuid::Uuid,
+    envelope: Vec<u8>,
 }
 
 /// Applies the event store's events after `after` (its `seq`) in commit
@@ -616,17 +638,19 @@ async fn replay(
     mut after: i64,
 ) -> Result<i64> {
     loop {
-        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
-                .bind(after)
-                .bind(config.batch.max(1) as i64)
-                .fetch_all(store)
-                .await?;
-        let Some(last) = rows.last().map(|r| r.0) else { return Ok(after) };
+        let rows: Vec<StoredEvent> = sqlx::query_as!(
+            StoredEvent,
+            "SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            config.batch.max(1) as i64,
+        )
+        .fetch_all(store)
+        .await?;
+        let Some(last) = rows.last().map(|r| r.seq) else { return Ok(after) };
         let batch: Vec<Incoming> = rows
             .into_iter()
-            .map(|(seq, account, envelope)| Incoming {
-                subject: bank_platform::nats::event_subject(&config.subject_prefix, account),
+            .map(|StoredEvent { seq, account_id, envelope }| Incoming {
+                subject: bank_platform::nats::event_subject(&config.subject_prefix, account_id),
                 payload: envelope,
                 stream_sequence: seq as u64,
                 delivered: 1,

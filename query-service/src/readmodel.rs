@@ -12,7 +12,7 @@ use std::{
 
 use bank_domain::consistency::ConsistencyToken;
 use bank_platform::redis::Redis;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, Cached};
+use bank_readmodel::{AccountChange, AccountView, CacheKeys, Cached};
 use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
 use redis::aio::ConnectionManagerConfig;
@@ -158,11 +158,13 @@ impl ReadModel {
     }
 
     async fn view_in_postgres(&self, generation: i32, id: Uuid) -> Result<Option<AccountView>, QueryError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND account_id = $2"
-        ))
-        .bind(generation)
-        .bind(id)
+        Ok(sqlx::query_as!(
+            AccountView,
+            "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held
+             FROM account_view WHERE generation = $1 AND account_id = $2",
+            generation,
+            id,
+        )
         .fetch_optional(&self.db)
         .await?)
     }
@@ -208,14 +210,16 @@ impl ReadModel {
         let ids: Vec<Uuid> = token.versions.keys().copied().collect();
         loop {
             let generation = self.generation().await?;
-            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            let reached: HashMap<Uuid, i64> = sqlx::query!(
                 "SELECT account_id, version FROM account_view WHERE generation = $1 AND account_id = ANY($2)",
+                generation,
+                &ids,
             )
-            .bind(generation)
-            .bind(&ids)
             .fetch_all(&self.db)
-            .await?;
-            let reached: HashMap<Uuid, i64> = rows.into_iter().collect();
+            .await?
+            .into_iter()
+            .map(|r| (r.account_id, r.version))
+            .collect();
             if token.versions.iter().all(|(id, v)| reached.get(id).is_some_and(|r| r >= v)) {
                 return Ok(());
             }

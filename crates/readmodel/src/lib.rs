@@ -24,7 +24,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The generation readers use now.
 pub async fn active_generation(db: impl sqlx::PgExecutor<'_>) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
+    sqlx::query_scalar!("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
 }
 
 /// One account as the read model holds it.
@@ -42,9 +42,6 @@ pub struct AccountView {
     #[serde(default)]
     pub held: Decimal,
 }
-
-pub const ACCOUNT_VIEW_COLUMNS: &str =
-    "account_id, owner_id, kind, currency, balance, status, version, opened_at, held";
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -66,10 +63,6 @@ pub struct HistoryEntry {
     pub reversed_by_transaction_id: Option<Uuid>,
 }
 
-/// Columns of `transaction_history` (unaliased) as a `HistoryEntry`.
-pub const HISTORY_COLUMNS: &str = "account_id, version, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at, reverses_transaction_id, \
-    (SELECT r.reversal_transaction_id FROM reversal_view r WHERE r.generation = transaction_history.generation AND r.original_transaction_id = transaction_history.transaction_id) AS reversed_by_transaction_id";
-
 /// One hold as the read model holds it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HoldView {
@@ -82,8 +75,6 @@ pub struct HoldView {
     pub captured: Decimal,
     pub expires_at: DateTime<Utc>,
 }
-
-pub const HOLD_VIEW_COLUMNS: &str = "hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at";
 
 /// History kinds as stored (and as the proto's TransactionKind names them).
 pub mod kind {
