@@ -247,6 +247,7 @@ struct Unbalanced {
 
 /// The Postgres read model (one snapshot), the cache entries of its
 /// accounts, and the dead letters.
+#[tracing::instrument(skip_all, err)]
 async fn read_side(read_db: &PgPool, redis: Option<&mut (bank_platform::redis::Redis, CacheKeys)>) -> Result<ReadSide> {
     let mut tx = read_db.begin().await?;
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
@@ -280,6 +281,7 @@ async fn read_side(read_db: &PgPool, redis: Option<&mut (bank_platform::redis::R
     Ok(ReadSide { generation, views, cached, dead_letters })
 }
 
+#[tracing::instrument(skip_all, fields(behind_bound_secs = src.behind_bound.as_secs()), err)]
 pub async fn run(mut src: Sources) -> Result<Report> {
     let mut report = Report::default();
     // The read side first: whatever it holds was committed on the write side

@@ -135,6 +135,7 @@ impl OutboxRelay {
         Self { pool, config, wake, signer, holder }
     }
 
+    #[tracing::instrument(skip_all, fields(holder = %self.holder, stream = %self.config.stream), err)]
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         // Connect lazily: a NATS outage must not stop commands from committing.
         let client = bank_platform::nats::connect_lazily(&self.config.nats_url).await?;
@@ -186,12 +187,14 @@ impl OutboxRelay {
     /// The (provisioned) stream: whether it takes atomic batches
     /// (a stream made before they were used does not: rounds then go
     /// message by message).
+    #[tracing::instrument(level = "debug", skip_all, fields(stream = %self.config.stream), err(level = "debug"))]
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<bool> {
         let stream = bank_platform::nats::durable_stream(js, &self.config.stream).await?;
         Ok(stream.cached_info().config.allow_atomic_publish)
     }
 
     /// The lease, if it is free or expired (or already ours); a new epoch.
+    #[tracing::instrument(level = "debug", skip_all, fields(holder = %self.holder), err(level = "debug"))]
     async fn take_lease(&self) -> Result<Option<Lease>> {
         // The lease's length binds as an interval (`as Duration`: the macro
         // would otherwise expect its own interval type).
@@ -207,6 +210,7 @@ impl OutboxRelay {
     }
 
     /// Extends the lease; an error when it is no longer ours at this epoch.
+    #[tracing::instrument(level = "debug", skip_all, fields(epoch = lease.epoch), err(level = "debug"))]
     async fn renew(&self, lease: &mut Lease) -> Result<()> {
         let renewed = sqlx::query!(
             "UPDATE relay_lease SET expires_at = now() + $3 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
@@ -222,6 +226,7 @@ impl OutboxRelay {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(epoch = lease.epoch), err)]
     async fn release(&self, lease: &Lease) -> Result<()> {
         sqlx::query!(
             "UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2",
@@ -235,6 +240,7 @@ impl OutboxRelay {
 
     /// Publishes batches until shutdown; returns Err only when the database
     /// session fails (the lease is then gone). NATS failures back off and retry.
+    #[tracing::instrument(skip_all, fields(epoch = lease.epoch, atomic = atomic), err(level = "debug"))]
     async fn publish_while_leased(
         &self,
         mut lease: Lease,
@@ -328,6 +334,7 @@ impl OutboxRelay {
 
     /// Every message of the round pipelined, each expecting its predecessor's
     /// stream sequence; acks collected in order up to the first that fails.
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
     async fn publish_each(&self, js: &jetstream::Context, rows: &[Outgoing], mut last: u64) -> Round {
         let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
         let mut failed = false;
@@ -381,6 +388,7 @@ impl OutboxRelay {
     /// server stores all of it in order or none of it. With
     /// `sync_interval: always` that is one fsync per round instead of one
     /// per message, which is what bounded the relay (issue 17).
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
     async fn publish_atomic(&self, js: &jetstream::Context, rows: &[Outgoing], last: u64) -> Round {
         let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
         let client = js.client();
@@ -481,6 +489,7 @@ fn is_duplicate_in_batch(e: &async_nats::jetstream::context::PublishError) -> bo
 }
 
 /// The stream's last sequence, as the server has it now.
+#[tracing::instrument(level = "debug", skip_all, fields(stream = name), err(level = "debug"))]
 async fn stream_last_sequence(js: &jetstream::Context, name: &str) -> Result<u64> {
     let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
     Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)

@@ -119,6 +119,7 @@ pub fn gap_retry_delay(delivered: i64) -> Duration {
 impl Applier {
     /// The WAL position after everything this projector committed so far,
     /// on this run of the server (its start time).
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn wal_written(&self) -> Result<WalMark> {
         let at = sqlx::query!(
             r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
@@ -129,6 +130,7 @@ impl Applier {
     }
 
     /// How far the WAL is on disk, on this run of the server.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn wal_flushed(&self) -> Result<WalMark> {
         let at = sqlx::query!(
             r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
@@ -145,6 +147,7 @@ impl Applier {
 
     /// Writes what the cache is owed (a quiet partition's failed writes, or
     /// the replay after the master moved).
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = self.cache_debt.generation()))]
     pub async fn settle_cache(&mut self) {
         let generation = self.cache_debt.generation();
         self.refresh_cache(generation, &[], &[]).await;
@@ -158,6 +161,7 @@ impl Applier {
     }
 
     /// Applies `batch` to generation `generation` (None: the active one).
+    #[tracing::instrument(level = "debug", skip_all, fields(messages = batch.len(), ?generation), err(level = "debug"))]
     pub async fn apply(&mut self, batch: &[Incoming], generation: Option<i32>) -> Result<Vec<Outcome>> {
         let mut tx = self.pool.begin().await?;
         // FOR SHARE: a rebuild's switch waits for in-flight batches, so none
@@ -299,6 +303,7 @@ impl Applier {
         Ok(outcomes)
     }
 
+    #[tracing::instrument(skip_all, fields(seq = msg.stream_sequence, subject = %msg.subject), err)]
     async fn dead_letter(&self, tx: &mut sqlx::PgConnection, msg: &Incoming, reason: &str) -> Result<()> {
         tracing::warn!(seq = msg.stream_sequence, subject = %msg.subject, reason, "dead letter");
         DEAD_LETTERS.inc();
@@ -317,6 +322,7 @@ impl Applier {
     /// Best effort: Redis is a cache, and projection never waits for it. An
     /// entry whose write failed is owed and goes again with the next refresh
     /// (`cache_debt`); readers fill missing entries from Postgres.
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, views = views.len()))]
     async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
         let Some(redis) = self.redis.as_mut() else {
             // Not connected since the start: the entries Redis still holds
@@ -381,6 +387,7 @@ impl ViewRow {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, views = views.len()), err)]
 async fn write_views(
     tx: &mut sqlx::PgConnection,
     generation: i32,
@@ -414,6 +421,7 @@ async fn write_views(
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, entries = entries.len()), err)]
 async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[(Uuid, HistoryEntry)]) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
@@ -448,6 +456,7 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
 
 /// Holds placed (inserted) then ended (state updated), and reversal links;
 /// each idempotent, so a redelivered batch changes nothing.
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, sides = sides.len()), err)]
 async fn write_sides(tx: &mut sqlx::PgConnection, generation: i32, sides: &[Side]) -> Result<()> {
     if sides.is_empty() {
         return Ok(());

@@ -122,6 +122,7 @@ pub async fn connect_redis(url: &str) -> Option<Redis> {
     }
 }
 
+#[tracing::instrument(skip_all, err)]
 async fn applier(config: &Config) -> Result<Applier> {
     if config.event_keys.is_none() {
         tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
@@ -163,6 +164,7 @@ type Unflushed = std::collections::VecDeque<(apply::WalMark, Vec<(jetstream::Mes
 /// Applies one batch; its messages go to `unflushed` to be acknowledged by
 /// their outcomes once the commit is flushed. A failed transaction naks the
 /// whole batch at once, which is then redelivered.
+#[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), ?generation))]
 async fn process(
     applier: &mut Applier,
     messages: Vec<jetstream::Message>,
@@ -190,6 +192,7 @@ async fn process(
 }
 
 /// Acknowledges every batch whose commit is flushed by now.
+#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
 async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     if unflushed.is_empty() {
         return;
@@ -218,6 +221,7 @@ async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
 
 /// Waits (briefly) until every batch in `unflushed` is on disk and acknowledges
 /// them: at shutdown, and after each batch of a rebuild.
+#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
 async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !unflushed.is_empty() && std::time::Instant::now() < deadline {
@@ -228,6 +232,7 @@ async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(messages = acks.len()))]
 async fn send_acks(acks: Vec<(jetstream::Message, Outcome)>) {
     for (m, o) in acks {
         let ack = match o {
@@ -267,6 +272,7 @@ fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
 /// then applies on its next delivery. So a gap lasts at most about
 /// `max_deliveries` nak delays (2 s each at most) once the read database is
 /// reachable, whatever happened to the missing message's own deliveries.
+#[tracing::instrument(level = "debug", skip_all, fields(gaps = applier.lasting_gaps.len(), ?generation))]
 async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Applier, generation: Option<i32>) {
     for (subject, stored) in std::mem::take(&mut applier.lasting_gaps) {
         let filled = async {
@@ -287,6 +293,7 @@ async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Appli
 }
 
 /// The events on `subject` whose version is past `stored`, in stream order.
+#[tracing::instrument(skip_all, fields(subject = subject, stored = stored), err(level = "debug"))]
 async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, stored: i64) -> Result<Vec<Incoming>> {
     let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
     let mut consumer: PullConsumer = stream
@@ -331,6 +338,7 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
 
 /// The live projector until shutdown: leases its share of the partitions
 /// and runs a consumer for each it holds.
+#[tracing::instrument(skip_all, fields(durable = %config.durable_name), err)]
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     use std::collections::HashMap;
     let applier = applier(&config).await?;
@@ -377,6 +385,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Stops partition consumers and waits (briefly) for each to finish its batch.
+#[tracing::instrument(skip_all, fields(partitions = stopping.len()))]
 async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>) {
     for (stop, _) in &stopping {
         stop.cancel();
@@ -388,6 +397,7 @@ async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHand
 
 /// One partition's durable consumer until stopped, reconnecting with
 /// backoff when NATS or the stream is unavailable.
+#[tracing::instrument(skip_all, fields(partition = partition))]
 async fn run_partition(
     config: Config,
     js: jetstream::Context,
@@ -411,6 +421,7 @@ async fn run_partition(
     }
 }
 
+#[tracing::instrument(skip_all, fields(partition = partition), err(level = "debug"))]
 async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u32) -> Result<PullConsumer> {
     let name = format!("{}-p{partition}", config.durable_name);
     // The command side owns the stream; we only wait for it to exist.
@@ -433,6 +444,7 @@ async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u
         .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
 }
 
+#[tracing::instrument(skip_all, fields(partition = partition), err(level = "debug"))]
 async fn consume(
     config: &Config,
     js: &jetstream::Context,
@@ -526,6 +538,7 @@ pub enum RebuildSource {
 /// up, keeps applying until caught up again (the live projector then writes
 /// the new generation too; the version guard makes the overlap harmless),
 /// then drops the old generation.
+#[tracing::instrument(skip_all, fields(?source), err)]
 pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildReport> {
     let mut applier = applier(config).await?;
     let pool = applier.pool.clone();
@@ -592,6 +605,7 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
 
 /// Empties generation `generation` of every read model (what an earlier,
 /// interrupted rebuild left there).
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
 async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
     sqlx::query!("DELETE FROM account_view WHERE generation = $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM transaction_history WHERE generation = $1", generation).execute(pool).await?;
@@ -601,6 +615,7 @@ async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
 }
 
 /// Drops every generation older than `generation` from every read model.
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
 async fn drop_generations_before(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
     sqlx::query!("DELETE FROM account_view WHERE generation < $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM transaction_history WHERE generation < $1", generation).execute(pool).await?;
@@ -609,6 +624,7 @@ async fn drop_generations_before(pool: &sqlx::PgPool, generation: i32) -> Result
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(new = new), err)]
 async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
     // Waits for in-flight live batches (they hold the row FOR SHARE). A
     // synchronous commit: the switch, and with it every batch of the
@@ -630,6 +646,7 @@ struct StoredEvent {
 
 /// Applies the event store's events after `after` (its `seq`) in commit
 /// order, a batch at a time; returns the last `seq` applied.
+#[tracing::instrument(skip_all, fields(generation = generation, after = after), err)]
 async fn replay(
     store: &sqlx::PgPool,
     config: &Config,
@@ -664,6 +681,7 @@ async fn replay(
 }
 
 /// Applies until the consumer has nothing pending and nothing unacked.
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
 async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, batch: usize) -> Result<()> {
     loop {
         let mut messages = consumer

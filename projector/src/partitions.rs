@@ -57,6 +57,7 @@ pub struct Leases {
 
 impl Leases {
     /// Makes the partition rows (once) and names this instance.
+    #[tracing::instrument(skip_all, fields(partitions = partitions), err)]
     pub async fn new(pool: PgPool, partitions: u32) -> sqlx::Result<Self> {
         sqlx::query!(
             "INSERT INTO projector_partitions (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
@@ -76,6 +77,7 @@ impl Leases {
     /// fair share. Returns the partitions held now and those to stop.
     /// `stop_first` is awaited with the partitions about to be released, so
     /// their consumers stop before anyone else may start them.
+    #[tracing::instrument(level = "debug", skip_all, fields(member = %self.member), err(level = "debug"))]
     pub async fn round<F, Fut>(&self, stop_first: F) -> sqlx::Result<Vec<u32>>
     where
         F: FnOnce(Vec<u32>) -> Fut,
@@ -143,6 +145,7 @@ impl Leases {
 
     /// At shutdown: hand everything back at once, so the others need not
     /// wait for the leases to expire.
+    #[tracing::instrument(skip_all, fields(member = %self.member))]
     pub async fn leave(&self) {
         let _ = sqlx::query!(
             "UPDATE projector_partitions SET holder = NULL, expires_at = '-infinity' WHERE holder = $1",

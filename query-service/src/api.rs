@@ -222,6 +222,7 @@ impl QueryApi {
     /// waiting on it would tell them how far that account has moved. An
     /// account not in the read model yet is waited for (a new account's id
     /// cannot be guessed) and checked once it is there.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id), err(level = "debug"))]
     async fn settle(
         &self,
         caller: &Caller,
@@ -243,6 +244,7 @@ impl QueryApi {
 
     /// Refuses `token` if any of `ids` is an account the caller may not see;
     /// returns those not in the read model yet.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id, accounts = ids.len()), err(level = "debug"))]
     async fn check_token_visibility(
         &self,
         caller: &Caller,
@@ -266,6 +268,7 @@ impl QueryApi {
     }
 
     /// The account if the caller may see it; NOT_FOUND otherwise, whichever the reason.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id, account = %id), err(level = "debug"))]
     async fn visible_account(
         &self,
         caller: &Caller,
@@ -285,6 +288,7 @@ impl QueryApi {
     /// posting at or before that instant, and that posting's version (1, the
     /// opening, before any). The one rule GetBalance, GetAccount and
     /// statements share.
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %v.account_id, ?as_of), err(level = "debug"))]
     async fn at_instant(&self, mut v: AccountView, as_of: Option<DateTime<Utc>>) -> Result<AccountView, QueryError> {
         let Some(at) = as_of else { return Ok(v) };
         if at > Utc::now() {
@@ -299,6 +303,7 @@ impl QueryApi {
         Ok(v)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %account, %at), err)]
     async fn balance_at(
         &self,
         generation: i32,
@@ -322,6 +327,7 @@ type QueryResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl AccountQueryService for QueryApi {
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> QueryResult<pb::Account> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -332,6 +338,7 @@ impl AccountQueryService for QueryApi {
         Ok(Response::new(account_proto(&v)))
     }
 
+    #[tracing::instrument(skip_all, fields(owner = %req.get_ref().owner_id), err(level = "debug"))]
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> QueryResult<pb::ListAccountsResponse> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -359,6 +366,7 @@ impl AccountQueryService for QueryApi {
         Ok(Response::new(pb::ListAccountsResponse { accounts: views.iter().map(account_proto).collect() }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> QueryResult<pb::GetBalanceResponse> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -398,6 +406,7 @@ impl AccountQueryService for QueryApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn list_transactions(
         &self,
         req: Request<pb::ListTransactionsRequest>,
@@ -486,6 +495,7 @@ impl AccountQueryService for QueryApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(transaction = %req.get_ref().transaction_id), err(level = "debug"))]
     async fn get_transaction(
         &self,
         req: Request<pb::GetTransactionRequest>,
@@ -511,6 +521,7 @@ impl AccountQueryService for QueryApi {
         Ok(Response::new(pb::GetTransactionResponse { transaction_id: id.to_string(), entries }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_statement(&self, req: Request<pb::GetStatementRequest>) -> QueryResult<pb::Statement> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -560,6 +571,7 @@ impl AccountQueryService for QueryApi {
 
     type WatchBalanceStream = ReceiverStream<Result<pb::BalanceUpdate, Status>>;
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -677,6 +689,7 @@ impl Drop for WatchGuard {
 }
 
 /// Updates for every version after `last`, from the Postgres read model.
+#[tracing::instrument(level = "debug", skip_all, fields(account = %id, last = last), err(level = "debug"))]
 async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::BalanceUpdate>, QueryError> {
     let generation = model.generation().await?;
     // The cache if it is past `last`, else Postgres (the cache may be what

@@ -144,6 +144,7 @@ impl ReadModel {
     /// switches it). Every read asks, so the lock is held for a copy only,
     /// never across the query; once the value is a second old, the reads
     /// that find it so each re-read it.
+    #[tracing::instrument(level = "debug", skip_all, err)]
     pub async fn generation(&self) -> Result<i32, QueryError> {
         let known = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
         if known.0 != 0 && known.1.elapsed() <= Duration::from_secs(1) {
@@ -157,6 +158,7 @@ impl ReadModel {
         Ok(fresh)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %id), err)]
     async fn view_in_postgres(&self, generation: i32, id: Uuid) -> Result<Option<AccountView>, QueryError> {
         Ok(sqlx::query_as!(
             AccountView,
@@ -173,6 +175,7 @@ impl ReadModel {
     /// least at `min_version`, else Redis if it holds that version under the
     /// projector's seal, else Postgres. Redis errors only cost the fallback;
     /// a forged entry is counted, logged and passed over.
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %id, min_version = min_version), err)]
     pub async fn account(&self, id: Uuid, min_version: i64) -> Result<Option<AccountView>, QueryError> {
         let generation = self.generation().await?;
         if let Some(view) = self.recent.get(id, min_version) {
@@ -205,6 +208,7 @@ impl ReadModel {
 
     /// Waits until every account in `token` has reached its version in the
     /// (authoritative) Postgres read model, or the deadline passes.
+    #[tracing::instrument(level = "debug", skip_all, fields(accounts = token.versions.len()), err(level = "debug"))]
     pub async fn wait_for(&self, token: &ConsistencyToken, deadline: Instant) -> Result<(), QueryError> {
         let mut notifications = self.changes.subscribe();
         let ids: Vec<Uuid> = token.versions.keys().copied().collect();
@@ -248,6 +252,7 @@ impl ReadModel {
 
 /// Subscribes to the projector's change channel and fans every change out
 /// in-process; reconnects with backoff while Redis is away.
+#[tracing::instrument(skip_all, err)]
 pub async fn run_change_feed(
     redis_url: String,
     keys: CacheKeys,

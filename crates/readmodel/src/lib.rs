@@ -23,6 +23,7 @@ use uuid::Uuid;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The generation readers use now.
+#[tracing::instrument(level = "debug", skip_all, err)]
 pub async fn active_generation(db: impl sqlx::PgExecutor<'_>) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar!("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
 }
@@ -302,6 +303,7 @@ pub fn from_cache(id: Uuid, h: &HashMap<String, String>) -> Option<AccountView> 
 
 /// Writes `accounts` to the cache through the version guard, in one round trip (a pipeline of EVALs;
 /// Redis caches the script by its hash, so only the text travels again).
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, accounts = accounts.len()), err)]
 pub async fn cache_upsert_many(
     redis: &mut impl redis::aio::ConnectionLike,
     keys: &CacheKeys,
