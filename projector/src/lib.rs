@@ -80,9 +80,27 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Every invalid variable is reported, all in one error.
     pub fn from_env(env: &impl Env) -> Result<Self> {
+        let mut problems = config::Problems::new();
+        let http_addr = problems.parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)));
+        let synchronous_commit = match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
+            v @ ("off" | "on") => v.to_owned(),
+            other => {
+                problems.report(format!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"));
+                String::new()
+            }
+        };
+        let batch = problems.parse(env, "PROJECTOR_BATCH", 256);
+        // A gap is retried with delays of 0.1 s doubling to 2 s: ten
+        // deliveries outlast the ack wait (5 s) that brings a missing
+        // message back; past them the projector fetches it itself.
+        let max_deliveries = problems.parse(env, "PROJECTOR_MAX_DELIVERIES", 10);
+        let event_keys = problems.check("EVENT_VERIFYING_KEYS", bank_platform::signing::EventKeys::from_env(env));
+        let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        problems.finish()?;
         Ok(Self {
-            http_addr: config::parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)))?,
+            http_addr,
             database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
             redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
@@ -91,17 +109,11 @@ impl Config {
             stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
             durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
-            synchronous_commit: match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
-                v @ ("off" | "on") => v.to_owned(),
-                other => anyhow::bail!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"),
-            },
-            batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
-            // A gap is retried with delays of 0.1 s doubling to 2 s: ten
-            // deliveries outlast the ack wait (5 s) that brings a missing
-            // message back; past them the projector fetches it itself.
-            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 10)?,
-            event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
-            tls: bank_platform::tls::Tls::from_env(env)?,
+            synchronous_commit,
+            batch,
+            max_deliveries,
+            event_keys: event_keys.flatten().map(std::sync::Arc::new),
+            tls: tls.flatten(),
             event_store_url: env.var("EVENT_STORE_DATABASE_URL"),
         })
     }
@@ -708,5 +720,27 @@ async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, 
         ack_all_when_flushed(applier, &mut unflushed).await;
         // In stream order a gap is transient here: the redelivery fills it.
         applier.lasting_gaps.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn every_bad_variable_is_named_in_one_error() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("PROJECTOR_BATCH", "lots"),
+            ("READ_DB_SYNCHRONOUS_COMMIT", "sometimes"),
+            ("PROJECTOR_HTTP_ADDR", "nowhere"),
+            ("TLS_CERT_FILE", "/only/the/cert.pem"),
+        ]);
+        let err = format!("{:#}", Config::from_env(&env).unwrap_err());
+        for var in ["PROJECTOR_BATCH", "READ_DB_SYNCHRONOUS_COMMIT", "PROJECTOR_HTTP_ADDR", "TLS_CERT_FILE"] {
+            assert!(err.contains(var), "{var} missing from: {err}");
+        }
+        assert!(Config::from_env(&HashMap::<&str, &str>::new()).is_ok());
     }
 }
