@@ -78,53 +78,70 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Every invalid variable is reported, all in one error.
     pub fn from_env(env: &impl Env) -> Result<Self> {
+        let mut problems = config::Problems::new();
         let mut signers = Vec::new();
+        let mut unreadable_keys = false;
         if let Some(paths) = env.var("JWT_SIGNING_KEYS") {
             for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read signing key {path}"))?;
-                signers.push(TokenSigner::from_pem(&pem).with_context(|| format!("signing key {path}"))?);
+                let signer = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read signing key {path}"))
+                    .and_then(|pem| TokenSigner::from_pem(&pem).with_context(|| format!("signing key {path}")));
+                match problems.check("JWT_SIGNING_KEYS", signer) {
+                    Some(signer) => signers.push(signer),
+                    None => unreadable_keys = true,
+                }
             }
         }
-        if signers.is_empty() {
+        if signers.is_empty() && !unreadable_keys {
             tracing::warn!("JWT_SIGNING_KEYS not set: using a generated dev key (tokens die with this process)");
             signers.push(TokenSigner::generate());
         }
         let mut service_clients = service_clients::ServiceClients::default();
         if let Some(text) = env.var("SERVICE_CLIENTS") {
-            service_clients.add(&text, ',', "SERVICE_CLIENTS")?;
+            problems.check("SERVICE_CLIENTS", service_clients.add(&text, ',', "SERVICE_CLIENTS"));
         }
         if let Some(path) = env.var("SERVICE_CLIENTS_FILE") {
-            let text =
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read SERVICE_CLIENTS_FILE {path}"))?;
-            service_clients.add(&text, '\n', &path)?;
+            let added = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read SERVICE_CLIENTS_FILE {path}"))
+                .and_then(|text| service_clients.add(&text, '\n', &path));
+            problems.check("SERVICE_CLIENTS_FILE", added);
         }
+        let grpc_addr = problems.parse(env, "AUTH_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051)));
+        let http_addr = problems.parse(env, "AUTH_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)));
+        let access_ttl_secs = problems.parse(env, "ACCESS_TOKEN_TTL_SECS", 900);
+        let refresh_ttl_secs = problems.parse(env, "REFRESH_TOKEN_TTL_SECS", 604_800);
+        let throttle = throttle::Limits {
+            failures_per_email: problems.parse(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5),
+            attempts_per_address: problems.parse(env, "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", 20),
+            window: Duration::from_secs(problems.parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)),
+        };
+        let trust_forwarded_for = problems.parse(env, "TRUST_X_FORWARDED_FOR", false);
+        let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        problems.finish()?;
         let bootstrap_admin = match (env.var("BOOTSTRAP_ADMIN_EMAIL"), env.var("BOOTSTRAP_ADMIN_PASSWORD")) {
             (Some(e), Some(p)) => Some((e, p)),
             _ => None,
         };
         Ok(Self {
-            grpc_addr: config::parse(env, "AUTH_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051)))?,
-            http_addr: config::parse(env, "AUTH_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
+            grpc_addr,
+            http_addr,
             database_url: config::string(env, "AUTH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_auth"),
             redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: config::string(env, "AUTH_REDIS_PREFIX", "bank:auth:"),
             issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
             audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
             signers,
-            access_ttl_secs: config::parse(env, "ACCESS_TOKEN_TTL_SECS", 900)?,
-            refresh_ttl_secs: config::parse(env, "REFRESH_TOKEN_TTL_SECS", 604_800)?,
+            access_ttl_secs,
+            refresh_ttl_secs,
             bootstrap_admin,
-            throttle: throttle::Limits {
-                failures_per_email: config::parse(env, "LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
-                attempts_per_address: config::parse(env, "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", 20)?,
-                window: Duration::from_secs(config::parse(env, "LOGIN_THROTTLE_WINDOW_SECS", 900)?),
-            },
-            trust_forwarded_for: config::parse(env, "TRUST_X_FORWARDED_FOR", false)?,
+            throttle,
+            trust_forwarded_for,
             edge_cert_name: config::string(env, "EDGE_CERT_NAME", "envoy"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
             service_clients,
-            tls: bank_platform::tls::Tls::from_env(env)?,
+            tls: tls.flatten(),
         })
     }
 }
@@ -273,4 +290,25 @@ async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str
     }
     tracing::info!(%email, "bootstrap admin ensured");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn every_bad_variable_is_named_in_one_error() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("ACCESS_TOKEN_TTL_SECS", "15m"),
+            ("TRUST_X_FORWARDED_FOR", "maybe"),
+            ("JWT_SIGNING_KEYS", "/nonexistent/signing-key.pem"),
+        ]);
+        let err = format!("{:#}", Config::from_env(&env).unwrap_err());
+        assert!(err.contains("3 problems"), "{err}");
+        for var in ["ACCESS_TOKEN_TTL_SECS", "TRUST_X_FORWARDED_FOR", "JWT_SIGNING_KEYS"] {
+            assert!(err.contains(var), "{var} missing from: {err}");
+        }
+    }
 }

@@ -101,50 +101,64 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Every invalid variable is reported, all in one error.
     pub fn from_env(env: &impl Env) -> Result<Self> {
-        let decimal = |key: &str, default: &str| -> Result<Decimal> {
-            let raw = config::string(env, key, default);
-            Decimal::from_str(&raw).map_err(|e| anyhow::anyhow!("invalid value for {key}: {e}"))
+        let mut problems = config::Problems::new();
+        let decimal = |problems: &mut config::Problems, key: &str, default: &str| {
+            let default = Decimal::from_str(default).expect("the defaults are decimals");
+            problems.parse(env, key, default)
         };
+        let grpc_addr = problems.parse(env, "COMMAND_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052)));
+        let http_addr = problems.parse(env, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9092)));
+        let db_max_connections = problems.parse(env, "DB_MAX_CONNECTIONS", 16);
+        let limits = Limits {
+            max_amount: decimal(&mut problems, "MAX_AMOUNT", "1000000000"),
+            max_balance: decimal(&mut problems, "MAX_BALANCE", "1000000000000000"),
+        };
+        let outbox_batch = problems.parse(env, "OUTBOX_BATCH", 256);
+        let outbox_poll = Duration::from_millis(problems.parse(env, "OUTBOX_POLL_MS", 100));
+        let batching = match config::string(env, "COMMAND_BATCHING", "on").as_str() {
+            "off" | "false" | "0" => None,
+            _ => Some(queue::BatchConfig {
+                batchers: problems.parse(env, "COMMAND_BATCHERS", 8),
+                max_batch: problems.parse(env, "COMMAND_BATCH_MAX", 64),
+            }),
+        };
+        let hold_expiry_poll = Duration::from_millis(problems.parse(env, "HOLD_EXPIRY_POLL_MS", 250));
+        let event_signer = problems.check("EVENT_SIGNING_KEY", bank_platform::signing::signer_from_env(env));
+        let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        let behind_bound = Duration::from_secs(problems.parse(env, "RECONCILE_BEHIND_BOUND_SECS", 60));
+        problems.finish()?;
         Ok(Self {
-            grpc_addr: config::parse(env, "COMMAND_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052)))?,
-            http_addr: config::parse(env, "COMMAND_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9092)))?,
+            grpc_addr,
+            http_addr,
             database_url: config::string(
                 env,
                 "COMMAND_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/bank_command",
             ),
-            db_max_connections: config::parse(env, "DB_MAX_CONNECTIONS", 16)?,
+            db_max_connections,
             jwks_url: config::string(env, "JWKS_URL", "http://127.0.0.1:9091/.well-known/jwks.json"),
             jwt_issuer: config::string(env, "JWT_ISSUER", "bankmesh-auth"),
             jwt_audience: config::string(env, "JWT_AUDIENCE", "bankmesh"),
-            limits: Limits {
-                max_amount: decimal("MAX_AMOUNT", "1000000000")?,
-                max_balance: decimal("MAX_BALANCE", "1000000000000000")?,
-            },
+            limits,
             relay: RelayConfig {
                 nats_url: config::string(env, "NATS_URL", "nats://127.0.0.1:4222"),
                 stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
                 subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
-                batch: config::parse(env, "OUTBOX_BATCH", 256)?,
-                poll: Duration::from_millis(config::parse(env, "OUTBOX_POLL_MS", 100)?),
+                batch: outbox_batch,
+                poll: outbox_poll,
             },
-            batching: match config::string(env, "COMMAND_BATCHING", "on").as_str() {
-                "off" | "false" | "0" => None,
-                _ => Some(queue::BatchConfig {
-                    batchers: config::parse(env, "COMMAND_BATCHERS", 8)?,
-                    max_batch: config::parse(env, "COMMAND_BATCH_MAX", 64)?,
-                }),
-            },
-            hold_expiry_poll: Duration::from_millis(config::parse(env, "HOLD_EXPIRY_POLL_MS", 250)?),
+            batching,
+            hold_expiry_poll,
             standing_feed: bank_platform::standing::Feed::from_env(env),
-            event_signer: bank_platform::signing::signer_from_env(env)?,
-            tls: bank_platform::tls::Tls::from_env(env)?,
+            event_signer: event_signer.ok_or_else(|| anyhow::anyhow!("EVENT_SIGNING_KEY could not be read"))?,
+            tls: tls.flatten(),
             audit: AuditConfig {
                 read_database_url: env.var("READ_DATABASE_URL"),
                 redis_url: env.var("REDIS_URL"),
                 redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
-                behind_bound: Duration::from_secs(config::parse(env, "RECONCILE_BEHIND_BOUND_SECS", 60)?),
+                behind_bound,
             },
         })
     }

@@ -17,12 +17,12 @@ use std::{
 use anyhow::Result;
 use bank_platform::signing::GENESIS_HASH;
 use bank_proto::v1 as pb;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountView, CacheKeys};
+use bank_readmodel::{AccountView, CacheKeys};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use prost::Message;
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::events::verify_chain_link;
@@ -229,39 +229,44 @@ fn balance_change(env: &pb::EventEnvelope) -> Option<(Decimal, Decimal)> {
     Some((amount(before)?, amount(after)?))
 }
 
-impl EventRow {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            event_id: row.try_get("event_id")?,
-            account_id: row.try_get("account_id")?,
-            version: row.try_get("version")?,
-            transaction_id: row.try_get("transaction_id")?,
-            kind: row.try_get("kind")?,
-            actor: row.try_get("actor")?,
-            occurred_at: row.try_get("occurred_at")?,
-            delta: row.try_get("delta")?,
-            balance_after: row.try_get("balance_after")?,
-            envelope: row.try_get("envelope")?,
-            hash: row.try_get("hash")?,
-        })
-    }
+/// One row of the write model, as reconcile compares it.
+struct AccountRow {
+    id: Uuid,
+    currency: String,
+    balance: Decimal,
+    version: i64,
+    last_hash: Vec<u8>,
+}
+
+/// A transaction whose postings in one currency do not sum to zero.
+struct Unbalanced {
+    transaction_id: Uuid,
+    currency: String,
+    sum: Decimal,
 }
 
 /// The Postgres read model (one snapshot), the cache entries of its
 /// accounts, and the dead letters.
+#[tracing::instrument(skip_all, err)]
 async fn read_side(read_db: &PgPool, redis: Option<&mut (bank_platform::redis::Redis, CacheKeys)>) -> Result<ReadSide> {
     let mut tx = read_db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let generation: i32 =
-        sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(&mut *tx).await?;
+        sqlx::query_scalar!("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(&mut *tx).await?;
     let mut views = HashMap::new();
-    let sql = format!("SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1");
-    let mut rows = sqlx::query_as::<_, AccountView>(&sql).bind(generation).fetch(&mut *tx);
+    let mut rows = sqlx::query_as!(
+        AccountView,
+        "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held
+         FROM account_view WHERE generation = $1",
+        generation,
+    )
+    .fetch(&mut *tx);
     while let Some(v) = rows.try_next().await? {
         views.insert(v.account_id, State { balance: v.balance, version: v.version });
     }
     drop(rows);
-    let dead_letters = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&mut *tx).await?;
+    let dead_letters =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "dead_letters!" FROM dead_letters"#).fetch_one(&mut *tx).await?;
     tx.commit().await?;
     let mut cached = HashMap::new();
     if let Some((redis, keys)) = redis {
@@ -276,6 +281,7 @@ async fn read_side(read_db: &PgPool, redis: Option<&mut (bank_platform::redis::R
     Ok(ReadSide { generation, views, cached, dead_letters })
 }
 
+#[tracing::instrument(skip_all, fields(behind_bound_secs = src.behind_bound.as_secs()), err)]
 pub async fn run(mut src: Sources) -> Result<Report> {
     let mut report = Report::default();
     // The read side first: whatever it holds was committed on the write side
@@ -288,8 +294,8 @@ pub async fn run(mut src: Sources) -> Result<Report> {
 
     // The write side in one snapshot: a commit meanwhile changes nothing seen.
     let mut tx = src.write_db.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(&mut *tx).await?;
     let stream_messages = match src.stream.as_mut() {
         Some(stream) => stream.info().await.ok().map(|i| i.state.messages),
         None => None,
@@ -301,13 +307,13 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     let mut chain_head: HashMap<Uuid, Vec<u8>> = HashMap::new();
     // Per account the read model is behind: when its first unprojected event happened.
     let mut behind_since: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-    let mut rows = sqlx::query(
+    let mut rows = sqlx::query_as!(
+        EventRow,
         "SELECT event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash
          FROM events ORDER BY account_id, version",
     )
     .fetch(&mut *tx);
     while let Some(row) = rows.try_next().await? {
-        let row = EventRow::from_row(&row)?;
         report.events += 1;
         let id = row.account_id;
         report.problems.extend(row_against_envelope(&row));
@@ -343,19 +349,16 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     report.accounts = fold.len();
 
     // The write model against the fold, chain heads included.
-    let accounts =
-        sqlx::query("SELECT id, currency, balance, version, last_hash FROM accounts").fetch_all(&mut *tx).await?;
+    let accounts = sqlx::query_as!(AccountRow, "SELECT id, currency, balance, version, last_hash FROM accounts")
+        .fetch_all(&mut *tx)
+        .await?;
     let mut write: HashMap<Uuid, State> = HashMap::new();
     let mut currency_of: HashMap<Uuid, String> = HashMap::new();
-    for row in &accounts {
-        let id: Uuid = row.try_get("id")?;
-        let balance: Decimal = row.try_get("balance")?;
-        let currency: String = row.try_get("currency")?;
+    for AccountRow { id, currency, balance, version, last_hash: head } in accounts {
         let currency = currency.trim().to_owned();
         report.currencies.entry(currency.clone()).or_default().write_model += balance;
         currency_of.insert(id, currency);
-        write.insert(id, State { balance, version: row.try_get("version")? });
-        let head: Vec<u8> = row.try_get("last_hash")?;
+        write.insert(id, State { balance, version });
         if chain_head.get(&id).is_some_and(|h| *h != head) {
             report.problems.push(format!("hash chain: account {id} head differs from its last event"));
         }
@@ -369,18 +372,19 @@ pub async fn run(mut src: Sources) -> Result<Report> {
             None => report.problems.push(format!("events: account {id} is not in the write model")),
         }
     }
-    let unbalanced: Vec<(Uuid, String, Decimal)> = sqlx::query_as(
-        "SELECT transaction_id, currency::text, sum(amount) FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 10",
+    let unbalanced: Vec<Unbalanced> = sqlx::query_as!(
+        Unbalanced,
+        r#"SELECT transaction_id, currency::text AS "currency!", sum(amount) AS "sum!" FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 10"#,
     )
     .fetch_all(&mut *tx)
     .await?;
-    for (t, currency, sum) in unbalanced {
+    for Unbalanced { transaction_id: t, currency, sum } in unbalanced {
         report
             .problems
             .push(format!("double entry: transaction {t} has {} postings summing to {sum}", currency.trim()));
     }
-    let unposted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)",
+    let unposted: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "unposted!" FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)"#,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -388,9 +392,10 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         report.problems.push(format!("double entry: {unposted} money event(s) without their posting"));
     }
     // Publication: everything not pending in the outbox reached the stream.
-    report.outbox_pending = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut *tx).await?;
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = o.event_id)",
+    report.outbox_pending =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM outbox"#).fetch_one(&mut *tx).await?;
+    let orphans: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "orphans!" FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = o.event_id)"#,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -405,8 +410,8 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     }
 
     // Append-only guards still in place.
-    let guards: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced','holds_end_once','holds_no_delete','reversals_append_only','reversals_not_of_reversals') AND tgenabled <> 'D'",
+    let guards: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "guards!" FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced','holds_end_once','holds_no_delete','reversals_append_only','reversals_not_of_reversals') AND tgenabled <> 'D'"#,
     )
     .fetch_one(&mut *tx)
     .await?;

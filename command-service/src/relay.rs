@@ -37,7 +37,7 @@ use async_nats::jetstream::{
 use bank_platform::{CancellationToken, telemetry};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use prost::Message;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -135,6 +135,7 @@ impl OutboxRelay {
         Self { pool, config, wake, signer, holder }
     }
 
+    #[tracing::instrument(skip_all, fields(holder = %self.holder, stream = %self.config.stream), err)]
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         // Connect lazily: a NATS outage must not stop commands from committing.
         let client = bank_platform::nats::connect_lazily(&self.config.nats_url).await?;
@@ -186,32 +187,37 @@ impl OutboxRelay {
     /// The (provisioned) stream: whether it takes atomic batches
     /// (a stream made before they were used does not: rounds then go
     /// message by message).
+    #[tracing::instrument(level = "debug", skip_all, fields(stream = %self.config.stream), err(level = "debug"))]
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<bool> {
         let stream = bank_platform::nats::durable_stream(js, &self.config.stream).await?;
         Ok(stream.cached_info().config.allow_atomic_publish)
     }
 
     /// The lease, if it is free or expired (or already ours); a new epoch.
+    #[tracing::instrument(level = "debug", skip_all, fields(holder = %self.holder), err(level = "debug"))]
     async fn take_lease(&self) -> Result<Option<Lease>> {
-        let epoch: Option<i64> = sqlx::query_scalar(
+        // The lease's length binds as an interval (`as Duration`: the macro
+        // would otherwise expect its own interval type).
+        let epoch: Option<i64> = sqlx::query_scalar!(
             "UPDATE relay_lease SET holder = $1, epoch = epoch + 1, expires_at = now() + $2
              WHERE id = 1 AND (expires_at < now() OR holder = $1) RETURNING epoch",
+            self.holder,
+            LEASE_TTL as Duration,
         )
-        .bind(&self.holder)
-        .bind(LEASE_TTL)
         .fetch_optional(&self.pool)
         .await?;
         Ok(epoch.map(|epoch| Lease { holder: self.holder.clone(), epoch, renewed: std::time::Instant::now() }))
     }
 
     /// Extends the lease; an error when it is no longer ours at this epoch.
+    #[tracing::instrument(level = "debug", skip_all, fields(epoch = lease.epoch), err(level = "debug"))]
     async fn renew(&self, lease: &mut Lease) -> Result<()> {
-        let renewed = sqlx::query(
+        let renewed = sqlx::query!(
             "UPDATE relay_lease SET expires_at = now() + $3 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+            lease.holder,
+            lease.epoch,
+            LEASE_TTL as Duration,
         )
-        .bind(&lease.holder)
-        .bind(lease.epoch)
-        .bind(LEASE_TTL)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -220,17 +226,21 @@ impl OutboxRelay {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(epoch = lease.epoch), err)]
     async fn release(&self, lease: &Lease) -> Result<()> {
-        sqlx::query("UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2")
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE relay_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2",
+            lease.holder,
+            lease.epoch,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Publishes batches until shutdown; returns Err only when the database
     /// session fails (the lease is then gone). NATS failures back off and retry.
+    #[tracing::instrument(skip_all, fields(epoch = lease.epoch, atomic = atomic), err(level = "debug"))]
     async fn publish_while_leased(
         &self,
         mut lease: Lease,
@@ -252,11 +262,12 @@ impl OutboxRelay {
             }
             // The envelope is the event's (rows from before migration 0008
             // carry their own copy).
-            let rows = sqlx::query(
-                "SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS envelope
-                 FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1",
+            let rows: Vec<Outgoing> = sqlx::query_as!(
+                Outgoing,
+                r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!"
+                   FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
+                self.config.batch.min(MAX_ATOMIC_BATCH),
             )
-            .bind(self.config.batch.min(MAX_ATOMIC_BATCH))
             .fetch_all(&self.pool)
             .await?;
             if (rows.len() as i64) < self.config.batch {
@@ -284,7 +295,6 @@ impl OutboxRelay {
                     }
                 },
             };
-            let rows = rows.iter().map(Outgoing::from_row).collect::<Result<Vec<_>, _>>()?;
             // After any irregularity the round goes message by message, which
             // tells stored duplicates apart; otherwise the round is one atomic
             // batch: stored whole or not at all, with one fsync for all of it.
@@ -297,13 +307,13 @@ impl OutboxRelay {
             last_seq = (!failed && !out_of_step).then_some(last);
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
-                let deleted = sqlx::query(
+                let deleted = sqlx::query!(
                     "DELETE FROM outbox WHERE id = ANY($1)
                        AND EXISTS (SELECT 1 FROM relay_lease WHERE id = 1 AND holder = $2 AND epoch = $3)",
+                    &acked,
+                    lease.holder,
+                    lease.epoch,
                 )
-                .bind(&acked)
-                .bind(&lease.holder)
-                .bind(lease.epoch)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -324,6 +334,7 @@ impl OutboxRelay {
 
     /// Every message of the round pipelined, each expecting its predecessor's
     /// stream sequence; acks collected in order up to the first that fails.
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
     async fn publish_each(&self, js: &jetstream::Context, rows: &[Outgoing], mut last: u64) -> Round {
         let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
         let mut failed = false;
@@ -377,6 +388,7 @@ impl OutboxRelay {
     /// server stores all of it in order or none of it. With
     /// `sync_interval: always` that is one fsync per round instead of one
     /// per message, which is what bounded the relay (issue 17).
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
     async fn publish_atomic(&self, js: &jetstream::Context, rows: &[Outgoing], last: u64) -> Round {
         let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
         let client = js.client();
@@ -443,15 +455,6 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            event_id: row.try_get("event_id")?,
-            subject: row.try_get("subject")?,
-            envelope: row.try_get("envelope")?,
-        })
-    }
-
     /// `Nats-Msg-Id` (deduplication) and the trace context, with the span.
     fn headers(&self) -> (async_nats::HeaderMap, tracing::Span) {
         let mut headers = async_nats::HeaderMap::new();
@@ -486,6 +489,7 @@ fn is_duplicate_in_batch(e: &async_nats::jetstream::context::PublishError) -> bo
 }
 
 /// The stream's last sequence, as the server has it now.
+#[tracing::instrument(level = "debug", skip_all, fields(stream = name), err(level = "debug"))]
 async fn stream_last_sequence(js: &jetstream::Context, name: &str) -> Result<u64> {
     let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
     Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)

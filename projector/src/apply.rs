@@ -14,7 +14,7 @@ use bank_platform::telemetry;
 
 use anyhow::Result;
 use bank_proto::v1 as pb;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert_many};
+use bank_readmodel::{AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert_many};
 use chrono::Utc;
 use prometheus::{Histogram, HistogramOpts, IntCounter, register_histogram, register_int_counter};
 use prost::Message;
@@ -119,21 +119,25 @@ pub fn gap_retry_delay(delivered: i64) -> Duration {
 impl Applier {
     /// The WAL position after everything this projector committed so far,
     /// on this run of the server (its start time).
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn wal_written(&self) -> Result<WalMark> {
-        Ok(sqlx::query_as(
-            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8, pg_postmaster_start_time()::text",
+        let at = sqlx::query!(
+            r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
         )
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok((at.lsn, at.run))
     }
 
     /// How far the WAL is on disk, on this run of the server.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn wal_flushed(&self) -> Result<WalMark> {
-        Ok(sqlx::query_as(
-            "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8, pg_postmaster_start_time()::text",
+        let at = sqlx::query!(
+            r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
         )
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok((at.lsn, at.run))
     }
 
     /// Whether the cache is owed a write with no event to carry it.
@@ -143,6 +147,7 @@ impl Applier {
 
     /// Writes what the cache is owed (a quiet partition's failed writes, or
     /// the replay after the master moved).
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = self.cache_debt.generation()))]
     pub async fn settle_cache(&mut self) {
         let generation = self.cache_debt.generation();
         self.refresh_cache(generation, &[], &[]).await;
@@ -156,6 +161,7 @@ impl Applier {
     }
 
     /// Applies `batch` to generation `generation` (None: the active one).
+    #[tracing::instrument(level = "debug", skip_all, fields(messages = batch.len(), ?generation), err(level = "debug"))]
     pub async fn apply(&mut self, batch: &[Incoming], generation: Option<i32>) -> Result<Vec<Outcome>> {
         let mut tx = self.pool.begin().await?;
         // FOR SHARE: a rebuild's switch waits for in-flight batches, so none
@@ -163,7 +169,7 @@ impl Applier {
         let generation = match generation {
             Some(g) => g,
             None => {
-                sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1 FOR SHARE")
+                sqlx::query_scalar!("SELECT active_generation FROM projection_meta WHERE id = 1 FOR SHARE")
                     .fetch_one(&mut *tx)
                     .await?
             }
@@ -189,17 +195,23 @@ impl Applier {
             })
             .collect();
         let ids: Vec<Uuid> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, id)| *id)).collect();
-        let rows: Vec<ViewRow> = sqlx::query_as(&format!(
-            "SELECT {ACCOUNT_VIEW_COLUMNS}, last_hash FROM account_view WHERE generation = $1 AND account_id = ANY($2) ORDER BY account_id FOR UPDATE"
-        ))
-        .bind(generation)
-        .bind(&ids)
+        let rows: Vec<ViewRow> = sqlx::query_as!(
+            ViewRow,
+            "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held, last_hash
+             FROM account_view WHERE generation = $1 AND account_id = ANY($2) ORDER BY account_id FOR UPDATE",
+            generation,
+            &ids,
+        )
         .fetch_all(&mut *tx)
         .await?;
         // Each account's chain head: the hash its next event must chain to.
-        let mut heads: HashMap<Uuid, Option<Vec<u8>>> =
-            rows.iter().map(|r| (r.view.account_id, r.last_hash.clone())).collect();
-        let mut views: HashMap<Uuid, AccountView> = rows.into_iter().map(|r| (r.view.account_id, r.view)).collect();
+        let mut heads: HashMap<Uuid, Option<Vec<u8>>> = HashMap::with_capacity(rows.len());
+        let mut views: HashMap<Uuid, AccountView> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (view, last_hash) = row.split();
+            heads.insert(view.account_id, last_hash);
+            views.insert(view.account_id, view);
+        }
         let mut changed: Vec<Uuid> = Vec::new();
         let mut entries: Vec<(Uuid, HistoryEntry)> = Vec::new();
         let mut changes: Vec<AccountChange> = Vec::new();
@@ -291,22 +303,26 @@ impl Applier {
         Ok(outcomes)
     }
 
+    #[tracing::instrument(skip_all, fields(seq = msg.stream_sequence, subject = %msg.subject), err)]
     async fn dead_letter(&self, tx: &mut sqlx::PgConnection, msg: &Incoming, reason: &str) -> Result<()> {
         tracing::warn!(seq = msg.stream_sequence, subject = %msg.subject, reason, "dead letter");
         DEAD_LETTERS.inc();
-        sqlx::query("INSERT INTO dead_letters (stream_sequence, subject, reason, payload) VALUES ($1, $2, $3, $4)")
-            .bind(msg.stream_sequence as i64)
-            .bind(&msg.subject)
-            .bind(reason)
-            .bind(&msg.payload)
-            .execute(tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO dead_letters (stream_sequence, subject, reason, payload) VALUES ($1, $2, $3, $4)",
+            msg.stream_sequence as i64,
+            msg.subject,
+            reason,
+            msg.payload,
+        )
+        .execute(tx)
+        .await?;
         Ok(())
     }
 
     /// Best effort: Redis is a cache, and projection never waits for it. An
     /// entry whose write failed is owed and goes again with the next refresh
     /// (`cache_debt`); readers fill missing entries from Postgres.
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, views = views.len()))]
     async fn refresh_cache(&mut self, generation: i32, views: &[&AccountView], changes: &[AccountChange]) {
         let Some(redis) = self.redis.as_mut() else {
             // Not connected since the start: the entries Redis still holds
@@ -340,13 +356,38 @@ impl Applier {
 }
 
 /// An account's row with the hash of its last applied event.
-#[derive(sqlx::FromRow)]
 struct ViewRow {
-    #[sqlx(flatten)]
-    view: AccountView,
+    account_id: Uuid,
+    owner_id: Uuid,
+    kind: String,
+    currency: String,
+    balance: rust_decimal::Decimal,
+    status: String,
+    version: i64,
+    opened_at: chrono::DateTime<Utc>,
+    held: rust_decimal::Decimal,
     last_hash: Option<Vec<u8>>,
 }
 
+impl ViewRow {
+    /// The account, and its chain head.
+    fn split(self) -> (AccountView, Option<Vec<u8>>) {
+        let view = AccountView {
+            account_id: self.account_id,
+            owner_id: self.owner_id,
+            kind: self.kind,
+            currency: self.currency,
+            balance: self.balance,
+            status: self.status,
+            version: self.version,
+            opened_at: self.opened_at,
+            held: self.held,
+        };
+        (view, self.last_hash)
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, views = views.len()), err)]
 async fn write_views(
     tx: &mut sqlx::PgConnection,
     generation: i32,
@@ -356,52 +397,58 @@ async fn write_views(
     if views.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let last_hashes: Vec<Option<Vec<u8>>> = views.iter().map(|v| heads.get(&v.account_id).cloned().flatten()).collect();
+    sqlx::query!(
         "INSERT INTO account_view (generation, account_id, owner_id, kind, currency, balance, status, version, opened_at, held, last_hash, updated_at)
          SELECT $1, * , now() FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::int8[], $9::timestamptz[], $10::numeric[], $11::bytea[])
          ON CONFLICT (generation, account_id) DO UPDATE SET balance = EXCLUDED.balance, status = EXCLUDED.status,
              version = EXCLUDED.version, held = EXCLUDED.held, last_hash = EXCLUDED.last_hash, updated_at = now()",
+        generation,
+        &views.iter().map(|v| v.account_id).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.owner_id).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.kind.clone()).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.currency.clone()).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.balance).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.status.clone()).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.version).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.opened_at).collect::<Vec<_>>(),
+        &views.iter().map(|v| v.held).collect::<Vec<_>>(),
+        // NULL heads (rows from before chain heads were kept) stay NULL.
+        &last_hashes as &[Option<Vec<u8>>],
     )
-    .bind(generation)
-    .bind(views.iter().map(|v| v.account_id).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.owner_id).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.kind.clone()).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.currency.clone()).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.balance).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.status.clone()).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.opened_at).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| v.held).collect::<Vec<_>>())
-    .bind(views.iter().map(|v| heads.get(&v.account_id).cloned().flatten()).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, entries = entries.len()), err)]
 async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[(Uuid, HistoryEntry)]) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let counterparties: Vec<Option<Uuid>> = entries.iter().map(|(_, e)| e.counterparty_account_id).collect();
+    let reverses: Vec<Option<Uuid>> = entries.iter().map(|(_, e)| e.reverses_transaction_id).collect();
+    sqlx::query!(
         "INSERT INTO transaction_history (generation, account_id, version, event_id, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at, reverses_transaction_id)
          SELECT $1, a, v, ev, t, k, am, bb, ba, c, d, o, r
          FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[], $13::uuid[])
               AS x(a, v, t, k, am, bb, ba, c, d, o, ev, r)
          ON CONFLICT DO NOTHING",
+        generation,
+        &entries.iter().map(|(_, e)| e.account_id).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.version).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.transaction_id).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.kind.clone()).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.amount).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.balance_before).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.balance_after).collect::<Vec<_>>(),
+        // Arrays with NULL elements: the macro's check knows only arrays of non-null values.
+        &counterparties as &[Option<Uuid>],
+        &entries.iter().map(|(_, e)| e.description.clone()).collect::<Vec<_>>(),
+        &entries.iter().map(|(_, e)| e.occurred_at).collect::<Vec<_>>(),
+        &entries.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        &reverses as &[Option<Uuid>],
     )
-    .bind(generation)
-    .bind(entries.iter().map(|(_, e)| e.account_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.version).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.transaction_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.kind.clone()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.amount).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.balance_before).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.balance_after).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.counterparty_account_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.description.clone()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.occurred_at).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|(_, e)| e.reverses_transaction_id).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
@@ -409,6 +456,7 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
 
 /// Holds placed (inserted) then ended (state updated), and reversal links;
 /// each idempotent, so a redelivered batch changes nothing.
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, sides = sides.len()), err)]
 async fn write_sides(tx: &mut sqlx::PgConnection, generation: i32, sides: &[Side]) -> Result<()> {
     if sides.is_empty() {
         return Ok(());
@@ -421,31 +469,31 @@ async fn write_sides(tx: &mut sqlx::PgConnection, generation: i32, sides: &[Side
         })
         .collect();
     let (placed, ended): (Vec<_>, Vec<_>) = holds.into_iter().partition(|h| h.state == "OPEN");
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO hold_view (generation, hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at)
          SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[])
          ON CONFLICT DO NOTHING",
+        generation,
+        &placed.iter().map(|h| h.hold_id).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.account_id).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.to_account_id).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.currency.clone()).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.amount).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.state.clone()).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.captured).collect::<Vec<_>>(),
+        &placed.iter().map(|h| h.expires_at).collect::<Vec<_>>(),
     )
-    .bind(generation)
-    .bind(placed.iter().map(|h| h.hold_id).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.account_id).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.to_account_id).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.currency.clone()).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.amount).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.state.clone()).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.captured).collect::<Vec<_>>())
-    .bind(placed.iter().map(|h| h.expires_at).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE hold_view h SET state = e.state, captured = e.captured
          FROM UNNEST($2::uuid[], $3::text[], $4::numeric[]) AS e(id, state, captured)
          WHERE h.generation = $1 AND h.hold_id = e.id",
+        generation,
+        &ended.iter().map(|h| h.hold_id).collect::<Vec<_>>(),
+        &ended.iter().map(|h| h.state.clone()).collect::<Vec<_>>(),
+        &ended.iter().map(|h| h.captured).collect::<Vec<_>>(),
     )
-    .bind(generation)
-    .bind(ended.iter().map(|h| h.hold_id).collect::<Vec<_>>())
-    .bind(ended.iter().map(|h| h.state.clone()).collect::<Vec<_>>())
-    .bind(ended.iter().map(|h| h.captured).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     let links: Vec<(Uuid, Uuid)> = sides
@@ -455,13 +503,13 @@ async fn write_sides(tx: &mut sqlx::PgConnection, generation: i32, sides: &[Side
             Side::Hold(_) => None,
         })
         .collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO reversal_view (generation, original_transaction_id, reversal_transaction_id)
          SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[]) ON CONFLICT DO NOTHING",
+        generation,
+        &links.iter().map(|l| l.0).collect::<Vec<_>>(),
+        &links.iter().map(|l| l.1).collect::<Vec<_>>(),
     )
-    .bind(generation)
-    .bind(links.iter().map(|l| l.0).collect::<Vec<_>>())
-    .bind(links.iter().map(|l| l.1).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())

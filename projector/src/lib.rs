@@ -80,9 +80,27 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Every invalid variable is reported, all in one error.
     pub fn from_env(env: &impl Env) -> Result<Self> {
+        let mut problems = config::Problems::new();
+        let http_addr = problems.parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)));
+        let synchronous_commit = match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
+            v @ ("off" | "on") => v.to_owned(),
+            other => {
+                problems.report(format!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"));
+                String::new()
+            }
+        };
+        let batch = problems.parse(env, "PROJECTOR_BATCH", 256);
+        // A gap is retried with delays of 0.1 s doubling to 2 s: ten
+        // deliveries outlast the ack wait (5 s) that brings a missing
+        // message back; past them the projector fetches it itself.
+        let max_deliveries = problems.parse(env, "PROJECTOR_MAX_DELIVERIES", 10);
+        let event_keys = problems.check("EVENT_VERIFYING_KEYS", bank_platform::signing::EventKeys::from_env(env));
+        let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        problems.finish()?;
         Ok(Self {
-            http_addr: config::parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)))?,
+            http_addr,
             database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
             redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
@@ -91,17 +109,11 @@ impl Config {
             stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
             durable_name: config::string(env, "PROJECTOR_DURABLE", "projector"),
-            synchronous_commit: match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
-                v @ ("off" | "on") => v.to_owned(),
-                other => anyhow::bail!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"),
-            },
-            batch: config::parse(env, "PROJECTOR_BATCH", 256)?,
-            // A gap is retried with delays of 0.1 s doubling to 2 s: ten
-            // deliveries outlast the ack wait (5 s) that brings a missing
-            // message back; past them the projector fetches it itself.
-            max_deliveries: config::parse(env, "PROJECTOR_MAX_DELIVERIES", 10)?,
-            event_keys: bank_platform::signing::EventKeys::from_env(env)?.map(std::sync::Arc::new),
-            tls: bank_platform::tls::Tls::from_env(env)?,
+            synchronous_commit,
+            batch,
+            max_deliveries,
+            event_keys: event_keys.flatten().map(std::sync::Arc::new),
+            tls: tls.flatten(),
             event_store_url: env.var("EVENT_STORE_DATABASE_URL"),
         })
     }
@@ -122,6 +134,7 @@ pub async fn connect_redis(url: &str) -> Option<Redis> {
     }
 }
 
+#[tracing::instrument(skip_all, err)]
 async fn applier(config: &Config) -> Result<Applier> {
     if config.event_keys.is_none() {
         tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
@@ -163,6 +176,7 @@ type Unflushed = std::collections::VecDeque<(apply::WalMark, Vec<(jetstream::Mes
 /// Applies one batch; its messages go to `unflushed` to be acknowledged by
 /// their outcomes once the commit is flushed. A failed transaction naks the
 /// whole batch at once, which is then redelivered.
+#[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), ?generation))]
 async fn process(
     applier: &mut Applier,
     messages: Vec<jetstream::Message>,
@@ -190,6 +204,7 @@ async fn process(
 }
 
 /// Acknowledges every batch whose commit is flushed by now.
+#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
 async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     if unflushed.is_empty() {
         return;
@@ -218,6 +233,7 @@ async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
 
 /// Waits (briefly) until every batch in `unflushed` is on disk and acknowledges
 /// them: at shutdown, and after each batch of a rebuild.
+#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
 async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !unflushed.is_empty() && std::time::Instant::now() < deadline {
@@ -228,6 +244,7 @@ async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(messages = acks.len()))]
 async fn send_acks(acks: Vec<(jetstream::Message, Outcome)>) {
     for (m, o) in acks {
         let ack = match o {
@@ -267,6 +284,7 @@ fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
 /// then applies on its next delivery. So a gap lasts at most about
 /// `max_deliveries` nak delays (2 s each at most) once the read database is
 /// reachable, whatever happened to the missing message's own deliveries.
+#[tracing::instrument(level = "debug", skip_all, fields(gaps = applier.lasting_gaps.len(), ?generation))]
 async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Applier, generation: Option<i32>) {
     for (subject, stored) in std::mem::take(&mut applier.lasting_gaps) {
         let filled = async {
@@ -287,6 +305,7 @@ async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Appli
 }
 
 /// The events on `subject` whose version is past `stored`, in stream order.
+#[tracing::instrument(skip_all, fields(subject = subject, stored = stored), err(level = "debug"))]
 async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, stored: i64) -> Result<Vec<Incoming>> {
     let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
     let mut consumer: PullConsumer = stream
@@ -331,6 +350,7 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
 
 /// The live projector until shutdown: leases its share of the partitions
 /// and runs a consumer for each it holds.
+#[tracing::instrument(skip_all, fields(durable = %config.durable_name), err)]
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     use std::collections::HashMap;
     let applier = applier(&config).await?;
@@ -377,6 +397,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Stops partition consumers and waits (briefly) for each to finish its batch.
+#[tracing::instrument(skip_all, fields(partitions = stopping.len()))]
 async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>) {
     for (stop, _) in &stopping {
         stop.cancel();
@@ -388,6 +409,7 @@ async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHand
 
 /// One partition's durable consumer until stopped, reconnecting with
 /// backoff when NATS or the stream is unavailable.
+#[tracing::instrument(skip_all, fields(partition = partition))]
 async fn run_partition(
     config: Config,
     js: jetstream::Context,
@@ -411,6 +433,7 @@ async fn run_partition(
     }
 }
 
+#[tracing::instrument(skip_all, fields(partition = partition), err(level = "debug"))]
 async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u32) -> Result<PullConsumer> {
     let name = format!("{}-p{partition}", config.durable_name);
     // The command side owns the stream; we only wait for it to exist.
@@ -433,6 +456,7 @@ async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u
         .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
 }
 
+#[tracing::instrument(skip_all, fields(partition = partition), err(level = "debug"))]
 async fn consume(
     config: &Config,
     js: &jetstream::Context,
@@ -526,14 +550,13 @@ pub enum RebuildSource {
 /// up, keeps applying until caught up again (the live projector then writes
 /// the new generation too; the version guard makes the overlap harmless),
 /// then drops the old generation.
+#[tracing::instrument(skip_all, fields(?source), err)]
 pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildReport> {
     let mut applier = applier(config).await?;
     let pool = applier.pool.clone();
     let old: i32 = bank_readmodel::active_generation(&pool).await?;
     let new = old + 1;
-    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE generation = $1")).bind(new).execute(&pool).await?;
-    }
+    clear_generation(&pool, new).await?;
     tracing::info!(old, new, ?source, "rebuild started");
     match source {
         RebuildSource::Stream => {
@@ -577,37 +600,65 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
 
     // Readers may hold the old generation for a moment; then it goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE generation < $1")).bind(new).execute(&pool).await?;
-    }
+    drop_generations_before(&pool, new).await?;
     // The old generation's cache entries are left to expire (CACHE_TTL_SECS):
     // the projector's Redis user may not list keys, which would show it every
     // other service's key names.
-    let accounts = sqlx::query_scalar("SELECT count(*) FROM account_view WHERE generation = $1")
-        .bind(new)
-        .fetch_one(&pool)
-        .await?;
-    let entries = sqlx::query_scalar("SELECT count(*) FROM transaction_history WHERE generation = $1")
-        .bind(new)
-        .fetch_one(&pool)
-        .await?;
+    let accounts =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "accounts!" FROM account_view WHERE generation = $1"#, new)
+            .fetch_one(&pool)
+            .await?;
+    let entries =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "entries!" FROM transaction_history WHERE generation = $1"#, new)
+            .fetch_one(&pool)
+            .await?;
     Ok(RebuildReport { old_generation: old, new_generation: new, accounts, entries })
 }
 
+/// Empties generation `generation` of every read model (what an earlier,
+/// interrupted rebuild left there).
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
+async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
+    sqlx::query!("DELETE FROM account_view WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM transaction_history WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM hold_view WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM reversal_view WHERE generation = $1", generation).execute(pool).await?;
+    Ok(())
+}
+
+/// Drops every generation older than `generation` from every read model.
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
+async fn drop_generations_before(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
+    sqlx::query!("DELETE FROM account_view WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM transaction_history WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM hold_view WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM reversal_view WHERE generation < $1", generation).execute(pool).await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(new = new), err)]
 async fn switch_generation(pool: &sqlx::PgPool, new: i32) -> Result<()> {
     // Waits for in-flight live batches (they hold the row FOR SHARE). A
     // synchronous commit: the switch, and with it every batch of the
     // rebuild before it, is on disk when the rebuild reports success.
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
-    sqlx::query("UPDATE projection_meta SET active_generation = $1 WHERE id = 1").bind(new).execute(&mut *tx).await?;
+    sqlx::query!("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+    sqlx::query!("UPDATE projection_meta SET active_generation = $1 WHERE id = 1", new).execute(&mut *tx).await?;
     tx.commit().await?;
     tracing::info!(new, "readers switched to the new generation");
     Ok(())
 }
 
+/// One event as the event store holds it, for a replay.
+struct StoredEvent {
+    seq: i64,
+    account_id: uuid::Uuid,
+    envelope: Vec<u8>,
+}
+
 /// Applies the event store's events after `after` (its `seq`) in commit
 /// order, a batch at a time; returns the last `seq` applied.
+#[tracing::instrument(skip_all, fields(generation = generation, after = after), err)]
 async fn replay(
     store: &sqlx::PgPool,
     config: &Config,
@@ -616,17 +667,19 @@ async fn replay(
     mut after: i64,
 ) -> Result<i64> {
     loop {
-        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
-                .bind(after)
-                .bind(config.batch.max(1) as i64)
-                .fetch_all(store)
-                .await?;
-        let Some(last) = rows.last().map(|r| r.0) else { return Ok(after) };
+        let rows: Vec<StoredEvent> = sqlx::query_as!(
+            StoredEvent,
+            "SELECT seq, account_id, envelope FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            config.batch.max(1) as i64,
+        )
+        .fetch_all(store)
+        .await?;
+        let Some(last) = rows.last().map(|r| r.seq) else { return Ok(after) };
         let batch: Vec<Incoming> = rows
             .into_iter()
-            .map(|(seq, account, envelope)| Incoming {
-                subject: bank_platform::nats::event_subject(&config.subject_prefix, account),
+            .map(|StoredEvent { seq, account_id, envelope }| Incoming {
+                subject: bank_platform::nats::event_subject(&config.subject_prefix, account_id),
                 payload: envelope,
                 stream_sequence: seq as u64,
                 delivered: 1,
@@ -640,6 +693,7 @@ async fn replay(
 }
 
 /// Applies until the consumer has nothing pending and nothing unacked.
+#[tracing::instrument(skip_all, fields(generation = generation), err)]
 async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, batch: usize) -> Result<()> {
     loop {
         let mut messages = consumer
@@ -666,5 +720,27 @@ async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, 
         ack_all_when_flushed(applier, &mut unflushed).await;
         // In stream order a gap is transient here: the redelivery fills it.
         applier.lasting_gaps.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn every_bad_variable_is_named_in_one_error() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("PROJECTOR_BATCH", "lots"),
+            ("READ_DB_SYNCHRONOUS_COMMIT", "sometimes"),
+            ("PROJECTOR_HTTP_ADDR", "nowhere"),
+            ("TLS_CERT_FILE", "/only/the/cert.pem"),
+        ]);
+        let err = format!("{:#}", Config::from_env(&env).unwrap_err());
+        for var in ["PROJECTOR_BATCH", "READ_DB_SYNCHRONOUS_COMMIT", "PROJECTOR_HTTP_ADDR", "TLS_CERT_FILE"] {
+            assert!(err.contains(var), "{var} missing from: {err}");
+        }
+        assert!(Config::from_env(&HashMap::<&str, &str>::new()).is_ok());
     }
 }

@@ -57,11 +57,12 @@ pub struct Leases {
 
 impl Leases {
     /// Makes the partition rows (once) and names this instance.
+    #[tracing::instrument(skip_all, fields(partitions = partitions), err)]
     pub async fn new(pool: PgPool, partitions: u32) -> sqlx::Result<Self> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO projector_partitions (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+            partitions as i32,
         )
-        .bind(partitions as i32)
         .execute(&pool)
         .await?;
         let member = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -76,32 +77,34 @@ impl Leases {
     /// fair share. Returns the partitions held now and those to stop.
     /// `stop_first` is awaited with the partitions about to be released, so
     /// their consumers stop before anyone else may start them.
+    #[tracing::instrument(level = "debug", skip_all, fields(member = %self.member), err(level = "debug"))]
     pub async fn round<F, Fut>(&self, stop_first: F) -> sqlx::Result<Vec<u32>>
     where
         F: FnOnce(Vec<u32>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let ttl = LEASE_TTL.as_secs_f64();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO projector_members (member, expires_at) VALUES ($1, now() + make_interval(secs => $2))
              ON CONFLICT (member) DO UPDATE SET expires_at = excluded.expires_at",
+            self.member,
+            ttl,
         )
-        .bind(&self.member)
-        .bind(ttl)
         .execute(&self.pool)
         .await?;
-        sqlx::query("DELETE FROM projector_members WHERE expires_at < now() - interval '1 minute'")
+        sqlx::query!("DELETE FROM projector_members WHERE expires_at < now() - interval '1 minute'")
             .execute(&self.pool)
             .await?;
-        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM projector_members WHERE expires_at > now()")
-            .fetch_one(&self.pool)
-            .await?;
-        let mut held: Vec<u32> = sqlx::query_scalar::<_, i32>(
+        let live: i64 =
+            sqlx::query_scalar!(r#"SELECT count(*) AS "live!" FROM projector_members WHERE expires_at > now()"#)
+                .fetch_one(&self.pool)
+                .await?;
+        let mut held: Vec<u32> = sqlx::query_scalar!(
             "UPDATE projector_partitions SET expires_at = now() + make_interval(secs => $2)
              WHERE holder = $1 AND expires_at > now() RETURNING partition",
+            self.member,
+            ttl,
         )
-        .bind(&self.member)
-        .bind(ttl)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
@@ -110,28 +113,28 @@ impl Leases {
         let plan = plan(&held, self.partitions, live as usize);
         if !plan.release.is_empty() {
             stop_first(plan.release.clone()).await;
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE projector_partitions SET holder = NULL, expires_at = '-infinity'
                  WHERE holder = $1 AND partition = ANY($2)",
+                self.member,
+                &plan.release.iter().map(|p| *p as i32).collect::<Vec<_>>(),
             )
-            .bind(&self.member)
-            .bind(plan.release.iter().map(|p| *p as i32).collect::<Vec<_>>())
             .execute(&self.pool)
             .await?;
             held.retain(|p| !plan.release.contains(p));
         }
         if plan.claim > 0 {
-            let claimed: Vec<i32> = sqlx::query_scalar(
+            let claimed: Vec<i32> = sqlx::query_scalar!(
                 "UPDATE projector_partitions SET holder = $1, expires_at = now() + make_interval(secs => $2)
                  WHERE partition IN (
                      SELECT partition FROM projector_partitions
                      WHERE holder IS NULL OR expires_at <= now()
                      ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
                  RETURNING partition",
+                self.member,
+                ttl,
+                plan.claim as i64,
             )
-            .bind(&self.member)
-            .bind(ttl)
-            .bind(plan.claim as i64)
             .fetch_all(&self.pool)
             .await?;
             held.extend(claimed.into_iter().map(|p| p as u32));
@@ -142,14 +145,15 @@ impl Leases {
 
     /// At shutdown: hand everything back at once, so the others need not
     /// wait for the leases to expire.
+    #[tracing::instrument(skip_all, fields(member = %self.member))]
     pub async fn leave(&self) {
-        let _ =
-            sqlx::query("UPDATE projector_partitions SET holder = NULL, expires_at = '-infinity' WHERE holder = $1")
-                .bind(&self.member)
-                .execute(&self.pool)
-                .await;
-        let _ =
-            sqlx::query("DELETE FROM projector_members WHERE member = $1").bind(&self.member).execute(&self.pool).await;
+        let _ = sqlx::query!(
+            "UPDATE projector_partitions SET holder = NULL, expires_at = '-infinity' WHERE holder = $1",
+            self.member,
+        )
+        .execute(&self.pool)
+        .await;
+        let _ = sqlx::query!("DELETE FROM projector_members WHERE member = $1", self.member).execute(&self.pool).await;
     }
 }
 

@@ -133,29 +133,25 @@ impl World {
 
     /// Write model: id → (balance, status, version) and money-event count.
     async fn fold(&self) -> (HashMap<Uuid, (Decimal, String, i64)>, i64) {
-        let rows: Vec<(Uuid, Decimal, String, i64)> =
-            sqlx::query_as("SELECT id, balance, status, version FROM accounts")
-                .fetch_all(&self.write_db)
-                .await
-                .unwrap();
-        let money: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE kind NOT IN ('AccountOpened','AccountFrozen','AccountUnfrozen','AccountClosed')").fetch_one(&self.write_db).await.unwrap();
-        (rows.into_iter().map(|(id, b, s, v)| (id, (b, s, v))).collect(), money)
+        let rows =
+            sqlx::query!("SELECT id, balance, status, version FROM accounts").fetch_all(&self.write_db).await.unwrap();
+        let money: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "money!" FROM events WHERE kind NOT IN ('AccountOpened','AccountFrozen','AccountUnfrozen','AccountClosed')"#).fetch_one(&self.write_db).await.unwrap();
+        (rows.into_iter().map(|r| (r.id, (r.balance, r.status, r.version))).collect(), money)
     }
 
     async fn read_model(&self) -> (HashMap<Uuid, (Decimal, String, i64)>, i64) {
         let g = bank_readmodel::active_generation(&self.read_db).await.unwrap();
-        let rows: Vec<(Uuid, Decimal, String, i64)> =
-            sqlx::query_as("SELECT account_id, balance, status, version FROM account_view WHERE generation = $1")
-                .bind(g)
+        let rows =
+            sqlx::query!("SELECT account_id, balance, status, version FROM account_view WHERE generation = $1", g)
                 .fetch_all(&self.read_db)
                 .await
                 .unwrap();
-        let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM transaction_history WHERE generation = $1")
-            .bind(g)
-            .fetch_one(&self.read_db)
-            .await
-            .unwrap();
-        (rows.into_iter().map(|(id, b, s, v)| (id, (b, s, v))).collect(), entries)
+        let entries: i64 =
+            sqlx::query_scalar!(r#"SELECT count(*) AS "entries!" FROM transaction_history WHERE generation = $1"#, g)
+                .fetch_one(&self.read_db)
+                .await
+                .unwrap();
+        (rows.into_iter().map(|r| (r.account_id, (r.balance, r.status, r.version))).collect(), entries)
     }
 
     async fn converged(&self) -> bool {
@@ -222,7 +218,7 @@ async fn the_read_models_equal_the_fold_despite_duplicates_redeliveries_and_a_re
     let js = w.js().await;
     let mut stream = js.get_stream(&w.command.relay.stream).await.unwrap();
     assert_eventually!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&w.write_db).await.unwrap() == 0,
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox"#).fetch_one(&w.write_db).await.unwrap() == 0,
         Duration::from_secs(20),
         "outbox did not drain"
     );
@@ -234,7 +230,8 @@ async fn the_read_models_equal_the_fold_despite_duplicates_redeliveries_and_a_re
     let _second = w.start_projector().await;
     w.workload(20).await;
     w.assert_read_models_equal_the_fold().await;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap();
+    let dead: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap();
     assert_eq!(dead, 0, "duplicates are not poison");
 }
 
@@ -257,7 +254,7 @@ async fn garbage_and_unknown_payloads_go_to_the_dead_letters_and_the_rest_keep_f
     w.workload(6).await;
     w.assert_read_models_equal_the_fold().await;
     assert_eventually!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 2,
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap() == 2,
         Duration::from_secs(30),
         "poison messages did not reach the dead letters"
     );
@@ -277,13 +274,14 @@ async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_ans
             let mut reads = 0;
             for _ in 0..200 {
                 let g = bank_readmodel::active_generation(&db).await.unwrap();
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT version FROM account_view WHERE generation = $1 AND account_id = $2")
-                        .bind(g)
-                        .bind(id)
-                        .fetch_optional(&db)
-                        .await
-                        .unwrap();
+                let found: Option<i64> = sqlx::query_scalar!(
+                    "SELECT version FROM account_view WHERE generation = $1 AND account_id = $2",
+                    g,
+                    id,
+                )
+                .fetch_optional(&db)
+                .await
+                .unwrap();
                 assert!(found.is_some(), "a read found nothing during the rebuild");
                 reads += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -297,8 +295,8 @@ async fn rebuild_from_the_stream_restores_wiped_read_models_while_reads_keep_ans
     w.assert_read_models_equal_the_fold().await;
 
     // Wipe everything, rebuild, same result; the live projector keeps up after.
-    sqlx::query("DELETE FROM account_view").execute(&w.read_db).await.unwrap();
-    sqlx::query("DELETE FROM transaction_history").execute(&w.read_db).await.unwrap();
+    sqlx::query!("DELETE FROM account_view").execute(&w.read_db).await.unwrap();
+    sqlx::query!("DELETE FROM transaction_history").execute(&w.read_db).await.unwrap();
     let _: () = redis::cmd("DEL")
         .arg(
             accounts
@@ -454,16 +452,21 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
 
     // The write model: each currency sums to zero, each account equals the fold of its postings.
     let write: Vec<(String, Decimal)> =
-        sqlx::query_as("SELECT currency::text, sum(balance) FROM accounts GROUP BY currency")
+        sqlx::query!(r#"SELECT currency::text AS "currency!", sum(balance) AS "sum!" FROM accounts GROUP BY currency"#)
             .fetch_all(&w.write_db)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.currency, r.sum))
+            .collect();
     assert!(write.iter().all(|(_, s)| s.is_zero()), "write model: {write:?}");
-    let moved: Decimal =
-        sqlx::query_scalar("SELECT sum(abs(amount)) FROM postings").fetch_one(&w.write_db).await.unwrap();
+    let moved: Decimal = sqlx::query_scalar!(r#"SELECT sum(abs(amount)) AS "moved!" FROM postings"#)
+        .fetch_one(&w.write_db)
+        .await
+        .unwrap();
     assert!(moved > Decimal::ZERO, "the workload moved no money");
-    let unfolded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS s FROM postings GROUP BY account_id) p ON p.account_id = a.id WHERE COALESCE(p.s, 0) <> a.balance",
+    let unfolded: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS s FROM postings GROUP BY account_id) p ON p.account_id = a.id WHERE COALESCE(p.s, 0) <> a.balance"#,
     )
     .fetch_one(&w.write_db)
     .await
@@ -472,18 +475,27 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
 
     // The Postgres read model.
     let g = bank_readmodel::active_generation(&w.read_db).await.unwrap();
-    let read: Vec<(String, Decimal)> =
-        sqlx::query_as("SELECT currency, sum(balance) FROM account_view WHERE generation = $1 GROUP BY currency")
-            .bind(g)
-            .fetch_all(&w.read_db)
-            .await
-            .unwrap();
+    let read: Vec<(String, Decimal)> = sqlx::query!(
+        r#"SELECT currency, sum(balance) AS "sum!" FROM account_view WHERE generation = $1 GROUP BY currency"#,
+        g,
+    )
+    .fetch_all(&w.read_db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.currency, r.sum))
+    .collect();
     assert_eq!(read.len(), write.len(), "every currency is projected");
     assert!(read.iter().all(|(_, s)| s.is_zero()), "postgres read model: {read:?}");
 
     // Redis: every account, system ones included, cached; per currency zero.
-    let ids: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, currency::text FROM accounts").fetch_all(&w.write_db).await.unwrap();
+    let ids: Vec<(Uuid, String)> = sqlx::query!(r#"SELECT id, currency::text AS "currency!" FROM accounts"#)
+        .fetch_all(&w.write_db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.currency))
+        .collect();
     let keys = bank_readmodel::CacheKeys::new(w.projector.redis_prefix.clone());
     let mut redis = w.redis.clone();
     let mut cached: HashMap<String, Decimal> = HashMap::new();
@@ -564,13 +576,13 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     js.publish(subject(&a), forked.into()).await.unwrap().await.unwrap();
 
     assert_eventually!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 4,
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap() == 4,
         Duration::from_secs(30),
         "the forged events did not all reach the dead letters"
     );
     let reasons: Vec<String> =
         // In publication order: the accounts' partitions are consumed apart.
-        sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY stream_sequence").fetch_all(&w.read_db).await.unwrap();
+        sqlx::query_scalar!("SELECT reason FROM dead_letters ORDER BY stream_sequence").fetch_all(&w.read_db).await.unwrap();
     assert!(reasons[0].contains("unsigned"), "{reasons:?}");
     assert!(reasons[1].contains("unknown key"), "{reasons:?}");
     assert!(reasons[2].contains("names account"), "{reasons:?}");
@@ -578,10 +590,10 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     // The real next event still applies: the forgery took no version.
     w.deposit(&a, "10.00").await;
     w.assert_read_models_equal_the_fold().await;
-    let balance: rust_decimal::Decimal = sqlx::query_scalar(
+    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
         "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
+        a.parse::<Uuid>().unwrap(),
     )
-    .bind(&a)
     .fetch_one(&w.read_db)
     .await
     .unwrap();
@@ -626,7 +638,7 @@ async fn reconcile_counts_accounts_behind_beyond_the_bound_and_dead_letters_as_p
     let subject = bank_platform::nats::event_subject(&w.command.relay.subject_prefix, a.parse().unwrap());
     js.publish(subject, b"not an envelope".to_vec().into()).await.unwrap().await.unwrap();
     assert_eventually!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap() == 1,
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap() == 1,
         Duration::from_secs(20),
         "dead-lettered"
     );
@@ -645,12 +657,14 @@ async fn with_the_stream_lost_a_rebuild_from_the_event_store_restores_both_read_
     w.assert_read_models_equal_the_fold().await;
     p.stop().await.unwrap();
     w.js().await.delete_stream(&w.command.relay.stream).await.unwrap();
-    for table in ["account_view", "transaction_history", "hold_view", "reversal_view"] {
-        sqlx::query(&format!("DELETE FROM {table}")).execute(&w.read_db).await.unwrap();
-    }
+    sqlx::query!("DELETE FROM account_view").execute(&w.read_db).await.unwrap();
+    sqlx::query!("DELETE FROM transaction_history").execute(&w.read_db).await.unwrap();
+    sqlx::query!("DELETE FROM hold_view").execute(&w.read_db).await.unwrap();
+    sqlx::query!("DELETE FROM reversal_view").execute(&w.read_db).await.unwrap();
     let report = projector::rebuild(&w.projector, projector::RebuildSource::EventStore).await.unwrap();
     assert!(report.accounts >= accounts.len() as i64, "{report:?}");
     w.assert_read_models_equal_the_fold().await;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&w.read_db).await.unwrap();
+    let dead: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap();
     assert_eq!(dead, 0);
 }

@@ -9,7 +9,7 @@ use bank_domain::{Currency, InputError, consistency::ConsistencyToken, format_am
 use bank_platform::auth::{Caller, caller};
 use bank_proto::v1::{self as pb, account_query_service_server::AccountQueryService};
 use bank_readmodel::{
-    ACCOUNT_VIEW_COLUMNS, AccountView, HISTORY_COLUMNS, HOLD_VIEW_COLUMNS, HistoryEntry, HoldView, kind,
+    AccountView, HistoryEntry, HoldView, kind,
     page_token::{PageCursor, PageTokenSigner},
 };
 use chrono::{DateTime, Utc};
@@ -177,8 +177,22 @@ fn update_proto(v: &AccountView, transaction_id: Option<Uuid>, at: Option<DateTi
     }
 }
 
-fn history_sql(tail: &str) -> String {
-    format!("SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE {tail}")
+/// History lines (`HistoryEntry`) of `transaction_history` where `$tail`
+/// holds, each with the transaction that reversed it, if any; compile-checked
+/// (the macros take string literals only, so the shared part is spliced here).
+macro_rules! history {
+    ($tail:literal, $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(
+            HistoryEntry,
+            r#"SELECT account_id, version, transaction_id, kind, amount, balance_before, balance_after,
+                      counterparty_account_id, description, occurred_at, reverses_transaction_id,
+                      (SELECT r.reversal_transaction_id FROM reversal_view r
+                       WHERE r.generation = transaction_history.generation
+                         AND r.original_transaction_id = transaction_history.transaction_id) AS "reversed_by_transaction_id?"
+               FROM transaction_history WHERE "# + $tail,
+            $($arg),+
+        )
+    };
 }
 
 /// Owners see their accounts; staff (tellers, admins) in good standing see
@@ -208,6 +222,7 @@ impl QueryApi {
     /// waiting on it would tell them how far that account has moved. An
     /// account not in the read model yet is waited for (a new account's id
     /// cannot be guessed) and checked once it is there.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id), err(level = "debug"))]
     async fn settle(
         &self,
         caller: &Caller,
@@ -229,6 +244,7 @@ impl QueryApi {
 
     /// Refuses `token` if any of `ids` is an account the caller may not see;
     /// returns those not in the read model yet.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id, accounts = ids.len()), err(level = "debug"))]
     async fn check_token_visibility(
         &self,
         caller: &Caller,
@@ -252,6 +268,7 @@ impl QueryApi {
     }
 
     /// The account if the caller may see it; NOT_FOUND otherwise, whichever the reason.
+    #[tracing::instrument(level = "debug", skip_all, fields(caller = %caller.user_id, account = %id), err(level = "debug"))]
     async fn visible_account(
         &self,
         caller: &Caller,
@@ -271,6 +288,7 @@ impl QueryApi {
     /// posting at or before that instant, and that posting's version (1, the
     /// opening, before any). The one rule GetBalance, GetAccount and
     /// statements share.
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %v.account_id, ?as_of), err(level = "debug"))]
     async fn at_instant(&self, mut v: AccountView, as_of: Option<DateTime<Utc>>) -> Result<AccountView, QueryError> {
         let Some(at) = as_of else { return Ok(v) };
         if at > Utc::now() {
@@ -285,29 +303,23 @@ impl QueryApi {
         Ok(v)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %account, %at), err)]
     async fn balance_at(
         &self,
         generation: i32,
         account: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(Decimal, i64), QueryError> {
-        let last: Option<(Decimal, i64)> = sqlx::query_as(
+        let last = sqlx::query!(
             "SELECT balance_after, version FROM transaction_history
              WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
+            generation,
+            account,
+            at,
         )
-        .bind(generation)
-        .bind(account)
-        .bind(at)
         .fetch_optional(&self.model.db)
         .await?;
-        Ok(last.unwrap_or((Decimal::ZERO, 1)))
-    }
-
-    async fn history<'q>(
-        &self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, HistoryEntry, sqlx::postgres::PgArguments>,
-    ) -> Result<Vec<HistoryEntry>, QueryError> {
-        Ok(query.fetch_all(&self.model.db).await?)
+        Ok(last.map_or((Decimal::ZERO, 1), |l| (l.balance_after, l.version)))
     }
 }
 
@@ -315,6 +327,7 @@ type QueryResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl AccountQueryService for QueryApi {
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> QueryResult<pb::Account> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -325,6 +338,7 @@ impl AccountQueryService for QueryApi {
         Ok(Response::new(account_proto(&v)))
     }
 
+    #[tracing::instrument(skip_all, fields(owner = %req.get_ref().owner_id), err(level = "debug"))]
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> QueryResult<pb::ListAccountsResponse> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -339,17 +353,20 @@ impl AccountQueryService for QueryApi {
             owner
         };
         let generation = self.model.generation().await?;
-        let views: Vec<AccountView> = sqlx::query_as(&format!(
-            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND owner_id = $2 ORDER BY opened_at, account_id"
-        ))
-        .bind(generation)
-        .bind(owner)
+        let views: Vec<AccountView> = sqlx::query_as!(
+            AccountView,
+            "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held
+             FROM account_view WHERE generation = $1 AND owner_id = $2 ORDER BY opened_at, account_id",
+            generation,
+            owner,
+        )
         .fetch_all(&self.model.db)
         .await
         .map_err(QueryError::from)?;
         Ok(Response::new(pb::ListAccountsResponse { accounts: views.iter().map(account_proto).collect() }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> QueryResult<pb::GetBalanceResponse> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -364,12 +381,14 @@ impl AccountQueryService for QueryApi {
             None if v.held.is_zero() => (money(&v.currency, v.balance), Vec::new()),
             None => {
                 let generation = self.model.generation().await?;
-                let holds: Vec<HoldView> = sqlx::query_as(&format!(
-                    "SELECT {HOLD_VIEW_COLUMNS} FROM hold_view
-                     WHERE generation = $1 AND account_id = $2 AND state = 'OPEN' ORDER BY expires_at, hold_id"
-                ))
-                .bind(generation)
-                .bind(v.account_id)
+                let holds: Vec<HoldView> = sqlx::query_as!(
+                    HoldView,
+                    "SELECT hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at
+                     FROM hold_view
+                     WHERE generation = $1 AND account_id = $2 AND state = 'OPEN' ORDER BY expires_at, hold_id",
+                    generation,
+                    v.account_id,
+                )
                 .fetch_all(&self.model.db)
                 .await
                 .map_err(QueryError::from)?;
@@ -387,6 +406,7 @@ impl AccountQueryService for QueryApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn list_transactions(
         &self,
         req: Request<pb::ListTransactionsRequest>,
@@ -446,23 +466,22 @@ impl AccountQueryService for QueryApi {
             }
         };
         let generation = self.model.generation().await?;
-        let mut rows = self
-            .history(
-                sqlx::query_as(&history_sql(
-                    "generation = $1 AND account_id = $2 AND version < $3
-                 AND ($4::timestamptz IS NULL OR occurred_at >= $4) AND ($5::timestamptz IS NULL OR occurred_at < $5)
-                 AND (cardinality($6::text[]) = 0 OR kind = ANY($6))
-                 ORDER BY version DESC LIMIT $7",
-                ))
-                .bind(generation)
-                .bind(account.account_id)
-                .bind(before)
-                .bind(from)
-                .bind(to)
-                .bind(&kinds)
-                .bind(page_size + 1),
-            )
-            .await?;
+        let mut rows = history!(
+            "generation = $1 AND account_id = $2 AND version < $3
+             AND ($4::timestamptz IS NULL OR occurred_at >= $4) AND ($5::timestamptz IS NULL OR occurred_at < $5)
+             AND (cardinality($6::text[]) = 0 OR kind = ANY($6))
+             ORDER BY version DESC LIMIT $7",
+            generation,
+            account.account_id,
+            before,
+            from,
+            to,
+            &kinds,
+            page_size + 1,
+        )
+        .fetch_all(&self.model.db)
+        .await
+        .map_err(QueryError::from)?;
         let next_page_token = if rows.len() as i64 > page_size {
             rows.truncate(page_size as usize);
             let last = rows.last().map_or(0, |e| e.version);
@@ -476,6 +495,7 @@ impl AccountQueryService for QueryApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(transaction = %req.get_ref().transaction_id), err(level = "debug"))]
     async fn get_transaction(
         &self,
         req: Request<pb::GetTransactionRequest>,
@@ -485,13 +505,10 @@ impl AccountQueryService for QueryApi {
         let id = parse_id("transaction_id", &r.transaction_id).map_err(QueryError::from)?;
         self.settle(&caller, &r.min_consistency_token, deadline).await?;
         let generation = self.model.generation().await?;
-        let rows = self
-            .history(
-                sqlx::query_as(&history_sql("generation = $1 AND transaction_id = $2 ORDER BY account_id, version"))
-                    .bind(generation)
-                    .bind(id),
-            )
-            .await?;
+        let rows = history!("generation = $1 AND transaction_id = $2 ORDER BY account_id, version", generation, id)
+            .fetch_all(&self.model.db)
+            .await
+            .map_err(QueryError::from)?;
         let mut entries = Vec::new();
         for e in &rows {
             if let Some(v) = self.model.account(e.account_id, 0).await?.filter(|v| may_see(&caller, v)) {
@@ -504,6 +521,7 @@ impl AccountQueryService for QueryApi {
         Ok(Response::new(pb::GetTransactionResponse { transaction_id: id.to_string(), entries }))
     }
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn get_statement(&self, req: Request<pb::GetStatementRequest>) -> QueryResult<pb::Statement> {
         let (caller, deadline) = (self.current_caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -527,17 +545,16 @@ impl AccountQueryService for QueryApi {
         // the entries after it up to and including to_time.
         // One generation for the opening and the entries, even during a rebuild.
         let (opening, _) = self.balance_at(generation, account.account_id, from).await?;
-        let entries = self
-            .history(
-                sqlx::query_as(&history_sql(
-                    "generation = $1 AND account_id = $2 AND occurred_at > $3 AND occurred_at <= $4 ORDER BY version",
-                ))
-                .bind(generation)
-                .bind(account.account_id)
-                .bind(from)
-                .bind(to),
-            )
-            .await?;
+        let entries = history!(
+            "generation = $1 AND account_id = $2 AND occurred_at > $3 AND occurred_at <= $4 ORDER BY version",
+            generation,
+            account.account_id,
+            from,
+            to,
+        )
+        .fetch_all(&self.model.db)
+        .await
+        .map_err(QueryError::from)?;
         let totals = statement::summarize(opening, &entries).map_err(|e| QueryError::Internal(anyhow::anyhow!(e)))?;
         let c = &account.currency;
         Ok(Response::new(pb::Statement {
@@ -554,6 +571,7 @@ impl AccountQueryService for QueryApi {
 
     type WatchBalanceStream = ReceiverStream<Result<pb::BalanceUpdate, Status>>;
 
+    #[tracing::instrument(skip_all, fields(account = %req.get_ref().account_id), err(level = "debug"))]
     async fn watch_balance(&self, req: Request<pb::WatchBalanceRequest>) -> QueryResult<Self::WatchBalanceStream> {
         let (caller, deadline) = (caller(&req)?, deadline(&req));
         let r = req.into_inner();
@@ -671,6 +689,7 @@ impl Drop for WatchGuard {
 }
 
 /// Updates for every version after `last`, from the Postgres read model.
+#[tracing::instrument(level = "debug", skip_all, fields(account = %id, last = last), err(level = "debug"))]
 async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::BalanceUpdate>, QueryError> {
     let generation = model.generation().await?;
     // The cache if it is past `last`, else Postgres (the cache may be what
@@ -679,14 +698,10 @@ async fn catch_up(model: &ReadModel, id: Uuid, last: i64) -> Result<Vec<pb::Bala
     if current.version <= last {
         return Ok(Vec::new());
     }
-    let entries: Vec<HistoryEntry> = sqlx::query_as(&format!(
-        "SELECT {HISTORY_COLUMNS} FROM transaction_history WHERE generation = $1 AND account_id = $2 AND version > $3 ORDER BY version"
-    ))
-    .bind(generation)
-    .bind(id)
-    .bind(last)
-    .fetch_all(&model.db)
-    .await?;
+    let entries: Vec<HistoryEntry> =
+        history!("generation = $1 AND account_id = $2 AND version > $3 ORDER BY version", generation, id, last)
+            .fetch_all(&model.db)
+            .await?;
     let mut updates: Vec<pb::BalanceUpdate> = entries
         .iter()
         .filter(|e| e.version <= current.version)

@@ -66,10 +66,16 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Every invalid variable is reported, all in one error.
     pub fn from_env(env: &impl Env) -> Result<Self> {
+        let mut problems = config::Problems::new();
+        let grpc_addr = problems.parse(env, "QUERY_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50053)));
+        let http_addr = problems.parse(env, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9093)));
+        let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        problems.finish()?;
         Ok(Self {
-            grpc_addr: config::parse(env, "QUERY_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50053)))?,
-            http_addr: config::parse(env, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9093)))?,
+            grpc_addr,
+            http_addr,
             database_url: config::string(env, "READ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bank_read"),
             redis_url: config::string(env, "REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: config::string(env, "REDIS_PREFIX", "bank:rm:"),
@@ -79,7 +85,7 @@ impl Config {
             page_token_secret: env.var("PAGE_TOKEN_SECRET"),
             cache_key: env.var("READ_CACHE_KEY"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
-            tls: bank_platform::tls::Tls::from_env(env)?,
+            tls: tls.flatten(),
         })
     }
 }
@@ -142,4 +148,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     running.spawn(http::serve(http_listener, axum::Router::new(), config.tls, shutdown));
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn every_bad_variable_is_named_in_one_error() {
+        let env: HashMap<&str, &str> =
+            HashMap::from([("QUERY_GRPC_ADDR", "127.0.0.1"), ("QUERY_HTTP_ADDR", "127.0.0.1:port")]);
+        let err = format!("{:#}", Config::from_env(&env).unwrap_err());
+        assert!(err.contains("2 problems"), "{err}");
+        assert!(err.contains("QUERY_GRPC_ADDR") && err.contains("QUERY_HTTP_ADDR"), "{err}");
+    }
 }

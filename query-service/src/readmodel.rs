@@ -12,7 +12,7 @@ use std::{
 
 use bank_domain::consistency::ConsistencyToken;
 use bank_platform::redis::Redis;
-use bank_readmodel::{ACCOUNT_VIEW_COLUMNS, AccountChange, AccountView, CacheKeys, Cached};
+use bank_readmodel::{AccountChange, AccountView, CacheKeys, Cached};
 use futures::StreamExt;
 use prometheus::{IntCounter, register_int_counter};
 use redis::aio::ConnectionManagerConfig;
@@ -144,6 +144,7 @@ impl ReadModel {
     /// switches it). Every read asks, so the lock is held for a copy only,
     /// never across the query; once the value is a second old, the reads
     /// that find it so each re-read it.
+    #[tracing::instrument(level = "debug", skip_all, err)]
     pub async fn generation(&self) -> Result<i32, QueryError> {
         let known = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
         if known.0 != 0 && known.1.elapsed() <= Duration::from_secs(1) {
@@ -157,12 +158,15 @@ impl ReadModel {
         Ok(fresh)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %id), err)]
     async fn view_in_postgres(&self, generation: i32, id: Uuid) -> Result<Option<AccountView>, QueryError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ACCOUNT_VIEW_COLUMNS} FROM account_view WHERE generation = $1 AND account_id = $2"
-        ))
-        .bind(generation)
-        .bind(id)
+        Ok(sqlx::query_as!(
+            AccountView,
+            "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held
+             FROM account_view WHERE generation = $1 AND account_id = $2",
+            generation,
+            id,
+        )
         .fetch_optional(&self.db)
         .await?)
     }
@@ -171,6 +175,7 @@ impl ReadModel {
     /// least at `min_version`, else Redis if it holds that version under the
     /// projector's seal, else Postgres. Redis errors only cost the fallback;
     /// a forged entry is counted, logged and passed over.
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %id, min_version = min_version), err)]
     pub async fn account(&self, id: Uuid, min_version: i64) -> Result<Option<AccountView>, QueryError> {
         let generation = self.generation().await?;
         if let Some(view) = self.recent.get(id, min_version) {
@@ -203,19 +208,22 @@ impl ReadModel {
 
     /// Waits until every account in `token` has reached its version in the
     /// (authoritative) Postgres read model, or the deadline passes.
+    #[tracing::instrument(level = "debug", skip_all, fields(accounts = token.versions.len()), err(level = "debug"))]
     pub async fn wait_for(&self, token: &ConsistencyToken, deadline: Instant) -> Result<(), QueryError> {
         let mut notifications = self.changes.subscribe();
         let ids: Vec<Uuid> = token.versions.keys().copied().collect();
         loop {
             let generation = self.generation().await?;
-            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            let reached: HashMap<Uuid, i64> = sqlx::query!(
                 "SELECT account_id, version FROM account_view WHERE generation = $1 AND account_id = ANY($2)",
+                generation,
+                &ids,
             )
-            .bind(generation)
-            .bind(&ids)
             .fetch_all(&self.db)
-            .await?;
-            let reached: HashMap<Uuid, i64> = rows.into_iter().collect();
+            .await?
+            .into_iter()
+            .map(|r| (r.account_id, r.version))
+            .collect();
             if token.versions.iter().all(|(id, v)| reached.get(id).is_some_and(|r| r >= v)) {
                 return Ok(());
             }
@@ -244,6 +252,7 @@ impl ReadModel {
 
 /// Subscribes to the projector's change channel and fans every change out
 /// in-process; reconnects with backoff while Redis is away.
+#[tracing::instrument(skip_all, err)]
 pub async fn run_change_feed(
     redis_url: String,
     keys: CacheKeys,

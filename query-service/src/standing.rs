@@ -68,6 +68,7 @@ impl Standings {
 }
 
 /// Follows the feed until shutdown, reconnecting with backoff.
+#[tracing::instrument(skip_all, fields(stream = %feed.stream))]
 pub async fn follow(
     feed: Feed,
     keys: Arc<KeyCache>,
@@ -88,6 +89,7 @@ pub async fn follow(
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(stream = %feed.stream), err(level = "debug"))]
 async fn consume(
     feed: &Feed,
     keys: &KeyCache,

@@ -390,7 +390,9 @@ async fn a_read_database_that_refuses_connections_answers_unavailable_with_a_ret
     bank.balance(&alice, &a, &moved.consistency_token).await.unwrap();
     let admin = sqlx::PgPool::connect(&bank_testkit::admin_database_url()).await.unwrap();
     let db = &bank.read_db.name;
-    let drop_connections = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'");
+    let drop_connections = || {
+        sqlx::query!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db).fetch_all(&admin)
+    };
     let list = || async {
         let req = pb::ListAccountsRequest::default();
         bank.queries.clone().list_accounts(authed(req, &alice)).await.map(|r| r.into_inner())
@@ -404,9 +406,10 @@ async fn a_read_database_that_refuses_connections_answers_unavailable_with_a_ret
         }
     };
 
-    // 55000: the database takes no new connections.
+    // 55000: the database takes no new connections. (ALTER DATABASE names
+    // the database as an identifier, which no bind parameter can be: runtime SQL.)
     sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")).execute(&admin).await.unwrap();
-    sqlx::query(&drop_connections).execute(&admin).await.unwrap();
+    drop_connections().await.unwrap();
     // The first read may meet a pooled connection that was just ended; the
     // next ones open new connections and meet the refusal itself.
     for _ in 0..3 {
@@ -417,7 +420,7 @@ async fn a_read_database_that_refuses_connections_answers_unavailable_with_a_ret
         .execute(&admin)
         .await
         .unwrap();
-    sqlx::query(&drop_connections).execute(&admin).await.unwrap();
+    drop_connections().await.unwrap();
     for _ in 0..2 {
         refused("at its connection limit")(list().await);
     }

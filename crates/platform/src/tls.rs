@@ -39,12 +39,15 @@ impl std::fmt::Debug for Tls {
 /// Longest a TLS handshake on the side port may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The variables `Tls::from_env` reads.
+pub const ENV_VARS: [&str; 3] = ["TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"];
+
 impl Tls {
     /// From `TLS_CERT_FILE`, `TLS_KEY_FILE` and `TLS_CA_FILE`: all three (TLS
     /// on) or none (plaintext). Some but not all is an error, never a silent
     /// fall back to plaintext.
     pub fn from_env(env: &impl Env) -> Result<Option<Arc<Self>>> {
-        let vars = ["TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"];
+        let vars = ENV_VARS;
         let paths: Vec<Option<String>> = vars.iter().map(|v| env.var(v)).collect();
         match paths.as_slice() {
             [None, None, None] => Ok(None),

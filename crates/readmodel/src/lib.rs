@@ -23,8 +23,9 @@ use uuid::Uuid;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The generation readers use now.
+#[tracing::instrument(level = "debug", skip_all, err)]
 pub async fn active_generation(db: impl sqlx::PgExecutor<'_>) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
+    sqlx::query_scalar!("SELECT active_generation FROM projection_meta WHERE id = 1").fetch_one(db).await
 }
 
 /// One account as the read model holds it.
@@ -42,9 +43,6 @@ pub struct AccountView {
     #[serde(default)]
     pub held: Decimal,
 }
-
-pub const ACCOUNT_VIEW_COLUMNS: &str =
-    "account_id, owner_id, kind, currency, balance, status, version, opened_at, held";
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -66,10 +64,6 @@ pub struct HistoryEntry {
     pub reversed_by_transaction_id: Option<Uuid>,
 }
 
-/// Columns of `transaction_history` (unaliased) as a `HistoryEntry`.
-pub const HISTORY_COLUMNS: &str = "account_id, version, transaction_id, kind, amount, balance_before, balance_after, counterparty_account_id, description, occurred_at, reverses_transaction_id, \
-    (SELECT r.reversal_transaction_id FROM reversal_view r WHERE r.generation = transaction_history.generation AND r.original_transaction_id = transaction_history.transaction_id) AS reversed_by_transaction_id";
-
 /// One hold as the read model holds it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HoldView {
@@ -82,8 +76,6 @@ pub struct HoldView {
     pub captured: Decimal,
     pub expires_at: DateTime<Utc>,
 }
-
-pub const HOLD_VIEW_COLUMNS: &str = "hold_id, account_id, to_account_id, currency, amount, state, captured, expires_at";
 
 /// History kinds as stored (and as the proto's TransactionKind names them).
 pub mod kind {
@@ -311,6 +303,7 @@ pub fn from_cache(id: Uuid, h: &HashMap<String, String>) -> Option<AccountView> 
 
 /// Writes `accounts` to the cache through the version guard, in one round trip (a pipeline of EVALs;
 /// Redis caches the script by its hash, so only the text travels again).
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, accounts = accounts.len()), err)]
 pub async fn cache_upsert_many(
     redis: &mut impl redis::aio::ConnectionLike,
     keys: &CacheKeys,
