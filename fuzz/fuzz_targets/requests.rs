@@ -5,14 +5,14 @@
 
 use bank_domain::{Currency, consistency::ConsistencyToken, format_amount, parse_amount};
 use bank_proto::v1 as pb;
-use command_service::ledger::{check_description, check_idempotency_key, parse_id, parse_money};
+use command_service::validate::{IdempotencyKey, description, parse_id};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use rust_decimal::Decimal;
 
 fn money(m: Option<&pb::Money>) {
     let max = Decimal::from(1_000_000_000u64);
-    if let Ok(parsed) = parse_money(m, max) {
+    if let Ok(parsed) = command_service::validate::money("money", m, max) {
         assert!(parsed.amount > Decimal::ZERO && parsed.amount <= max, "accepted {}", parsed.amount);
         let amount = parsed.amount_string();
         let again = parse_amount("amount", &amount, parsed.currency, max).expect("formatted amounts parse");
@@ -26,13 +26,13 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Ok(r) = pb::TransferRequest::decode(body) {
                 let _ = (parse_id("from_account_id", &r.from_account_id), parse_id("to", &r.to_account_id));
-                let _ = (check_idempotency_key(&r.idempotency_key), check_description(&r.description));
+                let _ = (IdempotencyKey::parse(&r.idempotency_key), description(&r.description));
                 money(r.money.as_ref());
             }
         }
         1 => {
             if let Ok(r) = pb::DepositRequest::decode(body) {
-                let _ = (parse_id("account_id", &r.account_id), check_description(&r.description));
+                let _ = (parse_id("account_id", &r.account_id), description(&r.description));
                 money(r.money.as_ref());
             }
         }

@@ -65,6 +65,8 @@ pub async fn connect_with(url: &str, max_connections: u32, settings: &[(&str, &s
 
 /// Whether the server behind `conn` is a standby (in recovery: read-only).
 async fn is_standby<'e>(conn: impl sqlx::PgExecutor<'e>) -> sqlx::Result<bool> {
+    // Runtime SQL: this crate serves every service's database, so there is
+    // no one schema to check it against (it names no table).
     sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(conn).await
 }
 
@@ -143,6 +145,8 @@ pub async fn migrate_from_env(var: &str, migrator: &Migrator) -> Result<()> {
 /// expects, naming the fix (the service itself never migrates).
 pub async fn ensure_migrated(pool: &PgPool, migrator: &Migrator, service: &str) -> Result<()> {
     let expected = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    // Runtime SQL: sqlx's own bookkeeping table, the same in every service's
+    // database and possibly absent (an unmigrated database answers None).
     let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool)
         .await
