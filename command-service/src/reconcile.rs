@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use prost::Message;
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::events::verify_chain_link;
@@ -300,24 +300,45 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         Some(stream) => stream.info().await.ok().map(|i| i.state.messages),
         None => None,
     };
+    let folded = fold_events(&mut tx, read.as_ref(), &mut report).await?;
+    let currency_of = check_write_model(&mut tx, &folded, &mut report).await?;
+    check_double_entry(&mut tx, &mut report).await?;
+    check_publication(&mut tx, stream_messages, &mut report).await?;
+    check_guards(&mut tx, &mut report).await?;
+    tx.commit().await?;
 
-    // Fold the event store, streaming, verifying each row against its
-    // envelope and each account's hash chain on the way.
-    let mut fold: BTreeMap<Uuid, State> = BTreeMap::new();
-    let mut chain_head: HashMap<Uuid, Vec<u8>> = HashMap::new();
-    // Per account the read model is behind: when its first unprojected event happened.
-    let mut behind_since: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    if let Some(read) = read {
+        check_read_models(&read, &folded, &currency_of, now, src.behind_bound, src.redis.is_some(), &mut report);
+    }
+    check_conservation(&mut report);
+    Ok(report)
+}
+
+/// The event store folded per account, with each account's chain head and,
+/// per account the read model is behind, when its first unprojected event
+/// happened.
+struct Folded {
+    fold: BTreeMap<Uuid, State>,
+    chain_head: HashMap<Uuid, Vec<u8>>,
+    behind_since: HashMap<Uuid, DateTime<Utc>>,
+}
+
+/// Folds the event store, streaming, verifying each row against its
+/// envelope and each account's hash chain on the way.
+#[tracing::instrument(skip_all, err)]
+async fn fold_events(conn: &mut PgConnection, read: Option<&ReadSide>, report: &mut Report) -> Result<Folded> {
+    let mut folded = Folded { fold: BTreeMap::new(), chain_head: HashMap::new(), behind_since: HashMap::new() };
     let mut rows = sqlx::query_as!(
         EventRow,
         "SELECT event_id, account_id, version, transaction_id, kind, actor, occurred_at, delta, balance_after, envelope, hash
          FROM events ORDER BY account_id, version",
     )
-    .fetch(&mut *tx);
+    .fetch(&mut *conn);
     while let Some(row) = rows.try_next().await? {
         report.events += 1;
         let id = row.account_id;
         report.problems.extend(row_against_envelope(&row));
-        let state = fold.entry(id).or_insert(State { balance: Decimal::ZERO, version: 0 });
+        let state = folded.fold.entry(id).or_insert(State { balance: Decimal::ZERO, version: 0 });
         if row.version != state.version + 1 {
             report
                 .problems
@@ -331,26 +352,35 @@ pub async fn run(mut src: Sources) -> Result<Report> {
                 row.version, row.balance_after, state.balance
             ));
         }
-        let previous = chain_head.get(&id).cloned().unwrap_or_else(|| GENESIS_HASH.to_vec());
+        let previous = folded.chain_head.get(&id).cloned().unwrap_or_else(|| GENESIS_HASH.to_vec());
         if !verify_chain_link(&previous, &row.envelope) {
             report
                 .problems
                 .push(format!("hash chain: account {id} v{} does not verify (edited or missing event)", row.version));
         }
-        chain_head.insert(id, row.hash);
-        if let Some(read) = &read {
+        folded.chain_head.insert(id, row.hash);
+        if let Some(read) = read {
             let projected = read.views.get(&id).map_or(0, |v| v.version);
             if row.version == projected + 1 {
-                behind_since.insert(id, row.occurred_at);
+                folded.behind_since.insert(id, row.occurred_at);
             }
         }
     }
     drop(rows);
-    report.accounts = fold.len();
+    report.accounts = folded.fold.len();
+    Ok(folded)
+}
 
-    // The write model against the fold, chain heads included.
+/// The write model against the fold, chain heads included, and the fold's
+/// total per currency; returns each account's currency.
+#[tracing::instrument(skip_all, err)]
+async fn check_write_model(
+    conn: &mut PgConnection,
+    folded: &Folded,
+    report: &mut Report,
+) -> Result<HashMap<Uuid, String>> {
     let accounts = sqlx::query_as!(AccountRow, "SELECT id, currency, balance, version, last_hash FROM accounts")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
     let mut write: HashMap<Uuid, State> = HashMap::new();
     let mut currency_of: HashMap<Uuid, String> = HashMap::new();
@@ -359,24 +389,29 @@ pub async fn run(mut src: Sources) -> Result<Report> {
         report.currencies.entry(currency.clone()).or_default().write_model += balance;
         currency_of.insert(id, currency);
         write.insert(id, State { balance, version });
-        if chain_head.get(&id).is_some_and(|h| *h != head) {
+        if folded.chain_head.get(&id).is_some_and(|h| *h != head) {
             report.problems.push(format!("hash chain: account {id} head differs from its last event"));
         }
     }
-    compare("write model", &fold, &write, false, &mut report);
-
-    // Double entry: the fold per currency, and every transaction's postings.
-    for (id, state) in &fold {
+    compare("write model", &folded.fold, &write, false, report);
+    for (id, state) in &folded.fold {
         match currency_of.get(id) {
             Some(c) => report.currencies.entry(c.clone()).or_default().event_fold += state.balance,
             None => report.problems.push(format!("events: account {id} is not in the write model")),
         }
     }
+    Ok(currency_of)
+}
+
+/// Double entry: every transaction's postings net to zero per currency, and
+/// every money event has its posting.
+#[tracing::instrument(skip_all, err)]
+async fn check_double_entry(conn: &mut PgConnection, report: &mut Report) -> Result<()> {
     let unbalanced: Vec<Unbalanced> = sqlx::query_as!(
         Unbalanced,
         r#"SELECT transaction_id, currency::text AS "currency!", sum(amount) AS "sum!" FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0 LIMIT 10"#,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     for Unbalanced { transaction_id: t, currency, sum } in unbalanced {
         report
@@ -386,18 +421,23 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     let unposted: i64 = sqlx::query_scalar!(
         r#"SELECT count(*) AS "unposted!" FROM events e WHERE e.delta <> 0 AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.event_id = e.event_id AND p.amount = e.delta)"#,
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     if unposted > 0 {
         report.problems.push(format!("double entry: {unposted} money event(s) without their posting"));
     }
-    // Publication: everything not pending in the outbox reached the stream.
+    Ok(())
+}
+
+/// Publication: everything not pending in the outbox reached the stream.
+#[tracing::instrument(skip_all, err)]
+async fn check_publication(conn: &mut PgConnection, stream_messages: Option<u64>, report: &mut Report) -> Result<()> {
     report.outbox_pending =
-        sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM outbox"#).fetch_one(&mut *tx).await?;
+        sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM outbox"#).fetch_one(&mut *conn).await?;
     let orphans: i64 = sqlx::query_scalar!(
         r#"SELECT count(*) AS "orphans!" FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = o.event_id)"#,
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     if orphans > 0 {
         report.problems.push(format!("outbox: {orphans} row(s) name no committed event"));
@@ -408,12 +448,16 @@ pub async fn run(mut src: Sources) -> Result<Report> {
             report.problems.push(format!("stream: {on_stream} messages but {published} events were marked published"));
         }
     }
+    Ok(())
+}
 
-    // Append-only guards still in place.
+/// The append-only guards are still in place.
+#[tracing::instrument(skip_all, err)]
+async fn check_guards(conn: &mut PgConnection, report: &mut Report) -> Result<()> {
     let guards: i64 = sqlx::query_scalar!(
         r#"SELECT count(*) AS "guards!" FROM pg_trigger WHERE tgname IN ('events_append_only','events_no_truncate','audit_append_only','audit_no_truncate','postings_append_only','postings_no_truncate','postings_balanced','holds_end_once','holds_no_delete','reversals_append_only','reversals_not_of_reversals') AND tgenabled <> 'D'"#,
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     if guards != 11 {
         report.problems.push(
@@ -421,53 +465,60 @@ pub async fn run(mut src: Sources) -> Result<Report> {
                 .into(),
         );
     }
-    tx.commit().await?;
+    Ok(())
+}
 
-    // Read models: behind for a moment is fine (eventual consistency);
-    // different, behind for longer than the bound, or dead letters are not.
-    if let Some(read) = read {
-        compare("postgres read model", &fold, &read.views, true, &mut report);
-        for (id, since) in behind_since {
-            let behind = (now - since).to_std().unwrap_or_default();
-            if behind > src.behind_bound {
-                report.problems.push(format!(
-                    "postgres read model: account {id} has been behind for {} s, beyond the bound of {} s",
-                    behind.as_secs(),
-                    src.behind_bound.as_secs()
-                ));
-            }
-        }
-        if read.dead_letters > 0 {
+/// Read models: behind for a moment is fine (eventual consistency);
+/// different, behind for longer than the bound, or dead letters are not.
+fn check_read_models(
+    read: &ReadSide,
+    folded: &Folded,
+    currency_of: &HashMap<Uuid, String>,
+    now: DateTime<Utc>,
+    behind_bound: Duration,
+    with_cache: bool,
+    report: &mut Report,
+) {
+    let fold = &folded.fold;
+    compare("postgres read model", fold, &read.views, true, report);
+    for (id, since) in &folded.behind_since {
+        let behind = (now - *since).to_std().unwrap_or_default();
+        if behind > behind_bound {
             report.problems.push(format!(
-                "dead letters: {} message(s) the projector refused (table dead_letters of the read database)",
-                read.dead_letters
+                "postgres read model: account {id} has been behind for {} s, beyond the bound of {} s",
+                behind.as_secs(),
+                behind_bound.as_secs()
             ));
         }
-        // The fold's accounts per currency, grouped once for both read models.
-        let mut in_currency: HashMap<&str, Vec<Uuid>> = HashMap::new();
-        for id in fold.keys() {
-            if let Some(c) = currency_of.get(id) {
-                in_currency.entry(c.as_str()).or_default().push(*id);
-            }
-        }
-        let no_accounts = Vec::new();
-        let accounts_in = |c: &str| in_currency.get(c).unwrap_or(&no_accounts);
-        for (c, totals) in report.currencies.iter_mut() {
-            totals.read_model = caught_up_sum(&fold, &read.views, accounts_in(c));
-        }
-        if src.redis.is_some() {
-            // A cache may lack accounts (evicted, expired): only what it holds must agree.
-            let held: BTreeMap<Uuid, State> =
-                fold.iter().filter(|(id, _)| read.cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
-            compare("redis read model", &held, &read.cached, true, &mut report);
-            for (c, totals) in report.currencies.iter_mut() {
-                totals.cache = caught_up_sum(&fold, &read.cached, accounts_in(c));
-            }
-        }
-        tracing::debug!(generation = read.generation, "read models checked");
     }
-    check_conservation(&mut report);
-    Ok(report)
+    if read.dead_letters > 0 {
+        report.problems.push(format!(
+            "dead letters: {} message(s) the projector refused (table dead_letters of the read database)",
+            read.dead_letters
+        ));
+    }
+    // The fold's accounts per currency, grouped once for both read models.
+    let mut in_currency: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    for id in fold.keys() {
+        if let Some(c) = currency_of.get(id) {
+            in_currency.entry(c.as_str()).or_default().push(*id);
+        }
+    }
+    let no_accounts = Vec::new();
+    let accounts_in = |c: &str| in_currency.get(c).unwrap_or(&no_accounts);
+    for (c, totals) in report.currencies.iter_mut() {
+        totals.read_model = caught_up_sum(fold, &read.views, accounts_in(c));
+    }
+    if with_cache {
+        // A cache may lack accounts (evicted, expired): only what it holds must agree.
+        let held: BTreeMap<Uuid, State> =
+            fold.iter().filter(|(id, _)| read.cached.contains_key(id)).map(|(id, s)| (*id, s.clone())).collect();
+        compare("redis read model", &held, &read.cached, true, report);
+        for (c, totals) in report.currencies.iter_mut() {
+            totals.cache = caught_up_sum(fold, &read.cached, accounts_in(c));
+        }
+    }
+    tracing::debug!(generation = read.generation, "read models checked");
 }
 
 #[cfg(test)]
