@@ -101,17 +101,16 @@ impl Batcher {
         let standings = self.standings.load(&mut tx, &callers).await?;
 
         // What the batch needs, loaded in a fixed number of statements.
-        let needs: Vec<_> = jobs.iter().map(|j| j.command.needs()).collect();
         let mut ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.lock_ids.iter().copied()).collect();
         ids.sort();
         ids.dedup();
         let mut rows = store::lock_accounts(&mut tx, &ids).await?;
-        let every = needs.iter().any(|n| n.debits == Debits::OfEvery);
+        let every = jobs.iter().any(|j| j.needs.debits == Debits::OfEvery);
         store::load_debits_since(&mut tx, &mut rows, debit_window_start(execute::now()), every).await?;
         // Holds and transactions named, read under their accounts' locks.
-        let hold_ids: Vec<Uuid> = needs.iter().flat_map(|n| n.holds.iter().copied()).collect();
+        let hold_ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.needs.holds.iter().copied()).collect();
         let holds = store::load_holds(&mut tx, &hold_ids).await?;
-        let tx_ids: Vec<Uuid> = needs.iter().flat_map(|n| n.transactions.iter().copied()).collect();
+        let tx_ids: Vec<Uuid> = jobs.iter().flat_map(|j| j.needs.transactions.iter().copied()).collect();
         let transactions = store::load_transactions(&mut tx, &tx_ids).await?;
         let mut staged = Staged::new(rows, holds, transactions);
 
@@ -129,9 +128,10 @@ impl Batcher {
             }
             // Claimed now: decide on the rows as the earlier commands left them.
             let actor = actor(&job.caller, standings.get(&user));
-            let decided = job.span.in_scope(|| staged.decide(&self.limits, &actor, &job.command, &job.lock_ids));
+            let decided =
+                job.span.in_scope(|| staged.decide(&self.limits, &actor, &job.command, &job.needs, &job.lock_ids));
             let outcome = decided.map(|plan| staged.absorb(plan, &mut w));
-            idempotency::settle(&mut w, user, &job.key, job.rpc, job.command.subject(), &outcome);
+            idempotency::settle(&mut w, user, &job.key, job.rpc, job.needs.subject(), &outcome);
             outcomes.push(outcome);
         }
         staged.finish(&mut w);

@@ -12,8 +12,7 @@ use prost::Message;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::wire::{account_type, hold_state, limit_text};
-pub use crate::wire::{money, timestamp};
+use crate::wire::{account_type, hold_state, limit_text, money, timestamp};
 
 /// An event ready to be written to `events` and `outbox`.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bank_domain::ledger::{self as rules, Actor, Command, Event, PostingKind, Transaction};
+use bank_domain::ledger::{self as rules, Actor, Command, Event, Needs, PostingKind, Transaction};
 use bank_platform::signing::GENESIS_HASH;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -46,13 +46,13 @@ pub(crate) fn decide(
     limits: &Limits,
     actor: &Actor,
     command: &Command,
+    needs: &Needs,
     rows: &[AccountRow],
     holds: &HashMap<Uuid, HoldRow>,
     transactions: &HashMap<Uuid, Transaction>,
 ) -> Result<Plan<Vec<u8>>, CommandError> {
     let at = now();
     // What the command said it needs, and nothing else.
-    let needs = command.needs();
     let mut world = rules::State::new(rows.iter().map(|r| (r.account.id, r.account.clone())).collect(), at);
     world.holds = needs.holds.iter().filter_map(|id| holds.get(id)).map(|r| (r.hold.id, r.hold.clone())).collect();
     world.transactions =
@@ -149,12 +149,13 @@ impl Staged {
         limits: &Limits,
         actor: &Actor,
         command: &Command,
+        needs: &Needs,
         accounts: &[Uuid],
     ) -> Result<Plan<Vec<u8>>, CommandError> {
         let mut mine: Vec<AccountRow> = accounts.iter().filter_map(|id| self.accounts.get(id).cloned()).collect();
         mine.sort_by_key(|r| r.account.id);
         mine.dedup_by_key(|r| r.account.id);
-        decide(limits, actor, command, &mine, &self.holds, &self.transactions)
+        decide(limits, actor, command, needs, &mine, &self.holds, &self.transactions)
     }
 
     /// Takes a decided command's rows in (later commands see them) and its

@@ -65,8 +65,9 @@ impl Ledger {
         request_hash: &[u8],
         command: Command,
     ) -> Result<R, CommandError> {
-        let lock_ids = store::accounts_to_lock(&self.pool, &command.needs()).await?;
-        let job = Job::new(caller, rpc, key, request_hash, command, lock_ids);
+        let needs = command.needs();
+        let lock_ids = store::accounts_to_lock(&self.pool, &needs).await?;
+        let job = Job::new(caller, rpc, key, request_hash, command, needs, lock_ids);
         let bytes = match &self.executor {
             Executor::Queued(queue) => queue.run(job).await?,
             Executor::Direct(batcher) => batcher.run_one(job).await?,

@@ -2,7 +2,7 @@
 //! share one Postgres transaction (one commit, one fsync), the way
 //! TigerBeetle amortizes the disk over a batch.
 
-use bank_domain::ledger::Command;
+use bank_domain::ledger::{Command, Needs};
 use bank_platform::auth::Caller;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -19,6 +19,8 @@ pub struct Job {
     /// holds and transactions it names (`store::accounts_to_lock`).
     pub(crate) lock_ids: Vec<Uuid>,
     pub(crate) command: Command,
+    /// What the command said it needs (asked once, when it arrived).
+    pub(crate) needs: Needs,
     /// The caller's span, so the command's trace context and logs stay its own.
     pub(crate) span: tracing::Span,
     pub(crate) reply: Option<oneshot::Sender<Result<Vec<u8>, CommandError>>>,
@@ -31,6 +33,7 @@ impl Job {
         key: &IdempotencyKey,
         request_hash: &[u8],
         command: Command,
+        needs: Needs,
         lock_ids: Vec<Uuid>,
     ) -> Self {
         Self {
@@ -40,6 +43,7 @@ impl Job {
             request_hash: request_hash.to_vec(),
             lock_ids,
             command,
+            needs,
             span: tracing::Span::current(),
             reply: None,
         }

@@ -200,7 +200,7 @@ pub fn row_against_envelope(row: &EventRow) -> Vec<String> {
     check(env.version == row.version, "version");
     check(env.transaction_id == row.transaction_id.to_string(), "transaction_id");
     check(env.actor == row.actor.to_string(), "actor");
-    check(env.occurred_at == crate::events::timestamp(row.occurred_at), "occurred_at");
+    check(env.occurred_at == crate::wire::timestamp(row.occurred_at), "occurred_at");
     check(env.payload.as_ref().map(crate::events::kind_of) == Some(row.kind.as_str()), "kind");
     check(env.hash == row.hash, "hash");
     match balance_change(&env) {
@@ -542,9 +542,9 @@ mod tests {
             delta: Decimal::new(1250, 2),
             balance_after: Decimal::new(1250, 2),
             payload: pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
-                amount: crate::events::money(usd, Decimal::new(1250, 2)),
-                balance_before: crate::events::money(usd, Decimal::ZERO),
-                balance_after: crate::events::money(usd, Decimal::new(1250, 2)),
+                amount: crate::wire::money(usd, Decimal::new(1250, 2)),
+                balance_before: crate::wire::money(usd, Decimal::ZERO),
+                balance_after: crate::wire::money(usd, Decimal::new(1250, 2)),
                 description: String::new(),
             }),
             counterparties: vec![],

@@ -329,10 +329,9 @@ pub async fn cache_upsert_many(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_sealed_entry_opens_and_any_change_to_it_or_its_key_does_not() {
-        let keys = CacheKeys::sealed("p:", b"0123456789abcdef");
-        let a = AccountView {
+    /// A checking account's view holding 12.50, `held` of it on hold.
+    fn view(held: &str) -> AccountView {
+        AccountView {
             account_id: Uuid::now_v7(),
             owner_id: Uuid::now_v7(),
             kind: "CHECKING".into(),
@@ -341,8 +340,14 @@ mod tests {
             status: "ACTIVE".into(),
             version: 3,
             opened_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            held: "0".parse().unwrap(),
-        };
+            held: held.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_entry_opens_and_any_change_to_it_or_its_key_does_not() {
+        let keys = CacheKeys::sealed("p:", b"0123456789abcdef");
+        let a = view("0");
         let mut h: HashMap<String, String> = keys.entry_fields(1, &a).into_iter().collect();
         h.insert("version".into(), "3".into());
         assert_eq!(keys.open_entry(1, a.account_id, &h), Cached::Valid(a.clone()));
@@ -360,17 +365,7 @@ mod tests {
 
     #[test]
     fn cache_fields_round_trip() {
-        let a = AccountView {
-            account_id: Uuid::now_v7(),
-            owner_id: Uuid::now_v7(),
-            kind: "CHECKING".into(),
-            currency: "USD".into(),
-            balance: "12.50".parse().unwrap(),
-            status: "ACTIVE".into(),
-            version: 3,
-            opened_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            held: "2.50".parse().unwrap(),
-        };
+        let a = view("2.50");
         let mut h: HashMap<String, String> = cache_fields(&a).into_iter().collect();
         h.insert("version".into(), "3".into());
         assert_eq!(from_cache(a.account_id, &h), Some(a.clone()));

@@ -136,13 +136,6 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// The account a refusal is filed under (audit log).
-    pub fn subject(&self) -> Option<Uuid> {
-        self.needs().accounts.first().copied()
-    }
-}
-
 /// What a posting meant to the account it changed (history, payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostingKind {

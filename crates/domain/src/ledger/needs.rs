@@ -20,6 +20,13 @@ pub struct Needs {
     pub debits: Debits,
 }
 
+impl Needs {
+    /// The account a refusal is filed under (audit log).
+    pub fn subject(&self) -> Option<Uuid> {
+        self.accounts.first().copied()
+    }
+}
+
 /// Whose debits over the rolling day (`debit_window_start`) it must see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Debits {
