@@ -821,7 +821,7 @@ async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_an_address_she
     login_from(PASSWORD, "198.51.100.7").await.unwrap();
 }
 
-/// Issue 15, attack 3: only auth-service's own role reaches its database (the
+/// Only auth-service's own role reaches its database (the
 /// password hashes), and that role can neither change the schema nor turn
 /// off the trigger that records every change of standing.
 #[tokio::test]
@@ -851,7 +851,7 @@ async fn no_other_service_reaches_the_password_hashes_and_auth_cannot_turn_off_i
     }
 }
 
-/// Issue 15, attacks 7 and 9: over mutual TLS, x-forwarded-for counts only
+/// Over mutual TLS, x-forwarded-for counts only
 /// when Envoy's certificate presents it. Another holder of a certificate from
 /// the mesh's CA (a service, an operator) cannot choose the address its
 /// attempts count against.

@@ -29,7 +29,7 @@ fn spread(s: &Value) -> String {
 /// A target: (measure, key, goal text, met by the median).
 type Target = (&'static str, &'static str, &'static str, fn(f64) -> bool);
 
-/// Issue 17's targets.
+/// The benchmark's targets.
 const TARGETS: [Target; 5] = [
     ("uniform transfers/s ÷ pgbench same SQL", "uniform_ratio", "≥ 1.2", |x| x >= 1.2),
     ("hot-account transfers/s ÷ pgbench same SQL, hot", "hot_ratio", "≥ 1.5", |x| x >= 1.5),

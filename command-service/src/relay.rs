@@ -4,7 +4,7 @@
 //! `Nats-Msg-Id` = event id, and deletes a row only after its publish ack.
 //!
 //! Publishes are pipelined, yet the stream keeps their order even when an
-//! ack fails mid-pipeline (issue 16, defect 9): each message carries
+//! ack fails mid-pipeline: each message carries
 //! `Nats-Expected-Last-Sequence`, the stream sequence it must follow, so a
 //! message whose predecessor was not stored is refused rather than stored
 //! ahead of it. After any failure the relay reads the stream's last sequence
@@ -387,7 +387,7 @@ impl OutboxRelay {
     /// expects the stream's last sequence, the last one commits, and the
     /// server stores all of it in order or none of it. With
     /// `sync_interval: always` that is one fsync per round instead of one
-    /// per message, which is what bounded the relay (issue 17).
+    /// per message, which is what bounded the relay.
     #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
     async fn publish_atomic(&self, js: &jetstream::Context, rows: &[Outgoing], last: u64) -> Round {
         let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };

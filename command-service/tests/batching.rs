@@ -90,7 +90,7 @@ async fn concurrent_commands_share_transactions_yet_each_has_its_own_outcome() {
     assert!(report.is_clean(), "{report}");
 }
 
-/// Issue 16, defect 8: two batches claiming the same keys in opposite orders
+/// Two batches claiming the same keys in opposite orders
 /// must not deadlock (claims are taken in one sorted order). The same 64
 /// OpenAccounts are sent forwards and backwards at once, round after round:
 /// every call succeeds, and both calls under a key name the same account.

@@ -1,4 +1,4 @@
-//! Issue 16, defect 6: the relay deletes an event's outbox row once
+//! The relay deletes an event's outbox row once
 //! JetStream acknowledges it, so an acknowledgement must mean the event is on
 //! disk. The server the tests run (the stack's, with deploy/nats/nats.conf,
 //! as compose runs it) syncs every write before it acknowledges.
@@ -46,7 +46,7 @@ fn assert_in_version_order(stored: &[(pb::EventEnvelope, Option<String>)]) {
     }
 }
 
-/// Issue 17: the relay publishes a round as one JetStream atomic batch, so
+/// The relay publishes a round as one JetStream atomic batch, so
 /// a synced stream pays one fsync per round, not per message. A transfer's
 /// two legs are committed in one transaction, so they reach the stream in
 /// one batch; every event is there once, each account's in version order.

@@ -582,7 +582,7 @@ async fn reconcile_is_an_admin_rpc_reporting_what_the_operator_command_reports()
     assert!(report.problems.iter().any(|p| p.contains("write model")), "{:?}", report.problems);
 }
 
-// ---- double entry (issue 13) ----
+// ---- double entry ----
 
 fn leg(account: &str, amount: &str, side: pb::PostingSide) -> pb::PostingLeg {
     pb::PostingLeg { account_id: account.into(), money: usd(amount), side: side as i32 }
@@ -818,7 +818,7 @@ async fn staff_do_not_move_money_on_their_own_accounts_and_transactions_have_at_
     assert_eq!((err.code(), violation_fields(&err)), (Code::InvalidArgument, vec!["legs".to_string()]));
 }
 
-/// Issue 16, defect 3: reconcile checked each envelope against its own hash
+/// Reconcile checked each envelope against its own hash
 /// but folded the columns: an event row edited in any single column (the
 /// guard turned off by a superuser) went unnoticed. Each edit is reported,
 /// naming the column, and reverting it makes the event store whole again.

@@ -1,4 +1,4 @@
-//! Issue 15, attacks 1 and 2: NATS and Redis let nobody in without a
+//! NATS and Redis let nobody in without a
 //! password, and each service only as far as its work needs. Each attack of
 //! the review is made here against the test stack's servers, which run with
 //! the same users and permissions as compose (deploy/nats/nats.conf,
@@ -350,7 +350,7 @@ fn standing(user: uuid::Uuid, status: &str, seq: i64) -> bank_platform::standing
     bank_platform::standing::Standing { user_id: user, status: status.into(), roles: vec!["customer".into()], seq }
 }
 
-/// Issue 15, attacks 1 and 4: a standing nobody signed (or signed with
+/// A standing nobody signed (or signed with
 /// another key, or for another user) cannot mask a later suspension with a
 /// huge sequence number; the real suspension stops the customer's money.
 #[tokio::test]

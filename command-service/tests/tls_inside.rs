@@ -1,4 +1,4 @@
-//! Issue 15, attack 9: plaintext inside. With TLS configured (as the local
+//! Plaintext inside. With TLS configured (as the local
 //! stack and compose run it), a service speaks gRPC only over mutual TLS with
 //! a certificate from the mesh's CA, its side port only over HTTPS, and it
 //! takes the keys that verify tokens only from a JWKS served over HTTPS by

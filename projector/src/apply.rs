@@ -183,7 +183,7 @@ impl Applier {
                 if let Some(keys) = &self.event_keys {
                     fold::verify_signature(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
                 }
-                // The unpartitioned form is what streams made before issue 18
+                // The unpartitioned form is what streams made before partitions
                 // hold (a rebuild reads them).
                 if m.subject != bank_platform::nats::event_subject(&self.subject_prefix, id)
                     && m.subject != format!("{}.{id}", self.subject_prefix)

@@ -1,5 +1,5 @@
 //! Partitions shared among projector instances by leases in the read
-//! database (issue 18). Every instance renews its membership and its leases
+//! database. Every instance renews its membership and its leases
 //! each second; a lease lasts `LEASE_TTL`. Each instance holds its fair share
 //! (the partitions over the live members, rounded up): it claims free or
 //! expired partitions up to it and releases what is over it, so a second

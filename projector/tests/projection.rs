@@ -602,7 +602,7 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     assert!(rejected >= 4.0, "rejections are counted: {rejected}");
 }
 
-/// Issue 16, defect 2: reconcile called a read model clean while an account
+/// Reconcile called a read model clean while an account
 /// stayed behind for good and messages sat in the dead letters. Behind for a
 /// moment is fine; behind beyond the bound, or any dead letter, is a problem.
 #[tokio::test]
@@ -646,7 +646,7 @@ async fn reconcile_counts_accounts_behind_beyond_the_bound_and_dead_letters_as_p
     assert!(report.problems.iter().any(|p| p.starts_with("dead letters: 1")), "{report}");
 }
 
-/// Issue 16: with the stream lost (deleted) and the read models wiped, a
+/// With the stream lost (deleted) and the read models wiped, a
 /// rebuild from the event store restores both read models, Postgres and
 /// Redis, to the fold of the write model.
 #[tokio::test]

@@ -53,7 +53,7 @@ const RECENT_MAX: usize = 100_000;
 
 /// Account views as the change feed (or a read) last showed them, kept in
 /// memory while the feed is subscribed, so a balance read costs a token
-/// check and a map lookup (issue 17). Emptied whenever the feed is not
+/// check and a map lookup. Emptied whenever the feed is not
 /// subscribed, since changes published meanwhile are lost to it.
 #[derive(Default)]
 pub struct Recent {

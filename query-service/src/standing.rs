@@ -1,6 +1,6 @@
 //! The newest standing of each user, followed from auth-service's feed, so a
 //! WatchBalance stream ends as soon as its caller is suspended or loses a
-//! role the token carried, not when the token runs out (issue 15).
+//! role the token carried, not when the token runs out.
 //!
 //! Each instance reads the feed itself with an ordered consumer that starts
 //! from each user's last standing (nothing to acknowledge, nothing shared),

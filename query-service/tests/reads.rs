@@ -227,7 +227,7 @@ async fn balance_reads_survive_a_flushed_cache_which_the_projectors_next_write_f
     assert!(!keys.is_empty());
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
 
-    // Past the age at which the view held in memory (issue 17) answers.
+    // Past the age at which the view held in memory answers.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let misses = bank.metric("query_cache_misses_total").await;
     assert_eq!(bank.balance(&alice, &a, "").await.unwrap().balance.unwrap().amount, "12.34");
@@ -248,7 +248,7 @@ async fn balance_reads_survive_a_flushed_cache_which_the_projectors_next_write_f
     assert_eq!(bank.metric("query_cache_hits_total").await, hits + 1.0);
 }
 
-/// Issue 17: a balance read without a token is answered from the change
+/// A balance read without a token is answered from the change
 /// feed's view in memory, and the feed keeps that view current: once a live
 /// stream (fed by the same feed) shows a deposit, the very next plain read
 /// shows it too, from memory, without Redis or Postgres.

@@ -190,7 +190,7 @@ async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str],
     bank_testkit::publish_stored(&subject, bank.issuer.sign_standing(&standing).into_bytes()).await;
 }
 
-/// Issue 15, attack 4: a suspension ends an open WatchBalance stream at
+/// A suspension ends an open WatchBalance stream at
 /// once, though the token that opened it is still valid; a standing that
 /// takes nothing away does not; a new stream on the old token is refused.
 #[tokio::test]

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# The HA topology's engines as local processes on loopback (issue 18):
+# The HA topology's engines as local processes on loopback:
 #   etcd x3          the consensus Patroni keeps its leader key in
 #   Patroni x2       Postgres primary + synchronous standby, automatic failover
 #   nats-server x3   one JetStream cluster (streams with three replicas)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HA topology's fault tests (issue 18, crates/e2e/tests/ha.rs): starts
+# The HA topology's fault tests (crates/e2e/tests/ha.rs): starts
 # the cluster (scripts/cluster: etcd x3, Patroni x2, NATS x3, Redis +
 # replica + Sentinel x3) in a state folder of its own, runs the tests on it
 # one at a time, prints the failover figures, and stops the cluster.

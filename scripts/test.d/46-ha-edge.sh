@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HA topology from one command, through the edge (issue 18): a fresh
+# The HA topology from one command, through the edge: a fresh
 # clone's `scripts/run --ha` on ports chosen free (the engines pick their
 # own), the README's gRPC walk-through through Envoy; then one instance of
 # every service killed with SIGKILL: scripts/run names each and runs on, and

@@ -4,7 +4,7 @@
 //! every command a client saw succeed is in the event store exactly once,
 //! retried commands had one effect, the read models converge to the fold,
 //! reconcile is clean, and everything recovered by itself. Reconcile also
-//! runs in a loop throughout (issue 16, defect 4): every report it finishes
+//! runs in a loop throughout: every report it finishes
 //! under the load and the fault is clean (a pass that cannot reach a server
 //! reports nothing).
 
@@ -121,7 +121,7 @@ async fn postgres_restarted_under_load() {
     .await;
 }
 
-/// Issue 17: Postgres crashes (immediate shutdown: no checkpoint, WAL not
+/// Postgres crashes (immediate shutdown: no checkpoint, WAL not
 /// yet flushed is gone) under load. The relay's and the projector's
 /// sessions commit without waiting for the flush, so their last writes may
 /// be lost: an outbox deletion (the event is republished; JetStream drops it
@@ -137,7 +137,7 @@ async fn postgres_crashed_under_load() {
     .await;
 }
 
-/// Issue 17: the projector commits without waiting for the WAL flush and
+/// The projector commits without waiting for the WAL flush and
 /// acknowledges a batch only once the flush has passed its commit. Postgres
 /// crashes the moment a deposit shows in the read model, before the WAL
 /// writer's next flush (up to 200 ms): the batch may be gone, but its
@@ -192,7 +192,7 @@ async fn postgres_crashed_the_moment_the_read_model_shows_a_deposit() {
     assert!(clean, "{report}");
 }
 
-/// Issue 16, defect 1: the projector's read database out of reach for 30 s
+/// The projector's read database out of reach for 30 s
 /// (no new connections, its backends terminated) under load, with only 3
 /// deliveries before a gap is filled from the stream. Deliveries pile up on
 /// every message meanwhile; afterwards no gap may be dead-lettered, the read
@@ -221,7 +221,7 @@ async fn projectors_read_database_blocked_for_30_s_under_load() {
     system::deposit_and_read_back(&sys).await;
 }
 
-/// Issue 16, defect 5: the relay leader of two command-service instances
+/// The relay leader of two command-service instances
 /// hangs (SIGSTOP) under load. Its lease expires and the other instance's
 /// relay takes over: a deposit sent to that instance is readable with its
 /// consistency token within 10 s. Woken (SIGCONT), the former leader finds
@@ -256,7 +256,7 @@ async fn the_relay_leader_hung_with_sigstop_loses_its_lease_within_seconds() {
     .await;
 }
 
-/// Issue 16, defect 7: a change whose notification is lost (Redis stopped
+/// A change whose notification is lost (Redis stopped
 /// while the projector applied it; restarted afterwards) still reaches an
 /// open WatchBalance stream, without any further event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +292,7 @@ async fn a_watch_sees_a_change_whose_notification_redis_lost() {
     let opening = updates.next().await.unwrap().unwrap();
     assert_eq!(opening.balance.unwrap().amount, "10.00");
     // A plain balance read (no token), as query-service answers it now: the
-    // change feed's view in memory (issue 17), Redis, or Postgres.
+    // change feed's view in memory, Redis, or Postgres.
     let read = || {
         let req = pb::GetBalanceRequest { account_id: account.clone(), ..Default::default() };
         let (sys, customer) = (&sys, customer.clone());

@@ -1,4 +1,4 @@
-//! The HA topology under load (issue 18), one fault at a time: the Postgres
+//! The HA topology under load, one fault at a time: the Postgres
 //! primary killed (Patroni promotes the synchronous standby), a NATS node
 //! killed and then a second one after the first is back (the stream has
 //! three replicas), Redis's master killed (Sentinel promotes its replica),

@@ -1,7 +1,7 @@
 //! Postgres connections. Databases and roles are provisioned outside the
 //! services (deploy/postgres/provision.sql); each database's migration role
 //! runs its migrations (`<service> migrate`), and the services run as roles
-//! that own nothing and change no schema (issue 15).
+//! that own nothing and change no schema.
 
 use std::{str::FromStr, time::Duration};
 

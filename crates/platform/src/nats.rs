@@ -138,7 +138,7 @@ pub async fn durable_stream(
     })
 }
 
-/// Event subjects carry a partition of the account (issue 18):
+/// Event subjects carry a partition of the account:
 /// `<prefix>.<partition>.<account>`, so each projector consumer takes one
 /// partition (`<prefix>.<partition>.>`) and every event of an account is in
 /// the same one, in order. Fixed: changing it moves accounts between

@@ -127,7 +127,7 @@ impl System {
         addr
     }
 
-    /// Two instances of every service (issue 18): a second command-service,
+    /// Two instances of every service: a second command-service,
     /// projector and query-service beside the first ones.
     pub async fn start_two_of_each(extra_env: &[(&str, String)]) -> Self {
         let mut sys = Self::start_with(extra_env).await;
@@ -547,9 +547,9 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
     assert_eq!(balance.balance.unwrap().amount, "12.34");
 }
 
-/// Every account's events are on the stream in version order (issue 16,
-/// defect 9: an ack failing mid-pipeline must not let a later version be
-/// stored ahead of an earlier one). A version twice is a duplicate the
+/// Every account's events are on the stream in version order (an ack
+/// failing mid-pipeline must not let a later version be stored ahead of an
+/// earlier one). A version twice is a duplicate the
 /// projector skips; a version below one already seen is disorder.
 pub async fn assert_stream_in_version_order(sys: &System) {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
