@@ -52,17 +52,11 @@ pub(crate) static GAP_FILLS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 static LAG: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
-        HistogramOpts::new("projection_lag_seconds", "event time to applied in the read model")
+        HistogramOpts::new("projection_lag_seconds", "event time to its read-model commit")
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
     )
     .expect("registers once")
 });
-
-/// A WAL position and the start time of the server run it belongs to. After
-/// a crash the server starts again from the last flushed position and soon
-/// writes past positions that were lost, so positions compare only within
-/// one run.
-pub type WalMark = (i64, String);
 
 /// A message as the batch sees it, independent of the JetStream client.
 pub struct Incoming {
@@ -117,29 +111,6 @@ pub fn gap_retry_delay(delivered: i64) -> Duration {
 }
 
 impl Applier {
-    /// The WAL position after everything this projector committed so far,
-    /// on this run of the server (its start time).
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn wal_written(&self) -> Result<WalMark> {
-        let at = sqlx::query!(
-            r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((at.lsn, at.run))
-    }
-
-    /// How far the WAL is on disk, on this run of the server.
-    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
-    pub async fn wal_flushed(&self) -> Result<WalMark> {
-        let at = sqlx::query!(
-            r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!", pg_postmaster_start_time()::text AS "run!""#,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((at.lsn, at.run))
-    }
-
     /// Whether the cache is owed a write with no event to carry it.
     pub fn cache_owed(&self) -> bool {
         self.redis.as_ref().is_some_and(|r| self.cache_debt.due(r.moves()))
@@ -217,6 +188,8 @@ impl Applier {
         let mut changes: Vec<AccountChange> = Vec::new();
         let mut sides: Vec<Side> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
+        // When each applied event happened: its lag is measured at the commit.
+        let mut occurred = Vec::with_capacity(batch.len());
 
         // One span per event, continuing the relay's trace, closed when the
         // batch commits: the projector's part of a command's trace.
@@ -249,9 +222,7 @@ impl Applier {
                 Decision::Apply { view, entry, side } => {
                     sides.extend(side);
                     let (env, id) = d.as_ref().expect("applied events decoded");
-                    if let Some(at) = fold::occurred_at(env) {
-                        LAG.observe((Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-                    }
+                    occurred.extend(fold::occurred_at(env));
                     let mut change = AccountChange {
                         account: view.clone(),
                         transaction_id: entry.as_ref().map(|e| e.transaction_id),
@@ -298,6 +269,10 @@ impl Applier {
         write_sides(&mut tx, generation, &sides).await?;
         tx.commit().await?;
         drop(spans);
+        let committed = Utc::now();
+        for at in occurred {
+            LAG.observe((committed - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
 
         self.refresh_cache(generation, &changed_views, &changes).await;
         Ok(outcomes)

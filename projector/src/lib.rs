@@ -23,8 +23,9 @@ use bank_platform::{
     db, grpc as server, http,
     service::Running,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use redis::aio::ConnectionManagerConfig;
+use tokio::sync::mpsc;
 
 use crate::apply::{Applier, Incoming, Outcome, gap_retry_delay};
 
@@ -42,8 +43,9 @@ pub struct Config {
     pub subject_prefix: String,
     /// Durable consumers are named `<durable_name>-p<partition>`.
     pub durable_name: String,
-    /// `off` (the default: acknowledgements wait for the local WAL flush) or
-    /// `on` (commits wait for the synchronous standby).
+    /// `local` (the default: a commit returns once it is flushed here) or
+    /// `on` (once the synchronous standby has it too). Never `off`: a
+    /// message is acknowledged as soon as its commit returns.
     pub synchronous_commit: String,
     /// Largest batch applied in one transaction (and in flight unacked).
     pub batch: usize,
@@ -84,10 +86,13 @@ impl Config {
     pub fn from_env(env: &impl Env) -> Result<Self> {
         let mut problems = config::Problems::new();
         let http_addr = problems.parse(env, "PROJECTOR_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9094)));
-        let synchronous_commit = match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "off").as_str() {
-            v @ ("off" | "on") => v.to_owned(),
+        let synchronous_commit = match config::string(env, "READ_DB_SYNCHRONOUS_COMMIT", "local").as_str() {
+            v @ ("local" | "on") => v.to_owned(),
             other => {
-                problems.report(format!("invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (on or off)"));
+                problems.report(format!(
+                    "invalid value for READ_DB_SYNCHRONOUS_COMMIT: {other:?} (local or on: messages are \
+                     acknowledged when their commit returns, so it must be durable)"
+                ));
                 String::new()
             }
         };
@@ -139,13 +144,12 @@ async fn applier(config: &Config) -> Result<Applier> {
     if config.event_keys.is_none() {
         tracing::warn!("EVENT_VERIFYING_KEYS not set: events are applied WITHOUT signature checks (development only)");
     }
-    // Batches commit without waiting for the WAL flush (the command path's
-    // commits flush it continually); their messages are acknowledged only
-    // once the flush has passed the commit (`Flushed`), so a crash that
-    // loses a batch leaves its messages unacknowledged, to be redelivered.
-    // On a replicated Postgres (READ_DB_SYNCHRONOUS_COMMIT=on, the HA
-    // topology), the local flush is not enough: a failover loses what the
-    // standby did not get, so commits wait for the standby instead.
+    // A transaction's messages are acknowledged when its commit returns,
+    // so the commit must be durable by then: flushed here (`local`), or on
+    // a replicated Postgres (READ_DB_SYNCHRONOUS_COMMIT=on, the HA
+    // topology) on the synchronous standby too, since a failover loses what
+    // the standby did not get. One flush per transaction of tens to
+    // hundreds of events costs less than asking where the WAL is.
     let pool = db::connect_with(&config.database_url, 8, &[("synchronous_commit", &config.synchronous_commit)]).await?;
     db::ensure_migrated(&pool, &bank_readmodel::MIGRATOR, "projector").await?;
     Ok(Applier {
@@ -166,80 +170,37 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
     Ok(jetstream::new(bank_platform::nats::connect_lazily(url).await?))
 }
 
-/// Messages whose batch committed, waiting for the commit to be on disk
-/// before they are acknowledged: (the WAL position after the commit, each
-/// message with its outcome). The WAL is flushed in order, so once the
-/// flushed position passes an entry's, its batch and every earlier one are
-/// durable.
-type Unflushed = std::collections::VecDeque<(apply::WalMark, Vec<(jetstream::Message, Outcome)>)>;
+/// How long the writer waits for more events once a transaction's worth
+/// has not arrived by itself: under load, transactions then carry tens to
+/// hundreds of events (a transaction costs about as much as 30 events);
+/// idle, an event waits at most this long.
+const GATHER: Duration = Duration::from_millis(1);
 
-/// Applies one batch; its messages go to `unflushed` to be acknowledged by
-/// their outcomes once the commit is flushed. A failed transaction naks the
-/// whole batch at once, which is then redelivered.
+/// Events applied per read-model transaction.
+static BATCH_EVENTS: std::sync::LazyLock<prometheus::Histogram> = std::sync::LazyLock::new(|| {
+    prometheus::register_histogram!(
+        prometheus::HistogramOpts::new("projector_batch_events", "messages applied per read-model transaction")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    )
+    .expect("registers once")
+});
+
+/// Applies one batch in one transaction, then acknowledges each message by
+/// its outcome. The commit is durable when it returns (`synchronous_commit`
+/// is `local` or `on`, never `off`), so nothing is acknowledged to NATS
+/// before it is on disk, and a commit that fails or is lost with the
+/// server is an error here: the whole batch is naked and redelivered (the
+/// version guard skips what did commit).
 #[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), ?generation))]
-async fn process(
-    applier: &mut Applier,
-    messages: Vec<jetstream::Message>,
-    generation: Option<i32>,
-    unflushed: &mut Unflushed,
-) {
+async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, generation: Option<i32>) {
     let incoming: Vec<Incoming> = messages.iter().map(|m| incoming(m, false)).collect();
     applier.reconnect_cache_if_due().await;
-    let committed = async {
-        // The server's run before and after: the same run means the commit
-        // happened in it, below the position read after.
-        let (_, run_before) = applier.wal_written().await?;
-        let outcomes = applier.apply(&incoming, generation).await?;
-        let mark = applier.wal_written().await?;
-        anyhow::ensure!(mark.1 == run_before, "Postgres restarted while the batch committed");
-        anyhow::Ok((mark, outcomes))
-    };
-    match committed.await {
-        Ok((mark, outcomes)) => unflushed.push_back((mark, messages.into_iter().zip(outcomes).collect())),
+    BATCH_EVENTS.observe(messages.len() as f64);
+    match applier.apply(&incoming, generation).await {
+        Ok(outcomes) => send_acks(messages.into_iter().zip(outcomes).collect()).await,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "batch failed; will be redelivered");
             send_acks(messages.into_iter().map(|m| (m, Outcome::Retry)).collect()).await;
-        }
-    }
-}
-
-/// Acknowledges every batch whose commit is flushed by now.
-#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
-async fn ack_flushed(applier: &Applier, unflushed: &mut Unflushed) {
-    if unflushed.is_empty() {
-        return;
-    }
-    let (flushed, run) = match applier.wal_flushed().await {
-        Ok(f) => f,
-        // Unacknowledged messages are redelivered: a retry, never a loss.
-        Err(e) => return tracing::debug!(error = %e, "WAL flush position unavailable"),
-    };
-    // Committed on an earlier run of the server (it crashed or restarted
-    // since): whether the batch survived is unknown, so its messages are
-    // left unacknowledged, to be redelivered after the ack wait.
-    let before = unflushed.len();
-    unflushed.retain(|((_, committed_on), _)| *committed_on == run);
-    if unflushed.len() < before {
-        tracing::warn!(
-            batches = before - unflushed.len(),
-            "Postgres restarted before these batches were flushed; redelivery follows"
-        );
-    }
-    while unflushed.front().is_some_and(|((lsn, _), _)| *lsn <= flushed) {
-        let (_, acks) = unflushed.pop_front().expect("checked");
-        send_acks(acks).await;
-    }
-}
-
-/// Waits (briefly) until every batch in `unflushed` is on disk and acknowledges
-/// them: at shutdown, and after each batch of a rebuild.
-#[tracing::instrument(level = "debug", skip_all, fields(batches = unflushed.len()))]
-async fn ack_all_when_flushed(applier: &Applier, unflushed: &mut Unflushed) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !unflushed.is_empty() && std::time::Instant::now() < deadline {
-        ack_flushed(applier, unflushed).await;
-        if !unflushed.is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -348,8 +309,9 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
     Ok(out)
 }
 
-/// The live projector until shutdown: leases its share of the partitions
-/// and runs a consumer for each it holds.
+/// The live projector until shutdown: leases its share of the partitions,
+/// runs a consumer for each it holds, and one writer that applies what they
+/// all deliver, many events per transaction.
 #[tracing::instrument(skip_all, fields(durable = %config.durable_name), err)]
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     use std::collections::HashMap;
@@ -357,6 +319,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let js = jetstream(&config.nats_url).await?;
     let leases = partitions::Leases::new(applier.pool.clone(), bank_platform::nats::EVENT_PARTITIONS).await?;
     tracing::info!(member = leases.member(), "projector joined");
+    // Bounded: when the writer falls behind, consumers stop pulling, and
+    // what they hold unacknowledged stays within `max_ack_pending`.
+    let (deliver, delivered) = mpsc::channel(config.batch.max(1) * 2);
+    let writer = tokio::spawn(write(config.clone(), js.clone(), applier, delivered, shutdown.clone()));
     let mut running: HashMap<u32, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut last_renewed = std::time::Instant::now();
     while !shutdown.is_cancelled() {
@@ -373,7 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     running.entry(p).or_insert_with(|| {
                         tracing::info!(partition = p, "partition taken");
                         let stop = shutdown.child_token();
-                        let task = run_partition(config.clone(), js.clone(), applier.clone(), p, stop.clone());
+                        let task = run_partition(config.clone(), js.clone(), deliver.clone(), p, stop.clone());
                         (stop, tokio::spawn(task))
                     });
                 }
@@ -392,8 +358,68 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
     stop_partitions(running.drain().map(|(_, r)| r).collect()).await;
+    drop(deliver);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     leases.leave().await;
     Ok(())
+}
+
+/// The writer: takes what the partitions' consumers deliver, a transaction
+/// at a time (whatever is waiting, up to `config.batch`, gathered for at
+/// most `GATHER`), until every consumer is gone or shutdown.
+#[tracing::instrument(skip_all)]
+async fn write(
+    config: Config,
+    js: jetstream::Context,
+    mut applier: Applier,
+    mut delivered: mpsc::Receiver<jetstream::Message>,
+    shutdown: CancellationToken,
+) {
+    let mut cache_check = tokio::time::interval(Duration::from_millis(250));
+    cache_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = delivered.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            // Writes the cache is owed, with no event to carry them. Always
+            // armed: the master can move while no event comes, and the
+            // replay must not wait for the next one.
+            _ = cache_check.tick() => {
+                applier.reconnect_cache_if_due().await;
+                if applier.cache_owed() {
+                    applier.settle_cache().await;
+                }
+                continue;
+            }
+        };
+        let batch = gather(first, &mut delivered, config.batch.max(1)).await;
+        process(&mut applier, batch, None).await;
+        fill_gaps(&js, &config, &mut applier, None).await;
+    }
+}
+
+/// `first` and what else arrives: everything already waiting, then, while
+/// under `max`, whatever comes within `GATHER`.
+async fn gather(
+    first: jetstream::Message,
+    delivered: &mut mpsc::Receiver<jetstream::Message>,
+    max: usize,
+) -> Vec<jetstream::Message> {
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while batch.len() < max {
+        match delivered.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => match tokio::time::timeout_at(deadline, delivered.recv()).await {
+                Ok(Some(m)) => batch.push(m),
+                _ => break,
+            },
+        }
+    }
+    batch
 }
 
 /// Stops partition consumers and waits (briefly) for each to finish its batch.
@@ -413,13 +439,13 @@ async fn stop_partitions(stopping: Vec<(CancellationToken, tokio::task::JoinHand
 async fn run_partition(
     config: Config,
     js: jetstream::Context,
-    mut applier: Applier,
+    deliver: mpsc::Sender<jetstream::Message>,
     partition: u32,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&config, &js, &mut applier, &shutdown, partition).await {
+        match consume(&config, &js, &deliver, &shutdown, partition).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "consumer interrupted; reconnecting");
@@ -456,11 +482,14 @@ async fn durable_consumer(config: &Config, js: &jetstream::Context, partition: u
         .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
 }
 
+/// Hands the partition's messages to the writer, in stream order, until
+/// stopped (what it handed over and the writer has not acknowledged comes
+/// back after the ack wait, to whoever holds the partition then).
 #[tracing::instrument(skip_all, fields(partition = partition), err(level = "debug"))]
 async fn consume(
     config: &Config,
     js: &jetstream::Context,
-    applier: &mut Applier,
+    deliver: &mpsc::Sender<jetstream::Message>,
     shutdown: &CancellationToken,
     partition: u32,
 ) -> Result<()> {
@@ -473,47 +502,15 @@ async fn consume(
         .await
         .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
     tracing::info!(consumer = %config.durable_name, partition, "projector consuming");
-    let mut unflushed = Unflushed::new();
-    let mut cache_check = tokio::time::interval(Duration::from_millis(250));
-    cache_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => {
-                ack_all_when_flushed(applier, &mut unflushed).await;
-                return Ok(());
-            }
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
             m = messages.next() => m,
-            // Idle with acknowledgements waiting: the WAL writer flushes
-            // within its delay (200 ms by default), often much sooner.
-            _ = tokio::time::sleep(Duration::from_millis(5)), if !unflushed.is_empty() => {
-                ack_flushed(applier, &mut unflushed).await;
-                continue;
-            }
-            // Writes the cache is owed, with no event to carry them. Always
-            // armed: the master can move while this partition waits here,
-            // and the replay must not wait for the partition's next event.
-            _ = cache_check.tick() => {
-                applier.reconnect_cache_if_due().await;
-                if applier.cache_owed() {
-                    applier.settle_cache().await;
-                }
-                continue;
-            }
         };
-        let first =
-            first.ok_or_else(|| anyhow::anyhow!("message stream ended"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut batch = vec![first];
-        // Take whatever else is already here, without waiting: low latency
-        // when idle, one transaction per many events under load.
-        while batch.len() < config.batch {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(m),
-                _ => break,
-            }
+        let m = m.ok_or_else(|| anyhow::anyhow!("message stream ended"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if deliver.send(m).await.is_err() {
+            return Ok(());
         }
-        process(applier, batch, None, &mut unflushed).await;
-        ack_flushed(applier, &mut unflushed).await;
-        fill_gaps(js, config, applier, None).await;
     }
 }
 
@@ -715,9 +712,7 @@ async fn drain(consumer: &PullConsumer, applier: &mut Applier, generation: i32, 
             }
             continue;
         }
-        let mut unflushed = Unflushed::new();
-        process(applier, got, Some(generation), &mut unflushed).await;
-        ack_all_when_flushed(applier, &mut unflushed).await;
+        process(applier, got, Some(generation)).await;
         // In stream order a gap is transient here: the redelivery fills it.
         applier.lasting_gaps.clear();
     }

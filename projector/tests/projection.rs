@@ -235,6 +235,53 @@ async fn the_read_models_equal_the_fold_despite_duplicates_redeliveries_and_a_re
     assert_eq!(dead, 0, "duplicates are not poison");
 }
 
+/// A bulk transaction cut off mid-write: a backlog waits on the stream, the
+/// projector's first transaction (many events across partitions) is held
+/// after it has written the account views (the history table locked), and
+/// its database session is killed there. Its messages are redelivered and
+/// applied once: the read models equal the fold, with one history entry per
+/// money event, nothing lost and nothing doubled.
+#[tokio::test]
+async fn a_bulk_write_cut_off_mid_transaction_loses_and_doubles_nothing() {
+    let w = World::start().await;
+    w.workload(60).await;
+    assert_eventually!(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox"#).fetch_one(&w.write_db).await.unwrap() == 0,
+        Duration::from_secs(20),
+        "outbox did not drain"
+    );
+    let mut blocker = w.read_db.begin().await.unwrap();
+    sqlx::query!("LOCK TABLE transaction_history IN EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let running = w.start_projector().await;
+    let held = || async {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock' AND usename <> current_user"#
+        )
+        .fetch_one(&w.read_db)
+        .await
+        .unwrap()
+    };
+    assert_eventually!(held().await > 0, Duration::from_secs(20), "the projector never reached its write");
+    let batch_events = bank_testkit::metric(running.http_addr, "projector_batch_events_sum").await;
+    assert!(batch_events > 1.0, "the held transaction carries many events, not one: {batch_events}");
+    let killed = sqlx::query_scalar!(
+        r#"SELECT count(pg_terminate_backend(pid)) AS "n!" FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock' AND usename <> current_user"#
+    )
+    .fetch_one(&w.read_db)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    blocker.commit().await.unwrap();
+
+    w.workload(10).await;
+    w.assert_read_models_equal_the_fold().await;
+    let dead: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap();
+    assert_eq!(dead, 0);
+}
+
 #[tokio::test]
 async fn garbage_and_unknown_payloads_go_to_the_dead_letters_and_the_rest_keep_flowing() {
     let w = World::start().await;
