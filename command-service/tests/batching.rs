@@ -134,3 +134,82 @@ async fn the_same_keys_in_opposite_orders_at_once_never_fail() {
         assert_eq!(opened.len(), 64);
     }
 }
+
+/// A batch whose write fails commits nothing of any of its commands, and
+/// every caller still gets an answer: the batch's transactions are held at
+/// their write (the event store locked), their database sessions are then
+/// killed, and each caller hears UNAVAILABLE or, for a batch formed after,
+/// success. Retried with the same keys, every transfer then has exactly one
+/// effect.
+#[tokio::test]
+async fn a_batch_whose_commit_fails_keeps_no_outcome_and_every_caller_gets_an_answer() {
+    let h = batching().await;
+    let (_, alice) = h.customer();
+    let src = h.open(&alice, "USD").await;
+    let dst = h.open(&alice, "USD").await;
+    h.fund(&src, "100.00").await;
+    let keys_before = h.count("idempotency").await;
+
+    // Writes to the event store wait behind this lock, after the batch has
+    // locked its accounts and claimed its keys.
+    let mut blocker = h.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let transfer = |k: String| {
+        let (mut c, src, dst, token) = (h.client.clone(), src.clone(), dst.clone(), alice.clone());
+        async move {
+            let req = pb::TransferRequest {
+                from_account_id: src,
+                to_account_id: dst,
+                money: usd("1.00"),
+                idempotency_key: k,
+                description: String::new(),
+            };
+            c.transfer(authed(req, &token)).await.map(|r| r.into_inner())
+        }
+    };
+    let keys: Vec<String> = (0..20).map(|_| key()).collect();
+    let calls: Vec<_> = keys.iter().map(|k| tokio::spawn(transfer(k.clone()))).collect();
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND usename <> current_user",
+        )
+        .fetch_one(&h.db)
+        .await
+        .unwrap()
+    };
+    bank_testkit::assert_eventually!(
+        waiting().await > 0,
+        std::time::Duration::from_secs(10),
+        "no batch reached its write"
+    );
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND usename <> current_user",
+    )
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert!(killed > 0);
+    blocker.commit().await.unwrap();
+
+    let results: Vec<_> = join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(failed > 0, "the killed batch's commands must fail");
+    for r in &results {
+        if let Err(s) = r {
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        }
+    }
+    let succeeded = results.len() - failed;
+    assert_eq!(h.count("idempotency").await, keys_before + succeeded as i64, "a failed batch keeps no key");
+    let expected_before_retry = format!("{}.00", 100 - succeeded);
+    assert_eq!(h.balance(&src).await, expected_before_retry, "nothing of the failed batch is durable");
+
+    // The callers retry with their keys: each transfer happens exactly once.
+    let retried: Vec<_> = join_all(keys.iter().map(|k| transfer(k.clone()))).await;
+    assert!(retried.iter().all(Result::is_ok), "{retried:?}");
+    assert_eq!(h.balance(&src).await, "80.00");
+    assert_eq!(h.balance(&dst).await, "20.00");
+    assert!(h.currency_sums().await.iter().all(|(_, sum)| sum.is_zero()));
+}
