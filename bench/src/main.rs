@@ -230,14 +230,78 @@ async fn prometheus_quantiles(addr: std::net::SocketAddr, name: &str) -> Result<
         .collect())
 }
 
+/// The `q` quantile of a seconds histogram between two scrapes, in ms (the
+/// upper bound of its bucket).
 fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    bucket_value(before, after, q).map(|le| le * 1000.0)
+}
+
+/// The `q` quantile of a histogram between two scrapes (the upper bound of
+/// its bucket).
+fn bucket_value(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
     let diff: Vec<(f64, f64)> =
         after.iter().map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map_or(0.0, |b| b.1))).collect();
     let total = diff.last()?.1;
     if total <= 0.0 {
         return None;
     }
-    diff.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le * 1000.0)
+    diff.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
+}
+
+/// A Prometheus histogram's `_sum` and `_count`.
+async fn prometheus_sum_count(addr: std::net::SocketAddr, name: &str) -> Result<(f64, f64)> {
+    let text = bank_testkit::http_get(addr, "/metrics").await?;
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    Ok((value("sum"), value("count")))
+}
+
+/// The batch sizes of each stage of the pipeline over a phase: commands per
+/// command transaction, events per relay round (one atomic publish), events
+/// per projector transaction.
+struct BatchSizes {
+    probes: Vec<(&'static str, std::net::SocketAddr, &'static str)>,
+    before: Vec<Scrape>,
+}
+
+/// A histogram as scraped: its buckets (upper bound, count), and its sum and count.
+type Scrape = (Vec<(f64, f64)>, (f64, f64));
+
+impl BatchSizes {
+    async fn start(services: &system::Services) -> Result<Self> {
+        let probes = vec![
+            ("command_batch", services.command_http, "command_batch_size"),
+            ("relay_round", services.command_http, "relay_round_events"),
+            ("projector_transaction", services.projector_http, "projector_batch_events"),
+        ];
+        let mut before = Vec::new();
+        for (_, addr, name) in &probes {
+            before.push((prometheus_quantiles(*addr, name).await?, prometheus_sum_count(*addr, name).await?));
+        }
+        Ok(Self { probes, before })
+    }
+
+    /// Per stage: mean, p50 and p99 (bucket upper bounds) since `start`.
+    async fn finish(self) -> Result<Value> {
+        let mut out = serde_json::Map::new();
+        for ((stage, addr, name), (buckets, (sum, count))) in self.probes.into_iter().zip(self.before) {
+            let after = prometheus_quantiles(addr, name).await?;
+            let (sum2, count2) = prometheus_sum_count(addr, name).await?;
+            let n = count2 - count;
+            out.insert(
+                stage.to_owned(),
+                json!({
+                    "mean": if n > 0.0 { round((sum2 - sum) / n) } else { f64::NAN },
+                    "p50": bucket_value(&buckets, &after, 0.5),
+                    "p99": bucket_value(&buckets, &after, 0.99),
+                    "batches": n,
+                }),
+            );
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Postgres wait events seen while `phase` runs, sampled every 50 ms.
@@ -329,6 +393,9 @@ struct Lag {
     max_ms: f64,
     inside_p50_ms: Option<f64>,
     inside_p99_ms: Option<f64>,
+    /// Event time to the relay's publish acknowledged.
+    publish_p50_ms: Option<f64>,
+    publish_p99_ms: Option<f64>,
     drain_s: f64,
     /// Transfers the black box saw reach the read side.
     samples: u64,
@@ -342,6 +409,7 @@ async fn projection_lag(
     secs: Duration,
 ) -> Result<Lag> {
     let lag_before = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
+    let publish_before = prometheus_quantiles(services.command_http, "relay_publish_delay_seconds").await?;
     let blackbox = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let (w, bb) = (world.clone(), blackbox.clone());
     let lag_op = move |i: u64| {
@@ -396,6 +464,7 @@ async fn projection_lag(
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // the last pollers finish
     let lag_after = prometheus_quantiles(services.projector_http, "projection_lag_seconds").await?;
+    let publish_after = prometheus_quantiles(services.command_http, "relay_publish_delay_seconds").await?;
     let bb = blackbox.lock().expect("lock").clone();
     let bb_ms = |q: f64| round(bb.value_at_quantile(q) as f64 / 1000.0);
     Ok(Lag {
@@ -405,6 +474,8 @@ async fn projection_lag(
         max_ms: bb_ms(1.0),
         inside_p50_ms: bucket_quantile(&lag_before, &lag_after, 0.5),
         inside_p99_ms: bucket_quantile(&lag_before, &lag_after, 0.99),
+        publish_p50_ms: bucket_quantile(&publish_before, &publish_after, 0.5),
+        publish_p99_ms: bucket_quantile(&publish_before, &publish_after, 0.99),
         drain_s,
         samples: bb.len(),
     })
@@ -550,8 +621,10 @@ async fn main() -> Result<()> {
         settle(&admin).await;
         let before = probe.read().await?;
         let cpu = system::CpuSample::start(&services);
+        let sizes = BatchSizes::start(&services).await?;
         let (uniform, waits) = with_wait_events(&admin, closed(conc, secs, uniform_op.clone())).await;
         let uniform_cpu = cpu.finish();
+        let batch_sizes = sizes.finish().await?;
         let after = probe.read().await?;
         let mesh_cost = cost::per_transfer(&before, &after, uniform.ok, uniform_cpu.per_op_us(uniform.ok));
         record(&format!("r{rep}_transfers_uniform_max"), &uniform);
@@ -571,8 +644,10 @@ async fn main() -> Result<()> {
 
         settle(&admin).await;
         let cpu = system::CpuSample::start(&services);
+        let sizes = BatchSizes::start(&services).await?;
         let hot = closed(conc, secs, hot_op.clone()).await;
         let hot_cpu = cpu.finish();
+        let hot_batch_sizes = sizes.finish().await?;
         record(&format!("r{rep}_transfers_hot_max"), &hot);
         settle(&admin).await;
         let pg_hot = pgbench.run(true, secs, None)?;
@@ -607,6 +682,8 @@ async fn main() -> Result<()> {
         last_waits = (waits.clone(), pg_waits.clone());
         each.push(json!({
             "uniform_ratio": uniform.per_second() / pg_uniform.tps,
+            "cpu_ratio": mesh_cost["cpu_us"]["total"].as_f64().unwrap_or(f64::NAN)
+                / pg_cost["cpu_us"]["total"].as_f64().unwrap_or(f64::NAN),
             "hot_ratio": hot.per_second() / pg_hot.tps,
             "projection_lag_p99_ms": lag.p99_ms,
             "get_balance_ratio": get_balance.per_second() / noop.per_second(),
@@ -620,6 +697,12 @@ async fn main() -> Result<()> {
             "projection_lag_max_ms": lag.max_ms,
             "projection_lag_inside_p50_ms_bucket": lag.inside_p50_ms,
             "projection_lag_inside_p99_ms_bucket": lag.inside_p99_ms,
+            "stage_latency_ms": {
+                "relay_publish_acked": {"p50": lag.publish_p50_ms, "p99": lag.publish_p99_ms},
+                "projector_committed": {"p50": lag.inside_p50_ms, "p99": lag.inside_p99_ms},
+                "feed_visible_after_answer": {"p50": lag.p50_ms, "p99": lag.p99_ms},
+            },
+            "batch_sizes": {"uniform_max": batch_sizes, "hot_max": hot_batch_sizes},
             "drain_s": lag.drain_s,
             "projection_lag_samples": lag.samples,
             "get_balance_per_second": get_balance.per_second(),
@@ -645,6 +728,7 @@ async fn main() -> Result<()> {
     let spreads: serde_json::Map<String, Value> = [
         "uniform_ratio",
         "hot_ratio",
+        "cpu_ratio",
         "projection_lag_p99_ms",
         "get_balance_ratio",
         "get_balance_p99_ratio",
@@ -796,6 +880,7 @@ async fn main() -> Result<()> {
         // The medians of the interleaved repetitions.
         "uniform_ratio": med("uniform_ratio"),
         "hot_ratio": med("hot_ratio"),
+        "cpu_ratio": med("cpu_ratio"),
         "projection_lag_p99_ms": med("projection_lag_p99_ms"),
         "get_balance_ratio": med("get_balance_ratio"),
         "get_balance_p99_ratio": med("get_balance_p99_ratio"),
@@ -803,6 +888,8 @@ async fn main() -> Result<()> {
         "spread": spreads,
         "repetitions": each,
         "cost_per_transfer": median_json(&costs),
+        "stage_latency_ms": median_json(&each.iter().map(|r| r["stage_latency_ms"].clone()).collect::<Vec<_>>()),
+        "batch_sizes": median_json(&each.iter().map(|r| r["batch_sizes"].clone()).collect::<Vec<_>>()),
         "cost_per_read": median_json(&reads),
         "cpu_percent": median_json(&cpus),
         "postgres_wait_events": {"mesh_uniform_max": last_waits.0, "pgbench_uniform": last_waits.1, "mesh_unbatched_uniform_max": unbatched_waits},

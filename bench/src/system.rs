@@ -18,6 +18,7 @@ pub struct Services {
     pub command: SocketAddr,
     pub query: SocketAddr,
     pub projector_http: SocketAddr,
+    pub command_http: SocketAddr,
 }
 
 /// The sibling binary of this one (target/release/<name>).
@@ -31,13 +32,17 @@ impl Services {
         base_env: Vec<(String, String)>,
         dbs: (bank_testkit::TestDb, bank_testkit::TestDb),
     ) -> Result<Self> {
-        let (command, query, projector_http) =
-            (bank_testkit::free_addr(), bank_testkit::free_addr(), bank_testkit::free_addr());
+        let (command, query, projector_http, command_http) = (
+            bank_testkit::free_addr(),
+            bank_testkit::free_addr(),
+            bank_testkit::free_addr(),
+            bank_testkit::free_addr(),
+        );
         let mut env = base_env;
         env.extend(
             [
                 ("COMMAND_GRPC_ADDR", command.to_string()),
-                ("COMMAND_HTTP_ADDR", bank_testkit::free_addr().to_string()),
+                ("COMMAND_HTTP_ADDR", command_http.to_string()),
                 ("QUERY_GRPC_ADDR", query.to_string()),
                 ("QUERY_HTTP_ADDR", bank_testkit::free_addr().to_string()),
                 ("PROJECTOR_HTTP_ADDR", projector_http.to_string()),
@@ -65,7 +70,7 @@ impl Services {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(Self { children, env, dbs, command, query, projector_http })
+        Ok(Self { children, env, dbs, command, query, projector_http, command_http })
     }
 
     /// Restarts one service with `extra` environment on the same addresses.

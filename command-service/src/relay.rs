@@ -35,7 +35,9 @@ use async_nats::jetstream::{
     context::{PublishAckFuture, PublishErrorKind},
 };
 use bank_platform::{CancellationToken, telemetry};
-use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntGauge, register_histogram, register_int_counter, register_int_gauge,
+};
 use prost::Message;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -49,6 +51,20 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 
 static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("outbox_published_total", "events published to JetStream").expect("registers once")
+});
+static ROUND_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new("relay_round_events", "events published per relay round (one atomic batch)")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    )
+    .expect("registers once")
+});
+static PUBLISH_DELAY: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new("relay_publish_delay_seconds", "event time to its publish acknowledged by JetStream")
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    )
+    .expect("registers once")
 });
 static BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("outbox_backlog", "outbox rows waiting to be published").expect("registers once")
@@ -264,7 +280,7 @@ impl OutboxRelay {
             // carry their own copy).
             let rows: Vec<Outgoing> = sqlx::query_as!(
                 Outgoing,
-                r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!"
+                r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!", e.occurred_at
                    FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
                 self.config.batch.min(MAX_ATOMIC_BATCH),
             )
@@ -319,6 +335,11 @@ impl OutboxRelay {
                 .rows_affected();
                 anyhow::ensure!(deleted > 0, "the publisher lease (epoch {}) was taken over", lease.epoch);
                 PUBLISHED.inc_by(acked.len() as u64);
+                ROUND_EVENTS.observe(acked.len() as f64);
+                let now = chrono::Utc::now();
+                for row in rows.iter().take(acked.len()) {
+                    PUBLISH_DELAY.observe((now - row.occurred_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
             }
             if failed {
                 // Unacked rows stay; the next round republishes them and
@@ -452,6 +473,7 @@ struct Outgoing {
     event_id: Uuid,
     subject: String,
     envelope: Vec<u8>,
+    occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Outgoing {
