@@ -120,7 +120,7 @@ impl Config {
         let batching = match config::string(env, "COMMAND_BATCHING", "on").as_str() {
             "off" | "false" | "0" => None,
             _ => Some(queue::BatchConfig {
-                batchers: problems.parse(env, "COMMAND_BATCHERS", 8),
+                batchers: problems.parse(env, "COMMAND_BATCHERS", 1),
                 max_batch: problems.parse(env, "COMMAND_BATCH_MAX", 64),
             }),
         };
