@@ -508,8 +508,11 @@ async fn consume(
             m = messages.next() => m,
         };
         let m = m.ok_or_else(|| anyhow::anyhow!("message stream ended"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if deliver.send(m).await.is_err() {
-            return Ok(());
+        // A full channel (the writer behind) must not keep a stopped
+        // partition waiting: what it holds comes back after the ack wait.
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            sent = deliver.send(m) => if sent.is_err() { return Ok(()) },
         }
     }
 }
