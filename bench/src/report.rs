@@ -110,7 +110,6 @@ pub fn markdown(r: &Value) -> String {
     md
 }
 
-/// What one transfer costs at the uniform ceiling, the mesh beside pgbench.
 /// Latency per stage at half load, and batch sizes per stage at the ceilings.
 fn stage_table(stages: &Value, sizes: &Value) -> String {
     let num = |v: &Value| if v.is_null() { "—".to_owned() } else { format!("{:.1}", f(v)) };
@@ -151,6 +150,7 @@ fn stage_table(stages: &Value, sizes: &Value) -> String {
     md
 }
 
+/// What one transfer costs at the uniform ceiling, the mesh beside pgbench.
 fn cost_table(c: &Value) -> String {
     let (mesh, pg) = (&c["mesh"], &c["pgbench"]);
     let mut md = String::from(
