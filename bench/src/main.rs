@@ -260,7 +260,8 @@ async fn prometheus_sum_count(addr: std::net::SocketAddr, name: &str) -> Result<
 
 /// The batch sizes of each stage of the pipeline over a phase: commands per
 /// command transaction, events per relay round (one atomic publish), events
-/// per projector transaction.
+/// per stream message (a partition's share of a round), events per projector
+/// transaction.
 struct BatchSizes {
     probes: Vec<(&'static str, std::net::SocketAddr, &'static str)>,
     before: Vec<Scrape>,
@@ -274,6 +275,7 @@ impl BatchSizes {
         let probes = vec![
             ("command_batch", services.command_http, "command_batch_size"),
             ("relay_round", services.command_http, "relay_round_events"),
+            ("stream_message", services.command_http, "relay_message_events"),
             ("projector_transaction", services.projector_http, "projector_batch_events"),
         ];
         let mut before = Vec::new();
@@ -856,7 +858,7 @@ async fn main() -> Result<()> {
     )
     .fetch_one(&read_db)
     .await?;
-    let published = stream().await?.info().await?.state.messages as i64;
+    let published = bank_platform::nats::stored_events(&stream().await?).await?.len() as i64;
     let conserved = reconcile.status.success()
         && report_text.contains("RESULT: clean")
         && events == published

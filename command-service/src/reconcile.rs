@@ -296,14 +296,15 @@ pub async fn run(mut src: Sources) -> Result<Report> {
     let mut tx = src.write_db.begin().await?;
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let now: DateTime<Utc> = sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(&mut *tx).await?;
-    let stream_messages = match src.stream.as_mut() {
-        Some(stream) => stream.info().await.ok().map(|i| i.state.messages),
+    // Events, not messages: a message may carry a partition's batch.
+    let stream_events = match src.stream.as_ref() {
+        Some(stream) => bank_platform::nats::stored_events(stream).await.ok().map(|e| e.len() as u64),
         None => None,
     };
     let folded = fold_events(&mut tx, read.as_ref(), &mut report).await?;
     let currency_of = check_write_model(&mut tx, &folded, &mut report).await?;
     check_double_entry(&mut tx, &mut report).await?;
-    check_publication(&mut tx, stream_messages, &mut report).await?;
+    check_publication(&mut tx, stream_events, &mut report).await?;
     check_guards(&mut tx, &mut report).await?;
     tx.commit().await?;
 
@@ -431,7 +432,7 @@ async fn check_double_entry(conn: &mut PgConnection, report: &mut Report) -> Res
 
 /// Publication: everything not pending in the outbox reached the stream.
 #[tracing::instrument(skip_all, err)]
-async fn check_publication(conn: &mut PgConnection, stream_messages: Option<u64>, report: &mut Report) -> Result<()> {
+async fn check_publication(conn: &mut PgConnection, stream_events: Option<u64>, report: &mut Report) -> Result<()> {
     report.outbox_pending =
         sqlx::query_scalar!(r#"SELECT count(*) AS "pending!" FROM outbox"#).fetch_one(&mut *conn).await?;
     let orphans: i64 = sqlx::query_scalar!(
@@ -442,10 +443,10 @@ async fn check_publication(conn: &mut PgConnection, stream_messages: Option<u64>
     if orphans > 0 {
         report.problems.push(format!("outbox: {orphans} row(s) name no committed event"));
     }
-    if let Some(on_stream) = stream_messages {
+    if let Some(on_stream) = stream_events {
         let published = (report.events - report.outbox_pending) as u64;
         if on_stream < published {
-            report.problems.push(format!("stream: {on_stream} messages but {published} events were marked published"));
+            report.problems.push(format!("stream: {on_stream} events but {published} were marked published"));
         }
     }
     Ok(())

@@ -1,7 +1,12 @@
 //! The outbox relay: publishes committed outbox rows to JetStream in id order
 //! (which is per-account version order, since a later version's row is written
-//! by a transaction that began after the earlier one committed), with
-//! `Nats-Msg-Id` = event id, and deletes a row only after its publish ack.
+//! by a transaction that began after the earlier one committed), and deletes a
+//! row only after its publish ack. A round's rows go out as one message per
+//! event partition (an `EventBatch`, signed once), so the stream, its
+//! consumers and their acks pay per batch, not per event; `Nats-Msg-Id` is a
+//! digest of the event ids a message carries, so a round published again
+//! exactly as before is dropped as a duplicate, and one regrouped after a
+//! failure is stored again (consumers skip the versions they have).
 //!
 //! Publishes are pipelined, yet the stream keeps their order even when an
 //! ack fails mid-pipeline: each message carries
@@ -46,6 +51,10 @@ use uuid::Uuid;
 /// The most messages JetStream takes in one atomic batch (its default limit).
 const MAX_ATOMIC_BATCH: i64 = 1000;
 
+/// The most events in one stream message (about 200 KiB of envelopes, well
+/// under NATS's 1 MiB default payload limit).
+const MAX_MESSAGE_EVENTS: usize = 256;
+
 /// How long a lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(3);
 
@@ -55,6 +64,13 @@ static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
 static ROUND_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         HistogramOpts::new("relay_round_events", "events published per relay round (one atomic batch)")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    )
+    .expect("registers once")
+});
+static MESSAGE_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new("relay_message_events", "events per stream message (one partition's share of a round)")
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
     )
     .expect("registers once")
@@ -278,8 +294,8 @@ impl OutboxRelay {
             }
             // The envelope is the event's (rows from before migration 0008
             // carry their own copy).
-            let rows: Vec<Outgoing> = sqlx::query_as!(
-                Outgoing,
+            let rows: Vec<Row> = sqlx::query_as!(
+                Row,
                 r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!", e.occurred_at
                    FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
                 self.config.batch.min(MAX_ATOMIC_BATCH),
@@ -314,10 +330,11 @@ impl OutboxRelay {
             // After any irregularity the round goes message by message, which
             // tells stored duplicates apart; otherwise the round is one atomic
             // batch: stored whole or not at all, with one fsync for all of it.
-            let round = if resync || !atomic || rows.len() < 2 {
-                self.publish_each(js, &rows, last).await
+            let messages = Outgoing::of_round(&rows, &self.signer);
+            let round = if resync || !atomic || messages.len() < 2 {
+                self.publish_each(js, &messages, last).await
             } else {
-                self.publish_atomic(js, &rows, last).await
+                self.publish_atomic(js, &messages, last).await
             };
             let Round { acked, last, failed, out_of_step } = round;
             last_seq = (!failed && !out_of_step).then_some(last);
@@ -337,8 +354,11 @@ impl OutboxRelay {
                 PUBLISHED.inc_by(acked.len() as u64);
                 ROUND_EVENTS.observe(acked.len() as f64);
                 let now = chrono::Utc::now();
-                for row in rows.iter().take(acked.len()) {
-                    PUBLISH_DELAY.observe((now - row.occurred_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                for m in messages.iter().take_while(|m| acked.contains(&m.ids[0])) {
+                    MESSAGE_EVENTS.observe(m.ids.len() as f64);
+                    for at in &m.occurred {
+                        PUBLISH_DELAY.observe((now - *at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                    }
                 }
             }
             if failed {
@@ -355,17 +375,17 @@ impl OutboxRelay {
 
     /// Every message of the round pipelined, each expecting its predecessor's
     /// stream sequence; acks collected in order up to the first that fails.
-    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
-    async fn publish_each(&self, js: &jetstream::Context, rows: &[Outgoing], mut last: u64) -> Round {
-        let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
+    #[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), last = last))]
+    async fn publish_each(&self, js: &jetstream::Context, messages: &[Outgoing], mut last: u64) -> Round {
+        let mut pending: Vec<(&[i64], PublishAckFuture)> = Vec::with_capacity(messages.len());
         let mut failed = false;
-        for (i, row) in rows.iter().enumerate() {
-            let (mut headers, span) = row.headers();
+        for (i, m) in messages.iter().enumerate() {
+            let (mut headers, span) = m.headers();
             // Stored only right after the previous message of this round.
             headers.insert("Nats-Expected-Last-Sequence", (last + i as u64).to_string().as_str());
-            let publish = js.publish_with_headers(row.subject.clone(), headers, row.payload(&self.signer).into());
+            let publish = js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into());
             match tracing::Instrument::instrument(publish, span).await {
-                Ok(ack) => pending.push((row.id, ack)),
+                Ok(ack) => pending.push((&m.ids, ack)),
                 Err(e) => {
                     tracing::warn!(error = %e, "publish failed");
                     failed = true;
@@ -377,18 +397,18 @@ impl OutboxRelay {
         // Out of step with the stream (a duplicate, another publisher):
         // not an outage, so no backoff, only a fresh last sequence.
         let mut out_of_step = false;
-        for (id, ack) in pending {
+        for (ids, ack) in pending {
             match ack.await {
                 Ok(ack) if ack.duplicate => {
                     // Already stored: done, but the stream did not move,
                     // so what follows in this round expected wrongly.
-                    acked.push(id);
+                    acked.extend_from_slice(ids);
                     out_of_step = true;
                     break;
                 }
                 Ok(ack) => {
                     last = ack.sequence;
-                    acked.push(id);
+                    acked.extend_from_slice(ids);
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     out_of_step = true;
@@ -409,20 +429,21 @@ impl OutboxRelay {
     /// server stores all of it in order or none of it. With
     /// `sync_interval: always` that is one fsync per round instead of one
     /// per message, which is what bounded the relay.
-    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len(), last = last))]
-    async fn publish_atomic(&self, js: &jetstream::Context, rows: &[Outgoing], last: u64) -> Round {
+    #[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), last = last))]
+    async fn publish_atomic(&self, js: &jetstream::Context, messages: &[Outgoing], last: u64) -> Round {
         let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
         let client = js.client();
         let batch_id = Uuid::new_v4().simple().to_string();
-        let Some((commit, body)) = rows.split_last() else { return nothing(false) };
-        for (i, row) in body.iter().enumerate() {
-            let (mut headers, span) = row.headers();
+        let every_id = || messages.iter().flat_map(|m| m.ids.iter().copied()).collect();
+        let Some((commit, body)) = messages.split_last() else { return nothing(false) };
+        for (i, m) in body.iter().enumerate() {
+            let (mut headers, span) = m.headers();
             headers.insert("Nats-Batch-Id", batch_id.as_str());
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
             if i == 0 {
                 headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
             }
-            let publish = client.publish_with_headers(row.subject.clone(), headers, row.payload(&self.signer).into());
+            let publish = client.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into());
             if let Err(e) = tracing::Instrument::instrument(publish, span).await {
                 tracing::warn!(error = %e, "batch publish failed");
                 return nothing(true);
@@ -430,30 +451,27 @@ impl OutboxRelay {
         }
         let (mut headers, span) = commit.headers();
         headers.insert("Nats-Batch-Id", batch_id.as_str());
-        headers.insert("Nats-Batch-Sequence", rows.len().to_string().as_str());
+        headers.insert("Nats-Batch-Sequence", messages.len().to_string().as_str());
         headers.insert("Nats-Batch-Commit", "1");
-        let publish = js.publish_with_headers(commit.subject.clone(), headers, commit.payload(&self.signer).into());
+        let publish = js.publish_with_headers(commit.subject.clone(), headers, commit.payload.clone().into());
         let ack = match tracing::Instrument::instrument(publish, span).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         match ack {
             // All of it stored, right after `last`.
-            Ok(ack) if ack.sequence == last + rows.len() as u64 => Round {
-                acked: rows.iter().map(|r| r.id).collect(),
-                last: ack.sequence,
-                failed: false,
-                out_of_step: false,
-            },
+            Ok(ack) if ack.sequence == last + messages.len() as u64 => {
+                Round { acked: every_id(), last: ack.sequence, failed: false, out_of_step: false }
+            }
             Ok(ack) => {
                 // Stored, yet not where expected: not possible while the
                 // first message expects `last`; resynchronise to be sure.
                 tracing::warn!(
                     sequence = ack.sequence,
-                    expected = last + rows.len() as u64,
+                    expected = last + messages.len() as u64,
                     "batch stored out of step"
                 );
-                Round { acked: rows.iter().map(|r| r.id).collect(), last, failed: false, out_of_step: true }
+                Round { acked: every_id(), last, failed: false, out_of_step: true }
             }
             // Nothing stored: another publisher moved the stream, or a
             // message of the batch is already in it (refused as a
@@ -467,29 +485,76 @@ impl OutboxRelay {
     }
 }
 
-/// One outbox row on its way to the stream.
-struct Outgoing {
+/// One outbox row: an event on its way to the stream.
+struct Row {
     id: i64,
     event_id: Uuid,
+    /// The account's subject, `<prefix>.<partition>.<account>`.
     subject: String,
     envelope: Vec<u8>,
     occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// One stream message: a partition's events of a round, in outbox order.
+struct Outgoing {
+    /// The outbox rows it carries.
+    ids: Vec<i64>,
+    subject: String,
+    /// A digest of the event ids it carries.
+    msg_id: String,
+    payload: Vec<u8>,
+    /// The first event's trace context continues in the publish span.
+    first_envelope: Vec<u8>,
+    occurred: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
 impl Outgoing {
+    /// The round's rows as messages, one per partition in the order the
+    /// partitions first appear (at most `MAX_MESSAGE_EVENTS` events each).
+    fn of_round(rows: &[Row], signer: &bank_platform::auth::TokenSigner) -> Vec<Self> {
+        let mut groups: Vec<(String, Vec<&Row>)> = Vec::new();
+        for row in rows {
+            let subject = match row.subject.rsplit_once('.') {
+                Some((partition, _account)) => format!("{partition}.batch"),
+                None => row.subject.clone(),
+            };
+            match groups.iter_mut().rev().find(|(s, g)| *s == subject && g.len() < MAX_MESSAGE_EVENTS) {
+                Some((_, group)) => group.push(row),
+                None => groups.push((subject, vec![row])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(subject, group)| {
+                use sha2::{Digest, Sha256};
+                let mut digest = Sha256::new();
+                for row in &group {
+                    digest.update(row.event_id.as_bytes());
+                }
+                let msg_id = digest.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+                let payload =
+                    bank_platform::signing::sign_batch(group.iter().map(|r| r.envelope.clone()).collect(), signer);
+                Self {
+                    ids: group.iter().map(|r| r.id).collect(),
+                    subject,
+                    msg_id,
+                    payload,
+                    first_envelope: group[0].envelope.clone(),
+                    occurred: group.iter().map(|r| r.occurred_at).collect(),
+                }
+            })
+            .collect()
+    }
+
     /// `Nats-Msg-Id` (deduplication) and the trace context, with the span.
     fn headers(&self) -> (async_nats::HeaderMap, tracing::Span) {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.event_id.to_string().as_str());
-        let span = publish_span(&self.envelope);
+        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
+        let span = publish_span(&self.first_envelope);
         for (k, v) in span.in_scope(telemetry::current_trace_context) {
             headers.insert(k.as_str(), v.as_str());
         }
         (headers, span)
-    }
-
-    fn payload(&self, signer: &bank_platform::auth::TokenSigner) -> Vec<u8> {
-        signed(&self.envelope, signer)
     }
 }
 

@@ -50,6 +50,13 @@ pub(crate) static GAP_FILLS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("projector_gap_fills_total", "gaps filled by fetching an account's events from the stream")
         .expect("registers once")
 });
+static BATCH_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new("projector_batch_events", "events per read-model transaction")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
+    )
+    .expect("registers once")
+});
 static LAG: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         HistogramOpts::new("projection_lag_seconds", "event time to its read-model commit")
@@ -57,6 +64,77 @@ static LAG: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("registers once")
 });
+
+/// A gap that outlasted `max_deliveries`: the account's events past `stored`
+/// are fetched from `subject` (its own, or its partition's batch subject).
+#[derive(Debug, Clone)]
+pub struct LastingGap {
+    pub subject: String,
+    pub account: Uuid,
+    pub stored: i64,
+}
+
+/// What applying events does: each account's view and chain head after
+/// them, and the rows, cache changes and lags to write at the commit.
+#[derive(Default)]
+struct Effects {
+    views: HashMap<Uuid, AccountView>,
+    heads: HashMap<Uuid, Option<Vec<u8>>>,
+    changed: Vec<Uuid>,
+    entries: Vec<(Uuid, HistoryEntry)>,
+    changes: Vec<AccountChange>,
+    sides: Vec<Side>,
+    /// When each applied event happened: its lag is measured at the commit.
+    occurred: Vec<chrono::DateTime<Utc>>,
+    applied: u64,
+    duplicates: u64,
+}
+
+impl Effects {
+    fn record(
+        &mut self,
+        keys: &CacheKeys,
+        env: &pb::EventEnvelope,
+        id: Uuid,
+        view: AccountView,
+        entry: Option<HistoryEntry>,
+        side: Option<Side>,
+    ) {
+        self.sides.extend(side);
+        self.occurred.extend(fold::occurred_at(env));
+        let mut change = AccountChange {
+            account: view.clone(),
+            transaction_id: entry.as_ref().map(|e| e.transaction_id),
+            occurred_at: fold::occurred_at(env).unwrap_or_else(Utc::now),
+            seal: None,
+        };
+        keys.seal_change(&mut change);
+        self.changes.push(change);
+        if !self.changed.contains(&id) {
+            self.changed.push(id);
+        }
+        self.heads.insert(id, Some(env.hash.clone()));
+        let event_id = Uuid::try_parse(&env.event_id).unwrap_or_else(|_| Uuid::now_v7());
+        self.entries.extend(entry.map(|e| (event_id, e)));
+        self.views.insert(id, view);
+        self.applied += 1;
+    }
+
+    /// Takes in what a later message applied on top of this.
+    fn absorb(&mut self, later: Effects) {
+        self.views.extend(later.views);
+        self.heads.extend(later.heads);
+        for id in later.changed {
+            if !self.changed.contains(&id) {
+                self.changed.push(id);
+            }
+        }
+        self.entries.extend(later.entries);
+        self.changes.extend(later.changes);
+        self.sides.extend(later.sides);
+        self.occurred.extend(later.occurred);
+    }
+}
 
 /// A message as the batch sees it, independent of the JetStream client.
 pub struct Incoming {
@@ -94,11 +172,12 @@ pub struct Applier {
     /// After this many deliveries of a gap, the projector fetches the
     /// account's missing events from the stream itself.
     pub max_deliveries: i64,
-    /// Gaps to fill after this batch: (subject, version stored).
-    pub lasting_gaps: Vec<(String, i64)>,
+    /// Gaps to fill after this batch.
+    pub lasting_gaps: Vec<LastingGap>,
     /// Keys every event must be signed with; `None`: not checked (dev).
     pub event_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
-    /// Events of account A must arrive on `<prefix>.A`.
+    /// Events of account A must arrive on its subject or its partition's
+    /// batch subject.
     pub subject_prefix: String,
 }
 
@@ -145,27 +224,10 @@ impl Applier {
                     .await?
             }
         };
-        let decoded: Vec<Result<(pb::EventEnvelope, Uuid), String>> = batch
-            .iter()
-            .map(|m| {
-                let env = pb::EventEnvelope::decode(m.payload.as_slice())
-                    .map_err(|e| format!("undecodable envelope: {e}"))?;
-                let (id, _) = fold::account_of(&env)?;
-                if let Some(keys) = &self.event_keys {
-                    fold::verify_signature(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
-                }
-                // The unpartitioned form is what streams made before partitions
-                // hold (a rebuild reads them).
-                if m.subject != bank_platform::nats::event_subject(&self.subject_prefix, id)
-                    && m.subject != format!("{}.{id}", self.subject_prefix)
-                {
-                    REJECTED.inc();
-                    return Err(format!("published on {} but names account {id}", m.subject));
-                }
-                Ok((env, id))
-            })
-            .collect();
-        let ids: Vec<Uuid> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, id)| *id)).collect();
+        let decoded: Vec<Result<Vec<(pb::EventEnvelope, Uuid)>, String>> =
+            batch.iter().map(|m| self.events_of(m)).collect();
+        let ids: Vec<Uuid> = decoded.iter().flatten().flatten().map(|(_, id)| *id).collect();
+        BATCH_EVENTS.observe(ids.len() as f64);
         let rows: Vec<ViewRow> = sqlx::query_as!(
             ViewRow,
             "SELECT account_id, owner_id, kind, currency, balance, status, version, opened_at, held, last_hash
@@ -175,23 +237,17 @@ impl Applier {
         )
         .fetch_all(&mut *tx)
         .await?;
-        // Each account's chain head: the hash its next event must chain to.
-        let mut heads: HashMap<Uuid, Option<Vec<u8>>> = HashMap::with_capacity(rows.len());
-        let mut views: HashMap<Uuid, AccountView> = HashMap::with_capacity(rows.len());
+        // What the batch has applied so far: each account's view and chain
+        // head (the hash its next event must chain to), and what to write.
+        let mut done = Effects::default();
         for row in rows {
             let (view, last_hash) = row.split();
-            heads.insert(view.account_id, last_hash);
-            views.insert(view.account_id, view);
+            done.heads.insert(view.account_id, last_hash);
+            done.views.insert(view.account_id, view);
         }
-        let mut changed: Vec<Uuid> = Vec::new();
-        let mut entries: Vec<(Uuid, HistoryEntry)> = Vec::new();
-        let mut changes: Vec<AccountChange> = Vec::new();
-        let mut sides: Vec<Side> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        // When each applied event happened: its lag is measured at the commit.
-        let mut occurred = Vec::with_capacity(batch.len());
 
-        // One span per event, continuing the relay's trace, closed when the
+        // One span per message, continuing the relay's trace, closed when the
         // batch commits: the projector's part of a command's trace.
         let mut spans = Vec::with_capacity(batch.len());
         for (msg, d) in batch.iter().zip(decoded) {
@@ -201,67 +257,58 @@ impl Applier {
                 telemetry::continue_trace(&span, &telemetry::Carrier(msg.trace.clone()));
                 spans.push(span);
             }
-            let decision = match &d {
-                Ok((env, id)) => match fold::decide(env, views.get(id)) {
-                    Decision::Apply { .. } if !fold::chains_to(env, heads.get(id)) => {
-                        REJECTED.inc();
-                        Decision::Poison(format!(
-                            "version {} does not chain to the hash of the account's previous event",
-                            env.version
-                        ))
+            // A message applies whole or not at all: its events are decided
+            // against what the batch has applied, into a staging area that
+            // joins the batch only if every event applies or is a duplicate.
+            let verdict = d.and_then(|events| {
+                let mut staged = Effects::default();
+                for (env, id) in &events {
+                    let view = staged.views.get(id).or_else(|| done.views.get(id));
+                    let head = staged.heads.get(id).or_else(|| done.heads.get(id));
+                    match fold::decide(env, view) {
+                        Decision::Apply { .. } if !fold::chains_to(env, head) => {
+                            REJECTED.inc();
+                            return Err(format!(
+                                "version {} does not chain to the hash of the account's previous event",
+                                env.version
+                            ));
+                        }
+                        Decision::Duplicate => staged.duplicates += 1,
+                        Decision::Apply { view, entry, side } => staged.record(&self.keys, env, *id, view, entry, side),
+                        Decision::Gap { stored } => return Ok(Err((*id, stored))),
+                        Decision::Poison(reason) => return Err(reason),
                     }
-                    decision => decision,
-                },
-                Err(reason) => Decision::Poison(reason.clone()),
-            };
-            let outcome = match decision {
-                Decision::Duplicate => {
-                    DUPLICATES.inc();
+                }
+                Ok(Ok(staged))
+            });
+            let outcome = match verdict {
+                Ok(Ok(staged)) => {
+                    DUPLICATES.inc_by(staged.duplicates);
+                    APPLIED.inc_by(staged.applied);
+                    done.absorb(staged);
                     Outcome::Ack
                 }
-                Decision::Apply { view, entry, side } => {
-                    sides.extend(side);
-                    let (env, id) = d.as_ref().expect("applied events decoded");
-                    occurred.extend(fold::occurred_at(env));
-                    let mut change = AccountChange {
-                        account: view.clone(),
-                        transaction_id: entry.as_ref().map(|e| e.transaction_id),
-                        occurred_at: fold::occurred_at(env).unwrap_or_else(Utc::now),
-                        seal: None,
-                    };
-                    self.keys.seal_change(&mut change);
-                    changes.push(change);
-                    if !changed.contains(id) {
-                        changed.push(*id);
-                    }
-                    heads.insert(*id, Some(env.hash.clone()));
-                    let event_id = Uuid::try_parse(&env.event_id).unwrap_or_else(|_| Uuid::now_v7());
-                    entries.extend(entry.map(|e| (event_id, e)));
-                    views.insert(*id, view);
-                    APPLIED.inc();
-                    Outcome::Ack
-                }
-                Decision::Gap { stored } => {
+                Ok(Err((account, stored))) => {
                     // Never dead-lettered: the missing versions are in the
                     // stream. Usually they arrive by themselves (redelivered
                     // after the ack wait); a gap that outlasts
                     // `max_deliveries` is filled by fetching them.
                     GAPS.inc();
                     tracing::debug!(stored, seq = msg.stream_sequence, "gap: will retry");
-                    if msg.delivered >= self.max_deliveries && !self.lasting_gaps.iter().any(|(s, _)| s == &msg.subject)
-                    {
-                        self.lasting_gaps.push((msg.subject.clone(), stored));
+                    if msg.delivered >= self.max_deliveries && !self.lasting_gaps.iter().any(|g| g.account == account) {
+                        self.lasting_gaps.push(LastingGap { subject: msg.subject.clone(), account, stored });
                     }
                     Outcome::Retry
                 }
-                Decision::Poison(_) if msg.refetched => Outcome::Ack,
-                Decision::Poison(reason) => {
+                Err(_) if msg.refetched => Outcome::Ack,
+                Err(reason) => {
                     self.dead_letter(&mut tx, msg, &reason).await?;
                     Outcome::Terminate
                 }
             };
             outcomes.push(outcome);
         }
+        let Effects { views, heads, changed, entries, changes, sides, occurred, .. } = done;
 
         let changed_views: Vec<&AccountView> = changed.iter().filter_map(|id| views.get(id)).collect();
         write_views(&mut tx, generation, &changed_views, &heads).await?;
@@ -276,6 +323,44 @@ impl Applier {
 
         self.refresh_cache(generation, &changed_views, &changes).await;
         Ok(outcomes)
+    }
+
+    /// The events a message carries, each on its partition's subject and
+    /// (when keys are configured) under a valid signature; or why the
+    /// message as a whole is refused.
+    fn events_of(&self, m: &Incoming) -> Result<Vec<(pb::EventEnvelope, Uuid)>, String> {
+        use bank_platform::{nats, signing};
+        let partition = nats::batch_partition(&self.subject_prefix, &m.subject);
+        if let (Some(_), Some(keys)) = (partition, &self.event_keys) {
+            let batch = pb::EventBatch::decode(m.payload.as_slice()).map_err(|e| format!("undecodable batch: {e}"))?;
+            signing::verify_batch(&m.payload, &batch, keys).inspect_err(|_| REJECTED.inc())?;
+        }
+        let events = signing::events_of(partition.is_some(), &m.payload)?;
+        events
+            .into_iter()
+            .map(|env| {
+                let (id, _) = fold::account_of(&env)?;
+                if partition.is_none()
+                    && let Some(keys) = &self.event_keys
+                {
+                    signing::verify_envelope(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
+                }
+                // The unpartitioned form is what streams made before
+                // partitions hold (a rebuild reads them).
+                let on_its_subject = match partition {
+                    Some(p) => nats::event_partition(id) == p,
+                    None => {
+                        m.subject == nats::event_subject(&self.subject_prefix, id)
+                            || m.subject == format!("{}.{id}", self.subject_prefix)
+                    }
+                };
+                if !on_its_subject {
+                    REJECTED.inc();
+                    return Err(format!("published on {} but names account {id}", m.subject));
+                }
+                Ok((env, id))
+            })
+            .collect()
     }
 
     #[tracing::instrument(skip_all, fields(seq = msg.stream_sequence, subject = %msg.subject), err)]

@@ -43,27 +43,6 @@ fn hold_state(state: i32) -> Result<&'static str, String> {
     }
 }
 
-/// The envelope's signature (its last fields, appended by the relay) over
-/// everything before them, by a key in `keys`.
-pub fn verify_signature(
-    payload: &[u8],
-    env: &pb::EventEnvelope,
-    keys: &bank_platform::signing::EventKeys,
-) -> Result<(), String> {
-    use prost::Message;
-    if env.signature.is_empty() {
-        return Err("unsigned event".into());
-    }
-    let suffix = pb::EventEnvelope {
-        signature: env.signature.clone(),
-        signing_key_id: env.signing_key_id.clone(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let signed = payload.strip_suffix(suffix.as_slice()).ok_or("the signature is not the envelope's last field")?;
-    keys.verify(&env.signing_key_id, signed, &env.signature).map_err(|e| format!("bad signature: {e}"))
-}
-
 /// Whether `env` chains to its account's head: the hash of the previous event
 /// applied (`Some(Some(hash))`), the genesis hash for a first event, or any
 /// hash where the head is not known (a row projected before heads were kept).

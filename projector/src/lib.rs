@@ -176,15 +176,6 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
 /// idle, an event waits at most this long.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// Events applied per read-model transaction.
-static BATCH_EVENTS: std::sync::LazyLock<prometheus::Histogram> = std::sync::LazyLock::new(|| {
-    prometheus::register_histogram!(
-        prometheus::HistogramOpts::new("projector_batch_events", "messages applied per read-model transaction")
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
-    )
-    .expect("registers once")
-});
-
 /// Applies one batch in one transaction, then acknowledges each message by
 /// its outcome. The commit is durable when it returns (`synchronous_commit`
 /// is `local` or `on`, never `off`), so nothing is acknowledged to NATS
@@ -195,7 +186,6 @@ static BATCH_EVENTS: std::sync::LazyLock<prometheus::Histogram> = std::sync::Laz
 async fn process(applier: &mut Applier, messages: Vec<jetstream::Message>, generation: Option<i32>) {
     let incoming: Vec<Incoming> = messages.iter().map(|m| incoming(m, false)).collect();
     applier.reconnect_cache_if_due().await;
-    BATCH_EVENTS.observe(messages.len() as f64);
     match applier.apply(&incoming, generation).await {
         Ok(outcomes) => send_acks(messages.into_iter().zip(outcomes).collect()).await,
         Err(e) => {
@@ -247,9 +237,10 @@ fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
 /// reachable, whatever happened to the missing message's own deliveries.
 #[tracing::instrument(level = "debug", skip_all, fields(gaps = applier.lasting_gaps.len(), ?generation))]
 async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Applier, generation: Option<i32>) {
-    for (subject, stored) in std::mem::take(&mut applier.lasting_gaps) {
+    for gap in std::mem::take(&mut applier.lasting_gaps) {
+        let apply::LastingGap { subject, account, stored } = &gap;
         let filled = async {
-            let missing = fetch_after(js, &config.stream, &subject, stored).await?;
+            let missing = fetch_after(js, config, &gap).await?;
             for chunk in missing.chunks(config.batch.max(1)) {
                 applier.apply(chunk, generation).await?;
             }
@@ -258,23 +249,28 @@ async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Appli
         match filled.await {
             Ok(n) => {
                 apply::GAP_FILLS.inc();
-                tracing::info!(subject, stored, fetched = n, "gap filled from the stream");
+                tracing::info!(subject, %account, stored, fetched = n, "gap filled from the stream");
             }
-            Err(e) => tracing::warn!(subject, error = %format!("{e:#}"), "gap fill failed; will try again"),
+            Err(e) => tracing::warn!(subject, %account, error = %format!("{e:#}"), "gap fill failed; will try again"),
         }
     }
 }
 
-/// The events on `subject` whose version is past `stored`, in stream order.
-#[tracing::instrument(skip_all, fields(subject = subject, stored = stored), err(level = "debug"))]
-async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, stored: i64) -> Result<Vec<Incoming>> {
+/// The messages on the gap's subject carrying the account's events past the
+/// version stored, in stream order. (On a batch subject that reads the
+/// partition's messages from the start: gaps that outlast `max_deliveries`
+/// are rare, and a consumer's ack floor would not bound it for a rebuild.)
+#[tracing::instrument(skip_all, fields(subject = gap.subject, stored = gap.stored), err(level = "debug"))]
+async fn fetch_after(js: &jetstream::Context, config: &Config, gap: &apply::LastingGap) -> Result<Vec<Incoming>> {
+    let stream = &config.stream;
+    let batch = bank_platform::nats::batch_partition(&config.subject_prefix, &gap.subject).is_some();
     let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
     let mut consumer: PullConsumer = stream
         .create_consumer(pull::Config {
             name: Some(format!("gap-{}", uuid::Uuid::new_v4().simple())),
             ack_policy: AckPolicy::None,
             deliver_policy: DeliverPolicy::All,
-            filter_subject: subject.to_owned(),
+            filter_subject: gap.subject.clone(),
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
@@ -294,10 +290,11 @@ async fn fetch_after(js: &jetstream::Context, stream: &str, subject: &str, store
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
             seen += 1;
-            let version =
-                <bank_proto::v1::EventEnvelope as prost::Message>::decode(m.payload.as_ref()).map(|e| e.version);
+            let wanted = bank_platform::signing::events_of(batch, &m.payload).map(|events| {
+                events.iter().any(|e| (!batch || e.account_id == gap.account.to_string()) && e.version > gap.stored)
+            });
             // Undecodable: let the apply path judge it (it is not recorded twice).
-            if version.map_or(true, |v| v > stored) {
+            if wanted.unwrap_or(true) {
                 out.push(incoming(&m, true));
             }
         }

@@ -186,16 +186,15 @@ impl World {
         }
     }
 
-    /// The payload published for `account` at `version`, as the stream holds it.
-    async fn published_payload(&self, account: &str, version: i64) -> Vec<u8> {
+    /// The message that carried `account`'s event at `version`, as the
+    /// stream holds it, and that event.
+    async fn published(&self, account: &str, version: i64) -> (Vec<u8>, pb::EventEnvelope) {
         let js = self.js().await;
-        let mut stream = js.get_stream(&self.command.relay.stream).await.unwrap();
-        let last = stream.info().await.unwrap().state.last_sequence;
-        for seq in 1..=last {
-            let msg = stream.get_raw_message(seq).await.unwrap();
-            let env = pb::EventEnvelope::decode(msg.payload.clone()).unwrap();
-            if env.account_id == account && env.version == version {
-                return msg.payload.to_vec();
+        let stream = js.get_stream(&self.command.relay.stream).await.unwrap();
+        for stored in bank_platform::nats::stored_events(&stream).await.unwrap() {
+            if stored.envelope.account_id == account && stored.envelope.version == version {
+                let message = stream.get_raw_message(stored.sequence).await.unwrap();
+                return (message.payload.to_vec(), stored.envelope);
             }
         }
         panic!("no event {account} v{version} on the stream");
@@ -556,12 +555,10 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
 
     // The stream's fold: per currency zero, per account the write model's balance.
     let js = w.js().await;
-    let mut stream = js.get_stream(&w.command.relay.stream).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
+    let stream = js.get_stream(&w.command.relay.stream).await.unwrap();
     let (mut per_currency, mut per_account) = (HashMap::<String, Decimal>::new(), HashMap::<String, Decimal>::new());
-    for seq in 1..=last {
-        let m = stream.get_raw_message(seq).await.unwrap();
-        let env = pb::EventEnvelope::decode(m.payload).unwrap();
+    for stored in bank_platform::nats::stored_events(&stream).await.unwrap() {
+        let env = stored.envelope;
         if let Some((currency, delta)) = signed_change(&env) {
             *per_currency.entry(currency).or_default() += delta;
             *per_account.entry(env.account_id.clone()).or_default() += delta;
@@ -584,7 +581,7 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     let w = World::start().await;
     let _p = w.start_projector().await;
     let token = w.issuer.customer(Uuid::now_v7());
-    let (a, b) = (w.open(&token).await, w.open(&token).await);
+    let a = w.open(&token).await;
     w.deposit(&a, "100.00").await;
     assert_eventually!(w.converged().await, Duration::from_secs(20), "the deposit was not projected");
 
@@ -606,15 +603,19 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     let js = w.js().await;
     let subject =
         |account: &str| bank_platform::nats::event_subject(&w.command.relay.subject_prefix, account.parse().unwrap());
+    let batch_subject = |partition: u32| bank_platform::nats::batch_subject(&w.command.relay.subject_prefix, partition);
     // 1. Unsigned.
     js.publish(subject(&a), forged(3).encode_to_vec().into()).await.unwrap().await.unwrap();
     // 2. Signed, but by a key the projector does not hold.
     let stranger = bank_platform::auth::TokenSigner::generate();
     let signed_by_stranger = command_service::relay::signed(&forged(3).encode_to_vec(), &stranger);
     js.publish(subject(&a), signed_by_stranger.into()).await.unwrap().await.unwrap();
-    // 3. A genuine, correctly signed event of `a`, replayed on `b`'s subject.
-    let genuine = w.published_payload(&a, 2).await;
-    js.publish(subject(&b), genuine.into()).await.unwrap().await.unwrap();
+    // 3. A genuine, correctly signed message carrying `a`'s event, replayed
+    //    on another partition's subject.
+    let (genuine, _) = w.published(&a, 2).await;
+    let elsewhere =
+        (bank_platform::nats::event_partition(a.parse().unwrap()) + 1) % bank_platform::nats::EVENT_PARTITIONS;
+    js.publish(batch_subject(elsewhere), genuine.into()).await.unwrap().await.unwrap();
     // 4. Signed with the real key, at the next version, but chained to a
     //    history other than the account's (a rewritten past).
     let mut forked = forged(3);
@@ -647,6 +648,86 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     assert_eq!(balance, rust_decimal::Decimal::from(110));
     let rejected = bank_testkit::metric(_p.http_addr, "projector_rejected_events_total").await;
     assert!(rejected >= 4.0, "rejections are counted: {rejected}");
+}
+
+/// A stream message carries a partition's events of a relay round, and
+/// applies whole or not at all: signed by a stranger, none of it applies;
+/// signed with the real key but with one event that cannot apply (its chain
+/// is broken), the valid event before it in the same message does not apply
+/// either, and the message goes to the dead letters as one.
+#[tokio::test]
+async fn a_stream_message_carrying_many_events_is_applied_all_or_nothing() {
+    let w = World::start().await;
+    let _p = w.start_projector().await;
+    let token = w.issuer.customer(Uuid::now_v7());
+    let a = w.open(&token).await;
+    w.deposit(&a, "100.00").await;
+    assert_eventually!(w.converged().await, Duration::from_secs(20), "the deposit was not projected");
+    let (_, v2) = w.published(&a, 2).await;
+
+    // The next two versions of `a`: v3 chains to v2, v4 chains to nothing.
+    let deposit = |version: i64, previous: &[u8]| {
+        let mut env = pb::EventEnvelope {
+            event_id: Uuid::now_v7().to_string(),
+            account_id: a.clone(),
+            version,
+            transaction_id: Uuid::now_v7().to_string(),
+            occurred_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
+            actor: Uuid::now_v7().to_string(),
+            payload: Some(pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
+                amount: usd("1.00"),
+                balance_before: usd(&format!("{}.00", 97 + version)),
+                balance_after: usd(&format!("{}.00", 98 + version)),
+                description: "in a batch".into(),
+            })),
+            ..Default::default()
+        };
+        env.hash = bank_platform::signing::chain_hash(previous, &env);
+        env
+    };
+    let v3 = deposit(3, &v2.hash);
+    let v4 = deposit(4, b"not the account's history");
+    let events = vec![v3.encode_to_vec(), v4.encode_to_vec()];
+    let partition = bank_platform::nats::event_partition(a.parse().unwrap());
+    let subject = bank_platform::nats::batch_subject(&w.command.relay.subject_prefix, partition);
+    let js = w.js().await;
+    let stranger = bank_platform::auth::TokenSigner::generate();
+    let by_stranger = bank_platform::signing::sign_batch(vec![v3.encode_to_vec()], &stranger);
+    js.publish(subject.clone(), by_stranger.into()).await.unwrap().await.unwrap();
+    let genuine = bank_platform::signing::sign_batch(events, &w.command.event_signer);
+    js.publish(subject, genuine.into()).await.unwrap().await.unwrap();
+
+    assert_eventually!(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM dead_letters"#).fetch_one(&w.read_db).await.unwrap() == 2,
+        Duration::from_secs(30),
+        "the two messages did not reach the dead letters"
+    );
+    let reasons: Vec<String> = sqlx::query_scalar!("SELECT reason FROM dead_letters ORDER BY stream_sequence")
+        .fetch_all(&w.read_db)
+        .await
+        .unwrap();
+    assert!(reasons[0].contains("unknown key"), "{reasons:?}");
+    assert!(reasons[1].contains("version 4 does not chain"), "{reasons:?}");
+    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
+        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
+        a.parse::<Uuid>().unwrap(),
+    )
+    .fetch_one(&w.read_db)
+    .await
+    .unwrap();
+    assert_eq!(balance, Decimal::from(100), "v3 applied although its message was refused");
+
+    // The real next event still applies at v3: the refused message took no version.
+    w.deposit(&a, "10.00").await;
+    w.assert_read_models_equal_the_fold().await;
+    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
+        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
+        a.parse::<Uuid>().unwrap(),
+    )
+    .fetch_one(&w.read_db)
+    .await
+    .unwrap();
+    assert_eq!(balance, Decimal::from(110));
 }
 
 /// Reconcile called a read model clean while an account

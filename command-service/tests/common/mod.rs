@@ -7,7 +7,6 @@ use std::time::Duration;
 use bank_platform::{CancellationToken, auth::STATUS_ACTIVE, config::ProcessEnv, service::Running};
 use bank_proto::v1::{self as pb, account_command_service_client::AccountCommandServiceClient};
 use bank_testkit::{DbRole, Principal, TestDb, TestIssuer, authed};
-use prost::Message;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -234,15 +233,8 @@ impl Harness {
     pub async fn published(&self, nats_url: &str) -> Vec<pb::EventEnvelope> {
         let client = bank_platform::nats::connect(nats_url).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(&self.config.relay.stream).await.unwrap();
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(msg) = stream.get_raw_message(seq).await {
-                out.push(pb::EventEnvelope::decode(msg.payload).unwrap());
-            }
-        }
-        out
+        let stream = js.get_stream(&self.config.relay.stream).await.unwrap();
+        bank_platform::nats::stored_events(&stream).await.unwrap().into_iter().map(|e| e.envelope).collect()
     }
 
     pub async fn stop(&mut self) {

@@ -115,6 +115,54 @@ pub async fn provision_stream(
 /// `provision-streams`: the event and standing streams, as the administrator
 /// (`NATS_PROVISION_URL`), named as the services name them (`NATS_STREAM`,
 /// `NATS_SUBJECT_PREFIX`, `USERS_STREAM`, `USERS_SUBJECT_PREFIX`,
+/// The subject of a partition's batched events (see `signing::sign_batch`).
+pub fn batch_subject(prefix: &str, partition: u32) -> String {
+    format!("{prefix}.{partition}.batch")
+}
+
+/// The partition `subject` carries batched events of, if it is a batch subject.
+pub fn batch_partition(prefix: &str, subject: &str) -> Option<u32> {
+    subject.strip_prefix(prefix)?.strip_prefix('.')?.strip_suffix(".batch")?.parse().ok()
+}
+
+/// One event as a stream holds it: the envelope, and the message that
+/// carried it (its stream sequence and headers).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub envelope: bank_proto::v1::EventEnvelope,
+}
+
+/// Every event `stream` holds, in stream order, whether published alone or
+/// in a batch (reconcile, the benchmark and tests read the stream this way:
+/// message by message, which needs the right to get a stream's messages and
+/// no consumer). Signatures are not checked here, and a message that decodes
+/// to no event is skipped.
+pub async fn stored_events(stream: &async_nats::jetstream::stream::Stream) -> anyhow::Result<Vec<StoredEvent>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let state = stream.get_info().await.context("stream info")?.state;
+    let mut out = Vec::new();
+    for sequence in state.first_sequence.max(1)..=state.last_sequence {
+        let m = match stream.get_raw_message(sequence).await {
+            Ok(m) => m,
+            // Deleted from the middle of the stream (an operator's purge).
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(anyhow::anyhow!("stream message {sequence}: {e}")),
+        };
+        // Anyone allowed to publish may store garbage: it carries no event.
+        match crate::signing::events_of(m.subject.ends_with(".batch"), &m.payload) {
+            Ok(events) => out.extend(events.into_iter().map(|envelope| StoredEvent {
+                sequence,
+                headers: Some(m.headers.clone()),
+                envelope,
+            })),
+            Err(e) => tracing::warn!(sequence, subject = %m.subject, error = %e, "a stored message carries no event"),
+        }
+    }
+    Ok(out)
+}
+
 /// `NATS_STREAM_REPLICAS`).
 pub async fn provision_from_env(env: &impl crate::config::Env) -> anyhow::Result<()> {
     let url = env.var("NATS_PROVISION_URL").context("NATS_PROVISION_URL (an administrator's NATS URL) is not set")?;

@@ -3,12 +3,16 @@
 //! key id as the envelope's last fields; a consumer verifies them against the
 //! public keys it was given (`EVENT_VERIFYING_KEYS`) before applying anything.
 //! Whoever can publish on NATS but does not hold the key cannot make an event
-//! the projector applies.
+//! the projector applies. A stream message carrying many events (an
+//! `EventBatch`) is signed once, the same way.
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use ed25519_dalek::{Signature, VerifyingKey, pkcs8::DecodePublicKey};
+
+use bank_proto::v1 as pb;
+use prost::Message;
 
 use crate::auth::{TokenSigner, kid_of};
 
@@ -20,7 +24,6 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// key id empty). Encoding is deterministic (maps are BTreeMaps), so anyone
 /// holding the envelope recomputes it.
 pub fn chain_hash(previous: &[u8], envelope: &bank_proto::v1::EventEnvelope) -> Vec<u8> {
-    use prost::Message;
     use sha2::{Digest, Sha256};
     let unsealed = bank_proto::v1::EventEnvelope {
         hash: Vec::new(),
@@ -37,6 +40,63 @@ pub fn chain_hash(previous: &[u8], envelope: &bank_proto::v1::EventEnvelope) -> 
 /// Whether `envelope` carries the hash that chains it to `previous`.
 pub fn chain_link_holds(previous: &[u8], envelope: &bank_proto::v1::EventEnvelope) -> bool {
     chain_hash(previous, envelope) == envelope.hash
+}
+
+/// `events` (envelopes as stored) as one signed stream message.
+pub fn sign_batch(events: Vec<Vec<u8>>, signer: &TokenSigner) -> Vec<u8> {
+    let body = pb::EventBatch { events, ..Default::default() }.encode_to_vec();
+    let suffix = pb::EventBatch {
+        signature: signer.sign_bytes(&body),
+        signing_key_id: signer.kid().to_owned(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    [body, suffix].concat()
+}
+
+/// The envelopes a stream message carries: a batch's (`batch`: it came on a
+/// batch subject) or the message itself. Only decodes; `verify_batch` and a
+/// consumer's own checks decide whether to believe them.
+pub fn events_of(batch: bool, payload: &[u8]) -> Result<Vec<pb::EventEnvelope>, String> {
+    let decode = |bytes: &[u8]| pb::EventEnvelope::decode(bytes).map_err(|e| format!("undecodable envelope: {e}"));
+    if !batch {
+        return Ok(vec![decode(payload)?]);
+    }
+    let batch = pb::EventBatch::decode(payload).map_err(|e| format!("undecodable batch: {e}"))?;
+    batch.events.iter().map(|e| decode(e)).collect()
+}
+
+/// Checks a batch's one signature: it is the message's last fields, over
+/// everything before them.
+pub fn verify_batch(payload: &[u8], batch: &pb::EventBatch, keys: &EventKeys) -> Result<(), String> {
+    verify_suffixed(payload, &batch.signature, &batch.signing_key_id, keys, |signature, kid| {
+        pb::EventBatch { signature, signing_key_id: kid, ..Default::default() }.encode_to_vec()
+    })
+}
+
+/// Checks an envelope published on its own: signature and key id are its
+/// last fields, over the envelope as stored.
+pub fn verify_envelope(payload: &[u8], env: &pb::EventEnvelope, keys: &EventKeys) -> Result<(), String> {
+    verify_suffixed(payload, &env.signature, &env.signing_key_id, keys, |signature, kid| {
+        pb::EventEnvelope { signature, signing_key_id: kid, ..Default::default() }.encode_to_vec()
+    })
+}
+
+/// `payload` ends with `suffix(signature, kid)`, and `signature` by `kid`
+/// covers what comes before it.
+fn verify_suffixed(
+    payload: &[u8],
+    signature: &[u8],
+    kid: &str,
+    keys: &EventKeys,
+    suffix: impl FnOnce(Vec<u8>, String) -> Vec<u8>,
+) -> Result<(), String> {
+    if signature.is_empty() {
+        return Err("unsigned event".into());
+    }
+    let suffix = suffix(signature.to_vec(), kid.to_owned());
+    let signed = payload.strip_suffix(suffix.as_slice()).ok_or("the signature is not the message's last field")?;
+    keys.verify(kid, signed, signature).map_err(|e| format!("bad signature: {e}"))
 }
 
 /// The public keys events may be signed with, by key id.

@@ -552,22 +552,12 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
 /// earlier one). A version twice is a duplicate the
 /// projector skips; a version below one already seen is disorder.
 pub async fn assert_stream_in_version_order(sys: &System) {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    use futures::StreamExt;
-    use prost::Message;
     let name = sys.env.iter().find(|(k, _)| k == "NATS_STREAM").map(|(_, v)| v.clone()).expect("NATS_STREAM");
     let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
     let stream = async_nats::jetstream::new(client).get_stream(&name).await.unwrap();
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-        .await
-        .unwrap();
-    let total = stream.cached_info().state.messages;
-    let mut messages = consumer.messages().await.unwrap();
     let mut last: HashMap<String, i64> = HashMap::new();
-    for _ in 0..total {
-        let m = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap().unwrap();
-        let env = pb::EventEnvelope::decode(m.payload.as_ref()).unwrap();
+    for stored in bank_platform::nats::stored_events(&stream).await.unwrap() {
+        let env = stored.envelope;
         let seen = last.entry(env.account_id.clone()).or_insert(0);
         assert!(
             env.version >= *seen,
