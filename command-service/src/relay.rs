@@ -503,8 +503,9 @@ struct Outgoing {
     /// A digest of the event ids it carries.
     msg_id: String,
     payload: Vec<u8>,
-    /// The first event's trace context continues in the publish span.
-    first_envelope: Vec<u8>,
+    /// A publish span per event, continuing the trace of the command that
+    /// wrote it (none unless traces are exported).
+    spans: Vec<tracing::Span>,
     occurred: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -539,22 +540,27 @@ impl Outgoing {
                     subject,
                     msg_id,
                     payload,
-                    first_envelope: group[0].envelope.clone(),
+                    spans: if telemetry::exporting() {
+                        group.iter().map(|r| publish_span(&r.envelope)).collect()
+                    } else {
+                        Vec::new()
+                    },
                     occurred: group.iter().map(|r| r.occurred_at).collect(),
                 }
             })
             .collect()
     }
 
-    /// `Nats-Msg-Id` (deduplication) and the trace context, with the span.
+    /// `Nats-Msg-Id` (deduplication) and a `traceparent` per event (its
+    /// publish span's), with the span the publish runs in (the first's).
     fn headers(&self) -> (async_nats::HeaderMap, tracing::Span) {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", self.msg_id.as_str());
-        let span = publish_span(&self.first_envelope);
-        for (k, v) in span.in_scope(telemetry::current_trace_context) {
-            headers.insert(k.as_str(), v.as_str());
+        for span in &self.spans {
+            let context = span.in_scope(telemetry::current_trace_context);
+            headers.append("traceparent", context.get("traceparent").map_or("", String::as_str));
         }
-        (headers, span)
+        (headers, self.spans.first().cloned().unwrap_or_else(tracing::Span::none))
     }
 }
 

@@ -142,8 +142,8 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     pub stream_sequence: u64,
     pub delivered: i64,
-    /// W3C trace headers the relay published with the event.
-    pub trace: BTreeMap<String, String>,
+    /// W3C trace headers the relay published, one set per event it carries.
+    pub traces: Vec<BTreeMap<String, String>>,
     /// Fetched again to fill a gap: poison here was dead-lettered when the
     /// consumer first delivered it, so it is not recorded twice.
     pub refetched: bool,
@@ -247,15 +247,20 @@ impl Applier {
         }
         let mut outcomes = Vec::with_capacity(batch.len());
 
-        // One span per message, continuing the relay's trace, closed when the
+        // One span per event, continuing its relay span, closed when the
         // batch commits: the projector's part of a command's trace.
-        let mut spans = Vec::with_capacity(batch.len());
+        let mut spans = Vec::new();
         for (msg, d) in batch.iter().zip(decoded) {
             if telemetry::exporting() {
-                let span =
-                    tracing::info_span!("projector.apply", otel.name = "projector apply", seq = msg.stream_sequence);
-                telemetry::continue_trace(&span, &telemetry::Carrier(msg.trace.clone()));
-                spans.push(span);
+                for trace in &msg.traces {
+                    let span = tracing::info_span!(
+                        "projector.apply",
+                        otel.name = "projector apply",
+                        seq = msg.stream_sequence
+                    );
+                    telemetry::continue_trace(&span, &telemetry::Carrier(trace.clone()));
+                    spans.push(span);
+                }
             }
             // A message applies whole or not at all: its events are decided
             // against what the batch has applied, into a staging area that

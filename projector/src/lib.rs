@@ -9,7 +9,7 @@ pub mod cache_debt;
 pub mod fold;
 pub mod partitions;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{
@@ -215,16 +215,23 @@ async fn send_acks(acks: Vec<(jetstream::Message, Outcome)>) {
 
 fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
     let (seq, delivered) = m.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
-    let trace = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|k| Some((k.to_owned(), m.headers.as_ref()?.get(k)?.as_str().to_owned())))
-        .collect();
+    // One trace context per event: a batch carries a `traceparent` per
+    // event, in order; a single event also its `tracestate`.
+    let headers = m.headers.as_ref();
+    let values = |key: &str| -> Vec<String> {
+        headers.map(|h| h.get_all(key).map(|v| v.as_str().to_owned()).collect()).unwrap_or_default()
+    };
+    let mut traces: Vec<BTreeMap<String, String>> =
+        values("traceparent").into_iter().map(|p| BTreeMap::from([("traceparent".to_owned(), p)])).collect();
+    if let ([trace], [state]) = (traces.as_mut_slice(), values("tracestate").as_slice()) {
+        trace.insert("tracestate".to_owned(), state.clone());
+    }
     Incoming {
         subject: m.subject.to_string(),
         payload: m.payload.to_vec(),
         stream_sequence: seq,
         delivered,
-        trace,
+        traces,
         refetched,
     }
 }
@@ -680,7 +687,7 @@ async fn replay(
                 payload: envelope,
                 stream_sequence: seq as u64,
                 delivered: 1,
-                trace: Default::default(),
+                traces: Vec::new(),
                 refetched: false,
             })
             .collect();
