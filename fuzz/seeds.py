@@ -44,6 +44,8 @@ events = {
     "frozen": envelope(account, 6, 25, msg((1, "fraud"))),
     "closed": envelope(account, 7, 27, b""),
 }
+# One stream message carrying several events (an EventBatch: field 1 repeated).
+events["batch"] = msg(*((1, events[k]) for k in ("opened", "deposited", "withdrawn")))
 requests = {
     "transfer": b"\x00" + msg((1, account), (2, other), (3, money("10.50")), (4, "key-1"), (5, "rent")),
     "deposit": b"\x01" + msg((1, account), (2, money("1000", "JPY")), (3, "key-2")),
