@@ -30,6 +30,31 @@ fn usd(a: &str) -> Option<pb::Money> {
     Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
 }
 
+/// A USD deposit event on `account` at `version`, hand-made (unsigned, its
+/// hash unset): (amount, balance before, balance after).
+fn deposited(
+    account: &str,
+    version: i64,
+    (amount, before, after): (&str, &str, &str),
+    description: &str,
+) -> pb::EventEnvelope {
+    pb::EventEnvelope {
+        event_id: Uuid::now_v7().to_string(),
+        account_id: account.to_owned(),
+        version,
+        transaction_id: Uuid::now_v7().to_string(),
+        occurred_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
+        actor: Uuid::now_v7().to_string(),
+        payload: Some(pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
+            amount: usd(amount),
+            balance_before: usd(before),
+            balance_after: usd(after),
+            description: description.into(),
+        })),
+        ..Default::default()
+    }
+}
+
 impl World {
     async fn start() -> Self {
         bank_platform::telemetry::init_for_tests();
@@ -198,6 +223,27 @@ impl World {
             }
         }
         panic!("no event {account} v{version} on the stream");
+    }
+
+    /// A running projector and a customer's account holding 100.00 in the
+    /// read model.
+    async fn projected_account_holding_100(&self) -> (Running, String) {
+        let projector = self.start_projector().await;
+        let a = self.open(&self.issuer.customer(Uuid::now_v7())).await;
+        self.deposit(&a, "100.00").await;
+        assert_eventually!(self.converged().await, Duration::from_secs(20), "the deposit was not projected");
+        (projector, a)
+    }
+
+    /// `account`'s balance in the active generation of the Postgres read model.
+    async fn projected_balance(&self, account: &str) -> Decimal {
+        sqlx::query_scalar!(
+            "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
+            account.parse::<Uuid>().unwrap(),
+        )
+        .fetch_one(&self.read_db)
+        .await
+        .unwrap()
     }
 
     async fn js(&self) -> async_nats::jetstream::Context {
@@ -579,27 +625,9 @@ async fn under_every_command_from_many_callers_each_currency_sums_to_zero_everyw
 #[tokio::test]
 async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     let w = World::start().await;
-    let _p = w.start_projector().await;
-    let token = w.issuer.customer(Uuid::now_v7());
-    let a = w.open(&token).await;
-    w.deposit(&a, "100.00").await;
-    assert_eventually!(w.converged().await, Duration::from_secs(20), "the deposit was not projected");
+    let (_p, a) = w.projected_account_holding_100().await;
 
-    let forged = |version: i64| pb::EventEnvelope {
-        event_id: Uuid::now_v7().to_string(),
-        account_id: a.clone(),
-        version,
-        transaction_id: Uuid::now_v7().to_string(),
-        occurred_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
-        actor: Uuid::now_v7().to_string(),
-        payload: Some(pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
-            amount: usd("5000.00"),
-            balance_before: usd("100.00"),
-            balance_after: usd("5100.00"),
-            description: "forged".into(),
-        })),
-        ..Default::default()
-    };
+    let forged = |version: i64| deposited(&a, version, ("5000.00", "100.00", "5100.00"), "forged");
     let js = w.js().await;
     let subject =
         |account: &str| bank_platform::nats::event_subject(&w.command.relay.subject_prefix, account.parse().unwrap());
@@ -638,14 +666,7 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
     // The real next event still applies: the forgery took no version.
     w.deposit(&a, "10.00").await;
     w.assert_read_models_equal_the_fold().await;
-    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
-        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
-        a.parse::<Uuid>().unwrap(),
-    )
-    .fetch_one(&w.read_db)
-    .await
-    .unwrap();
-    assert_eq!(balance, rust_decimal::Decimal::from(110));
+    assert_eq!(w.projected_balance(&a).await, Decimal::from(110));
     let rejected = bank_testkit::metric(_p.http_addr, "projector_rejected_events_total").await;
     assert!(rejected >= 4.0, "rejections are counted: {rejected}");
 }
@@ -658,30 +679,13 @@ async fn a_forged_event_published_on_nats_is_refused_and_moves_nothing() {
 #[tokio::test]
 async fn a_stream_message_carrying_many_events_is_applied_all_or_nothing() {
     let w = World::start().await;
-    let _p = w.start_projector().await;
-    let token = w.issuer.customer(Uuid::now_v7());
-    let a = w.open(&token).await;
-    w.deposit(&a, "100.00").await;
-    assert_eventually!(w.converged().await, Duration::from_secs(20), "the deposit was not projected");
+    let (_p, a) = w.projected_account_holding_100().await;
     let (_, v2) = w.published(&a, 2).await;
 
     // The next two versions of `a`: v3 chains to v2, v4 chains to nothing.
     let deposit = |version: i64, previous: &[u8]| {
-        let mut env = pb::EventEnvelope {
-            event_id: Uuid::now_v7().to_string(),
-            account_id: a.clone(),
-            version,
-            transaction_id: Uuid::now_v7().to_string(),
-            occurred_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp(), nanos: 0 }),
-            actor: Uuid::now_v7().to_string(),
-            payload: Some(pb::event_envelope::Payload::MoneyDeposited(pb::MoneyDeposited {
-                amount: usd("1.00"),
-                balance_before: usd(&format!("{}.00", 97 + version)),
-                balance_after: usd(&format!("{}.00", 98 + version)),
-                description: "in a batch".into(),
-            })),
-            ..Default::default()
-        };
+        let (before, after) = (format!("{}.00", 97 + version), format!("{}.00", 98 + version));
+        let mut env = deposited(&a, version, ("1.00", &before, &after), "in a batch");
         env.hash = bank_platform::signing::chain_hash(previous, &env);
         env
     };
@@ -708,26 +712,12 @@ async fn a_stream_message_carrying_many_events_is_applied_all_or_nothing() {
         .unwrap();
     assert!(reasons[0].contains("unknown key"), "{reasons:?}");
     assert!(reasons[1].contains("version 4 does not chain"), "{reasons:?}");
-    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
-        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
-        a.parse::<Uuid>().unwrap(),
-    )
-    .fetch_one(&w.read_db)
-    .await
-    .unwrap();
-    assert_eq!(balance, Decimal::from(100), "v3 applied although its message was refused");
+    assert_eq!(w.projected_balance(&a).await, Decimal::from(100), "v3 applied although its message was refused");
 
     // The real next event still applies at v3: the refused message took no version.
     w.deposit(&a, "10.00").await;
     w.assert_read_models_equal_the_fold().await;
-    let balance: rust_decimal::Decimal = sqlx::query_scalar!(
-        "SELECT balance FROM account_view WHERE account_id = $1::uuid AND generation = (SELECT active_generation FROM projection_meta)",
-        a.parse::<Uuid>().unwrap(),
-    )
-    .fetch_one(&w.read_db)
-    .await
-    .unwrap();
-    assert_eq!(balance, Decimal::from(110));
+    assert_eq!(w.projected_balance(&a).await, Decimal::from(110));
 }
 
 /// Reconcile called a read model clean while an account
