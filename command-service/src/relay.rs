@@ -330,7 +330,7 @@ impl OutboxRelay {
             // After any irregularity the round goes message by message, which
             // tells stored duplicates apart; otherwise the round is one atomic
             // batch: stored whole or not at all, with one fsync for all of it.
-            let messages = Outgoing::of_round(&rows, &self.signer);
+            let messages = Outgoing::of_round(&rows, &self.config.subject_prefix, &self.signer);
             let round = if resync || !atomic || messages.len() < 2 {
                 self.publish_each(js, &messages, last).await
             } else {
@@ -489,7 +489,8 @@ impl OutboxRelay {
 struct Row {
     id: i64,
     event_id: Uuid,
-    /// The account's subject, `<prefix>.<partition>.<account>`.
+    /// The account's subject, `<prefix>.<partition>.<account>` (or
+    /// `<prefix>.<account>`, written before partitions).
     subject: String,
     envelope: Vec<u8>,
     occurred_at: chrono::DateTime<chrono::Utc>,
@@ -512,11 +513,16 @@ struct Outgoing {
 impl Outgoing {
     /// The round's rows as messages, one per partition in the order the
     /// partitions first appear (at most `MAX_MESSAGE_EVENTS` events each).
-    fn of_round(rows: &[Row], signer: &bank_platform::auth::TokenSigner) -> Vec<Self> {
+    fn of_round(rows: &[Row], prefix: &str, signer: &bank_platform::auth::TokenSigner) -> Vec<Self> {
         let mut groups: Vec<(String, Vec<&Row>)> = Vec::new();
         for row in rows {
-            let subject = match row.subject.rsplit_once('.') {
-                Some((partition, _account)) => format!("{partition}.batch"),
+            // The account is the subject's last token, in the partitioned
+            // form and in the one rows written before partitions carry.
+            let account = row.subject.rsplit('.').next().and_then(|a| Uuid::try_parse(a).ok());
+            let subject = match account {
+                Some(account) => {
+                    bank_platform::nats::batch_subject(prefix, bank_platform::nats::event_partition(account))
+                }
                 None => row.subject.clone(),
             };
             match groups.iter_mut().rev().find(|(s, g)| *s == subject && g.len() < MAX_MESSAGE_EVENTS) {
@@ -599,4 +605,70 @@ fn publish_span(envelope: &[u8]) -> tracing::Span {
         telemetry::continue_trace(&span, &telemetry::Carrier(env.trace_context));
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use bank_platform::nats::{batch_subject, event_partition, event_subject};
+
+    use super::*;
+
+    fn row(id: i64, subject: String) -> Row {
+        Row { id, event_id: Uuid::now_v7(), subject, envelope: vec![id as u8], occurred_at: chrono::Utc::now() }
+    }
+
+    /// Accounts in two different partitions.
+    fn two_partitions() -> (Uuid, Uuid) {
+        let a = Uuid::now_v7();
+        loop {
+            let b = Uuid::now_v7();
+            if event_partition(b) != event_partition(a) {
+                return (a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_round_becomes_one_message_per_partition_with_each_partitions_rows_in_order() {
+        let (a, b) = two_partitions();
+        let rows = vec![
+            row(1, event_subject("ev", a)),
+            row(2, event_subject("ev", b)),
+            row(3, event_subject("ev", a)),
+            // Written before partitions: the account's own subject.
+            row(4, format!("ev.{b}")),
+        ];
+        let messages = Outgoing::of_round(&rows, "ev", &bank_platform::auth::TokenSigner::generate());
+        let shape: Vec<(String, Vec<i64>)> = messages.iter().map(|m| (m.subject.clone(), m.ids.clone())).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (batch_subject("ev", event_partition(a)), vec![1, 3]),
+                (batch_subject("ev", event_partition(b)), vec![2, 4]),
+            ]
+        );
+        let batch = bank_proto::v1::EventBatch::decode(messages[0].payload.as_slice()).unwrap();
+        assert_eq!(batch.events, vec![vec![1u8], vec![3u8]], "the envelopes as stored, in outbox order");
+    }
+
+    #[test]
+    fn the_same_events_make_the_same_message_id_and_any_other_set_another() {
+        let (a, _) = two_partitions();
+        let rows: Vec<Row> = (1..=3).map(|i| row(i, event_subject("ev", a))).collect();
+        let signer = bank_platform::auth::TokenSigner::generate();
+        let id_of = |rows: &[Row]| Outgoing::of_round(rows, "ev", &signer)[0].msg_id.clone();
+        assert_eq!(id_of(&rows), id_of(&rows));
+        assert_ne!(id_of(&rows), id_of(&rows[..2]), "a late row joining a regrouped message changes its id");
+    }
+
+    #[test]
+    fn a_partition_with_more_rows_than_a_message_holds_fills_messages_in_order() {
+        let (a, _) = two_partitions();
+        let n = MAX_MESSAGE_EVENTS as i64 + 3;
+        let rows: Vec<Row> = (1..=n).map(|i| row(i, event_subject("ev", a))).collect();
+        let messages = Outgoing::of_round(&rows, "ev", &bank_platform::auth::TokenSigner::generate());
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].ids, (1..=MAX_MESSAGE_EVENTS as i64).collect::<Vec<_>>());
+        assert_eq!(messages[1].ids, (MAX_MESSAGE_EVENTS as i64 + 1..=n).collect::<Vec<_>>());
+    }
 }
