@@ -4,9 +4,11 @@
 //! row only after its publish ack. A round's rows go out as one message per
 //! event partition (an `EventBatch`, signed once), so the stream, its
 //! consumers and their acks pay per batch, not per event; `Nats-Msg-Id` is a
-//! digest of the event ids a message carries, so a round published again
-//! exactly as before is dropped as a duplicate, and one regrouped after a
-//! failure is stored again (consumers skip the versions they have).
+//! digest of the event ids a message carries. After a failure the relay
+//! sends the unacknowledged messages again exactly as they were, before any
+//! new row, so one stored whose ack was lost is dropped as a duplicate; only
+//! a relay that starts afresh (a restart, a lease take-over) regroups rows
+//! another may have stored, and consumers skip the versions they have.
 //!
 //! Publishes are pipelined, yet the stream keeps their order even when an
 //! ack fails mid-pipeline: each message carries
@@ -173,6 +175,15 @@ impl OutboxRelay {
         let client = bank_platform::nats::connect_lazily(&self.config.nats_url).await?;
         let js = jetstream::new(client);
         let mut backoff = Backoff(Backoff::MIN);
+        // Messages sent but not acknowledged, and the lease epoch they were
+        // sent under: they go again exactly as they were (same Nats-Msg-Id),
+        // before any new row, so one stored whose ack was lost is dropped as a
+        // duplicate rather than stored again inside a message regrouped with
+        // rows committed since. Kept across a lapse of this relay's own lease
+        // (a publish that outwaited it), dropped if another relay held it in
+        // between (it published those rows its own way).
+        let mut unacked: Vec<Outgoing> = Vec::new();
+        let mut last_epoch: Option<i64> = None;
         while !shutdown.is_cancelled() {
             let atomic = match self.ensure_stream(&js).await {
                 Ok(atomic) => atomic,
@@ -201,7 +212,12 @@ impl OutboxRelay {
                 }
             };
             tracing::info!(epoch = lease.epoch, holder = %lease.holder, "outbox relay holds the publisher lease");
-            let result = self.publish_while_leased(lease.clone(), &js, atomic, &mut backoff, &shutdown).await;
+            if last_epoch.is_some_and(|epoch| epoch + 1 != lease.epoch) {
+                unacked.clear();
+            }
+            last_epoch = Some(lease.epoch);
+            let result =
+                self.publish_while_leased(lease.clone(), &js, atomic, &mut unacked, &mut backoff, &shutdown).await;
             if result.is_ok() && shutdown.is_cancelled() {
                 // Hand over at once rather than after the expiry.
                 let _ = self.release(&lease).await;
@@ -278,6 +294,7 @@ impl OutboxRelay {
         mut lease: Lease,
         js: &jetstream::Context,
         atomic: bool,
+        unacked: &mut Vec<Outgoing>,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<()> {
@@ -292,27 +309,20 @@ impl OutboxRelay {
             if lease.renewed.elapsed() > LEASE_TTL / 3 {
                 self.renew(&mut lease).await?;
             }
-            // The envelope is the event's (rows from before migration 0008
-            // carry their own copy).
-            let rows: Vec<Row> = sqlx::query_as!(
-                Row,
-                r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!", e.occurred_at
-                   FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
-                self.config.batch.min(MAX_ATOMIC_BATCH),
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            if (rows.len() as i64) < self.config.batch {
-                BACKLOG.set(rows.len() as i64);
-            }
-            if rows.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll.min(LEASE_TTL / 3)) => {}
+            let mut messages = if unacked.is_empty() {
+                let rows = self.next_rows().await?;
+                if rows.is_empty() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll.min(LEASE_TTL / 3)) => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
+                Outgoing::of_round(&rows, &self.config.subject_prefix, &self.signer)
+            } else {
+                std::mem::take(unacked)
+            };
             let resync = last_seq.is_none();
             let last = match last_seq {
                 Some(seq) => seq,
@@ -320,6 +330,7 @@ impl OutboxRelay {
                     Ok(seq) => seq,
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "stream unavailable");
+                        *unacked = messages;
                         if !pause(backoff.next(), shutdown).await {
                             return Ok(());
                         }
@@ -330,7 +341,6 @@ impl OutboxRelay {
             // After any irregularity the round goes message by message, which
             // tells stored duplicates apart; otherwise the round is one atomic
             // batch: stored whole or not at all, with one fsync for all of it.
-            let messages = Outgoing::of_round(&rows, &self.config.subject_prefix, &self.signer);
             let round = if resync || !atomic || messages.len() < 2 {
                 self.publish_each(js, &messages, last).await
             } else {
@@ -338,6 +348,9 @@ impl OutboxRelay {
             };
             let Round { acked, last, failed, out_of_step } = round;
             last_seq = (!failed && !out_of_step).then_some(last);
+            // The acknowledged messages are a prefix of the round's.
+            let sent = messages.iter().take_while(|m| acked.contains(&m.ids[0])).count();
+            *unacked = messages.split_off(sent);
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
                 let deleted = sqlx::query!(
@@ -354,7 +367,7 @@ impl OutboxRelay {
                 PUBLISHED.inc_by(acked.len() as u64);
                 ROUND_EVENTS.observe(acked.len() as f64);
                 let now = chrono::Utc::now();
-                for m in messages.iter().take_while(|m| acked.contains(&m.ids[0])) {
+                for m in &messages {
                     MESSAGE_EVENTS.observe(m.ids.len() as f64);
                     for at in &m.occurred {
                         PUBLISH_DELAY.observe((now - *at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
@@ -362,8 +375,7 @@ impl OutboxRelay {
                 }
             }
             if failed {
-                // Unacked rows stay; the next round republishes them and
-                // JetStream drops any duplicate by Nats-Msg-Id.
+                // The unacknowledged messages go again after the pause.
                 if !pause(backoff.next(), shutdown).await {
                     return Ok(());
                 }
@@ -371,6 +383,24 @@ impl OutboxRelay {
                 backoff.reset();
             }
         }
+    }
+
+    /// The oldest outbox rows, a round's worth. The envelope is the event's
+    /// (rows from before migration 0008 carry their own copy).
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
+    async fn next_rows(&self) -> Result<Vec<Row>> {
+        let rows: Vec<Row> = sqlx::query_as!(
+            Row,
+            r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!", e.occurred_at
+                   FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
+            self.config.batch.min(MAX_ATOMIC_BATCH),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if (rows.len() as i64) < self.config.batch {
+            BACKLOG.set(rows.len() as i64);
+        }
+        Ok(rows)
     }
 
     /// Every message of the round pipelined, each expecting its predecessor's

@@ -550,8 +550,9 @@ pub async fn deposit_and_read_back_via(sys: &System, command_addr: SocketAddr, w
 /// Every account's events are on the stream in version order (an ack
 /// failing mid-pipeline must not let a later version be stored ahead of an
 /// earlier one): each version's first appearance comes after the one before
-/// it. A version seen before is a duplicate the projector skips (a round
-/// republished after a failure, regrouped, carries some again).
+/// it. A version seen before is a duplicate the projector skips (a relay
+/// restarted or taking over the lease regroups rows its predecessor may have
+/// stored).
 pub async fn assert_stream_in_version_order(sys: &System) {
     let name = sys.env.iter().find(|(k, _)| k == "NATS_STREAM").map(|(_, v)| v.clone()).expect("NATS_STREAM");
     let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
