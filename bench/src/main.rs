@@ -259,7 +259,7 @@ async fn prometheus_sum_count(addr: std::net::SocketAddr, name: &str) -> Result<
 }
 
 /// The batch sizes of each stage of the pipeline over a phase: commands per
-/// command transaction, events per relay round (one atomic publish), events
+/// command transaction, events per relay round, events
 /// per stream message (a partition's share of a round), events per projector
 /// transaction.
 struct BatchSizes {

@@ -133,7 +133,7 @@ fn stage_table(stages: &Value, sizes: &Value) -> String {
     );
     for (what, key) in [
         ("commands per command transaction", "command_batch"),
-        ("events per relay round (one atomic publish)", "relay_round"),
+        ("events per relay round", "relay_round"),
         ("events per stream message (signed, stored, delivered and acked once)", "stream_message"),
         ("events per projector transaction", "projector_transaction"),
     ] {

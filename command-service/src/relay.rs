@@ -18,6 +18,12 @@
 //! again and republishes from the first unacknowledged row (JetStream drops
 //! the ones already stored by `Nats-Msg-Id`).
 //!
+//! A round's messages are not one JetStream atomic batch: the server stages
+//! each atomic batch of a one-replica file stream in a file store of its own
+//! (a directory tree made, synced and removed per batch), which cost
+//! nats-server more than one fsync per message once a round became a handful
+//! of messages (one per partition) instead of one per event.
+//!
 //! Several command-service instances may run: a lease in Postgres
 //! (`relay_lease`: holder, epoch, expiry) lets one relay publish, which keeps
 //! the stream in order. The holder renews it at least every `LEASE_TTL / 3`;
@@ -50,8 +56,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The most messages JetStream takes in one atomic batch (its default limit).
-const MAX_ATOMIC_BATCH: i64 = 1000;
+/// The most rows in one round.
+const MAX_ROUND: i64 = 1000;
 
 /// The most events in one stream message (about 200 KiB of envelopes, well
 /// under NATS's 1 MiB default payload limit).
@@ -65,7 +71,7 @@ static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 static ROUND_EVENTS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
-        HistogramOpts::new("relay_round_events", "events published per relay round (one atomic batch)")
+        HistogramOpts::new("relay_round_events", "events published per relay round")
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
     )
     .expect("registers once")
@@ -185,8 +191,8 @@ impl OutboxRelay {
         let mut unacked: Vec<Outgoing> = Vec::new();
         let mut last_epoch: Option<i64> = None;
         while !shutdown.is_cancelled() {
-            let atomic = match self.ensure_stream(&js).await {
-                Ok(atomic) => atomic,
+            match self.ensure_stream(&js).await {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; retrying");
                     if !pause(backoff.next(), &shutdown).await {
@@ -216,8 +222,7 @@ impl OutboxRelay {
                 unacked.clear();
             }
             last_epoch = Some(lease.epoch);
-            let result =
-                self.publish_while_leased(lease.clone(), &js, atomic, &mut unacked, &mut backoff, &shutdown).await;
+            let result = self.publish_while_leased(lease.clone(), &js, &mut unacked, &mut backoff, &shutdown).await;
             if result.is_ok() && shutdown.is_cancelled() {
                 // Hand over at once rather than after the expiry.
                 let _ = self.release(&lease).await;
@@ -232,13 +237,11 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// The (provisioned) stream: whether it takes atomic batches
-    /// (a stream made before they were used does not: rounds then go
-    /// message by message).
+    /// The (provisioned) stream, as the relay needs it.
     #[tracing::instrument(level = "debug", skip_all, fields(stream = %self.config.stream), err(level = "debug"))]
-    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<bool> {
-        let stream = bank_platform::nats::durable_stream(js, &self.config.stream).await?;
-        Ok(stream.cached_info().config.allow_atomic_publish)
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<()> {
+        bank_platform::nats::durable_stream(js, &self.config.stream).await?;
+        Ok(())
     }
 
     /// The lease, if it is free or expired (or already ours); a new epoch.
@@ -288,12 +291,11 @@ impl OutboxRelay {
 
     /// Publishes batches until shutdown; returns Err only when the database
     /// session fails (the lease is then gone). NATS failures back off and retry.
-    #[tracing::instrument(skip_all, fields(epoch = lease.epoch, atomic = atomic), err(level = "debug"))]
+    #[tracing::instrument(skip_all, fields(epoch = lease.epoch), err(level = "debug"))]
     async fn publish_while_leased(
         &self,
         mut lease: Lease,
         js: &jetstream::Context,
-        atomic: bool,
         unacked: &mut Vec<Outgoing>,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
@@ -323,7 +325,6 @@ impl OutboxRelay {
             } else {
                 std::mem::take(unacked)
             };
-            let resync = last_seq.is_none();
             let last = match last_seq {
                 Some(seq) => seq,
                 None => match stream_last_sequence(js, &self.config.stream).await {
@@ -338,14 +339,7 @@ impl OutboxRelay {
                     }
                 },
             };
-            // After any irregularity the round goes message by message, which
-            // tells stored duplicates apart; otherwise the round is one atomic
-            // batch: stored whole or not at all, with one fsync for all of it.
-            let round = if resync || !atomic || messages.len() < 2 {
-                self.publish_each(js, &messages, last).await
-            } else {
-                self.publish_atomic(js, &messages, last).await
-            };
+            let round = self.publish_each(js, &messages, last).await;
             let Round { acked, last, failed, out_of_step } = round;
             last_seq = (!failed && !out_of_step).then_some(last);
             // The acknowledged messages are a prefix of the round's.
@@ -393,7 +387,7 @@ impl OutboxRelay {
             Row,
             r#"SELECT o.id, o.event_id, o.subject, coalesce(o.envelope, e.envelope) AS "envelope!", e.occurred_at
                    FROM outbox o JOIN events e ON e.event_id = o.event_id ORDER BY o.id LIMIT $1"#,
-            self.config.batch.min(MAX_ATOMIC_BATCH),
+            self.config.batch.min(MAX_ROUND),
         )
         .fetch_all(&self.pool)
         .await?;
@@ -452,66 +446,6 @@ impl OutboxRelay {
             }
         }
         Round { acked, last, failed, out_of_step }
-    }
-
-    /// The round as one JetStream atomic batch (ADR-50): the first message
-    /// expects the stream's last sequence, the last one commits, and the
-    /// server stores all of it in order or none of it. With
-    /// `sync_interval: always` that is one fsync per round instead of one
-    /// per message, which is what bounded the relay.
-    #[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), last = last))]
-    async fn publish_atomic(&self, js: &jetstream::Context, messages: &[Outgoing], last: u64) -> Round {
-        let nothing = |failed| Round { acked: Vec::new(), last, failed, out_of_step: !failed };
-        let client = js.client();
-        let batch_id = Uuid::new_v4().simple().to_string();
-        let every_id = || messages.iter().flat_map(|m| m.ids.iter().copied()).collect();
-        let Some((commit, body)) = messages.split_last() else { return nothing(false) };
-        for (i, m) in body.iter().enumerate() {
-            let (mut headers, span) = m.headers();
-            headers.insert("Nats-Batch-Id", batch_id.as_str());
-            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            if i == 0 {
-                headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
-            }
-            let publish = client.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into());
-            if let Err(e) = tracing::Instrument::instrument(publish, span).await {
-                tracing::warn!(error = %e, "batch publish failed");
-                return nothing(true);
-            }
-        }
-        let (mut headers, span) = commit.headers();
-        headers.insert("Nats-Batch-Id", batch_id.as_str());
-        headers.insert("Nats-Batch-Sequence", messages.len().to_string().as_str());
-        headers.insert("Nats-Batch-Commit", "1");
-        let publish = js.publish_with_headers(commit.subject.clone(), headers, commit.payload.clone().into());
-        let ack = match tracing::Instrument::instrument(publish, span).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            // All of it stored, right after `last`.
-            Ok(ack) if ack.sequence == last + messages.len() as u64 => {
-                Round { acked: every_id(), last: ack.sequence, failed: false, out_of_step: false }
-            }
-            Ok(ack) => {
-                // Stored, yet not where expected: not possible while the
-                // first message expects `last`; resynchronise to be sure.
-                tracing::warn!(
-                    sequence = ack.sequence,
-                    expected = last + messages.len() as u64,
-                    "batch stored out of step"
-                );
-                Round { acked: every_id(), last, failed: false, out_of_step: true }
-            }
-            // Nothing stored: another publisher moved the stream, or a
-            // message of the batch is already in it (refused as a
-            // duplicate). The next round goes message by message.
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence || is_duplicate_in_batch(&e) => nothing(false),
-            Err(e) => {
-                tracing::warn!(error = %e, "batch not acknowledged");
-                nothing(true)
-            }
-        }
     }
 }
 
@@ -607,14 +541,6 @@ struct Round {
     last: u64,
     failed: bool,
     out_of_step: bool,
-}
-
-/// The server refused a batch because one of its messages is already stored
-/// (JetStream error 10201).
-fn is_duplicate_in_batch(e: &async_nats::jetstream::context::PublishError) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
-        .is_some_and(|e| e.error_code() == async_nats::jetstream::ErrorCode(10201))
 }
 
 /// The stream's last sequence, as the server has it now.

@@ -80,8 +80,8 @@ async fn connect_with(
 /// The project's streams, made once at provisioning by an administrator
 /// (`command-service provision-streams`, run by the stack and compose before
 /// the services): file storage, a two-minute duplicate window for message
-/// ids, atomic batches, and nobody, whatever their permissions, removes what
-/// was published. No service may create a stream: a user that could would
+/// ids, no atomic batches (nothing publishes them), and nobody, whatever
+/// their permissions, removes what was published. No service may create a stream: a user that could would
 /// make one over another's inbox and keep copies of its deliveries.
 pub fn stream_config(name: &str, subject_prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
     async_nats::jetstream::stream::Config {
@@ -91,8 +91,6 @@ pub fn stream_config(name: &str, subject_prefix: &str, replicas: usize) -> async
         duplicate_window: Duration::from_secs(120),
         deny_delete: true,
         deny_purge: true,
-        // The relay publishes each round as one atomic batch (one fsync).
-        allow_atomic_publish: true,
         // On a cluster, 3: an acknowledged publish is on a majority of them.
         num_replicas: replicas,
         ..Default::default()
