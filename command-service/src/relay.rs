@@ -15,8 +15,8 @@
 //! `Nats-Expected-Last-Sequence`, the stream sequence it must follow, so a
 //! message whose predecessor was not stored is refused rather than stored
 //! ahead of it. After any failure the relay reads the stream's last sequence
-//! again and republishes from the first unacknowledged row (JetStream drops
-//! the ones already stored by `Nats-Msg-Id`).
+//! again and republishes from the first unacknowledged message (JetStream
+//! drops the ones already stored by `Nats-Msg-Id`).
 //!
 //! A round's messages are not one JetStream atomic batch: the server stages
 //! each atomic batch of a one-replica file stream in a file store of its own
@@ -56,7 +56,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The most rows in one round.
+/// The most rows in one round (bounds the relay's memory and the ids one
+/// deletion binds).
 const MAX_ROUND: i64 = 1000;
 
 /// The most events in one stream message (about 200 KiB of envelopes, well
@@ -340,11 +341,10 @@ impl OutboxRelay {
                 },
             };
             let round = self.publish_each(js, &messages, last).await;
-            let Round { acked, last, failed, out_of_step } = round;
+            let Round { stored, last, failed, out_of_step } = round;
             last_seq = (!failed && !out_of_step).then_some(last);
-            // The acknowledged messages are a prefix of the round's.
-            let sent = messages.iter().take_while(|m| acked.contains(&m.ids[0])).count();
-            *unacked = messages.split_off(sent);
+            *unacked = messages.split_off(stored);
+            let acked: Vec<i64> = messages.iter().flat_map(|m| m.ids.iter().copied()).collect();
             if !acked.is_empty() {
                 // Fenced: only under the lease at this epoch.
                 let deleted = sqlx::query!(
@@ -401,7 +401,7 @@ impl OutboxRelay {
     /// stream sequence; acks collected in order up to the first that fails.
     #[tracing::instrument(level = "debug", skip_all, fields(messages = messages.len(), last = last))]
     async fn publish_each(&self, js: &jetstream::Context, messages: &[Outgoing], mut last: u64) -> Round {
-        let mut pending: Vec<(&[i64], PublishAckFuture)> = Vec::with_capacity(messages.len());
+        let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(messages.len());
         let mut failed = false;
         for (i, m) in messages.iter().enumerate() {
             let (mut headers, span) = m.headers();
@@ -409,7 +409,7 @@ impl OutboxRelay {
             headers.insert("Nats-Expected-Last-Sequence", (last + i as u64).to_string().as_str());
             let publish = js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into());
             match tracing::Instrument::instrument(publish, span).await {
-                Ok(ack) => pending.push((&m.ids, ack)),
+                Ok(ack) => pending.push(ack),
                 Err(e) => {
                     tracing::warn!(error = %e, "publish failed");
                     failed = true;
@@ -417,22 +417,22 @@ impl OutboxRelay {
                 }
             }
         }
-        let mut acked = Vec::with_capacity(pending.len());
+        let mut stored = 0;
         // Out of step with the stream (a duplicate, another publisher):
         // not an outage, so no backoff, only a fresh last sequence.
         let mut out_of_step = false;
-        for (ids, ack) in pending {
+        for ack in pending {
             match ack.await {
                 Ok(ack) if ack.duplicate => {
                     // Already stored: done, but the stream did not move,
                     // so what follows in this round expected wrongly.
-                    acked.extend_from_slice(ids);
+                    stored += 1;
                     out_of_step = true;
                     break;
                 }
                 Ok(ack) => {
                     last = ack.sequence;
-                    acked.extend_from_slice(ids);
+                    stored += 1;
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     out_of_step = true;
@@ -445,7 +445,7 @@ impl OutboxRelay {
                 }
             }
         }
-        Round { acked, last, failed, out_of_step }
+        Round { stored, last, failed, out_of_step }
     }
 }
 
@@ -534,10 +534,11 @@ impl Outgoing {
     }
 }
 
-/// What a round of publishing did: the outbox ids now in the stream, the
-/// stream's last sequence after them, and why it stopped early, if it did.
+/// What a round of publishing did: how many of its messages, from the
+/// first, are now in the stream, the stream's last sequence after them, and
+/// why it stopped early, if it did.
 struct Round {
-    acked: Vec<i64>,
+    stored: usize,
     last: u64,
     failed: bool,
     out_of_step: bool,

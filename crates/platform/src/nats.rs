@@ -81,8 +81,9 @@ async fn connect_with(
 /// (`command-service provision-streams`, run by the stack and compose before
 /// the services): file storage, a two-minute duplicate window for message
 /// ids, no atomic batches (nothing publishes them), and nobody, whatever
-/// their permissions, removes what was published. No service may create a stream: a user that could would
-/// make one over another's inbox and keep copies of its deliveries.
+/// their permissions, removes what was published. No service may create a
+/// stream: a user that could would make one over another's inbox and keep
+/// copies of its deliveries.
 pub fn stream_config(name: &str, subject_prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
     async_nats::jetstream::stream::Config {
         name: name.to_owned(),
