@@ -4,7 +4,7 @@
 # scripts/lib/cluster.sh renders it, except that what binds to loopback there
 # listens on the container's interfaces here, announces the node's compose
 # name, and accepts peers on the compose network (`samenet`); then Patroni.
-# The passwords come from the environment: NODE_NAME (pg1, pg2),
+# The passwords come from the environment: NODE_NAME (pg1, pg2, pg3),
 # PG_POSTGRES_PASSWORD, PG_REPLICATOR_PASSWORD, REST_API_PASSWORD (not a
 # PATRONI_* name: Patroni reads those itself).
 set -eu

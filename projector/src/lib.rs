@@ -176,6 +176,17 @@ async fn jetstream(url: &str) -> Result<jetstream::Context> {
 /// idle, an event waits at most this long.
 const GATHER: Duration = Duration::from_millis(1);
 
+/// How often an idle consumer hears from the server: two missed beats (the
+/// consumer's leader gone, a kill -9 sends nothing) and it binds again, to
+/// whichever server leads it by then.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Between attempts to bind again: short, as a stream or consumer that lost
+/// its leader gets a new one within seconds and each attempt is one API
+/// request per partition.
+const REBIND_FIRST: Duration = Duration::from_millis(100);
+const REBIND_MAX: Duration = Duration::from_secs(1);
+
 /// Applies one batch in one transaction, then acknowledges each message by
 /// its outcome. The commit is durable when it returns (`synchronous_commit`
 /// is `local` or `on`, never `off`), so nothing is acknowledged to NATS
@@ -447,17 +458,31 @@ async fn run_partition(
     partition: u32,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = REBIND_FIRST;
+    // Since when this partition has been without a consumer, and how many
+    // attempts failed: one warning when it is lost and one line when it is
+    // back, not one per attempt while a leader is being elected.
+    let mut interrupted: Option<(tokio::time::Instant, u32)> = None;
     while !shutdown.is_cancelled() {
-        match consume(&config, &js, &deliver, &shutdown, partition).await {
+        match consume(&config, &js, &deliver, &shutdown, partition, &mut interrupted).await {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "consumer interrupted; reconnecting");
+                match &mut interrupted {
+                    None => {
+                        tracing::warn!(error = %format!("{e:#}"), "consumer interrupted; binding again");
+                        interrupted = Some((tokio::time::Instant::now(), 0));
+                        backoff = REBIND_FIRST;
+                    }
+                    Some((_, failed)) => {
+                        *failed += 1;
+                        tracing::debug!(error = %format!("{e:#}"), "binding again failed; retrying");
+                    }
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(REBIND_MAX);
             }
         }
     }
@@ -496,16 +521,26 @@ async fn consume(
     deliver: &mpsc::Sender<jetstream::Message>,
     shutdown: &CancellationToken,
     partition: u32,
+    interrupted: &mut Option<(tokio::time::Instant, u32)>,
 ) -> Result<()> {
     let consumer = durable_consumer(config, js, partition).await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)
-        .heartbeat(Duration::from_secs(5))
+        .heartbeat(HEARTBEAT)
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
-    tracing::info!(consumer = %config.durable_name, partition, "projector consuming");
+    match interrupted.take() {
+        None => tracing::info!(consumer = %config.durable_name, partition, "projector consuming"),
+        Some((since, failed)) => tracing::info!(
+            consumer = %config.durable_name,
+            partition,
+            after_ms = since.elapsed().as_millis() as u64,
+            failed_attempts = failed,
+            "projector consuming again"
+        ),
+    }
     loop {
         let m = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

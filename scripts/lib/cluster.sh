@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The HA topology's engines as local processes on loopback:
 #   etcd x3          the consensus Patroni keeps its leader key in
-#   Patroni x2       Postgres primary + synchronous standby, automatic failover
+#   Patroni x3       Postgres primary + synchronous standby + a second standby,
+#                    strict synchronous mode, automatic failover
 #   nats-server x3   one JetStream cluster (streams with three replicas)
 #   redis x2         master + replica, and redis-sentinel x3 watching them
 # Every port is picked free (below the ephemeral range) when the cluster is
@@ -10,7 +11,7 @@
 # fault tests) after scripts/lib/stack.sh.
 
 HA_STATE="${HA_STATE:-$STATE/ha}"
-HA_NODES=(etcd1 etcd2 etcd3 pg1 pg2 nats1 nats2 nats3 redis1 redis2 sentinel1 sentinel2 sentinel3)
+HA_NODES=(etcd1 etcd2 etcd3 pg1 pg2 pg3 nats1 nats2 nats3 redis1 redis2 sentinel1 sentinel2 sentinel3)
 
 cluster_install() {
   stack_install
@@ -30,12 +31,12 @@ cluster_ports() {
   mkdir -p "$HA_STATE/run" "$HA_STATE/logs"
   if [ ! -s "$HA_STATE/ports.env" ]; then
     local p
-    read -r -a p <<<"$(free_ports 22)"
+    read -r -a p <<<"$(free_ports 24)"
     cat >"$HA_STATE/ports.env" <<PORTS
 ETCD_CLIENT=(${p[0]} ${p[1]} ${p[2]})
 ETCD_PEER=(${p[3]} ${p[4]} ${p[5]})
-PG_PORTS=(${p[6]} ${p[7]})
-PATRONI_REST=(${p[8]} ${p[9]})
+PG_PORTS=(${p[6]} ${p[7]} ${p[22]})
+PATRONI_REST=(${p[8]} ${p[9]} ${p[23]})
 NATS_PORTS=(${p[10]} ${p[11]} ${p[12]})
 NATS_CLUSTER=(${p[13]} ${p[14]} ${p[15]})
 NATS_MONITOR=(${p[16]} ${p[17]} ${p[18]})
@@ -45,6 +46,15 @@ PORTS
   fi
   # shellcheck disable=SC1091
   source "$HA_STATE/ports.env"
+  # A cluster made when it had two Postgres nodes gains the third's ports.
+  if [ "${#PG_PORTS[@]}" -lt 3 ]; then
+    local extra
+    read -r -a extra <<<"$(free_ports 2)"
+    sed -i -e "s|^PG_PORTS=(.*)|PG_PORTS=(${PG_PORTS[*]} ${extra[0]})|" \
+      -e "s|^PATRONI_REST=(.*)|PATRONI_REST=(${PATRONI_REST[*]} ${extra[1]})|" "$HA_STATE/ports.env"
+    # shellcheck disable=SC1091
+    source "$HA_STATE/ports.env"
+  fi
 }
 
 # ha_secrets: the cluster's own passwords beside the stack's (replication,
@@ -90,7 +100,7 @@ secret_sed() {
   (umask 077 && printf '%s\n' "$@" >"$f")
 }
 
-patroni_config() { # patroni_config <1-2>: $HA_STATE/patroni<i>.yml, readable by postgres only
+patroni_config() { # patroni_config <1-3>: $HA_STATE/patroni<i>.yml, readable by postgres only
   local i=$1 n=$(($1 - 1))
   local f="$HA_STATE/patroni$i.yml" script="$HA_STATE/patroni$i.sed"
   secret_sed "$script" "s|@POSTGRES_PASSWORD@|$PG_POSTGRES_PASSWORD|" "s|@REPLICATOR_PASSWORD@|$PG_REPLICATOR_PASSWORD|" \
@@ -107,7 +117,7 @@ YAML
   chown postgres "$f"
 }
 
-start_patroni() { # start_patroni <1-2>
+start_patroni() { # start_patroni <1-3>
   local i=$1
   node_alive "pg$i" && return 0
   # Postgres runs as the postgres user, which must reach the folder.
@@ -197,10 +207,10 @@ start_sentinel() { # start_sentinel <1-3>
   run_node "sentinel$i" redis-sentinel "$conf"
 }
 
-# patroni_leader: the REST port index (0/1) of the node that is primary now.
+# pg_primary_port: the Postgres port of the node that is primary now.
 pg_primary_port() {
   local n
-  for n in 0 1; do
+  for n in 0 1 2; do
     if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PATRONI_REST[$n]}/primary")" = 200 ]; then
       echo "${PG_PORTS[$n]}"
       return 0
@@ -209,12 +219,31 @@ pg_primary_port() {
   return 1
 }
 
+# pg_member_with_role <role>: the Patroni node (pg1-3) whose role is <role>
+# (leader, sync_standby, replica) as the cluster reports it.
+pg_member_with_role() {
+  local n
+  for n in 0 1 2; do
+    curl -fs "http://127.0.0.1:${PATRONI_REST[$n]}/cluster" 2>/dev/null | python3 -c '
+import json, sys
+names = [m["name"] for m in json.load(sys.stdin)["members"] if m["role"] == sys.argv[1] and m["state"] in ("running", "streaming")]
+print(names[0]) if names else sys.exit(1)' "$1" && return 0
+  done
+  return 1
+}
+
+# pg_streams <node>: the node (pg1-3) streams WAL from the primary.
+pg_streams() {
+  local primary; primary="$(pg_primary_port)" || return 1
+  [ "$(psql_at "$primary" -qAtc "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$1' AND state = 'streaming'")" = 1 ]
+}
+
 cluster_start() {
   cluster_ports
   ha_secrets
   local i
   for i in 1 2 3; do start_etcd "$i"; done
-  for i in 1 2; do start_patroni "$i"; done
+  for i in 1 2 3; do start_patroni "$i"; done
   for i in 1 2 3; do start_nats_node "$i"; done
   for i in 1 2; do start_redis_node "$i"; done
   wait_for "redis master" 20 redis_at "${REDIS_PORTS[0]}" ping
@@ -223,11 +252,12 @@ cluster_start() {
   # Roles and databases (idempotent); retried, as a restarted cluster may
   # still be settling which node leads.
   wait_for "provisioning the primary" 60 pg_provision
+  wait_for "Patroni's cluster-wide settings" 30 patroni_settings
   local primary; primary="$(pg_primary_port)"
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 30 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-enabled-only=true"
   done
-  wait_for "the synchronous standby" 150 sync_standby_up
+  wait_for "both standbys, one synchronous" 150 standbys_streaming
   log "HA cluster up: Postgres on ${PG_PORTS[*]} (primary $primary), NATS on ${NATS_PORTS[*]}, Redis on ${REDIS_PORTS[*]}, sentinels on ${SENTINEL_PORTS[*]}"
 }
 
@@ -247,9 +277,29 @@ pg_provision() {
 }
 
 
-sync_standby_up() {
+# patroni_settings: the cluster-wide settings (bootstrap.dcs in
+# deploy/ha/patroni.yml.in) applied to the running cluster. Patroni reads
+# bootstrap.dcs only when it first makes the cluster: one made before a
+# setting changed (non-strict synchronous mode, say) would keep the old one.
+# The REST password goes to curl in a config on a pipe, never an argument.
+patroni_settings() {
+  local settings n
+  settings="$(python3 -c '
+import json, re, sys, yaml
+template = re.sub(r"@[A-Z_]+@", "x", open(sys.argv[1]).read())  # the settings have no placeholders
+print(json.dumps(yaml.safe_load(template)["bootstrap"]["dcs"]))' "$REPO/deploy/ha/patroni.yml.in")" || return 1
+  for n in 0 1 2; do
+    curl -fsS -o /dev/null -X PATCH -K <(printf 'user = "patroni:%s"\n' "$PATRONI_REST_PASSWORD") \
+      -H 'Content-Type: application/json' --data-binary "$settings" "http://127.0.0.1:${PATRONI_REST[$n]}/config" && return 0
+  done
+  return 1
+}
+
+# standbys_streaming: both standbys replicate from the primary, one of them
+# synchronously (the strict mode's one required standby).
+standbys_streaming() {
   local primary; primary="$(pg_primary_port)" || return 1
-  [ "$(psql_at "$primary" -qAtc "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ]
+  [ "$(psql_at "$primary" -qAtc "SELECT count(*) FILTER (WHERE sync_state = 'sync') || ' ' || count(*) FROM pg_stat_replication WHERE state = 'streaming'")" = "1 2" ]
 }
 
 # cluster_healthy: waits until every node is up and the cluster whole: a
@@ -259,7 +309,7 @@ cluster_healthy() {
   local i name
   for name in "${HA_NODES[@]}"; do node_alive "$name" || start_node "$name"; done
   wait_for "a Postgres primary (Patroni)" 90 pg_primary_accepts
-  wait_for "the synchronous standby" 150 sync_standby_up
+  wait_for "both standbys, one synchronous" 150 standbys_streaming
   for i in 0 1 2; do
     wait_for "nats$((i + 1))" 60 curl -fs "http://127.0.0.1:${NATS_MONITOR[$i]}/healthz?js-server-only=false"
   done
@@ -289,7 +339,7 @@ start_node() { # start_node <name>
   ha_secrets
   case $1 in
     etcd[1-3]) start_etcd "${1#etcd}" ;;
-    pg[1-2]) start_patroni "${1#pg}" ;;
+    pg[1-3]) start_patroni "${1#pg}" ;;
     nats[1-3]) start_nats_node "${1#nats}" ;;
     redis[1-2]) start_redis_node "${1#redis}" ;;
     sentinel[1-3]) start_sentinel "${1#sentinel}" ;;
@@ -300,7 +350,7 @@ start_node() { # start_node <name>
 cluster_stop() {
   local name
   [ -s "$HA_STATE/ports.env" ] || return 0
-  for name in sentinel3 sentinel2 sentinel1 redis2 redis1 nats3 nats2 nats1 pg2 pg1 etcd3 etcd2 etcd1; do
+  for name in sentinel3 sentinel2 sentinel1 redis2 redis1 nats3 nats2 nats1 pg3 pg2 pg1 etcd3 etcd2 etcd1; do
     local pid; pid="$(pid_of "$name")" || continue
     kill -TERM -- "-$pid" 2>/dev/null || true
   done
@@ -319,7 +369,7 @@ cluster_stop() {
 cluster_env() {
   cluster_ports
   ha_secrets
-  local pg_hosts="127.0.0.1:${PG_PORTS[0]},127.0.0.1:${PG_PORTS[1]}"
+  local pg_hosts="127.0.0.1:${PG_PORTS[0]},127.0.0.1:${PG_PORTS[1]},127.0.0.1:${PG_PORTS[2]}"
   export DATABASE_ADMIN_URL="postgres://postgres:$PG_POSTGRES_PASSWORD@$pg_hosts/postgres"
   export PG_HOSTS="$pg_hosts"
   export NATS_ADDR="127.0.0.1:${NATS_PORTS[0]},127.0.0.1:${NATS_PORTS[1]},127.0.0.1:${NATS_PORTS[2]}"

@@ -1,13 +1,16 @@
 //! The HA topology under load, one fault at a time: the Postgres
-//! primary killed (Patroni promotes the synchronous standby), a NATS node
-//! killed and then a second one after the first is back (the stream has
-//! three replicas), Redis's master killed (Sentinel promotes its replica),
-//! and one instance of each service killed. Two instances of every service
-//! run throughout and the clients balance over them. After each fault:
-//! every command a client saw succeed is in the store exactly once, nothing
-//! unseen is in it, the read models converge, reconcile is clean, and the
-//! time without service (the longest gap between successful commands) is
-//! measured and written to `$HA_STATE/figures.txt`.
+//! primary killed (Patroni promotes the synchronous standby), the new
+//! primary killed too while the old one rejoins, a NATS node killed and then
+//! a second one after the first is back (the stream has three replicas), the
+//! stream's leader killed, Redis's master killed (Sentinel promotes its
+//! replica), and one instance of each service killed. Two instances of every
+//! service run throughout and the clients balance over them. After each
+//! fault: every command a client saw succeed is in the store exactly once,
+//! nothing unseen is in it, the read models converge, reconcile is clean,
+//! and the time without service (the longest gap between successful
+//! commands) and until reads are fresh (the longest wait for a
+//! read-your-writes read) are measured and written to
+//! `$HA_STATE/figures.txt`.
 //!
 //! Runs from scripts/test.d/45-ha.sh, on the cluster `scripts/cluster`
 //! starts (its addresses in the environment), one test at a time.
@@ -25,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::TryStreamExt;
 use system::{Ledger, System, assert_nothing_lost_nothing_doubled, load};
 
 /// `scripts/cluster <args>`; its output.
@@ -42,7 +46,7 @@ fn try_cluster(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The Patroni node (pg1 or pg2) that is primary now.
+/// The Patroni node (pg1, pg2 or pg3) that is primary now.
 fn primary_node() -> String {
     node_on("primary", "PG_PORTS", "pg")
 }
@@ -62,6 +66,10 @@ fn node_on(which: &str, ports: &str, prefix: &str) -> String {
     format!("{prefix}{}", index + 1)
 }
 
+/// How soon after a NATS stream-leader change (the new leaders elected) a
+/// write must be readable with its consistency token.
+const READS_FRESH_WITHIN: Duration = Duration::from_secs(2);
+
 /// Records a figure for RELIABILITY.md.
 fn figure(line: &str) {
     eprintln!("{line}");
@@ -70,11 +78,12 @@ fn figure(line: &str) {
     writeln!(f, "{line}").unwrap();
 }
 
-/// Two of each service under load; `fault` runs after 3 s of it; the load
-/// runs on until 5 s after the fault's end; then every check, and the figure.
-async fn under_load<F, Fut>(name: &str, fault: F) -> System
+/// Two of each service under load; `fault` runs after 3 s of it (with what
+/// the clients saw so far); the load runs on until 5 s after the fault's
+/// end; then every check, and the figures.
+async fn under_load<F, Fut>(name: &str, fault: F) -> (System, Arc<Mutex<Ledger>>)
 where
-    F: FnOnce(System) -> Fut,
+    F: FnOnce(System, Arc<Mutex<Ledger>>) -> Fut,
     Fut: std::future::Future<Output = System>,
 {
     let sys = System::start_two_of_each(&[]).await;
@@ -82,7 +91,7 @@ where
     let ledger = load(&sys, 6, stop.clone()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
-    let sys = fault(sys).await;
+    let sys = fault(sys, ledger.clone()).await;
     let ended = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
@@ -90,7 +99,7 @@ where
     tokio::time::sleep(Duration::from_secs(3)).await;
     report(name, &ledger, started, ended + Duration::from_secs(5));
     assert_nothing_lost_nothing_doubled(&sys, &ledger).await;
-    sys
+    (sys, ledger)
 }
 
 fn report(name: &str, ledger: &Mutex<Ledger>, from: Instant, to: Instant) {
@@ -98,11 +107,25 @@ fn report(name: &str, ledger: &Mutex<Ledger>, from: Instant, to: Instant) {
     let gap = l.longest_gap(from, to);
     let during = l.success_times.iter().filter(|t| **t >= from && **t <= to).count();
     figure(&format!(
-        "{name}: longest time without a successful command {} ms; {during} commands succeeded in the {:.1} s from the fault on; {} retries in the run",
+        "{name}: longest time without a successful command {} ms; longest wait for a read-your-writes read {} ms; {during} commands succeeded in the {:.1} s from the fault on; {} retries in the run",
         gap.as_millis(),
+        l.longest_read_wait(from, to).as_millis(),
         to.duration_since(from).as_secs_f64(),
         l.retries
     ));
+}
+
+/// Waits (up to `within`) until commands succeed again, several in the last
+/// second (one answered just after `since` may have been in flight before
+/// it); the longest time without a successful command since `since`.
+async fn writes_back(ledger: &Mutex<Ledger>, since: Instant, within: Duration) -> Duration {
+    waited(within, "commands succeeding again", || async {
+        let now = Instant::now();
+        let recent = |t: &&Instant| **t > since && now.duration_since(**t) < Duration::from_secs(1);
+        ledger.lock().unwrap().success_times.iter().filter(recent).count() >= 3
+    })
+    .await;
+    ledger.lock().unwrap().longest_gap(since, Instant::now())
 }
 
 /// Waits until `done` is true, for at most `within`; how long it took.
@@ -128,7 +151,7 @@ fn healthy() {
 async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
     healthy();
     let before = primary_node();
-    under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys| async {
+    under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys, _| async {
         // Acknowledged means replicated: commits wait for the synchronous standby.
         let (names, commit): (String, String) = sqlx::query_as(
             "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')",
@@ -153,10 +176,75 @@ async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
     healthy();
 }
 
+/// When a failed primary comes back, the moment the new primary is killed too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rejoin {
+    /// As soon as the old primary's node is started again.
+    Started,
+    /// The moment it streams from the new primary (a standby that may be
+    /// made synchronous).
+    Streaming,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_primary_killed_too_while_the_old_one_rejoins() {
+    healthy();
+    under_load("Postgres primary killed, then the new one while the old rejoins (twice)", |sys, ledger| async move {
+        for moment in [Rejoin::Started, Rejoin::Streaming] {
+            let first = primary_node();
+            cluster(&["kill", &first]);
+            let killed = Instant::now();
+            waited(Duration::from_secs(60), "a standby promoted", || async {
+                try_cluster(&["primary"]).is_ok() && primary_node() != first
+            })
+            .await;
+            let second = primary_node();
+            // Strict synchronous mode: the new primary's commits wait for a
+            // synchronous standby, the third node, which it takes on its own.
+            waited(Duration::from_secs(60), "the third node made synchronous", || async {
+                try_cluster(&["pg-role", "sync_standby"]).is_ok_and(|n| n != first && n != second)
+            })
+            .await;
+            let sync = killed.elapsed();
+            let gap = writes_back(&ledger, killed, Duration::from_secs(60)).await;
+            figure(&format!(
+                "Postgres primary {first} killed: {second} promoted, Patroni named its synchronous standby after {} ms; {} ms without a successful command",
+                sync.as_millis(),
+                gap.as_millis()
+            ));
+            cluster(&["start-node", &first]);
+            if moment == Rejoin::Streaming {
+                waited(Duration::from_secs(90), "the old primary streaming from the new one", || async {
+                    try_cluster(&["pg-streams", &first]).is_ok()
+                })
+                .await;
+            }
+            cluster(&["kill", &second]);
+            let killed = Instant::now();
+            let promoted = waited(Duration::from_secs(60), "a second promotion, without an operator", || async {
+                try_cluster(&["primary"]).is_ok() && primary_node() != second
+            })
+            .await;
+            let gap = writes_back(&ledger, killed, Duration::from_secs(60)).await;
+            figure(&format!(
+                "Postgres new primary {second} killed too, the old one {moment:?}: {} promoted after {} ms; {} ms without a successful command",
+                primary_node(),
+                promoted.as_millis(),
+                gap.as_millis()
+            ));
+            cluster(&["start-node", &second]);
+            healthy();
+        }
+        sys
+    })
+    .await;
+    healthy();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
     healthy();
-    under_load("NATS nodes killed one after another", |sys| async {
+    under_load("NATS nodes killed one after another", |sys, _| async {
         // The stream keeps three replicas: one node down leaves a majority.
         let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
         let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
@@ -181,11 +269,79 @@ async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
     healthy();
 }
 
+/// The NATS server that leads the event stream now (None while it has none).
+async fn stream_leader(sys: &System) -> Option<String> {
+    let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
+    let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.ok()?;
+    let mut stream = async_nats::jetstream::new(client).get_stream(&name).await.ok()?;
+    stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+}
+
+/// The event stream and every consumer of it are led by a server other
+/// than `gone`.
+async fn led_again(sys: &System, gone: &str) -> bool {
+    let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
+    let Ok(client) = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await else { return false };
+    let Ok(mut stream) = async_nats::jetstream::new(client).get_stream(&name).await else { return false };
+    let led = |cluster: Option<&async_nats::jetstream::stream::ClusterInfo>| {
+        cluster.and_then(|c| c.leader.as_deref()).is_some_and(|l| l != gone)
+    };
+    if !stream.info().await.is_ok_and(|i| led(i.cluster.as_ref())) {
+        return false;
+    }
+    let Ok(consumers) = stream.consumers().try_collect::<Vec<_>>().await else { return false };
+    !consumers.is_empty() && consumers.iter().all(|c| led(c.cluster.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_killed_and_reads_follow_the_new_one() {
+    healthy();
+    let (mut killed_at, mut led_at) = (None, None);
+    let (_, ledger) = under_load("NATS stream leader killed", |sys, _| async {
+        let leader = stream_leader(&sys).await.expect("the stream has a leader");
+        cluster(&["kill", &leader]);
+        let killed = Instant::now();
+        killed_at = Some(killed);
+        // NATS elects new leaders after a randomised 4-9 s without the old
+        // one (not configurable): until then nothing new is on the stream.
+        let took = waited(Duration::from_secs(30), "the stream and its consumers led again", || async {
+            led_again(&sys, &leader).await
+        })
+        .await;
+        led_at = Some(Instant::now());
+        figure(&format!(
+            "NATS stream leader {leader} killed: the stream and its consumers led by the others after {} ms",
+            took.as_millis()
+        ));
+        // Writes and their reads go on through the change.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        cluster(&["start-node", &leader]);
+        sys
+    })
+    .await;
+    // Every write answered from the kill on was readable with its token
+    // within the bound of the new leaders being there (or of its answer,
+    // if later): the read side bound to them again promptly.
+    let (killed, led) = (killed_at.unwrap(), led_at.unwrap());
+    let l = ledger.lock().unwrap();
+    let after_kill: Vec<_> = l.read_waits.iter().filter(|(t, _)| *t > killed).collect();
+    assert!(after_kill.iter().any(|(t, _)| *t < led), "writes answered during the election were read back");
+    let behind = after_kill.iter().map(|(t, wait)| (*t + *wait).saturating_duration_since(led.max(*t))).max().unwrap();
+    figure(&format!(
+        "NATS stream leader killed: reads fresh {} ms after the new leaders at the latest ({} writes read back since the kill)",
+        behind.as_millis(),
+        after_kill.len()
+    ));
+    assert!(behind <= READS_FRESH_WITHIN, "a read-your-writes read was fresh only {behind:?} after the new leaders");
+    drop(l);
+    healthy();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_master_killed_and_sentinel_promotes_the_replica() {
     healthy();
     let before = redis_master_node();
-    let sys = under_load("Redis master killed", |sys| async {
+    let (sys, _) = under_load("Redis master killed", |sys, _| async {
         cluster(&["kill", &before]);
         let took = waited(Duration::from_secs(30), "Sentinel promoted the replica", || async {
             redis_master_node() != before
@@ -248,7 +404,7 @@ async fn redis_master_killed_and_sentinel_promotes_the_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_of_each_service_killed() {
     healthy();
-    under_load("one instance of each service killed", |mut sys| async move {
+    under_load("one instance of each service killed", |mut sys, _| async move {
         // The two projectors share the partitions before the kill.
         let holders = |sys: &System| {
             let db = sys.read_db.clone();

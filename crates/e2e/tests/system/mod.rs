@@ -296,10 +296,15 @@ pub struct Ledger {
     pub retries: usize,
     /// Answers that are neither success, a business refusal nor retryable.
     pub wrong: Vec<String>,
-    /// Read-your-writes balance reads that showed the write, and that answered
-    /// a retryable error (the read side may be behind a fault for a while).
+    /// Read-your-writes balance reads that showed the write, and those that
+    /// still answered a retryable error after a minute of retries.
     pub reads_ok: usize,
     pub reads_unavailable: usize,
+    /// For each write read back: when its answer came, and how long until a
+    /// read with its consistency token showed it (time until reads are fresh).
+    pub read_waits: Vec<(Instant, Duration)>,
+    /// Reads still retrying.
+    pub reads_pending: usize,
     /// When each success came back: the longest gap is the time without service.
     pub success_times: Vec<Instant>,
 }
@@ -316,6 +321,12 @@ impl Ledger {
             last = t;
         }
         gap
+    }
+
+    /// The longest wait for a read-your-writes read of a write answered
+    /// between `from` and `to`.
+    pub fn longest_read_wait(&self, from: Instant, to: Instant) -> Duration {
+        self.read_waits.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, w)| *w).max().unwrap_or_default()
     }
 }
 
@@ -410,23 +421,46 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                         }
                     }
                 };
-                // Every fourth write is read back with its consistency token.
+                // Every fourth write is read back with its consistency token,
+                // beside the writes (a read side behind a fault must not slow
+                // them, nor hide how long it was behind).
                 if let Some((account_id, version, token_ct)) = written.filter(|_| n.is_multiple_of(4)) {
-                    let mut req = authed(
-                        pb::GetBalanceRequest { account_id, min_consistency_token: token_ct, as_of: None },
-                        &token,
-                    );
-                    req.set_timeout(Duration::from_secs(2));
-                    let read = queries.clone().get_balance(req).await;
-                    let mut l = ledger.lock().unwrap();
-                    match read {
-                        Ok(b) if b.get_ref().version >= version => l.reads_ok += 1,
-                        Ok(b) => {
-                            l.wrong.push(format!("read version {} before its write {version}", b.get_ref().version))
+                    let (queries, token, ledger) = (queries.clone(), token.clone(), ledger.clone());
+                    ledger.lock().unwrap().reads_pending += 1;
+                    tokio::spawn(async move {
+                        let answered = Instant::now();
+                        let give_up = answered + Duration::from_secs(60);
+                        loop {
+                            let mut req = authed(
+                                pb::GetBalanceRequest {
+                                    account_id: account_id.clone(),
+                                    min_consistency_token: token_ct.clone(),
+                                    as_of: None,
+                                },
+                                &token,
+                            );
+                            req.set_timeout(Duration::from_secs(2));
+                            let read = queries.clone().get_balance(req).await;
+                            if matches!(&read, Err(s) if retryable(s.code())) && Instant::now() < give_up {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                            let mut l = ledger.lock().unwrap();
+                            l.reads_pending -= 1;
+                            match read {
+                                Ok(b) if b.get_ref().version >= version => {
+                                    l.reads_ok += 1;
+                                    l.read_waits.push((answered, answered.elapsed()));
+                                }
+                                Ok(b) => l
+                                    .wrong
+                                    .push(format!("read version {} before its write {version}", b.get_ref().version)),
+                                Err(s) if retryable(s.code()) => l.reads_unavailable += 1,
+                                Err(s) => l.wrong.push(format!("read {:?}: {}", s.code(), s.message())),
+                            }
+                            break;
                         }
-                        Err(s) if retryable(s.code()) => l.reads_unavailable += 1,
-                        Err(s) => l.wrong.push(format!("read {:?}: {}", s.code(), s.message())),
-                    }
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -456,6 +490,11 @@ where
 
 /// The checks every fault must pass afterwards.
 pub async fn assert_nothing_lost_nothing_doubled(sys: &System, ledger: &Mutex<Ledger>) {
+    // Reads still retrying end within their minute.
+    let waiting = Instant::now();
+    while ledger.lock().unwrap().reads_pending > 0 && waiting.elapsed() < Duration::from_secs(65) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (mut succeeded, wrong, retries, reads_ok, reads_unavailable) = {
         let l = ledger.lock().unwrap();
         (l.succeeded.clone(), l.wrong.clone(), l.retries, l.reads_ok, l.reads_unavailable)
