@@ -145,11 +145,17 @@ pub fn signed(envelope: &[u8], signer: &bank_platform::auth::TokenSigner) -> Vec
     [envelope, suffix.as_slice()].concat()
 }
 
+/// How long the relay waits for the stream to say that it exists, or its
+/// last sequence.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 struct Backoff(Duration);
 
 impl Backoff {
     const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
+    /// Short: what the relay waits for (a stream leader being elected, a
+    /// lease expiring) ends within seconds, and each try is one request.
+    const MAX: Duration = Duration::from_secs(1);
 
     fn next(&mut self) -> Duration {
         let d = self.0;
@@ -191,17 +197,22 @@ impl OutboxRelay {
         // between (it published those rows its own way).
         let mut unacked: Vec<Outgoing> = Vec::new();
         let mut last_epoch: Option<i64> = None;
+        // Warned once per outage, not at every try.
+        let mut not_ready = false;
         while !shutdown.is_cancelled() {
-            match self.ensure_stream(&js).await {
-                Ok(()) => {}
-                Err(e) => {
+            if let Err(e) = self.ensure_stream(&js).await {
+                if not_ready {
+                    tracing::debug!(error = %format!("{e:#}"), "JetStream still not ready");
+                } else {
                     tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; retrying");
-                    if !pause(backoff.next(), &shutdown).await {
-                        break;
-                    }
-                    continue;
                 }
-            };
+                not_ready = true;
+                if !pause(backoff.next(), &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            not_ready = false;
             let lease = match self.take_lease().await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
@@ -241,7 +252,12 @@ impl OutboxRelay {
     /// The (provisioned) stream, as the relay needs it.
     #[tracing::instrument(level = "debug", skip_all, fields(stream = %self.config.stream), err(level = "debug"))]
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<()> {
-        bank_platform::nats::durable_stream(js, &self.config.stream).await?;
+        // Not the context's 5 s: while the stream has no leader the request
+        // goes unanswered, and a relay in the middle of that wait would find
+        // the new leader only when it ends.
+        tokio::time::timeout(PROBE_TIMEOUT, bank_platform::nats::durable_stream(js, &self.config.stream))
+            .await
+            .map_err(|_| anyhow::anyhow!("stream {}: no answer within {PROBE_TIMEOUT:?}", self.config.stream))??;
         Ok(())
     }
 
@@ -547,8 +563,13 @@ struct Round {
 /// The stream's last sequence, as the server has it now.
 #[tracing::instrument(level = "debug", skip_all, fields(stream = name), err(level = "debug"))]
 async fn stream_last_sequence(js: &jetstream::Context, name: &str) -> Result<u64> {
-    let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
-    Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)
+    let info = async {
+        let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, info)
+        .await
+        .map_err(|_| anyhow::anyhow!("stream {name}: no answer within {PROBE_TIMEOUT:?}"))?
 }
 
 /// The relay's span for one event: a child of the command that wrote it (the

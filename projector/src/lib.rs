@@ -186,6 +186,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// request per partition.
 const REBIND_FIRST: Duration = Duration::from_millis(100);
 const REBIND_MAX: Duration = Duration::from_secs(1);
+const REBIND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Applies one batch in one transaction, then acknowledges each message by
 /// its outcome. The commit is durable when it returns (`synchronous_commit`
@@ -523,7 +524,12 @@ async fn consume(
     partition: u32,
     interrupted: &mut Option<(tokio::time::Instant, u32)>,
 ) -> Result<()> {
-    let consumer = durable_consumer(config, js, partition).await?;
+    // Not the context's 5 s: while the stream or the consumer has no leader
+    // the request goes unanswered, and a try in the middle of that wait would
+    // find the new leader only when it ends.
+    let consumer = tokio::time::timeout(REBIND_TIMEOUT, durable_consumer(config, js, partition))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from JetStream within {REBIND_TIMEOUT:?}"))??;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)

@@ -441,7 +441,10 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                             );
                             req.set_timeout(Duration::from_secs(2));
                             let read = queries.clone().get_balance(req).await;
-                            if matches!(&read, Err(s) if retryable(s.code())) && Instant::now() < give_up {
+                            // Too many of this customer's reads waiting is an answer to
+                            // retry too (when the read side is behind, they pile up).
+                            let again = |c: Code| retryable(c) || c == Code::ResourceExhausted;
+                            if matches!(&read, Err(s) if again(s.code())) && Instant::now() < give_up {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;
                             }
