@@ -885,3 +885,74 @@ async fn over_mutual_tls_only_envoy_may_say_where_a_call_came_from() {
     }
     assert_eq!(codes, [Code::Unauthenticated, Code::Unauthenticated, Code::Unauthenticated, Code::ResourceExhausted]);
 }
+
+/// Two instances run the standing feed on one database: one publishes at a
+/// time, so each change reaches the stream once and in order, and neither
+/// sends what the other already did (JetStream would drop the copy, or
+/// refuse it while it replicates the first: "duplicate message id is in
+/// process", a round lost and retried).
+#[tokio::test]
+async fn two_instances_publish_each_standing_once_without_racing() {
+    let a = Auth::start().await;
+    let second = auth_service::start(
+        auth_service::Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..a.config.clone()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let user: uuid::Uuid = a.register("ada@example.com", PASSWORD).await.unwrap().user_id.parse().unwrap();
+    // Bursts of changes committed at once: both instances find them waiting.
+    for _ in 0..3 {
+        let mut tx = a.db.begin().await.unwrap();
+        for i in 0..100 {
+            let roles = if i % 2 == 0 { vec!["customer", "teller"] } else { vec!["customer"] };
+            sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
+                .bind(&roles)
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM user_changes").fetch_one(&a.db).await.unwrap();
+        if waiting == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{waiting} standings still unpublished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // This user's standings on the stream: 300, each once, in order.
+    let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client).get_stream(&a.config.standing_feed.stream).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut ids = Vec::new();
+    for n in 1..=last {
+        let m = stream.get_raw_message(n).await.unwrap();
+        if m.subject.ends_with(&user.to_string()) {
+            let id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+            ids.push(id.trim_start_matches("user-change-").parse::<i64>().unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 300, "every change on the stream once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in the order they were made: {ids:?}");
+    // Neither instance published a standing the stream already held, and no
+    // round was interrupted (both instances run in this process: one registry).
+    let metrics = bank_platform::metrics::render();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(value("user_standings_published_twice_total"), 0, "a standing published twice");
+    assert_eq!(value("user_standing_feed_interrupted_total"), 0, "a round of the feed interrupted");
+    second.stop().await.unwrap();
+}
