@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HA topology's fault tests (crates/e2e/tests/ha.rs): starts
-# the cluster (scripts/cluster: etcd x3, Patroni x2, NATS x3, Redis +
+# the cluster (scripts/cluster: etcd x3, Patroni x3, NATS x3, Redis +
 # replica + Sentinel x3) in a state folder of its own, runs the tests on it
 # one at a time, prints the failover figures, and stops the cluster.
 set -euo pipefail

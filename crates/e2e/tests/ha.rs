@@ -1,6 +1,7 @@
 //! The HA topology under load, one fault at a time: the Postgres
-//! primary killed (Patroni promotes the synchronous standby), the new
-//! primary killed too while the old one rejoins, a NATS node killed and then
+//! primary killed (Patroni promotes the synchronous standby), both standbys
+//! killed (the primary acknowledges nothing alone), the new primary killed
+//! too while the old one rejoins, a NATS node killed and then
 //! a second one after the first is back (the stream has three replicas), the
 //! stream's leader killed, Redis's master killed (Sentinel promotes its
 //! replica), and one instance of each service killed. Two instances of every
@@ -65,6 +66,12 @@ fn node_on(which: &str, ports: &str, prefix: &str) -> String {
         ports.split_whitespace().position(|p| p == port).unwrap_or_else(|| panic!("{which} is one of the nodes"));
     format!("{prefix}{}", index + 1)
 }
+
+/// How soon after a Postgres primary is killed commands succeed again, with
+/// no operator: the promotion (ttl 5 s plus a loop), then, strict mode, a
+/// standby streaming from the new primary (the longest case: the only other
+/// node is rejoining, 17 s measured).
+const WRITES_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 /// How soon after a NATS stream-leader change (the new leaders elected) a
 /// write must be readable with its consistency token.
@@ -151,7 +158,7 @@ fn healthy() {
 async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
     healthy();
     let before = primary_node();
-    under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys, _| async {
+    under_load("Postgres primary killed (kill -9 of Patroni and Postgres)", |sys, ledger| async move {
         // Acknowledged means replicated: commits wait for the synchronous standby.
         let (names, commit): (String, String) = sqlx::query_as(
             "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')",
@@ -161,15 +168,58 @@ async fn postgres_primary_killed_and_the_synchronous_standby_promoted() {
         .unwrap();
         assert!(!names.is_empty() && commit == "on", "synchronous replication: {names:?}, {commit}");
         cluster(&["kill", &before]);
-        // Patroni promotes the standby once the leader key expires (ttl 6 s).
+        let killed = Instant::now();
+        // Patroni promotes the synchronous standby once the leader key
+        // expires (ttl 5 s).
         let took = waited(Duration::from_secs(60), "a standby promoted", || async {
             try_cluster(&["primary"]).is_ok() && primary_node() != before
         })
         .await;
         figure(&format!("Postgres primary killed: {} promoted after {} ms", primary_node(), took.as_millis()));
+        writes_back(&ledger, killed, WRITES_BACK_WITHIN).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         // The old primary comes back as a standby (pg_rewind).
         cluster(&["start-node", &before]);
+        sys
+    })
+    .await;
+    healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_standbys_down_no_commit_is_acknowledged() {
+    healthy();
+    under_load("both Postgres standbys killed, one back after 15 s", |sys, ledger| async move {
+        let primary = primary_node();
+        let standbys: Vec<String> = ["pg1", "pg2", "pg3"].into_iter().filter(|n| *n != primary).map(String::from).collect();
+        for standby in &standbys {
+            cluster(&["kill", standby]);
+        }
+        let killed = Instant::now();
+        // Long enough for Patroni to notice under load (without strict mode
+        // it drops the dead standby and commits go on: 7 s seen).
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        // Strict synchronous mode: the primary, alone, acknowledges nothing
+        // (a command answered in the first moment may have been confirmed
+        // by a standby before it died).
+        let alone = ledger
+            .lock()
+            .unwrap()
+            .success_times
+            .iter()
+            .filter(|t| **t > killed + Duration::from_millis(500))
+            .count();
+        assert_eq!(alone, 0, "commands acknowledged with only the primary up");
+        assert_eq!(primary_node(), primary, "the primary stays the primary");
+        let back = Instant::now();
+        cluster(&["start-node", &standbys[0]]);
+        writes_back(&ledger, back, WRITES_BACK_WITHIN).await;
+        figure(&format!(
+            "both Postgres standbys killed: no command acknowledged in the {} ms before one came back; writes again {} ms after it was started",
+            back.duration_since(killed).as_millis(),
+            ledger.lock().unwrap().success_times.iter().filter(|t| **t > back).min().unwrap().duration_since(back).as_millis()
+        ));
+        cluster(&["start-node", &standbys[1]]);
         sys
     })
     .await;
@@ -206,7 +256,7 @@ async fn the_new_primary_killed_too_while_the_old_one_rejoins() {
             })
             .await;
             let sync = killed.elapsed();
-            let gap = writes_back(&ledger, killed, Duration::from_secs(60)).await;
+            let gap = writes_back(&ledger, killed, WRITES_BACK_WITHIN).await;
             figure(&format!(
                 "Postgres primary {first} killed: {second} promoted, Patroni named its synchronous standby after {} ms; {} ms without a successful command",
                 sync.as_millis(),
@@ -225,7 +275,7 @@ async fn the_new_primary_killed_too_while_the_old_one_rejoins() {
                 try_cluster(&["primary"]).is_ok() && primary_node() != second
             })
             .await;
-            let gap = writes_back(&ledger, killed, Duration::from_secs(60)).await;
+            let gap = writes_back(&ledger, killed, WRITES_BACK_WITHIN).await;
             figure(&format!(
                 "Postgres new primary {second} killed too, the old one {moment:?}: {} promoted after {} ms; {} ms without a successful command",
                 primary_node(),
@@ -278,8 +328,14 @@ async fn stream_leader(sys: &System) -> Option<String> {
 }
 
 /// The event stream and every consumer of it are led by a server other
-/// than `gone`.
+/// than `gone`. Asked with a short timeout: while there is no leader the
+/// requests go unanswered, and the moment the leaders are back must not be
+/// seen late (the reads are measured from it).
 async fn led_again(sys: &System, gone: &str) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), led_by_others(sys, gone)).await.unwrap_or(false)
+}
+
+async fn led_by_others(sys: &System, gone: &str) -> bool {
     let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
     let Ok(client) = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await else { return false };
     let Ok(mut stream) = async_nats::jetstream::new(client).get_stream(&name).await else { return false };
