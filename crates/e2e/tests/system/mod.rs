@@ -360,6 +360,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
             .await;
             accounts.push(res.expect("open").into_inner().account.unwrap().account_id);
         }
+        let reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -423,9 +424,13 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                 };
                 // Every fourth write is read back with its consistency token,
                 // beside the writes (a read side behind a fault must not slow
-                // them, nor hide how long it was behind).
-                if let Some((account_id, version, token_ct)) = written.filter(|_| n.is_multiple_of(4)) {
-                    let (queries, token, ledger) = (queries.clone(), token.clone(), ledger.clone());
+                // them, nor hide how long it was behind); one read at a time
+                // per customer, as a client waiting for its balance would.
+                if let Some((account_id, version, token_ct)) =
+                    written.filter(|_| n.is_multiple_of(4) && !reading.swap(true, Ordering::Relaxed))
+                {
+                    let (queries, token, ledger, reading) =
+                        (queries.clone(), token.clone(), ledger.clone(), reading.clone());
                     ledger.lock().unwrap().reads_pending += 1;
                     tokio::spawn(async move {
                         let answered = Instant::now();
@@ -448,6 +453,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;
                             }
+                            reading.store(false, Ordering::Relaxed);
                             let mut l = ledger.lock().unwrap();
                             l.reads_pending -= 1;
                             match read {
@@ -458,7 +464,7 @@ pub async fn load(sys: &System, tasks: usize, stop: Arc<AtomicBool>) -> Arc<Mute
                                 Ok(b) => l
                                     .wrong
                                     .push(format!("read version {} before its write {version}", b.get_ref().version)),
-                                Err(s) if retryable(s.code()) => l.reads_unavailable += 1,
+                                Err(s) if again(s.code()) => l.reads_unavailable += 1,
                                 Err(s) => l.wrong.push(format!("read {:?}: {}", s.code(), s.message())),
                             }
                             break;
