@@ -54,6 +54,16 @@ impl Auth {
         Self { running, client, db, config }
     }
 
+    /// Another instance on the same database, Redis and feed.
+    async fn second_instance(&self) -> Running {
+        let config = auth_service::Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..self.config.clone()
+        };
+        auth_service::start(config, CancellationToken::new()).await.unwrap()
+    }
+
     fn c(&self) -> AuthServiceClient<Channel> {
         self.client.clone()
     }
@@ -409,16 +419,7 @@ async fn two_concurrent_refreshes_of_one_token_have_exactly_one_winner() {
 #[tokio::test]
 async fn the_bootstrap_admin_is_ensured_idempotently() {
     let a = Auth::start().await;
-    let second = auth_service::start(
-        auth_service::Config {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..a.config.clone()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let second = a.second_instance().await;
     let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE 'admin' = ANY(roles) AND status = 'ACTIVE'")
         .fetch_one(&a.db)
         .await
@@ -894,16 +895,7 @@ async fn over_mutual_tls_only_envoy_may_say_where_a_call_came_from() {
 #[tokio::test]
 async fn two_instances_publish_each_standing_once_without_racing() {
     let a = Auth::start().await;
-    let second = auth_service::start(
-        auth_service::Config {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            ..a.config.clone()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let second = a.second_instance().await;
     let user: uuid::Uuid = a.register("ada@example.com", PASSWORD).await.unwrap().user_id.parse().unwrap();
     // Bursts of changes committed at once: both instances find them waiting.
     for _ in 0..3 {
