@@ -106,9 +106,12 @@ async fn publish_all(
             if ack.duplicate {
                 DUPLICATES.inc();
             }
-            // Deleted when the round commits: rows of a round cut short
-            // come back and go again (JetStream drops the copies).
-            sqlx::query!("DELETE FROM user_changes WHERE seq = $1", seq).execute(&mut *tx).await?;
+        }
+        // Deleted as the round commits: the rows of a round cut short stay
+        // and go again (JetStream drops the copies).
+        if !rows.is_empty() {
+            let published: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+            sqlx::query!("DELETE FROM user_changes WHERE seq = ANY($1)", &published).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         if rows.is_empty() {

@@ -252,12 +252,8 @@ impl OutboxRelay {
     /// The (provisioned) stream, as the relay needs it.
     #[tracing::instrument(level = "debug", skip_all, fields(stream = %self.config.stream), err(level = "debug"))]
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<()> {
-        // Not the context's 5 s: while the stream has no leader the request
-        // goes unanswered, and a relay in the middle of that wait would find
-        // the new leader only when it ends.
-        tokio::time::timeout(PROBE_TIMEOUT, bank_platform::nats::durable_stream(js, &self.config.stream))
-            .await
-            .map_err(|_| anyhow::anyhow!("stream {}: no answer within {PROBE_TIMEOUT:?}", self.config.stream))??;
+        let stream = bank_platform::nats::durable_stream(js, &self.config.stream);
+        bank_platform::nats::answered_within(PROBE_TIMEOUT, &format!("stream {}", self.config.stream), stream).await?;
         Ok(())
     }
 
@@ -567,9 +563,7 @@ async fn stream_last_sequence(js: &jetstream::Context, name: &str) -> Result<u64
         let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         Ok(stream.info().await.map_err(|e| anyhow::anyhow!("stream {name} info: {e}"))?.state.last_sequence)
     };
-    tokio::time::timeout(PROBE_TIMEOUT, info)
-        .await
-        .map_err(|_| anyhow::anyhow!("stream {name}: no answer within {PROBE_TIMEOUT:?}"))?
+    bank_platform::nats::answered_within(PROBE_TIMEOUT, &format!("stream {name}"), info).await
 }
 
 /// The relay's span for one event: a child of the command that wrote it (the

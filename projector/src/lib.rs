@@ -524,12 +524,9 @@ async fn consume(
     partition: u32,
     interrupted: &mut Option<(tokio::time::Instant, u32)>,
 ) -> Result<()> {
-    // Not the context's 5 s: while the stream or the consumer has no leader
-    // the request goes unanswered, and a try in the middle of that wait would
-    // find the new leader only when it ends.
-    let consumer = tokio::time::timeout(REBIND_TIMEOUT, durable_consumer(config, js, partition))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from JetStream within {REBIND_TIMEOUT:?}"))??;
+    let consumer =
+        bank_platform::nats::answered_within(REBIND_TIMEOUT, "JetStream", durable_consumer(config, js, partition))
+            .await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)

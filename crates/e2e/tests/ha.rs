@@ -319,12 +319,17 @@ async fn a_nats_node_killed_then_a_second_after_the_first_is_back() {
     healthy();
 }
 
-/// The NATS server that leads the event stream now (None while it has none).
-async fn stream_leader(sys: &System) -> Option<String> {
+/// The test's event stream, as the administrator sees it (None while NATS
+/// cannot say).
+async fn event_stream(sys: &System) -> Option<async_nats::jetstream::stream::Stream> {
     let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
     let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.ok()?;
-    let mut stream = async_nats::jetstream::new(client).get_stream(&name).await.ok()?;
-    stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    async_nats::jetstream::new(client).get_stream(&name).await.ok()
+}
+
+/// The NATS server that leads the event stream now (None while it has none).
+async fn stream_leader(sys: &System) -> Option<String> {
+    event_stream(sys).await?.info().await.ok()?.cluster.as_ref()?.leader.clone()
 }
 
 /// The event stream and every consumer of it are led by a server other
@@ -336,9 +341,7 @@ async fn led_again(sys: &System, gone: &str) -> bool {
 }
 
 async fn led_by_others(sys: &System, gone: &str) -> bool {
-    let name = sys.env().into_iter().find(|(k, _)| k == "NATS_STREAM").unwrap().1;
-    let Ok(client) = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await else { return false };
-    let Ok(mut stream) = async_nats::jetstream::new(client).get_stream(&name).await else { return false };
+    let Some(mut stream) = event_stream(sys).await else { return false };
     let led = |cluster: Option<&async_nats::jetstream::stream::ClusterInfo>| {
         cluster.and_then(|c| c.leader.as_deref()).is_some_and(|l| l != gone)
     };

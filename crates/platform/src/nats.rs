@@ -175,6 +175,18 @@ pub async fn provision_from_env(env: &impl crate::config::Env) -> anyhow::Result
     Ok(())
 }
 
+/// `request`'s answer, or an error if none came within `limit`. For probes
+/// of a stream or consumer: while it has no leader the request goes
+/// unanswered, and a caller in the middle of the context's 5 s wait would
+/// find the new leader only when that ends.
+pub async fn answered_within<T>(
+    limit: Duration,
+    what: &str,
+    request: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, request).await.map_err(|_| anyhow::anyhow!("{what}: no answer within {limit:?}"))?
+}
+
 /// A stream the services use: it must have been provisioned.
 pub async fn durable_stream(
     js: &async_nats::jetstream::Context,
