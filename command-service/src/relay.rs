@@ -39,7 +39,7 @@
 
 use std::{
     sync::{Arc, LazyLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -129,7 +129,7 @@ pub struct OutboxRelay {
 struct Lease {
     holder: String,
     epoch: i64,
-    renewed: std::time::Instant,
+    renewed: Instant,
 }
 
 /// The envelope as published: as stored, then its signature and key id as
@@ -200,6 +200,7 @@ impl OutboxRelay {
         // Warned once per outage, not at every try.
         let mut not_ready = false;
         while !shutdown.is_cancelled() {
+            let probe = Instant::now();
             if let Err(e) = self.ensure_stream(&js).await {
                 if not_ready {
                     tracing::debug!(error = %format!("{e:#}"), "JetStream still not ready");
@@ -207,7 +208,8 @@ impl OutboxRelay {
                     tracing::warn!(error = %format!("{e:#}"), "JetStream not ready; retrying");
                 }
                 not_ready = true;
-                if !pause(backoff.next(), &shutdown).await {
+                // A probe that waited out its timeout has spent the pause.
+                if !pause(backoff.next().saturating_sub(probe.elapsed()), &shutdown).await {
                     break;
                 }
                 continue;
@@ -270,7 +272,7 @@ impl OutboxRelay {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(epoch.map(|epoch| Lease { holder: self.holder.clone(), epoch, renewed: std::time::Instant::now() }))
+        Ok(epoch.map(|epoch| Lease { holder: self.holder.clone(), epoch, renewed: Instant::now() }))
     }
 
     /// Extends the lease; an error when it is no longer ours at this epoch.
@@ -286,7 +288,7 @@ impl OutboxRelay {
         .await?
         .rows_affected();
         anyhow::ensure!(renewed == 1, "the publisher lease (epoch {}) expired or was taken over", lease.epoch);
-        lease.renewed = std::time::Instant::now();
+        lease.renewed = Instant::now();
         Ok(())
     }
 
@@ -338,6 +340,9 @@ impl OutboxRelay {
             } else {
                 std::mem::take(unacked)
             };
+            // Pauses count from here: a try that waited out a timeout has
+            // spent its pause already.
+            let attempt = Instant::now();
             let last = match last_seq {
                 Some(seq) => seq,
                 None => match stream_last_sequence(js, &self.config.stream).await {
@@ -345,7 +350,7 @@ impl OutboxRelay {
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "stream unavailable");
                         *unacked = messages;
-                        if !pause(backoff.next(), shutdown).await {
+                        if !pause(backoff.next().saturating_sub(attempt.elapsed()), shutdown).await {
                             return Ok(());
                         }
                         continue;
@@ -382,7 +387,7 @@ impl OutboxRelay {
             }
             if failed {
                 // The unacknowledged messages go again after the pause.
-                if !pause(backoff.next(), shutdown).await {
+                if !pause(backoff.next().saturating_sub(attempt.elapsed()), shutdown).await {
                     return Ok(());
                 }
             } else {

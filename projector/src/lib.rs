@@ -181,9 +181,11 @@ const GATHER: Duration = Duration::from_millis(1);
 /// whichever server leads it by then.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Between attempts to bind again: short, as a stream or consumer that lost
-/// its leader gets a new one within seconds and each attempt is one API
-/// request per partition.
+/// Between the starts of attempts to bind again: short, as a stream or
+/// consumer that lost its leader gets a new one within seconds and each
+/// attempt is one API request per partition. An attempt that waited out its
+/// timeout has spent the pause already: the next one starts at once, so the
+/// read side binds within about one timeout of the new leaders.
 const REBIND_FIRST: Duration = Duration::from_millis(100);
 const REBIND_MAX: Duration = Duration::from_secs(1);
 const REBIND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -465,6 +467,7 @@ async fn run_partition(
     // back, not one per attempt while a leader is being elected.
     let mut interrupted: Option<(tokio::time::Instant, u32)> = None;
     while !shutdown.is_cancelled() {
+        let attempt = tokio::time::Instant::now();
         match consume(&config, &js, &deliver, &shutdown, partition, &mut interrupted).await {
             Ok(()) => break,
             Err(e) => {
@@ -481,7 +484,7 @@ async fn run_partition(
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep_until(attempt + backoff) => {}
                 }
                 backoff = (backoff * 2).min(REBIND_MAX);
             }
