@@ -155,7 +155,7 @@ impl Backoff {
     const MIN: Duration = Duration::from_millis(100);
     /// Short: what the relay waits for (a stream leader being elected, a
     /// lease expiring) ends within seconds, and each try is one request.
-    const MAX: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_millis(500);
 
     fn next(&mut self) -> Duration {
         let d = self.0;

@@ -187,7 +187,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// timeout has spent the pause already: the next one starts at once, so the
 /// read side binds within about one timeout of the new leaders.
 const REBIND_FIRST: Duration = Duration::from_millis(100);
-const REBIND_MAX: Duration = Duration::from_secs(1);
+const REBIND_MAX: Duration = Duration::from_millis(500);
 const REBIND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Applies one batch in one transaction, then acknowledges each message by
