@@ -250,55 +250,80 @@ fn incoming(m: &jetstream::Message, refetched: bool) -> Incoming {
     }
 }
 
-/// Fills each gap that outlasted `max_deliveries`: fetches the account's
-/// events from the stream (an ephemeral consumer on its subject) and applies
-/// those past the version stored, in order. The gap's own message, naked,
-/// then applies on its next delivery. So a gap lasts at most about
-/// `max_deliveries` nak delays (2 s each at most) once the read database is
-/// reachable, whatever happened to the missing message's own deliveries.
+/// Fills each gap that outlasted `max_deliveries`: fetches its subject's
+/// messages from the stream (an ephemeral consumer) and applies, in stream
+/// order, every one from the first that carries a gap's missing events on.
+/// Every one, not only those with the gap's account: a message applies whole
+/// or not at all, so one that also carries another account's missing event
+/// waits for it, and the fill must bring that one too (filling account by
+/// account, each fill stalled on the others' gaps: after a 30 s read-database
+/// outage under load the read side took minutes to catch up). The gaps of
+/// one subject are filled together, with one fetch. The gap's own message,
+/// naked, then applies (or is a duplicate) on its next delivery. So a gap
+/// lasts at most about `max_deliveries` nak delays (2 s each at most) once
+/// the read database is reachable, whatever happened to the missing
+/// message's own deliveries.
 #[tracing::instrument(level = "debug", skip_all, fields(gaps = applier.lasting_gaps.len(), ?generation))]
 async fn fill_gaps(js: &jetstream::Context, config: &Config, applier: &mut Applier, generation: Option<i32>) {
+    let mut by_subject: Vec<(String, Vec<apply::LastingGap>)> = Vec::new();
     for gap in std::mem::take(&mut applier.lasting_gaps) {
-        let apply::LastingGap { subject, account, stored } = &gap;
+        match by_subject.iter_mut().find(|(subject, _)| *subject == gap.subject) {
+            Some((_, gaps)) => gaps.push(gap),
+            None => by_subject.push((gap.subject.clone(), vec![gap])),
+        }
+    }
+    for (subject, gaps) in by_subject {
         let filled = async {
-            let missing = fetch_after(js, config, &gap).await?;
+            let missing = fetch_from_first_gap(js, config, &subject, &gaps).await?;
             for chunk in missing.chunks(config.batch.max(1)) {
                 applier.apply(chunk, generation).await?;
             }
             anyhow::Ok(missing.len())
         };
+        let accounts = gaps.len();
         match filled.await {
             Ok(n) => {
                 apply::GAP_FILLS.inc();
-                tracing::info!(subject, %account, stored, fetched = n, "gap filled from the stream");
+                tracing::info!(subject, accounts, fetched = n, "gaps filled from the stream");
             }
-            Err(e) => tracing::warn!(subject, %account, error = %format!("{e:#}"), "gap fill failed; will try again"),
+            Err(e) => tracing::warn!(subject, accounts, error = %format!("{e:#}"), "gap fill failed; will try again"),
         }
     }
 }
 
-/// The messages on the gap's subject carrying the account's events past the
-/// version stored, in stream order. (On a batch subject that reads the
-/// partition's messages from the start: gaps that outlast `max_deliveries`
-/// are rare, and a consumer's ack floor would not bound it for a rebuild.)
-#[tracing::instrument(skip_all, fields(subject = gap.subject, stored = gap.stored), err(level = "debug"))]
-async fn fetch_after(js: &jetstream::Context, config: &Config, gap: &apply::LastingGap) -> Result<Vec<Incoming>> {
+/// The messages on `subject`, in stream order, from the first that carries
+/// an event one of `gaps` misses (its account's, past the version stored).
+/// (That reads the subject from the start: gaps that outlast
+/// `max_deliveries` are rare, and a consumer's ack floor would not bound it
+/// for a rebuild.)
+#[tracing::instrument(skip_all, fields(subject = subject, gaps = gaps.len()), err(level = "debug"))]
+async fn fetch_from_first_gap(
+    js: &jetstream::Context,
+    config: &Config,
+    subject: &str,
+    gaps: &[apply::LastingGap],
+) -> Result<Vec<Incoming>> {
     let stream = &config.stream;
-    let batch = bank_platform::nats::batch_partition(&config.subject_prefix, &gap.subject).is_some();
+    let batch = bank_platform::nats::batch_partition(&config.subject_prefix, subject).is_some();
     let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
     let mut consumer: PullConsumer = stream
         .create_consumer(pull::Config {
             name: Some(format!("gap-{}", uuid::Uuid::new_v4().simple())),
             ack_policy: AckPolicy::None,
             deliver_policy: DeliverPolicy::All,
-            filter_subject: gap.subject.clone(),
+            filter_subject: subject.to_owned(),
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await
         .map_err(|e| anyhow::anyhow!("gap consumer: {e}"))?;
     let pending = consumer.info().await.map_err(|e| anyhow::anyhow!("{e}"))?.num_pending;
-    let (mut seen, mut out) = (0u64, Vec::new());
+    let missing_in = |events: &[bank_proto::v1::EventEnvelope]| {
+        events
+            .iter()
+            .any(|e| gaps.iter().any(|g| (!batch || e.account_id == g.account.to_string()) && e.version > g.stored))
+    };
+    let (mut seen, mut out, mut from_here) = (0u64, Vec::new(), false);
     while seen < pending {
         let mut messages = consumer
             .batch()
@@ -311,11 +336,10 @@ async fn fetch_after(js: &jetstream::Context, config: &Config, gap: &apply::Last
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
             seen += 1;
-            let wanted = bank_platform::signing::events_of(batch, &m.payload).map(|events| {
-                events.iter().any(|e| (!batch || e.account_id == gap.account.to_string()) && e.version > gap.stored)
-            });
+            let events = bank_platform::signing::events_of(batch, &m.payload);
+            from_here = from_here || events.as_ref().is_ok_and(|e| missing_in(e));
             // Undecodable: let the apply path judge it (it is not recorded twice).
-            if wanted.unwrap_or(true) {
+            if from_here || events.is_err() {
                 out.push(incoming(&m, true));
             }
         }
