@@ -82,6 +82,8 @@ struct Effects {
     heads: HashMap<Uuid, Option<Vec<u8>>>,
     changed: Vec<Uuid>,
     entries: Vec<(Uuid, HistoryEntry)>,
+    /// Each applied event's link in its account's chain (statements' heads).
+    links: Vec<ChainLink>,
     changes: Vec<AccountChange>,
     sides: Vec<Side>,
     /// When each applied event happened: its lag is measured at the commit.
@@ -114,6 +116,12 @@ impl Effects {
             self.changed.push(id);
         }
         self.heads.insert(id, Some(env.hash.clone()));
+        self.links.push(ChainLink {
+            account_id: id,
+            version: env.version,
+            occurred_at: fold::occurred_at(env).unwrap_or_else(Utc::now),
+            hash: env.hash.clone(),
+        });
         let event_id = Uuid::try_parse(&env.event_id).unwrap_or_else(|_| Uuid::now_v7());
         self.entries.extend(entry.map(|e| (event_id, e)));
         self.views.insert(id, view);
@@ -130,10 +138,19 @@ impl Effects {
             }
         }
         self.entries.extend(later.entries);
+        self.links.extend(later.links);
         self.changes.extend(later.changes);
         self.sides.extend(later.sides);
         self.occurred.extend(later.occurred);
     }
+}
+
+/// An event's place in its account's hash chain.
+struct ChainLink {
+    account_id: Uuid,
+    version: i64,
+    occurred_at: chrono::DateTime<Utc>,
+    hash: Vec<u8>,
 }
 
 /// A message as the batch sees it, independent of the JetStream client.
@@ -313,11 +330,12 @@ impl Applier {
             };
             outcomes.push(outcome);
         }
-        let Effects { views, heads, changed, entries, changes, sides, occurred, .. } = done;
+        let Effects { views, heads, changed, entries, links, changes, sides, occurred, .. } = done;
 
         let changed_views: Vec<&AccountView> = changed.iter().filter_map(|id| views.get(id)).collect();
         write_views(&mut tx, generation, &changed_views, &heads).await?;
         write_history(&mut tx, generation, &entries).await?;
+        write_chain(&mut tx, generation, &links).await?;
         write_sides(&mut tx, generation, &sides).await?;
         tx.commit().await?;
         drop(spans);
@@ -513,6 +531,26 @@ async fn write_history(tx: &mut sqlx::PgConnection, generation: i32, entries: &[
         &entries.iter().map(|(_, e)| e.occurred_at).collect::<Vec<_>>(),
         &entries.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         &reverses as &[Option<Uuid>],
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, links = links.len()), err)]
+async fn write_chain(tx: &mut sqlx::PgConnection, generation: i32, links: &[ChainLink]) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO account_chain (generation, account_id, version, occurred_at, hash)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::timestamptz[], $5::bytea[])
+         ON CONFLICT DO NOTHING",
+        generation,
+        &links.iter().map(|l| l.account_id).collect::<Vec<_>>(),
+        &links.iter().map(|l| l.version).collect::<Vec<_>>(),
+        &links.iter().map(|l| l.occurred_at).collect::<Vec<_>>(),
+        &links.iter().map(|l| l.hash.clone()).collect::<Vec<_>>(),
     )
     .execute(tx)
     .await?;

@@ -690,6 +690,7 @@ pub async fn rebuild(config: &Config, source: RebuildSource) -> Result<RebuildRe
 async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
     sqlx::query!("DELETE FROM account_view WHERE generation = $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM transaction_history WHERE generation = $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM account_chain WHERE generation = $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM hold_view WHERE generation = $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM reversal_view WHERE generation = $1", generation).execute(pool).await?;
     Ok(())
@@ -700,6 +701,7 @@ async fn clear_generation(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
 async fn drop_generations_before(pool: &sqlx::PgPool, generation: i32) -> Result<()> {
     sqlx::query!("DELETE FROM account_view WHERE generation < $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM transaction_history WHERE generation < $1", generation).execute(pool).await?;
+    sqlx::query!("DELETE FROM account_chain WHERE generation < $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM hold_view WHERE generation < $1", generation).execute(pool).await?;
     sqlx::query!("DELETE FROM reversal_view WHERE generation < $1", generation).execute(pool).await?;
     Ok(())

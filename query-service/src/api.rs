@@ -30,6 +30,8 @@ pub struct QueryApi {
     pub streams: Arc<PerCaller>,
     /// Each user's newest standing: a stream ends when its caller's does.
     pub standings: Arc<crate::standing::Standings>,
+    /// Signs statements.
+    pub statements: bank_platform::auth::TokenSigner,
 }
 
 /// Most reads one caller may have waiting for consistency tokens at once.
@@ -298,29 +300,51 @@ impl QueryApi {
             return Err(InputError::new("as_of", "is before the account was opened").into());
         }
         let generation = self.model.generation().await?;
-        let (balance, version) = self.balance_at(generation, v.account_id, at).await?;
+        let (balance, version) = balance_at(&self.model.db, generation, v.account_id, at).await?;
         (v.balance, v.version) = (balance, version);
         Ok(v)
     }
+}
 
-    #[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %account, %at), err)]
-    async fn balance_at(
-        &self,
-        generation: i32,
-        account: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<(Decimal, i64), QueryError> {
-        let last = sqlx::query!(
-            "SELECT balance_after, version FROM transaction_history
-             WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
-            generation,
-            account,
-            at,
-        )
-        .fetch_optional(&self.model.db)
-        .await?;
-        Ok(last.map_or((Decimal::ZERO, 1), |l| (l.balance_after, l.version)))
-    }
+/// The balance at `at`: after the last posting at or before it (and that
+/// posting's version).
+#[tracing::instrument(level = "debug", skip_all, fields(generation = generation, account = %account, %at), err)]
+async fn balance_at(
+    db: impl sqlx::PgExecutor<'_>,
+    generation: i32,
+    account: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(Decimal, i64), QueryError> {
+    let last = sqlx::query!(
+        "SELECT balance_after, version FROM transaction_history
+         WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
+        generation,
+        account,
+        at,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(last.map_or((Decimal::ZERO, 1), |l| (l.balance_after, l.version)))
+}
+
+/// The account's chain head at `at`: the version and hash of its last event
+/// at or before it (version 0 and the genesis hash before any).
+async fn chain_head(
+    db: impl sqlx::PgExecutor<'_>,
+    generation: i32,
+    account: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(i64, Vec<u8>), QueryError> {
+    let head = sqlx::query!(
+        "SELECT version, hash FROM account_chain
+         WHERE generation = $1 AND account_id = $2 AND occurred_at <= $3 ORDER BY version DESC LIMIT 1",
+        generation,
+        account,
+        at,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(head.map_or_else(|| (0, bank_statement::GENESIS_HASH.to_vec()), |h| (h.version, h.hash)))
 }
 
 type QueryResult<T> = Result<Response<T>, Status>;
@@ -543,8 +567,16 @@ impl AccountQueryService for QueryApi {
         let generation = self.model.generation().await?;
         // The as_of rule at both ends: opening = the balance at from_time,
         // the entries after it up to and including to_time.
-        // One generation for the opening and the entries, even during a rebuild.
-        let (opening, _) = self.balance_at(generation, account.account_id, from).await?;
+        // One generation for the opening and the entries, even during a
+        // rebuild; one snapshot for every figure and both chain heads, so a
+        // batch the projector commits meanwhile is in all of them or none.
+        let mut snapshot = self.model.db.begin().await.map_err(QueryError::from)?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *snapshot)
+            .await
+            .map_err(QueryError::from)?;
+        let (opening, opening_version) = balance_at(&mut *snapshot, generation, account.account_id, from).await?;
+        let opening_version = Some(opening_version).filter(|_| opening != Decimal::ZERO || opening_version > 1);
         let entries = history!(
             "generation = $1 AND account_id = $2 AND occurred_at > $3 AND occurred_at <= $4 ORDER BY version",
             generation,
@@ -552,11 +584,34 @@ impl AccountQueryService for QueryApi {
             from,
             to,
         )
-        .fetch_all(&self.model.db)
+        .fetch_all(&mut *snapshot)
         .await
         .map_err(QueryError::from)?;
         let totals = statement::summarize(opening, &entries).map_err(|e| QueryError::Internal(anyhow::anyhow!(e)))?;
+        let opening_head = chain_head(&mut *snapshot, generation, account.account_id, from).await?;
+        let closing_head = chain_head(&mut *snapshot, generation, account.account_id, to).await?;
+        snapshot.commit().await.map_err(QueryError::from)?;
+        // A head behind the postings it should cover: the account's links
+        // predate the chain table (until a rebuild), and no head is better
+        // than a wrong one under the bank's signature.
+        let covered = |head: &(i64, Vec<u8>), version: Option<i64>| version.is_none_or(|v| head.0 >= v);
+        if !covered(&opening_head, opening_version) || !covered(&closing_head, entries.last().map(|e| e.version)) {
+            return Err(QueryError::ChainNotProjected.into());
+        }
         let c = &account.currency;
+        let document = statement::document(
+            &account,
+            from,
+            to,
+            opening,
+            &totals,
+            &entries,
+            bank_statement::ChainHead::new(opening_head.0, &opening_head.1),
+            bank_statement::ChainHead::new(closing_head.0, &closing_head.1),
+        )
+        .map_err(|e| QueryError::Internal(anyhow::anyhow!(e)))?;
+        let signed_statement =
+            self.statements.sign_jws(&bank_statement::Claims::new(document)).map_err(QueryError::Internal)?;
         Ok(Response::new(pb::Statement {
             account_id: account.account_id.to_string(),
             from_time: timestamp(from),
@@ -566,6 +621,29 @@ impl AccountQueryService for QueryApi {
             total_credits: money(c, totals.credits),
             total_debits: money(c, totals.debits),
             entries: entries.iter().map(|e| entry_proto(e, c)).collect(),
+            opening_chain_head: Some(pb::ChainHead { version: opening_head.0, hash: opening_head.1 }),
+            closing_chain_head: Some(pb::ChainHead { version: closing_head.0, hash: closing_head.1 }),
+            signed_statement,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn get_statement_keys(
+        &self,
+        req: Request<pb::GetStatementKeysRequest>,
+    ) -> QueryResult<pb::GetStatementKeysResponse> {
+        self.current_caller(&req)?;
+        let jwk = self.statements.jwk();
+        let text = |k: &str| jwk.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        Ok(Response::new(pb::GetStatementKeysResponse {
+            keys: vec![pb::StatementKey {
+                kty: text("kty"),
+                crv: text("crv"),
+                alg: text("alg"),
+                r#use: text("use"),
+                kid: text("kid"),
+                x: text("x"),
+            }],
         }))
     }
 

@@ -22,6 +22,10 @@ pub enum QueryError {
     /// A per-caller cap on parked reads or open streams.
     #[error("{0}")]
     TooMany(&'static str),
+    /// The account's event-chain links for the period are not in the read
+    /// model (projected before they were kept): a statement cannot be headed.
+    #[error("the chain heads of this account's statement are not projected yet")]
+    ChainNotProjected,
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("internal: {0:#}")]
@@ -51,6 +55,12 @@ impl From<QueryError> for Status {
                 format!("{why}; sign in again for a token that reflects it"),
             ),
             QueryError::TooMany(why) => status::with_reason(Code::ResourceExhausted, "TOO_MANY_OPEN_CALLS", why),
+            QueryError::ChainNotProjected => status::with_reason(
+                Code::FailedPrecondition,
+                "STATEMENT_CHAIN_NOT_PROJECTED",
+                "this account's event-chain heads for the period are not in the read model yet \
+                 (it was projected before they were kept; a read-model rebuild adds them)",
+            ),
             QueryError::Db(err) => status::from_db(&err),
             QueryError::Internal(err) => status::internal(&format!("{err:#}")),
         }

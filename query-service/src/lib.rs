@@ -44,6 +44,9 @@ pub struct Config {
     pub standing_feed: bank_platform::standing::Feed,
     /// TLS on both ports and for the JWKS fetch (`TLS_*_FILE`).
     pub tls: Option<std::sync::Arc<bank_platform::tls::Tls>>,
+    /// Signs statements (`STATEMENT_SIGNING_KEY`, a PKCS#8 PEM file): the
+    /// bank's word on them, checked offline against GetStatementKeys.
+    pub statement_signer: bank_platform::auth::TokenSigner,
 }
 
 impl std::fmt::Debug for Config {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for Config {
             .field("cache_key", &self.cache_key.as_ref().map(|_| "***"))
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
+            .field("statement_signing_kid", &self.statement_signer.kid())
             .finish()
     }
 }
@@ -72,6 +76,10 @@ impl Config {
         let grpc_addr = problems.parse(env, "QUERY_GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50053)));
         let http_addr = problems.parse(env, "QUERY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 9093)));
         let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        let statement_signer = problems.check(
+            "STATEMENT_SIGNING_KEY",
+            bank_platform::signing::signer_from_file(env, "STATEMENT_SIGNING_KEY", "statements"),
+        );
         problems.finish()?;
         Ok(Self {
             grpc_addr,
@@ -86,6 +94,8 @@ impl Config {
             cache_key: env.var("READ_CACHE_KEY"),
             standing_feed: bank_platform::standing::Feed::from_env(env),
             tls: tls.flatten(),
+            statement_signer: statement_signer
+                .ok_or_else(|| anyhow::anyhow!("STATEMENT_SIGNING_KEY could not be read"))?,
         })
     }
 }
@@ -126,6 +136,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         parked: limits::PerCaller::new(api::MAX_PARKED_PER_CALLER),
         streams: limits::PerCaller::new(api::MAX_STREAMS_PER_CALLER),
         standings: standings.clone(),
+        statements: config.statement_signer.clone(),
     };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),

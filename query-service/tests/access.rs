@@ -29,6 +29,7 @@ const RPCS: &[&str] = &[
     "GetBalance",
     "ListTransactions",
     "GetStatement",
+    "GetStatementKeys",
     "GetTransaction",
     "WatchBalance",
     "ListAccounts",
@@ -57,6 +58,8 @@ fn expected(who: Who, rpc: &str) -> Code {
     );
     match who {
         Who::NoToken | Who::Expired | Who::UnknownKey => Unauthenticated,
+        // The bank's public statement keys: any signed-in caller.
+        _ if rpc == "GetStatementKeys" => Ok,
         // Corrections and limits are staff's alone.
         _ if matches!(rpc, "ReverseTransaction" | "SetAccountLimits") && !matches!(who, Who::Teller | Who::Admin) => {
             PermissionDenied
@@ -171,6 +174,7 @@ async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code 
             ))
             .await,
         ),
+        "GetStatementKeys" => code(q.get_statement_keys(req(pb::GetStatementKeysRequest {}, token)).await),
         "GetTransaction" => code(
             q.get_transaction(req(
                 pb::GetTransactionRequest { transaction_id: f.transaction.clone(), ..Default::default() },

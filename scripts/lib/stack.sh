@@ -289,7 +289,8 @@ exec_clean() {
 # only: the allowed variables, its credentials (service_credentials), the
 # NAME=values given (listen addresses) and its own keys, if set here:
 # auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
-# command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS.
+# command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS;
+# query-service STATEMENT_SIGNING_KEY.
 # Run it in a subshell (a background job is one).
 service_exec() {
   local service=$1 own=() kv
@@ -298,7 +299,7 @@ service_exec() {
     auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE) ;;
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
-    query-service) ;;
+    query-service) own=(STATEMENT_SIGNING_KEY) ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
   local creds=()
@@ -442,8 +443,10 @@ services_env() {
 }
 
 # event_keys: the Ed25519 key command-service signs events with, and its
-# public half the projector verifies them with (files under $STATE/keys,
-# made once with openssl; the private key is readable by its owner only).
+# public half the projector verifies them with; and the key query-service
+# signs statements with (it publishes the public half itself). Files under
+# $STATE/keys, made once with openssl; private keys readable by their owner
+# only.
 event_keys() {
   local dir="$STATE/keys"
   if [ ! -s "$dir/event-signing.pem" ] || [ ! -s "$dir/event-verifying.pem" ]; then
@@ -451,7 +454,12 @@ event_keys() {
     (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/event-signing.pem" 2>/dev/null)
     openssl pkey -in "$dir/event-signing.pem" -pubout -out "$dir/event-verifying.pem" 2>/dev/null
   fi
+  if [ ! -s "$dir/statement-signing.pem" ]; then
+    mkdir -p "$dir" && chmod 700 "$dir"
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/statement-signing.pem" 2>/dev/null)
+  fi
   export EVENT_SIGNING_KEY="$dir/event-signing.pem" EVENT_VERIFYING_KEYS="$dir/event-verifying.pem"
+  export STATEMENT_SIGNING_KEY="$dir/statement-signing.pem"
 }
 
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:

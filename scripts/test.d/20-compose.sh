@@ -37,6 +37,9 @@ for svc in ("auth-service", "command-service"):
 assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run/secrets/")
 assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
 assert c["auth-service"]["environment"]["JWT_SIGNING_KEYS"].startswith("/run/secrets/")
+assert c["query-service"]["environment"]["STATEMENT_SIGNING_KEY"].startswith("/run/secrets/")
+for svc in ("auth-service", "command-service", "projector"):
+    assert "STATEMENT_SIGNING_KEY" not in c[svc]["environment"], f"{svc} holds the statement key"
 # TLS inside: every service has its own certificate and key (no other's),
 # the JWKS is fetched over HTTPS, Envoy presents its own client certificate.
 common = yaml.safe_load(open("compose.yaml"))["x-service"]["environment"]

@@ -152,7 +152,7 @@ bash -c 'sleep 0.05; true' "bankmesh-canary-$$"
 # 1. Up from a fresh clone, and the README's commands work as written.
 start_run
 echo "ok: scripts/run brought the mesh up from a fresh clone"
-for name in grpc rest holds; do
+for name in grpc rest holds statement; do
   block "$name" >"$work/$name.sh"
   (cd "$clone" && EDGE="127.0.0.1:$EDGE_PORT" bash -euo pipefail "$work/$name.sh") >"$work/$name.out" 2>&1 \
     || { cat "$work/$name.out"; fail "the README's $name walk-through failed"; }
@@ -178,7 +178,10 @@ check_outputs "$work/holds.out" \
   'docs[2]["transactions"][1]["reversedByTransactionId"] == docs[2]["transactions"][0]["transactionId"]' \
   'docs[2]["transactions"][0]["balanceAfter"]["amount"] == "80.00"' ||
   fail "holds walk-through output"
-echo "ok: the README's gRPC, REST and holds walk-throughs, as written, through the edge"
+grep -q '^VERIFIED: account .* closing 80.00;' "$work/statement.out" &&
+  grep -q '^NOT VERIFIED: .*closingBalance "180.00"' "$work/statement.out" &&
+  grep -q '^exit 1$' "$work/statement.out" || { cat "$work/statement.out"; fail "statement walk-through output"; }
+echo "ok: the README's gRPC, REST, holds and statement walk-throughs, as written, through the edge"
 
 # 1b. Each service's environment: its own secrets, and no other's.
 python3 - "$run_pid" "$clone/.state/secrets" <<'PY' || fail "a process's environment (above)"
@@ -196,7 +199,7 @@ own = {
 # Key files (paths) and the bootstrap password: only their own service's.
 own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
-            "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY"}, "envoy": set()}
+            "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"}, "envoy": set()}
 key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
 found, bad = {}, []
 for d in os.listdir("/proc"):

@@ -182,19 +182,24 @@ impl TokenSigner {
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String> {
+        self.sign_jws(claims)
+    }
+
+    /// A compact JWS (EdDSA, this key's id) over `claims`.
+    pub fn sign_jws(&self, claims: &impl Serialize) -> Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).context("failed to sign token")
+        jsonwebtoken::encode(&header, claims, &self.encoding).context("failed to sign")
     }
 
     /// A user's standing as auth-service publishes it: a JWS over the
     /// standing, for the audience `STANDING_AUDIENCE` and without expiry, so
     /// it can never pass as an access token (nor an access token as it).
     pub fn sign_standing(&self, standing: &crate::standing::Standing) -> Result<String> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        let claims = SignedStanding { aud: crate::standing::STANDING_AUDIENCE.to_owned(), standing: standing.clone() };
-        jsonwebtoken::encode(&header, &claims, &self.encoding).context("failed to sign standing")
+        self.sign_jws(&SignedStanding {
+            aud: crate::standing::STANDING_AUDIENCE.to_owned(),
+            standing: standing.clone(),
+        })
     }
 
     /// The public half as a JWK (kty OKP, crv Ed25519).

@@ -142,14 +142,19 @@ impl EventKeys {
 /// The signing key of command-service: `EVENT_SIGNING_KEY` (a PKCS#8 PEM
 /// file), or a generated one for development.
 pub fn signer_from_env(env: &impl crate::config::Env) -> Result<TokenSigner> {
-    match env.var("EVENT_SIGNING_KEY") {
+    signer_from_file(env, "EVENT_SIGNING_KEY", "events")
+}
+
+/// The Ed25519 key in the PKCS#8 PEM file `var` names, or a generated one
+/// for development (what it signs then verifies only while this process runs).
+pub fn signer_from_file(env: &impl crate::config::Env, var: &str, signs: &str) -> Result<TokenSigner> {
+    match env.var(var) {
         Some(path) => {
-            let pem =
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read EVENT_SIGNING_KEY {path}"))?;
-            TokenSigner::from_pem(&pem).with_context(|| format!("EVENT_SIGNING_KEY {path}"))
+            let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {var} {path}"))?;
+            TokenSigner::from_pem(&pem).with_context(|| format!("{var} {path}"))
         }
         None => {
-            tracing::warn!("EVENT_SIGNING_KEY not set: events are signed with a generated dev key");
+            tracing::warn!("{var} not set: {signs} are signed with a generated dev key");
             Ok(TokenSigner::generate())
         }
     }
