@@ -7,7 +7,7 @@ use std::{collections::HashSet, time::Duration};
 
 use bank_proto::v1 as pb;
 use bank_testkit::{assert_eventually, authed};
-use common::{Bank, at};
+use common::{Bank, at, ts};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -103,9 +103,6 @@ async fn a_statement_adds_up_over_its_period() {
     bank.deposit(&a, "50.00").await;
     let t = bank.transfer(&alice, &a, &b, "15.50").await;
     let to = chrono::Utc::now() + chrono::Duration::seconds(1);
-    let ts = |t: chrono::DateTime<chrono::Utc>| {
-        Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
-    };
     let req = pb::GetStatementRequest {
         account_id: a.clone(),
         from_time: ts(from),

@@ -8,11 +8,7 @@ use std::time::Duration;
 use bank_proto::v1 as pb;
 use bank_statement::{JwkSet, Refusal};
 use bank_testkit::{DbRole, authed};
-use common::Bank;
-
-fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
-}
+use common::{Bank, ts};
 
 async fn statement(
     bank: &Bank,

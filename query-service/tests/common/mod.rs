@@ -27,6 +27,11 @@ pub fn usd(a: &str) -> Option<pb::Money> {
     Some(pb::Money { currency_code: "USD".into(), amount: a.into() })
 }
 
+/// A protobuf timestamp of `t`.
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
 /// `t` shifted by `micros` microseconds.
 pub fn at(t: &prost_types::Timestamp, micros: i64) -> Option<prost_types::Timestamp> {
     let mut t = *t;
