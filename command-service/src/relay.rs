@@ -146,8 +146,10 @@ pub fn signed(envelope: &[u8], signer: &bank_platform::auth::TokenSigner) -> Vec
 }
 
 /// How long the relay waits for the stream to say that it exists, or its
-/// last sequence.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// last sequence: two API requests, answered in milliseconds when the stream
+/// has a leader and never while it has none, so this bounds how late the
+/// relay publishes again after an election.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 struct Backoff(Duration);
 

@@ -188,7 +188,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// read side binds within about one timeout of the new leaders.
 const REBIND_FIRST: Duration = Duration::from_millis(100);
 const REBIND_MAX: Duration = Duration::from_millis(500);
-const REBIND_TIMEOUT: Duration = Duration::from_secs(1);
+/// A bind is two JetStream API requests, answered in milliseconds when the
+/// stream has a leader and never while it has none: half a second is ample
+/// for the first and bounds how late the read side binds after an election.
+const REBIND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Applies one batch in one transaction, then acknowledges each message by
 /// its outcome. The commit is durable when it returns (`synchronous_commit`
