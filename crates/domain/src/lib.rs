@@ -8,6 +8,7 @@ pub mod error;
 pub mod hold;
 pub mod ledger;
 pub mod money;
+pub mod schedule;
 
 pub use account::{Account, AccountKind, AccountStatus, BalanceChange, DebitLimits, transfer};
 pub use error::{DomainError, Forbidden, InputError, Refusal};
