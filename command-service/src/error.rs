@@ -1,6 +1,6 @@
 //! Everything a command can answer besides success, mapped to gRPC in one place.
 
-use bank_domain::{DomainError, InputError, Refusal};
+use bank_domain::{DomainError, InputError, Refusal, schedule::ScheduleError};
 use bank_platform::status;
 use tonic::{Code, Status};
 
@@ -24,6 +24,12 @@ pub enum CommandError {
     /// Nothing was committed; retrying with the same key is safe.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// No such scheduled transfer, or someone else's.
+    #[error("scheduled transfer not found")]
+    ScheduleNotFound,
+    /// A scheduled transfer's rule said no.
+    #[error("{0}")]
+    Schedule(#[from] ScheduleError),
 }
 
 impl CommandError {
@@ -90,6 +96,10 @@ impl From<CommandError> for Status {
             CommandError::Db(err) => status::from_db(&err),
             CommandError::Internal(err) => status::internal(&format!("{err:#}")),
             CommandError::Unavailable(why) => status::unavailable(&why),
+            CommandError::ScheduleNotFound => status::not_found("scheduled transfer"),
+            CommandError::Schedule(rule) => {
+                status::with_reason(Code::FailedPrecondition, rule.reason(), rule.to_string())
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bank_domain::{AccountKind, Money, ledger::Command};
+use bank_domain::{AccountKind, Money, ledger::Command, schedule::Change};
 use bank_platform::{
     auth::{Caller, caller},
     status,
@@ -16,19 +16,32 @@ use uuid::Uuid;
 
 use crate::{
     Reconciler,
+    error::CommandError,
     execute::now,
     ledger::Ledger,
+    scheduler::{NewSchedule, Schedules},
     validate::{self, IdempotencyKey, Violations, parse_id},
 };
 
 pub struct CommandApi {
     ledger: Arc<Ledger>,
     reconciler: Arc<Reconciler>,
+    schedules: Schedules,
 }
 
 impl CommandApi {
-    pub fn new(ledger: Arc<Ledger>, reconciler: Arc<Reconciler>) -> Self {
-        Self { ledger, reconciler }
+    pub fn new(ledger: Arc<Ledger>, reconciler: Arc<Reconciler>, schedules: Schedules) -> Self {
+        Self { ledger, reconciler, schedules }
+    }
+
+    async fn change_schedule(
+        &self,
+        caller: &Caller,
+        schedule_id: &str,
+        change: Change,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        let id = parse_id("schedule_id", schedule_id).map_err(CommandError::from)?;
+        Ok(Response::new(self.schedules.change(caller, id, change).await?))
     }
 
     /// Runs a validated command under the request's idempotency key.
@@ -288,5 +301,83 @@ impl AccountCommandService for CommandApi {
             problems: report.problems,
             behind: report.behind,
         }))
+    }
+
+    async fn create_scheduled_transfer(
+        &self,
+        req: Request<pb::CreateScheduledTransferRequest>,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let (from, to) = validate::movement(&mut v, &r.from_account_id, &r.to_account_id);
+        let money = v.check_all(validate::money("money", r.money.as_ref(), self.ledger.limits().max_amount));
+        let description = v.check(validate::description(&r.description));
+        let recurrence = validate::recurrence(&mut v, &r, now());
+        let key = v.check(IdempotencyKey::parse(&r.idempotency_key));
+        let new = v.finish(|| {
+            Some(NewSchedule {
+                from: from?,
+                to: to?,
+                money: money?,
+                description: description?,
+                recurrence: recurrence?,
+                key: key?,
+                request_hash: request_hash("CreateScheduledTransfer", &r),
+            })
+        })?;
+        Ok(Response::new(self.schedules.create(&caller, new).await?))
+    }
+
+    async fn list_scheduled_transfers(
+        &self,
+        req: Request<pb::ListScheduledTransfersRequest>,
+    ) -> Result<Response<pb::ListScheduledTransfersResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let size = match r.page_size {
+            0 => Some(20),
+            s @ 1..=100 => Some(i64::from(s)),
+            _ => v.check(Err(bank_domain::InputError::new("page_size", "must be 0-100"))),
+        };
+        let after = match r.page_token.as_str() {
+            "" => Some(None),
+            t => v.check(parse_id("page_token", t).map(Some)),
+        };
+        let (size, after) = v.finish(|| Some((size?, after?)))?;
+        let (schedules, next) = self.schedules.list(&caller, after, size).await?;
+        let next_page_token = next.map(|id| id.to_string()).unwrap_or_default();
+        Ok(Response::new(pb::ListScheduledTransfersResponse { schedules, next_page_token }))
+    }
+
+    async fn get_scheduled_transfer(
+        &self,
+        req: Request<pb::GetScheduledTransferRequest>,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        let caller = caller(&req)?;
+        let id = parse_id("schedule_id", &req.get_ref().schedule_id).map_err(CommandError::from)?;
+        Ok(Response::new(self.schedules.get(&caller, id).await?))
+    }
+
+    async fn pause_scheduled_transfer(
+        &self,
+        req: Request<pb::PauseScheduledTransferRequest>,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        self.change_schedule(&caller(&req)?, &req.get_ref().schedule_id, Change::Pause).await
+    }
+
+    async fn resume_scheduled_transfer(
+        &self,
+        req: Request<pb::ResumeScheduledTransferRequest>,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        self.change_schedule(&caller(&req)?, &req.get_ref().schedule_id, Change::Resume).await
+    }
+
+    async fn cancel_scheduled_transfer(
+        &self,
+        req: Request<pb::CancelScheduledTransferRequest>,
+    ) -> Result<Response<pb::ScheduledTransfer>, Status> {
+        self.change_schedule(&caller(&req)?, &req.get_ref().schedule_id, Change::Cancel).await
     }
 }

@@ -134,7 +134,12 @@ fn replay(outcome: &Result<Vec<u8>, CommandError>) -> Result<Vec<u8>, CommandErr
         }
         Err(CommandError::IdempotencyKeyReused) => Err(CommandError::IdempotencyKeyReused),
         Err(
-            CommandError::Invalid(_) | CommandError::Db(_) | CommandError::Internal(_) | CommandError::Unavailable(_),
+            CommandError::Invalid(_)
+            | CommandError::Db(_)
+            | CommandError::Internal(_)
+            | CommandError::Unavailable(_)
+            | CommandError::ScheduleNotFound
+            | CommandError::Schedule(_),
         ) => Err(CommandError::aborted()),
     }
 }

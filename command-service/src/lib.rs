@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod queue;
 pub mod reconcile;
 pub mod relay;
+pub mod scheduler;
 pub mod standing;
 pub mod store;
 pub mod validate;
@@ -60,6 +61,11 @@ pub struct Config {
     pub batching: Option<queue::BatchConfig>,
     /// How often due holds are looked for (`HOLD_EXPIRY_POLL_MS`).
     pub hold_expiry_poll: Duration,
+    /// How often due scheduled transfers are looked for (`SCHEDULER_POLL_MS`).
+    pub scheduler_poll: Duration,
+    /// How a refused occurrence is tried again (`SCHEDULE_MAX_ATTEMPTS`,
+    /// `SCHEDULE_RETRY_DELAY_SECS`).
+    pub schedule_retry: bank_domain::schedule::RetryPolicy,
     /// auth-service's feed of user standings (suspensions, role changes).
     pub standing_feed: bank_platform::standing::Feed,
     /// Signs every published event (`EVENT_SIGNING_KEY`).
@@ -125,6 +131,13 @@ impl Config {
             }),
         };
         let hold_expiry_poll = Duration::from_millis(problems.parse(env, "HOLD_EXPIRY_POLL_MS", 250));
+        let scheduler_poll = Duration::from_millis(problems.parse(env, "SCHEDULER_POLL_MS", 1000));
+        // Three tries an hour apart: money that is short in the morning has
+        // often arrived by noon, and a day's occurrence is not pushed into the next.
+        let schedule_retry = bank_domain::schedule::RetryPolicy {
+            max_attempts: problems.parse(env, "SCHEDULE_MAX_ATTEMPTS", 3u32).max(1),
+            delay: chrono::Duration::seconds(problems.parse(env, "SCHEDULE_RETRY_DELAY_SECS", 3600)),
+        };
         let event_signer = problems.check("EVENT_SIGNING_KEY", bank_platform::signing::signer_from_env(env));
         let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
         let behind_bound = Duration::from_secs(problems.parse(env, "RECONCILE_BEHIND_BOUND_SECS", 60));
@@ -151,6 +164,8 @@ impl Config {
             },
             batching,
             hold_expiry_poll,
+            scheduler_poll,
+            schedule_retry,
             standing_feed: bank_platform::standing::Feed::from_env(env),
             event_signer: event_signer.ok_or_else(|| anyhow::anyhow!("EVENT_SIGNING_KEY could not be read"))?,
             tls: tls.flatten(),
@@ -191,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.relay.subject_prefix.clone(),
         wake.clone(),
     );
+    let standings_for_schedules = standings.clone();
     if let Some(batching) = &config.batching {
         // The batchers end when the ledger (the queue's only sender) is dropped.
         let batcher = batch::Batcher::new(
@@ -207,8 +223,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     running.spawn(standing::run(pool.clone(), config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
     let expiry = expiry::HoldExpiry { pool: pool.clone(), ledger: ledger.clone(), poll: config.hold_expiry_poll };
     running.spawn(expiry.run(shutdown.clone()));
+    let scheduler = scheduler::Scheduler {
+        pool: pool.clone(),
+        ledger: ledger.clone(),
+        poll: config.scheduler_poll,
+        retry: config.schedule_retry,
+    };
+    running.spawn(scheduler.run(shutdown.clone()));
     let reconciler = Arc::new(Reconciler::new(config.clone(), pool.clone()));
-    let api = AccountCommandServiceServer::new(CommandApi::new(ledger, reconciler))
+    let schedules = scheduler::Schedules::new(pool.clone(), standings_for_schedules);
+    let api = AccountCommandServiceServer::new(CommandApi::new(ledger, reconciler, schedules))
         .max_decoding_message_size(server::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(api);
     running.spawn(server::serve(

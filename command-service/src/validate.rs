@@ -2,13 +2,21 @@
 //! by construction, every violation of a request reported at once, and each
 //! rule (and its message) written once.
 
-use bank_domain::{Currency, DebitLimits, InputError, Money, ledger::Posting, parse_amount};
+use bank_domain::{
+    Currency, DebitLimits, InputError, Money,
+    ledger::Posting,
+    parse_amount,
+    schedule::{Cadence, Recurrence},
+};
 use bank_proto::v1 as pb;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::error::{CommandError, leg_violation};
+
+/// Keys the bank's scheduler claims for its owners.
+const SCHEDULE_KEY_PREFIX: &str = "schedule:";
 
 /// A client's idempotency key: 1–128 characters, none a control character.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,9 +29,21 @@ impl IdempotencyKey {
             Err(InputError::new(field, "is required for every mutating command"))
         } else if key.chars().count() > 128 || key.chars().any(char::is_control) {
             Err(InputError::new(field, "must be 1-128 characters without control characters"))
+        } else if key.starts_with(SCHEDULE_KEY_PREFIX) {
+            // The scheduler runs occurrences under the owner's identity and
+            // these keys: a client's own key must not pre-empt one.
+            Err(InputError::new(
+                field,
+                format!("must not start with \"{SCHEDULE_KEY_PREFIX}\" (the bank's scheduled transfers use it)"),
+            ))
         } else {
             Ok(Self(key.to_owned()))
         }
+    }
+
+    /// The key of one attempt at one occurrence of a scheduled transfer.
+    pub fn scheduled(schedule: Uuid, occurrence: u32, attempt: u32) -> Self {
+        Self(format!("{SCHEDULE_KEY_PREFIX}{schedule}:{occurrence}:{attempt}"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -170,17 +190,85 @@ pub fn hold_deadline(
         }
         (None, t) => Ok(now + chrono::Duration::seconds(t)),
         (Some(ts), _) => {
-            let at = u32::try_from(ts.nanos)
-                .ok()
-                .and_then(|n| DateTime::from_timestamp(ts.seconds, n))
-                .ok_or_else(|| InputError::new("expires_at", "is not a valid timestamp"))?;
+            let at = timestamp("expires_at", ts)?;
             if at <= now || at > latest {
                 return Err(InputError::new("expires_at", "must be in the future and at most 30 days away"));
             }
-            // Postgres keeps microseconds: the deadline stored is the one answered.
-            Ok(DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+            Ok(at)
         }
     }
+}
+
+/// A timestamp field, to the microsecond: Postgres keeps microseconds, so
+/// the instant stored is the one answered.
+pub fn timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, InputError> {
+    let at = u32::try_from(ts.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(ts.seconds, n))
+        .ok_or_else(|| InputError::new(field, "is not a valid timestamp"))?;
+    Ok(DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+}
+
+/// Furthest ahead a schedule's first occurrence may be.
+const MAX_SCHEDULE_START_DAYS: i64 = 366;
+
+/// The when of a new scheduled transfer: cadence, start, zone, day, end.
+pub fn recurrence(
+    v: &mut Violations,
+    r: &pb::CreateScheduledTransferRequest,
+    now: DateTime<Utc>,
+) -> Option<Recurrence> {
+    let zone = if r.time_zone.is_empty() {
+        Some(chrono_tz::UTC)
+    } else {
+        v.check(
+            r.time_zone
+                .parse::<chrono_tz::Tz>()
+                .map_err(|_| InputError::new("time_zone", "must be an IANA time zone, such as Europe/Berlin")),
+        )
+    };
+    let start = match &r.start_at {
+        None => v.check(Err(InputError::new("start_at", "is required"))),
+        Some(ts) => v.check(timestamp("start_at", ts).and_then(|at| {
+            if at <= now || at > now + chrono::Duration::days(MAX_SCHEDULE_START_DAYS) {
+                Err(InputError::new(
+                    "start_at",
+                    format!("must be in the future and at most {MAX_SCHEDULE_START_DAYS} days away"),
+                ))
+            } else {
+                Ok(at)
+            }
+        })),
+    };
+    let end = match &r.end_at {
+        None => Some(None),
+        Some(ts) => v.check(timestamp("end_at", ts).and_then(|end| match start {
+            Some(start) if end < start => Err(InputError::new("end_at", "must not be before start_at")),
+            _ => Ok(Some(end)),
+        })),
+    };
+    let monthly = pb::Cadence::try_from(r.cadence) == Ok(pb::Cadence::Monthly);
+    let day = match r.day_of_month {
+        0 => Some(None),
+        d if !monthly => v.check(Err(InputError::new("day_of_month", format!("{d}: is for CADENCE_MONTHLY only")))),
+        d @ 1..=31 => Some(Some(d as u32)),
+        _ => v.check(Err(InputError::new("day_of_month", "must be 1-31, or 0 for start_at's day"))),
+    };
+    let cadence = match pb::Cadence::try_from(r.cadence) {
+        Ok(pb::Cadence::Once) => Some(Cadence::Once),
+        Ok(pb::Cadence::Daily) => Some(Cadence::Daily),
+        Ok(pb::Cadence::Weekly) => Some(Cadence::Weekly),
+        Ok(pb::Cadence::Monthly) => {
+            // The day defaults to start_at's, in the customer's zone.
+            let start_day = start.zip(zone).map(|(at, zone)| at.with_timezone(&zone).day());
+            day.and_then(|d| d.or(start_day)).map(|day| Cadence::Monthly { day })
+        }
+        _ => {
+            v.add("cadence", "must be CADENCE_ONCE, CADENCE_DAILY, CADENCE_WEEKLY or CADENCE_MONTHLY");
+            None
+        }
+    };
+    Some(Recurrence::new(cadence?, zone?, start?, end?))
 }
 
 /// Collects every violation of a request, so the caller learns all at once.

@@ -47,6 +47,7 @@ const RPCS: &[&str] = &[
     "UnfreezeAccount",
     "CloseAccount",
     "Reconcile",
+    "CreateScheduledTransfer",
 ];
 
 /// The expected answer. `Ok` is Code::Ok.
@@ -92,19 +93,21 @@ fn expected(who: Who, rpc: &str) -> Code {
         // spend nobody's money in their name and freeze nothing.
         Who::Teller => match rpc {
             "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
-            "Transfer" | "CloseAccount" | "PlaceHold" => NotFound,
+            "Transfer" | "CloseAccount" | "PlaceHold" | "CreateScheduledTransfer" => NotFound,
             _ => Ok,
         },
         // A service posts and crosses the boundary; it reads no accounts and owns none.
         // It captures and voids holds (a merchant's acquirer does).
         Who::Service => match rpc {
             "Deposit" | "Withdraw" | "PostTransaction" | "ListAccounts" | "CaptureHold" | "VoidHold" => Ok,
-            "OpenAccount" | "FreezeAccount" | "UnfreezeAccount" | "Reconcile" => PermissionDenied,
+            "OpenAccount" | "FreezeAccount" | "UnfreezeAccount" | "Reconcile" | "CreateScheduledTransfer" => {
+                PermissionDenied
+            }
             _ => NotFound,
         },
         Who::Admin => match rpc {
             // Money moves only from the owner's own session.
-            "Transfer" | "CloseAccount" | "PlaceHold" => NotFound,
+            "Transfer" | "CloseAccount" | "PlaceHold" | "CreateScheduledTransfer" => NotFound,
             _ => Ok,
         },
     }
@@ -308,6 +311,24 @@ async fn call(bank: &Bank, token: Option<&str>, rpc: &str, f: &Fixture) -> Code 
             code(c.close_account(req(pb::CloseAccountRequest { account_id: acc, idempotency_key: key }, token)).await)
         }
         "Reconcile" => code(c.reconcile(req(pb::ReconcileRequest {}, token)).await),
+        "CreateScheduledTransfer" => code(
+            c.create_scheduled_transfer(req(
+                pb::CreateScheduledTransferRequest {
+                    from_account_id: acc,
+                    to_account_id: f.other_account.clone(),
+                    money: usd("1.00"),
+                    cadence: pb::Cadence::Monthly.into(),
+                    start_at: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() + 86_400,
+                        nanos: 0,
+                    }),
+                    idempotency_key: key,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
         other => panic!("no call for {other}"),
     }
 }

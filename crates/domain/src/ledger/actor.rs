@@ -93,7 +93,8 @@ impl Actor {
         self.ensure_may_cross_boundary(rule)
     }
 
-    pub(super) fn ensure_customer(&self) -> Result<(), DomainError> {
+    /// A customer in good standing (KYC-active, not suspended), not a service.
+    pub fn ensure_customer(&self) -> Result<(), DomainError> {
         if self.service {
             return Err(DomainError::NotPermitted(Forbidden::ServiceNotCustomer));
         }
