@@ -152,7 +152,7 @@ bash -c 'sleep 0.05; true' "bankmesh-canary-$$"
 # 1. Up from a fresh clone, and the README's commands work as written.
 start_run
 echo "ok: scripts/run brought the mesh up from a fresh clone"
-for name in grpc rest holds statement; do
+for name in grpc rest holds statement scheduled; do
   block "$name" >"$work/$name.sh"
   (cd "$clone" && EDGE="127.0.0.1:$EDGE_PORT" bash -euo pipefail "$work/$name.sh") >"$work/$name.out" 2>&1 \
     || { cat "$work/$name.out"; fail "the README's $name walk-through failed"; }
@@ -181,7 +181,13 @@ check_outputs "$work/holds.out" \
 grep -q '^VERIFIED: account .* closing 80.00;' "$work/statement.out" &&
   grep -q '^NOT VERIFIED: .*closingBalance "180.00"' "$work/statement.out" &&
   grep -q '^exit 1$' "$work/statement.out" || { cat "$work/statement.out"; fail "statement walk-through output"; }
-echo "ok: the README's gRPC, REST, holds and statement walk-throughs, as written, through the edge"
+check_outputs "$work/scheduled.out" \
+  'docs[0]["state"] == "SCHEDULE_STATE_COMPLETED"' \
+  '[(o["attempt"], o["outcome"]) for o in docs[0]["recentOccurrences"]] == [(1, "OCCURRENCE_OUTCOME_SUCCEEDED")]' \
+  'docs[1]["state"] == "SCHEDULE_STATE_ACTIVE" and docs[1]["dayOfMonth"] == 31 and docs[1]["timeZone"] == "Europe/Berlin"' \
+  'docs[2]["state"] == "SCHEDULE_STATE_CANCELLED"' ||
+  fail "scheduled walk-through output"
+echo "ok: the README's gRPC, REST, holds, statement and scheduled-transfer walk-throughs, as written, through the edge"
 
 # 1b. Each service's environment: its own secrets, and no other's.
 python3 - "$run_pid" "$clone/.state/secrets" <<'PY' || fail "a process's environment (above)"
