@@ -17,7 +17,6 @@ use bank_proto::v1 as pb;
 use bank_readmodel::{AccountChange, AccountView, CacheKeys, HistoryEntry, cache_upsert_many};
 use chrono::Utc;
 use prometheus::{Histogram, HistogramOpts, IntCounter, register_histogram, register_int_counter};
-use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -350,40 +349,17 @@ impl Applier {
 
     /// The events a message carries, each on its partition's subject and
     /// (when keys are configured) under a valid signature; or why the
-    /// message as a whole is refused.
+    /// message as a whole is refused (the shared consumer's checks).
     fn events_of(&self, m: &Incoming) -> Result<Vec<(pb::EventEnvelope, Uuid)>, String> {
-        use bank_platform::{nats, signing};
-        let partition = nats::batch_partition(&self.subject_prefix, &m.subject);
-        if let (Some(_), Some(keys)) = (partition, &self.event_keys) {
-            let batch = pb::EventBatch::decode(m.payload.as_slice()).map_err(|e| format!("undecodable batch: {e}"))?;
-            signing::verify_batch(&m.payload, &batch, keys).inspect_err(|_| REJECTED.inc())?;
-        }
-        let events = signing::events_of(partition.is_some(), &m.payload)?;
-        events
-            .into_iter()
-            .map(|env| {
-                let (id, _) = fold::account_of(&env)?;
-                if partition.is_none()
-                    && let Some(keys) = &self.event_keys
-                {
-                    signing::verify_envelope(&m.payload, &env, keys).inspect_err(|_| REJECTED.inc())?;
-                }
-                // The unpartitioned form is what streams made before
-                // partitions hold (a rebuild reads them).
-                let on_its_subject = match partition {
-                    Some(p) => nats::event_partition(id) == p,
-                    None => {
-                        m.subject == nats::event_subject(&self.subject_prefix, id)
-                            || m.subject == format!("{}.{id}", self.subject_prefix)
-                    }
-                };
-                if !on_its_subject {
+        match bank_stream::events_of(&m.subject, &m.payload, &self.subject_prefix, self.event_keys.as_deref()) {
+            Ok(events) => Ok(events.into_iter().map(|e| (e.envelope, e.account)).collect()),
+            Err(refusal) => {
+                if matches!(refusal, bank_stream::Refusal::Rejected(_)) {
                     REJECTED.inc();
-                    return Err(format!("published on {} but names account {id}", m.subject));
                 }
-                Ok((env, id))
-            })
-            .collect()
+                Err(refusal.to_string())
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(seq = msg.stream_sequence, subject = %msg.subject), err)]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use bank_proto::v1::{self as pb, event_envelope::Payload};
 use bank_readmodel::{AccountView, HistoryEntry, HoldView, kind};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -43,30 +43,7 @@ fn hold_state(state: i32) -> Result<&'static str, String> {
     }
 }
 
-/// Whether `env` chains to its account's head: the hash of the previous event
-/// applied (`Some(Some(hash))`), the genesis hash for a first event, or any
-/// hash where the head is not known (a row projected before heads were kept).
-pub fn chains_to(env: &pb::EventEnvelope, head: Option<&Option<Vec<u8>>>) -> bool {
-    use bank_platform::signing::{GENESIS_HASH, chain_link_holds};
-    match head {
-        _ if env.version == 1 => chain_link_holds(&GENESIS_HASH, env),
-        Some(Some(previous)) => chain_link_holds(previous, env),
-        _ => true,
-    }
-}
-
-/// Identity fields of an envelope, needed before deciding.
-pub fn account_of(env: &pb::EventEnvelope) -> Result<(Uuid, i64), String> {
-    let id = Uuid::try_parse(&env.account_id).map_err(|_| "account_id is not a UUID".to_owned())?;
-    if env.version < 1 {
-        return Err("version must be >= 1".into());
-    }
-    Ok((id, env.version))
-}
-
-pub fn occurred_at(env: &pb::EventEnvelope) -> Option<DateTime<Utc>> {
-    env.occurred_at.as_ref().and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+pub use bank_stream::{account_of, chains_to, occurred_at};
 
 /// Largest magnitude the read model's `numeric(20, 3)` columns hold.
 const READ_MODEL_MAX: Decimal = Decimal::from_parts(1_569_325_056, 23_283_064, 0, false, 0); // 10^17
