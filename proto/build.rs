@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "bank/v1/command.proto",
     "bank/v1/query.proto",
     "bank/v1/events.proto",
+    "bank/v1/notification.proto",
     // Not used from Rust (tonic-types has them): listed so the descriptor set
     // carries the error detail types Envoy needs to render google.rpc.Status
     // details as JSON for REST clients.

@@ -9,7 +9,8 @@
 # 15 and later), and the superuser's comes as PGPASSWORD.
 set -eu
 dir=$(cd "$(dirname "$0")" && pwd)
-for role in bank_auth_owner bank_auth bank_command_owner bank_command bank_read_owner bank_projector bank_query; do
+for role in bank_auth_owner bank_auth bank_command_owner bank_command bank_read_owner bank_projector bank_query \
+  bank_notify_owner bank_notify; do
   var="PG_$(echo "$role" | tr a-z A-Z)_PASSWORD"
   eval "pw=\${$var:-}"
   # shellcheck disable=SC2154

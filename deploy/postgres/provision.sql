@@ -17,10 +17,12 @@
 \getenv bank_read_owner PG_BANK_READ_OWNER_PASSWORD
 \getenv bank_projector PG_BANK_PROJECTOR_PASSWORD
 \getenv bank_query PG_BANK_QUERY_PASSWORD
+\getenv bank_notify_owner PG_BANK_NOTIFY_OWNER_PASSWORD
+\getenv bank_notify PG_BANK_NOTIFY_PASSWORD
 
 SELECT format('CREATE ROLE %I', r)
 FROM unnest(ARRAY['bank_auth_owner', 'bank_auth', 'bank_command_owner', 'bank_command',
-                  'bank_read_owner', 'bank_projector', 'bank_query']) AS r
+                  'bank_read_owner', 'bank_projector', 'bank_query', 'bank_notify_owner', 'bank_notify']) AS r
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)
 \gexec
 
@@ -31,12 +33,14 @@ ALTER ROLE bank_command       LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLIC
 ALTER ROLE bank_read_owner    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'bank_read_owner';
 ALTER ROLE bank_projector     LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'bank_projector';
 ALTER ROLE bank_query         LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'bank_query';
+ALTER ROLE bank_notify_owner  LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'bank_notify_owner';
+ALTER ROLE bank_notify        LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'bank_notify';
 
 SELECT format('CREATE DATABASE %I OWNER %I', d, o)
 FROM (VALUES ('bank_auth', 'bank_auth_owner'), ('bank_command', 'bank_command_owner'),
-             ('bank_read', 'bank_read_owner')) AS v(d, o)
+             ('bank_read', 'bank_read_owner'), ('bank_notify', 'bank_notify_owner')) AS v(d, o)
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = d)
 \gexec
 
 -- Until its migrations run, nobody but the owner reaches a database.
-REVOKE ALL ON DATABASE bank_auth, bank_command, bank_read FROM PUBLIC;
+REVOKE ALL ON DATABASE bank_auth, bank_command, bank_read, bank_notify FROM PUBLIC;

@@ -9,7 +9,7 @@
 # Production takes certificates from its own CA instead (SECURITY.md).
 set -eu
 dir=$1; shift
-[ $# -gt 0 ] || set -- auth-service command-service query-service projector envoy operator
+[ $# -gt 0 ] || set -- auth-service command-service query-service projector notification-service envoy operator
 mkdir -p "$dir"
 umask 077
 if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/ca.key" ]; then

@@ -128,7 +128,9 @@ pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # role that owns it, and the roles the services run as.
 # The databases the services use (the edge test moves them).
 AUTH_DB="${AUTH_DB:-bank_auth}" COMMAND_DB="${COMMAND_DB:-bank_command}" READ_DB="${READ_DB:-bank_read}"
-PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_owner bank_projector bank_query)
+NOTIFY_DB="${NOTIFY_DB:-bank_notify}"
+PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_owner bank_projector bank_query
+  bank_notify_owner bank_notify)
 
 # stack_secrets: the passwords of the stack's users, made once under
 # $STATE/secrets (owner-only files) and exported: NATS_<USER>_PASSWORD and
@@ -138,7 +140,7 @@ PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_ow
 stack_secrets() {
   local dir="$STATE/secrets" name
   mkdir -p "$dir" && chmod 700 "$dir"
-  for name in nats_admin nats_command nats_auth nats_projector nats_query \
+  for name in nats_admin nats_command nats_auth nats_projector nats_query nats_notify \
     redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}" \
     page_token read_cache_key; do
     local file="$dir/$name"
@@ -149,11 +151,12 @@ stack_secrets() {
   done
 }
 
-# create_databases: AUTH_DB, COMMAND_DB and READ_DB, each owned by its
+# create_databases: AUTH_DB, COMMAND_DB, READ_DB and NOTIFY_DB, each owned by its
 # migration role, as provision.sql makes the stack's own (for tests).
 create_databases() {
   local db owner db_owner
-  for db_owner in "$AUTH_DB:bank_auth_owner" "$COMMAND_DB:bank_command_owner" "$READ_DB:bank_read_owner"; do
+  for db_owner in "$AUTH_DB:bank_auth_owner" "$COMMAND_DB:bank_command_owner" "$READ_DB:bank_read_owner" \
+    "$NOTIFY_DB:bank_notify_owner"; do
     db=${db_owner%%:*} owner=${db_owner#*:}
     psql_admin -q -c "CREATE DATABASE \"$db\" OWNER $owner" >/dev/null
   done
@@ -201,10 +204,13 @@ service_credentials() {
       echo "PAGE_TOKEN_SECRET=$PAGE_TOKEN_PASSWORD"
       # Only entries and changes the projector sealed are believed.
       echo "READ_CACHE_KEY=$READ_CACHE_KEY_PASSWORD" ;;
-    *) echo "unknown service: $1 (auth-service, command-service, projector, query-service)" >&2; return 2 ;;
+    notification-service) user=notify
+      echo "NOTIFY_DATABASE_URL=$(pg_url bank_notify "$NOTIFY_DB")" ;;
+    *) echo "unknown service: $1 (auth-service, command-service, projector, query-service, notification-service)" >&2; return 2 ;;
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
-  echo "REDIS_URL=$(service_redis_url "$user" "${!redis_pw}")"
+  # notification-service uses no Redis, and has no user there.
+  [ -z "${!redis_pw:-}" ] || echo "REDIS_URL=$(service_redis_url "$user" "${!redis_pw}")"
   echo "NATS_URL=$(service_nats_url "$user" "${!nats_pw}")"
   # TLS on its ports with its own certificate; the JWKS over HTTPS.
   stack_tls
@@ -226,6 +232,7 @@ migrations_env() {
   export AUTH_MIGRATE_DATABASE_URL; AUTH_MIGRATE_DATABASE_URL="$(pg_url bank_auth_owner "$AUTH_DB")"
   export COMMAND_MIGRATE_DATABASE_URL; COMMAND_MIGRATE_DATABASE_URL="$(pg_url bank_command_owner "$COMMAND_DB")"
   export READ_MIGRATE_DATABASE_URL; READ_MIGRATE_DATABASE_URL="$(pg_url bank_read_owner "$READ_DB")"
+  export NOTIFY_MIGRATE_DATABASE_URL; NOTIFY_MIGRATE_DATABASE_URL="$(pg_url bank_notify_owner "$NOTIFY_DB")"
 }
 
 # run_migrations <binary dir>: every database's migrations, each as its
@@ -233,7 +240,7 @@ migrations_env() {
 # only its own database's (in a clean environment: see exec_clean).
 run_migrations() {
   local step
-  for step in auth-service:AUTH command-service:COMMAND projector:READ; do
+  for step in auth-service:AUTH command-service:COMMAND projector:READ notification-service:NOTIFY; do
     (
       migrations_env
       exec_clean "${step#*:}_MIGRATE_DATABASE_URL" -- "$1/${step%%:*}" migrate
@@ -261,6 +268,8 @@ provision_streams() {
 SERVICE_ENV_ALLOWED=(PATH HOME USER LOGNAME SHELL TERM LANG LANGUAGE TZ TMPDIR
   RUST_LOG RUST_BACKTRACE RUST_LIB_BACKTRACE LOG_FORMAT TEST_LOG
   AUTH_GRPC_ADDR AUTH_HTTP_ADDR COMMAND_GRPC_ADDR COMMAND_HTTP_ADDR QUERY_GRPC_ADDR QUERY_HTTP_ADDR PROJECTOR_HTTP_ADDR
+  NOTIFY_GRPC_ADDR NOTIFY_HTTP_ADDR WEBHOOK_ALLOW_LOOPBACK WEBHOOK_DENY_PORTS WEBHOOK_MAX_ATTEMPTS WEBHOOK_RETRY_BASE_MS
+  WEBHOOK_RETRY_MAX_SECS WEBHOOK_TIMEOUT_MS WEBHOOK_CONCURRENCY SCHEDULER_POLL_MS SCHEDULE_MAX_ATTEMPTS SCHEDULE_RETRY_DELAY_SECS
   TRUST_X_FORWARDED_FOR EDGE_CERT_NAME JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECS REFRESH_TOKEN_TTL_SECS
   LOGIN_MAX_ATTEMPTS_PER_ADDRESS LOGIN_MAX_FAILURES_PER_EMAIL LOGIN_THROTTLE_WINDOW_SECS BOOTSTRAP_ADMIN_EMAIL
   MAX_AMOUNT MAX_BALANCE COMMAND_BATCHING COMMAND_BATCHERS COMMAND_BATCH_MAX DB_MAX_CONNECTIONS
@@ -290,7 +299,7 @@ exec_clean() {
 # NAME=values given (listen addresses) and its own keys, if set here:
 # auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
 # command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS;
-# query-service STATEMENT_SIGNING_KEY.
+# query-service STATEMENT_SIGNING_KEY; notification-service EVENT_VERIFYING_KEYS.
 # Run it in a subshell (a background job is one).
 service_exec() {
   local service=$1 own=() kv
@@ -300,6 +309,7 @@ service_exec() {
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
     query-service) own=(STATEMENT_SIGNING_KEY) ;;
+    notification-service) own=(EVENT_VERIFYING_KEYS) ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
   local creds=()

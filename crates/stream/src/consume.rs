@@ -49,13 +49,23 @@ pub struct Options {
     pub gap_delay: Duration,
 }
 
-/// The durable consumer `name` on `stream`: explicit acks, redelivered
-/// without limit (a gap is waited out, never dropped).
-pub async fn durable_consumer(stream: &jetstream::stream::Stream, name: &str) -> Result<PullConsumer> {
+/// The durable consumer `name` on `stream`, of the events under
+/// `subject_prefix` (the filter is part of the subject NATS authorizes, so a
+/// user may be allowed consumers of events and nothing else): explicit acks,
+/// redelivered without limit (a gap is waited out, never dropped).
+pub async fn durable_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    subject_prefix: &str,
+) -> Result<PullConsumer> {
     let config = pull::Config {
         durable_name: Some(name.to_owned()),
+        filter_subject: format!("{subject_prefix}.>"),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // Short, so what a stopped or killed consumer held unacknowledged
+        // comes back quickly; a slow batch is merely delivered again (and
+        // is a duplicate then).
+        ack_wait: Duration::from_secs(5),
         max_deliver: -1,
         ..Default::default()
     };

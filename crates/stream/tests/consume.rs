@@ -112,7 +112,7 @@ impl Setup {
         };
         let shutdown = CancellationToken::new();
         let stream = js.get_stream(&stream_name).await.unwrap();
-        let consumer = bank_stream::durable_consumer(&stream, "test-consumer").await.unwrap();
+        let consumer = bank_stream::durable_consumer(&stream, "test-consumer", &prefix).await.unwrap();
         let (s, stop) = (store.clone(), shutdown.clone());
         tokio::spawn(async move {
             // As a service runs it: again after a pause when it fails.

@@ -35,6 +35,8 @@ pub enum DbRole {
     ReadOwner,
     Projector,
     Query,
+    NotifyOwner,
+    Notify,
 }
 
 impl DbRole {
@@ -47,6 +49,8 @@ impl DbRole {
             Self::ReadOwner => "bank_read_owner",
             Self::Projector => "bank_projector",
             Self::Query => "bank_query",
+            Self::NotifyOwner => "bank_notify_owner",
+            Self::Notify => "bank_notify",
         }
     }
 
@@ -116,6 +120,7 @@ pub enum Principal {
     Projector,
     Query,
     Auth,
+    Notify,
 }
 
 impl Principal {
@@ -126,6 +131,7 @@ impl Principal {
             Self::Projector => "projector",
             Self::Query => "query",
             Self::Auth => "auth",
+            Self::Notify => "notify",
         }
     }
 
@@ -136,6 +142,7 @@ impl Principal {
             "projector" => Some(Self::Projector),
             "query-service" => Some(Self::Query),
             "auth-service" => Some(Self::Auth),
+            "notification-service" => Some(Self::Notify),
             _ => None,
         }
     }

@@ -1,0 +1,306 @@
+//! The consumer's store: a batch of events applied in one transaction —
+//! each account's owner, balance and head, the notifications the events make
+//! (once per (event, rule)), the balance alerts they fire, and a webhook
+//! delivery per notification and endpoint (an outbox the deliverer works
+//! through) — so nothing is acknowledged that is not all written.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use bank_domain::{Currency, format_amount, ledger::BANK};
+use bank_proto::v1::event_envelope::Payload;
+use bank_stream::{Event, Head, Refusal, Sink};
+use chrono::Utc;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::rules::{self, Alert, Direction};
+
+/// The Postgres channel new notifications are announced on (payload: the user id).
+pub const NEWS_CHANNEL: &str = "bank_notifications";
+
+pub struct Store {
+    pool: PgPool,
+    /// Woken after a batch made notifications (the webhook deliverer).
+    made: Arc<Notify>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool, made: Arc<Notify>) -> Self {
+        Self { pool, made }
+    }
+}
+
+/// An account as this service knows it.
+struct Watched {
+    owner: Uuid,
+    currency: String,
+    balance: Decimal,
+    version: i64,
+    hash: Vec<u8>,
+}
+
+struct AlertRow {
+    id: Uuid,
+    user: Uuid,
+    alert: Alert,
+    fired: i64,
+}
+
+/// A notification to write.
+struct New {
+    id: Uuid,
+    user: Uuid,
+    event: Uuid,
+    account: Uuid,
+    rule: String,
+    kind: String,
+    title: String,
+    body: String,
+}
+
+impl Sink for Store {
+    async fn heads(&self, accounts: &[Uuid]) -> Result<HashMap<Uuid, Head>> {
+        let rows =
+            sqlx::query!("SELECT account_id, version, hash FROM watched_accounts WHERE account_id = ANY($1)", accounts)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.account_id, Head { version: r.version, hash: Some(r.hash) })).collect())
+    }
+
+    async fn apply(&self, events: &[Event]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let mut accounts: Vec<Uuid> = events.iter().map(|e| e.account).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        // Locked: another instance applying these accounts waits, and a head
+        // that moved since it was read fails the batch, which is placed again.
+        let mut watched: HashMap<Uuid, Watched> = sqlx::query!(
+            "SELECT account_id, owner_id, currency, balance, version, hash FROM watched_accounts
+             WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE",
+            &accounts
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let w = Watched {
+                owner: r.owner_id,
+                currency: r.currency,
+                balance: r.balance,
+                version: r.version,
+                hash: r.hash,
+            };
+            (r.account_id, w)
+        })
+        .collect();
+        let mut alerts: HashMap<Uuid, Vec<AlertRow>> = HashMap::new();
+        for r in sqlx::query!(
+            "SELECT id, user_id, account_id, direction, threshold, beyond FROM balance_alerts
+             WHERE account_id = ANY($1) AND deleted_at IS NULL ORDER BY id FOR UPDATE",
+            &accounts
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let direction = Direction::parse(&r.direction).context("a stored alert's direction")?;
+            let alert = Alert { direction, threshold: r.threshold, beyond: r.beyond };
+            alerts.entry(r.account_id).or_default().push(AlertRow { id: r.id, user: r.user_id, alert, fired: 0 });
+        }
+
+        let mut made = Vec::new();
+        for e in events {
+            let env = &e.envelope;
+            let event_id = Uuid::try_parse(&env.event_id).context("event_id is not a UUID")?;
+            let w = match (watched.get_mut(&e.account), env.payload.as_ref()) {
+                (Some(w), _) if w.version + 1 == env.version => w,
+                (Some(_), _) => bail!("account {}'s head moved while this batch was placed", e.account),
+                (None, Some(Payload::AccountOpened(o))) if env.version == 1 => {
+                    let owner = Uuid::try_parse(&o.owner_id).context("owner_id is not a UUID")?;
+                    let w = Watched {
+                        owner,
+                        currency: o.currency_code.clone(),
+                        balance: Decimal::ZERO,
+                        version: 0,
+                        hash: Vec::new(),
+                    };
+                    watched.entry(e.account).or_insert(w)
+                }
+                (None, _) => bail!("account {}'s events before it was opened", e.account),
+            };
+            w.version = env.version;
+            w.hash = env.hash.clone();
+            // The bank's own accounts (settlement, fee income) have no one to tell.
+            if let Some(made_one) = rules::notification_for(env).filter(|_| w.owner != BANK) {
+                made.push(New {
+                    id: Uuid::now_v7(),
+                    user: w.owner,
+                    event: event_id,
+                    account: e.account,
+                    rule: made_one.rule,
+                    kind: made_one.kind.to_owned(),
+                    title: made_one.title,
+                    body: made_one.body,
+                });
+            }
+            let Some(balance) = rules::balance_after(env) else { continue };
+            w.balance = balance;
+            for a in alerts.get_mut(&e.account).into_iter().flatten() {
+                let (fires, after) = a.alert.on_balance(balance);
+                a.alert = after;
+                if fires {
+                    a.fired += 1;
+                    let (word, sign) = match a.alert.direction {
+                        Direction::Below => ("below", "under"),
+                        Direction::Above => ("above", "over"),
+                    };
+                    let money = |amount: Decimal| match Currency::from_code(&w.currency) {
+                        Ok(c) => format!("{} {}", format_amount(amount, c), w.currency),
+                        Err(_) => format!("{} {}", amount.normalize(), w.currency),
+                    };
+                    let (balance, threshold) = (money(balance), money(a.alert.threshold));
+                    made.push(New {
+                        id: Uuid::now_v7(),
+                        user: a.user,
+                        event: event_id,
+                        account: e.account,
+                        rule: format!("balance_alert:{}", a.id),
+                        kind: "balance_alert".into(),
+                        title: format!("Balance {word} {threshold}"),
+                        body: format!(
+                            "The balance of account {} is {balance}, {sign} your alert at {threshold}.",
+                            e.account
+                        ),
+                    });
+                }
+            }
+        }
+
+        write_accounts(&mut tx, &watched, &accounts).await?;
+        let rows: Vec<&AlertRow> = alerts.values().flatten().collect();
+        sqlx::query!(
+            "UPDATE balance_alerts a SET beyond = u.beyond, fired = a.fired + u.fired
+             FROM UNNEST($1::uuid[], $2::bool[], $3::bigint[]) AS u(id, beyond, fired) WHERE a.id = u.id",
+            &rows.iter().map(|a| a.id).collect::<Vec<_>>(),
+            &rows.iter().map(|a| a.alert.beyond).collect::<Vec<_>>(),
+            &rows.iter().map(|a| a.fired).collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        let any = write_notifications(&mut tx, &made).await?;
+        tx.commit().await?;
+        if any {
+            self.made.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn refused(&self, subject: &str, stream_sequence: u64, why: &Refusal) -> Result<()> {
+        tracing::error!(subject, stream_sequence, %why, "event stream message refused");
+        sqlx::query!(
+            "INSERT INTO refused_messages (stream_sequence, subject, reason) VALUES ($1, $2, $3)",
+            stream_sequence as i64,
+            subject,
+            why.to_string()
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn write_accounts(
+    tx: &mut sqlx::PgConnection,
+    watched: &HashMap<Uuid, Watched>,
+    accounts: &[Uuid],
+) -> Result<()> {
+    let rows: Vec<(&Uuid, &Watched)> = accounts.iter().filter_map(|a| watched.get(a).map(|w| (a, w))).collect();
+    sqlx::query!(
+        "INSERT INTO watched_accounts (account_id, owner_id, currency, balance, version, hash)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[], $6::bytea[])
+         ON CONFLICT (account_id) DO UPDATE
+         SET balance = excluded.balance, version = excluded.version, hash = excluded.hash",
+        &rows.iter().map(|(a, _)| **a).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.owner).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.currency.clone()).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.balance).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.version).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.hash.clone()).collect::<Vec<_>>(),
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the notifications not made before, a delivery of each to every
+/// endpoint of its user, and announces them; whether any was new.
+async fn write_notifications(tx: &mut sqlx::PgConnection, made: &[New]) -> Result<bool> {
+    if made.is_empty() {
+        return Ok(false);
+    }
+    let now = Utc::now();
+    let inserted = sqlx::query!(
+        "INSERT INTO notifications (id, user_id, event_id, rule, kind, title, body, account_id, created_at)
+         SELECT u.*, $9 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                                    $7::text[], $8::uuid[]) AS u
+         ON CONFLICT (event_id, rule, user_id) DO NOTHING
+         RETURNING id, user_id",
+        &made.iter().map(|n| n.id).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.user).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.event).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.rule.clone()).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.kind.clone()).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.title.clone()).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.body.clone()).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.account).collect::<Vec<_>>(),
+        now,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if inserted.is_empty() {
+        return Ok(false);
+    }
+    let by_id: HashMap<Uuid, &New> = made.iter().map(|n| (n.id, n)).collect();
+    let fresh: Vec<&New> = inserted.iter().filter_map(|r| by_id.get(&r.id).copied()).collect();
+    let payloads: Vec<String> = fresh.iter().map(|n| payload(n, now)).collect();
+    sqlx::query!(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, notification_id, payload, state, next_attempt_at, created_at)
+         SELECT gen_random_uuid(), e.id, n.id, n.payload, 'PENDING', $4, $4
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS n(id, user_id, payload)
+         JOIN webhook_endpoints e ON e.user_id = n.user_id AND e.deleted_at IS NULL
+         ON CONFLICT (endpoint_id, notification_id) DO NOTHING",
+        &fresh.iter().map(|n| n.id).collect::<Vec<_>>(),
+        &fresh.iter().map(|n| n.user).collect::<Vec<_>>(),
+        &payloads,
+        now,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let mut users: Vec<String> = fresh.iter().map(|n| n.user.to_string()).collect();
+    users.sort();
+    users.dedup();
+    for user in users {
+        sqlx::query!("SELECT pg_notify($1, $2)", NEWS_CHANNEL, user).execute(&mut *tx).await?;
+    }
+    Ok(true)
+}
+
+/// The webhook body: `type`, `timestamp` and `data`, as Standard Webhooks
+/// recommends.
+fn payload(n: &New, at: chrono::DateTime<Utc>) -> String {
+    serde_json::json!({
+        "type": format!("notification.{}", n.kind),
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {
+            "notification_id": n.id,
+            "kind": n.kind,
+            "title": n.title,
+            "body": n.body,
+            "account_id": n.account,
+            "event_id": n.event,
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,199 @@
+//! The in-app feed and balance alerts, made from the real event stream of a
+//! real command-service: each once, for the accounts' owners only.
+
+mod common;
+
+use std::time::Duration;
+
+use bank_proto::v1 as pb;
+use bank_testkit::{assert_eventually, authed};
+use common::{Mesh, usd};
+use futures::StreamExt;
+use tonic::Code;
+
+#[tokio::test]
+async fn money_that_moves_tells_each_owner_once_in_their_own_feed() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let (_, bob) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&bob).await;
+    mesh.deposit(&a, "100.00").await;
+    mesh.transfer(&ada, &a, &b, "30.00").await;
+
+    let feed = mesh.feed_of_at_least(&ada, 3).await;
+    let titles: Vec<&str> = feed.iter().map(|n| n.title.as_str()).collect();
+    assert_eq!(titles, ["Transfer sent", "Money in", "Account opened"], "newest first");
+    assert_eq!(feed[0].body, format!("30.00 USD sent to {b}. Balance: 70.00 USD."));
+    assert!(feed.iter().all(|n| n.account_id == a && n.read_at.is_none()));
+    let bobs = mesh.feed_of_at_least(&bob, 2).await;
+    assert_eq!(bobs[0].title, "Transfer received");
+    let (_, stranger) = mesh.customer();
+    assert!(mesh.feed(&stranger).await.is_empty());
+
+    // Nobody marks another's as read.
+    let mut c = mesh.notify.clone();
+    let theirs = pb::MarkNotificationsReadRequest {
+        notification_ids: vec![feed[0].notification_id.clone()],
+        up_to_notification_id: String::new(),
+    };
+    assert_eq!(c.mark_notifications_read(authed(theirs.clone(), &bob)).await.unwrap().into_inner().marked, 0);
+    let all = pb::MarkNotificationsReadRequest {
+        notification_ids: vec![],
+        up_to_notification_id: feed[0].notification_id.clone(),
+    };
+    assert_eq!(c.mark_notifications_read(authed(all.clone(), &ada)).await.unwrap().into_inner().marked, 3);
+    assert_eq!(c.mark_notifications_read(authed(all, &ada)).await.unwrap().into_inner().marked, 0, "twice is once");
+    let unread = pb::ListNotificationsRequest { unread_only: true, ..Default::default() };
+    assert!(c.list_notifications(authed(unread, &ada)).await.unwrap().into_inner().notifications.is_empty());
+}
+
+/// Creates the alert once notification-service knows the account (it learns
+/// of it from the stream).
+async fn alert(
+    mesh: &Mesh,
+    token: &str,
+    account: &str,
+    direction: pb::AlertDirection,
+    amount: &str,
+) -> pb::BalanceAlert {
+    let req = pb::CreateBalanceAlertRequest {
+        account_id: account.into(),
+        direction: direction.into(),
+        threshold: usd(amount),
+    };
+    let mut made = None;
+    assert_eventually!(
+        match mesh.notify.clone().create_balance_alert(authed(req.clone(), token)).await {
+            Ok(a) => {
+                made = Some(a.into_inner());
+                true
+            }
+            Err(s) if s.code() == Code::NotFound => false,
+            Err(s) => panic!("{s:?}"),
+        },
+        Duration::from_secs(15),
+        "the account never became known"
+    );
+    made.unwrap()
+}
+
+#[tokio::test]
+async fn a_balance_alert_fires_once_per_crossing_not_once_per_event_past_it() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&mesh.customer().1).await;
+    mesh.deposit(&a, "100.00").await;
+    mesh.feed_of_at_least(&ada, 2).await;
+    let low = alert(&mesh, &ada, &a, pb::AlertDirection::Below, "50.00").await;
+
+    // 100 -> 70 -> 40 (crosses) -> 30 -> 130 (back) -> 40 (crosses again).
+    for amount in ["30.00", "30.00", "10.00"] {
+        mesh.transfer(&ada, &a, &b, amount).await;
+    }
+    mesh.deposit(&a, "100.00").await;
+    mesh.transfer(&ada, &a, &b, "90.00").await;
+    let feed = mesh.feed_of_at_least(&ada, 2 + 5 + 2).await;
+    let alerts: Vec<&pb::Notification> = feed.iter().filter(|n| n.kind == "balance_alert").collect();
+    assert_eq!(alerts.len(), 2, "{feed:#?}");
+    assert_eq!(alerts[0].title, "Balance below 50.00 USD");
+    assert!(alerts[1].body.contains("is 40.00 USD, under your alert at 50.00 USD"), "{}", alerts[1].body);
+
+    let listed = mesh.notify.clone().list_balance_alerts(authed(pb::ListBalanceAlertsRequest {}, &ada)).await.unwrap();
+    let listed = listed.into_inner().alerts;
+    assert_eq!((listed.len(), listed[0].alert_id.as_str(), listed[0].fired), (1, low.alert_id.as_str(), 2));
+    assert_eq!(listed[0].threshold, usd("50.00"));
+}
+
+#[tokio::test]
+async fn nobody_sets_an_alert_on_an_account_that_is_not_theirs_and_bad_input_is_named() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    mesh.feed_of_at_least(&ada, 1).await;
+    let (_, mallory) = mesh.customer();
+    let theirs = pb::CreateBalanceAlertRequest {
+        account_id: a.clone(),
+        direction: pb::AlertDirection::Below.into(),
+        threshold: usd("10.00"),
+    };
+    let refused = mesh.notify.clone().create_balance_alert(authed(theirs, &mallory)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    let bad = pb::CreateBalanceAlertRequest { account_id: "nope".into(), direction: 0, threshold: usd("1.001") };
+    let refused = mesh.notify.clone().create_balance_alert(authed(bad, &ada)).await.unwrap_err();
+    use tonic_types::StatusExt;
+    let mut fields: Vec<String> =
+        refused.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    fields.sort();
+    assert_eq!(
+        (refused.code(), fields),
+        (Code::InvalidArgument, vec!["account_id".into(), "direction".into(), "threshold.amount".into()])
+    );
+    let eur = pb::CreateBalanceAlertRequest {
+        account_id: a,
+        direction: pb::AlertDirection::Above.into(),
+        threshold: Some(pb::Money { currency_code: "EUR".into(), amount: "10.00".into() }),
+    };
+    let refused = mesh.notify.clone().create_balance_alert(authed(eur, &ada)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM balance_alerts").fetch_one(&mesh.db).await.unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn stopped_under_load_and_restarted_it_catches_up_and_makes_every_notification_exactly_once() {
+    let mut mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&mesh.customer().1).await;
+    mesh.deposit(&a, "1000.00").await;
+    mesh.feed_of_at_least(&ada, 2).await;
+    for i in 0..40 {
+        if i == 10 {
+            mesh.stop_notifications().await;
+        }
+        mesh.transfer(&ada, &a, &b, "1.00").await;
+    }
+    mesh.start_notifications().await;
+    let feed = mesh.feed_of_at_least(&ada, 42).await;
+    assert_eq!(feed.len(), 42);
+    // And delivered all over again, applied from scratch (the consumer and
+    // the heads forgotten): nothing is made twice.
+    let js = async_nats::jetstream::new(bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap());
+    let stream = js.get_stream(&mesh.notify_config.stream).await.unwrap();
+    mesh.stop_notifications().await;
+    stream.delete_consumer(notification_service::CONSUMER).await.unwrap();
+    sqlx::query("DELETE FROM watched_accounts").execute(&mesh.db).await.unwrap();
+    mesh.start_notifications().await;
+    let caught_up = || async {
+        let heads: Option<i64> = sqlx::query_scalar("SELECT version FROM watched_accounts WHERE account_id = $1::uuid")
+            .bind(&a)
+            .fetch_optional(&mesh.db)
+            .await
+            .unwrap();
+        heads == Some(42)
+    };
+    assert_eventually!(caught_up().await, Duration::from_secs(15), "applied again from the start");
+    assert_eq!(mesh.feed(&ada).await.len(), 42);
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(&mesh.db).await.unwrap();
+    assert_eq!(made, 42 + 1 + 40, "ada's 42 and the payee's account_opened and 40 transfers received");
+}
+
+#[tokio::test]
+async fn a_watch_gets_each_new_notification_as_it_is_made() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    mesh.feed_of_at_least(&ada, 1).await;
+    let mut watch = mesh
+        .notify
+        .clone()
+        .watch_notifications(authed(pb::WatchNotificationsRequest::default(), &ada))
+        .await
+        .unwrap()
+        .into_inner();
+    mesh.deposit(&a, "5.00").await;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((next.title.as_str(), next.account_id.as_str()), ("Money in", a.as_str()));
+}
