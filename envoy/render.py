@@ -24,6 +24,8 @@ DEFAULTS = {
     "COMMAND_GRPC_PORT": "50052",
     "QUERY_HOST": "127.0.0.1",
     "QUERY_GRPC_PORT": "50053",
+    "NOTIFY_HOST": "127.0.0.1",
+    "NOTIFY_GRPC_PORT": "50054",
     "DESCRIPTOR": str(ROOT / "envoy/bank.pb"),
     "OPENAPI": str(ROOT / "envoy/openapi.json"),
     # The mesh CA and Envoy's client certificate (deploy/tls/make-certs.sh).

@@ -217,11 +217,12 @@ async fn write_accounts(
     accounts: &[Uuid],
 ) -> Result<()> {
     let rows: Vec<(&Uuid, &Watched)> = accounts.iter().filter_map(|a| watched.get(a).map(|w| (a, w))).collect();
-    sqlx::query!(
+    let written = sqlx::query!(
         "INSERT INTO watched_accounts (account_id, owner_id, currency, balance, version, hash)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[], $6::bytea[])
          ON CONFLICT (account_id) DO UPDATE
-         SET balance = excluded.balance, version = excluded.version, hash = excluded.hash",
+         SET balance = excluded.balance, version = excluded.version, hash = excluded.hash
+         WHERE watched_accounts.version < excluded.version",
         &rows.iter().map(|(a, _)| **a).collect::<Vec<_>>(),
         &rows.iter().map(|(_, w)| w.owner).collect::<Vec<_>>(),
         &rows.iter().map(|(_, w)| w.currency.clone()).collect::<Vec<_>>(),
@@ -230,7 +231,14 @@ async fn write_accounts(
         &rows.iter().map(|(_, w)| w.hash.clone()).collect::<Vec<_>>(),
     )
     .execute(tx)
-    .await?;
+    .await?
+    .rows_affected();
+    // An account first seen by two instances at once: the one that wrote it
+    // first wins, and the other's batch is placed again (its events are
+    // duplicates then).
+    if written != rows.len() as u64 {
+        bail!("another instance applied these accounts' events first");
+    }
     Ok(())
 }
 

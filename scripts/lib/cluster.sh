@@ -394,7 +394,7 @@ import os, sys, yaml
 path = sys.argv[1]
 config = yaml.safe_load(open(path))
 second = {os.environ[v]: os.environ[v + "_2"] for v in
-          ("AUTH_GRPC_PORT", "AUTH_HTTP_PORT", "COMMAND_GRPC_PORT", "QUERY_GRPC_PORT")}
+          ("AUTH_GRPC_PORT", "AUTH_HTTP_PORT", "COMMAND_GRPC_PORT", "QUERY_GRPC_PORT", "NOTIFY_GRPC_PORT")}
 for cluster in config["static_resources"]["clusters"]:
     for group in cluster.get("load_assignment", {}).get("endpoints", []):
         extra = []

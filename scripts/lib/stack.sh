@@ -447,6 +447,19 @@ services_env() {
   export COMMAND_GRPC_ADDR="127.0.0.1:$COMMAND_GRPC_PORT" COMMAND_HTTP_ADDR="127.0.0.1:$COMMAND_HTTP_PORT"
   export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
   export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
+  export NOTIFY_GRPC_ADDR="127.0.0.1:$NOTIFY_GRPC_PORT" NOTIFY_HTTP_ADDR="127.0.0.1:$NOTIFY_HTTP_PORT"
+  # Webhooks of a development stack may go to receivers on loopback, but
+  # never to a port of the mesh itself.
+  export WEBHOOK_ALLOW_LOOPBACK=true
+  local var ports=()
+  for var in PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT \
+    COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT \
+    AUTH_GRPC_PORT_2 AUTH_HTTP_PORT_2 COMMAND_GRPC_PORT_2 COMMAND_HTTP_PORT_2 QUERY_GRPC_PORT_2 QUERY_HTTP_PORT_2 \
+    PROJECTOR_HTTP_PORT_2 NOTIFY_GRPC_PORT_2 NOTIFY_HTTP_PORT_2; do
+    [ -n "${!var:-}" ] && ports+=("${!var}")
+  done
+  WEBHOOK_DENY_PORTS="$(IFS=,; echo "${ports[*]}")"
+  export WEBHOOK_DENY_PORTS
   # Envoy (use_remote_address) appends the client address it saw.
   export TRUST_X_FORWARDED_FOR=true
   event_keys
@@ -484,7 +497,7 @@ edge_config() {
   # The socket's folder exists whichever topology runs (the HA one keeps
   # its engines elsewhere and makes no $STATE/run of its own).
   mkdir -p "$(dirname "${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}")"
-  EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 \
+  EDGE_ADDRESS=127.0.0.1 AUTH_HOST=127.0.0.1 COMMAND_HOST=127.0.0.1 QUERY_HOST=127.0.0.1 NOTIFY_HOST=127.0.0.1 \
     ENVOY_ADMIN_SOCKET="${ENVOY_ADMIN_SOCKET:-$STATE/run/envoy-admin.sock}" \
     TLS_DIR="$STATE/tls" DESCRIPTOR="$2" OPENAPI="$REPO/envoy/openapi.json" python3 "$REPO/envoy/render.py" "$3"
 }

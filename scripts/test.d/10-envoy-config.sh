@@ -14,7 +14,7 @@ envoy --mode validate -c "$out/local.yaml" --log-level error
 # compose: service names resolve only inside compose, so validate with them
 # swapped back to loopback; the descriptor and document from this checkout.
 RENDER_ONLY=1 sh envoy/render-compose.sh envoy/envoy.yaml "$out/compose.yaml"
-sed -e 's/\(auth\|command\|query\)-service/127.0.0.1/g' \
+sed -e 's/\(auth\|command\|query\|notification\)-service/127.0.0.1/g' \
   -e "s#/descriptors/bank.pb#$out/bank.pb#" -e "s#/etc/envoy/openapi.json#$PWD/envoy/openapi.json#" \
   -e "s#/etc/envoy-tls#$out/tls#g" \
   "$out/compose.yaml" >"$out/compose-local.yaml"

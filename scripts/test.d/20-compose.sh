@@ -12,17 +12,22 @@ import re, yaml
 c = yaml.safe_load(open("compose.yaml"))["services"]
 assert "/etc/nats/nats.conf" in c["nats"]["command"] and "./deploy/nats:/etc/nats:ro" in c["nats"]["volumes"], "nats: deploy/nats/nats.conf"
 assert "render-acl.sh" in " ".join(c["redis"]["command"]) and "./deploy/redis:/etc/redis-acl:ro" in c["redis"]["volumes"], "redis: deploy/redis ACL"
-users = {"auth-service": "auth", "command-service": "command", "projector": "projector", "query-service": "query"}
+users = {"auth-service": "auth", "command-service": "command", "projector": "projector", "query-service": "query",
+         "notification-service": "notify"}
 for name, user in users.items():
     env = c[name]["environment"]
-    assert re.match(rf"redis://{user}:\$\{{REDIS_{user.upper()}_PASSWORD:\?", env["REDIS_URL"]), (name, "REDIS_URL")
+    if name == "notification-service":
+        assert "REDIS_URL" not in env, "notification-service uses no Redis"
+    else:
+        assert re.match(rf"redis://{user}:\$\{{REDIS_{user.upper()}_PASSWORD:\?", env["REDIS_URL"]), (name, "REDIS_URL")
     assert re.match(rf"nats://{user}:\$\{{NATS_{user.upper()}_PASSWORD:\?", env["NATS_URL"]), (name, "NATS_URL")
 # Postgres: provisioned by the stack's own script; the services connect as
 # their runtime roles, never as the superuser or a schema owner.
 assert "./deploy/postgres/provision.sh:/docker-entrypoint-initdb.d/10-provision.sh:ro" in c["postgres"]["volumes"], "postgres: provision.sh"
 roles = {"auth-service": {"AUTH_DATABASE_URL": "bank_auth"},
          "command-service": {"COMMAND_DATABASE_URL": "bank_command", "READ_DATABASE_URL": "bank_command"},
-         "projector": {"READ_DATABASE_URL": "bank_projector"}, "query-service": {"READ_DATABASE_URL": "bank_query"}}
+         "projector": {"READ_DATABASE_URL": "bank_projector"}, "query-service": {"READ_DATABASE_URL": "bank_query"},
+         "notification-service": {"NOTIFY_DATABASE_URL": "bank_notify"}}
 for name, urls in roles.items():
     for var, role in urls.items():
         assert c[name]["environment"][var].startswith(f"postgres://{role}:${{"), (name, var)
@@ -38,8 +43,10 @@ assert c["command-service"]["environment"]["EVENT_SIGNING_KEY"].startswith("/run
 assert c["projector"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
 assert c["auth-service"]["environment"]["JWT_SIGNING_KEYS"].startswith("/run/secrets/")
 assert c["query-service"]["environment"]["STATEMENT_SIGNING_KEY"].startswith("/run/secrets/")
-for svc in ("auth-service", "command-service", "projector"):
+for svc in ("auth-service", "command-service", "projector", "notification-service"):
     assert "STATEMENT_SIGNING_KEY" not in c[svc]["environment"], f"{svc} holds the statement key"
+assert c["notification-service"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
+assert "EVENT_SIGNING_KEY" not in c["notification-service"]["environment"], "notification-service holds the event signing key"
 # TLS inside: every service has its own certificate and key (no other's),
 # the JWKS is fetched over HTTPS, Envoy presents its own client certificate.
 common = yaml.safe_load(open("compose.yaml"))["x-service"]["environment"]

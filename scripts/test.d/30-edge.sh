@@ -18,14 +18,14 @@ cargo build -q --bins
 logs="$STATE/logs/edge-test-$$"
 mkdir -p "$logs"
 read -r AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT \
-  PROJECTOR_HTTP_PORT EDGE_PORT <<<"$(free_ports 8)"
-export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT EDGE_PORT
+  PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT <<<"$(free_ports 10)"
+export AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT NOTIFY_GRPC_PORT EDGE_PORT
 ENVOY_ADMIN_SOCKET="$logs/envoy-admin.sock"
 services_env
 DESCRIPTOR="$logs/bank.pb"
 edge_config "$bin"/write-descriptor-set "$DESCRIPTOR" "$logs/envoy.yaml"
 export BOOTSTRAP_ADMIN_EMAIL=edge-admin@bank.test BOOTSTRAP_ADMIN_PASSWORD="edge admin password"
-AUTH_DB="edge_auth_$$" COMMAND_DB="edge_command_$$" READ_DB="edge_read_$$"
+AUTH_DB="edge_auth_$$" COMMAND_DB="edge_command_$$" READ_DB="edge_read_$$" NOTIFY_DB="edge_notify_$$"
 export NATS_STREAM="EDGE_$$" NATS_SUBJECT_PREFIX="edge$$.events" \
   USERS_STREAM="EDGE_USERS_$$" USERS_SUBJECT_PREFIX="edge$$.users"
 export REDIS_PREFIX="bank:rm:edge$$:" AUTH_REDIS_PREFIX="bank:auth:edge$$:" PROJECTOR_DURABLE="edge$$"
@@ -41,7 +41,7 @@ start() { # start <name> <command...> (service_exec <service> <binary> for a ser
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for db in edge_auth_$$ edge_command_$$ edge_read_$$; do
+  for db in edge_auth_$$ edge_command_$$ edge_read_$$ edge_notify_$$; do
     psql_admin -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
 }
@@ -57,8 +57,10 @@ wait_port auth-service "$AUTH_GRPC_PORT"
 start command service_exec command-service "$bin"/command-service
 start projector service_exec projector "$bin"/projector
 start query service_exec query-service "$bin"/query-service
+start notify service_exec notification-service "$bin"/notification-service
 wait_port command-service "$COMMAND_GRPC_PORT"
 wait_port query-service "$QUERY_GRPC_PORT"
+wait_port notification-service "$NOTIFY_GRPC_PORT"
 start envoy exec_clean -- envoy -c "$logs/envoy.yaml" --log-level warn --disable-hot-restart
 wait_port envoy "$EDGE_PORT"
 edge=localhost:$EDGE_PORT
@@ -80,7 +82,7 @@ expect() { # expect <needle> <command...>: the command's output contains needle
 tls="$STATE/tls"
 operator=(-cacert "$tls/ca.pem" -cert "$tls/operator.pem" -key "$tls/operator.key")
 for served in "$AUTH_GRPC_PORT bank.v1.AuthService" "$COMMAND_GRPC_PORT bank.v1.AccountCommandService" \
-  "$QUERY_GRPC_PORT bank.v1.AccountQueryService"; do
+  "$QUERY_GRPC_PORT bank.v1.AccountQueryService" "$NOTIFY_GRPC_PORT bank.v1.NotificationService"; do
   read -r port service <<<"$served"
   listed=$(grpcurl "${operator[@]}" localhost:$port list | sort | tr '\n' ' ')
   want=$(printf '%s\n' grpc.health.v1.Health grpc.reflection.v1.ServerReflection grpc.reflection.v1alpha.ServerReflection \

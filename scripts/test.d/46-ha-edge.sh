@@ -16,8 +16,8 @@ git clone -q "$repo" "$clone"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 
 port_vars=(AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT
-  PROJECTOR_HTTP_PORT EDGE_PORT AUTH_GRPC_PORT_2 AUTH_HTTP_PORT_2 COMMAND_GRPC_PORT_2
-  COMMAND_HTTP_PORT_2 QUERY_GRPC_PORT_2 QUERY_HTTP_PORT_2 PROJECTOR_HTTP_PORT_2)
+  PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT AUTH_GRPC_PORT_2 AUTH_HTTP_PORT_2 COMMAND_GRPC_PORT_2
+  COMMAND_HTTP_PORT_2 QUERY_GRPC_PORT_2 QUERY_HTTP_PORT_2 PROJECTOR_HTTP_PORT_2 NOTIFY_GRPC_PORT_2 NOTIFY_HTTP_PORT_2)
 read -r -a ports <<<"$(free_ports ${#port_vars[@]})"
 port_env=()
 declare -A port
@@ -71,12 +71,12 @@ grep -q '"amount": "74.50"' "$work/grpc.out" || fail "gRPC walk-through: no bala
 echo "ok: the README's gRPC walk-through through the edge on the HA topology"
 
 # One instance of each service, killed: the process listening on its port.
-for var in AUTH_GRPC_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT PROJECTOR_HTTP_PORT; do
+for var in AUTH_GRPC_PORT COMMAND_GRPC_PORT QUERY_GRPC_PORT PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT; do
   pid=$(ss -ltnpH "sport = :${port[$var]}" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true)
   [ -n "$pid" ] || fail "nothing listens on ${port[$var]} ($var)"
   kill -9 "$pid"
 done
-for name in auth-service command-service query-service projector; do
+for name in auth-service command-service query-service projector notification-service; do
   for _ in $(seq 1 100); do grep -q "running on without $name\$" "$work/run.log" && break; sleep 0.1; done
   grep -q "running on without $name\$" "$work/run.log" || fail "scripts/run did not name $name and run on"
 done

@@ -30,11 +30,11 @@ git clone -q "$repo" "$clone"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 
 port_vars=(PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT
-  COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT EDGE_PORT)
+  COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT)
 read -r -a ports <<<"$(free_ports ${#port_vars[@]})"
 port_env=()
 for i in "${!port_vars[@]}"; do port_env+=("${port_vars[$i]}=${ports[$i]}"); done
-EDGE_PORT=${ports[11]}
+EDGE_PORT=${ports[13]}
 
 fail() { echo "WALKTHROUGH TEST FAILED: $*" >&2; tail -n 30 "$work/run.log" >&2 2>/dev/null || true; exit 1; }
 
@@ -152,7 +152,7 @@ bash -c 'sleep 0.05; true' "bankmesh-canary-$$"
 # 1. Up from a fresh clone, and the README's commands work as written.
 start_run
 echo "ok: scripts/run brought the mesh up from a fresh clone"
-for name in grpc rest holds statement scheduled; do
+for name in grpc rest holds statement scheduled notifications; do
   block "$name" >"$work/$name.sh"
   (cd "$clone" && EDGE="127.0.0.1:$EDGE_PORT" bash -euo pipefail "$work/$name.sh") >"$work/$name.out" 2>&1 \
     || { cat "$work/$name.out"; fail "the README's $name walk-through failed"; }
@@ -187,7 +187,13 @@ check_outputs "$work/scheduled.out" \
   'docs[1]["state"] == "SCHEDULE_STATE_ACTIVE" and docs[1]["dayOfMonth"] == 31 and docs[1]["timeZone"] == "Europe/Berlin"' \
   'docs[2]["state"] == "SCHEDULE_STATE_CANCELLED"' ||
   fail "scheduled walk-through output"
-echo "ok: the README's gRPC, REST, holds, statement and scheduled-transfer walk-throughs, as written, through the edge"
+check_outputs "$work/notifications.out" \
+  'docs[0]["direction"] == "ALERT_DIRECTION_BELOW" and docs[0]["threshold"]["amount"] == "60.00"' \
+  'len(docs) == 5 and all(d["verified"] for d in docs[1:4])' \
+  'sorted(d["type"] for d in docs[1:4]) == ["notification.balance_alert", "notification.transaction", "notification.transaction"]' \
+  'sorted(n["title"] for n in docs[4]) == ["Balance below 60.00 USD", "Transfer received", "Transfer sent"]' ||
+  fail "notifications walk-through output"
+echo "ok: the README's gRPC, REST, holds, statement, scheduled-transfer and notification walk-throughs, as written, through the edge"
 
 # 1b. Each service's environment: its own secrets, and no other's.
 python3 - "$run_pid" "$clone/.state/secrets" <<'PY' || fail "a process's environment (above)"
@@ -200,12 +206,14 @@ own = {
     "command-service": {"pg_bank_command", "nats_command", "redis_command"},
     "projector": {"pg_bank_projector", "nats_projector", "redis_projector", "read_cache_key"},
     "query-service": {"pg_bank_query", "nats_query", "redis_query", "page_token", "read_cache_key"},
+    "notification-service": {"pg_bank_notify", "nats_notify"},
     "envoy": set(),
 }
 # Key files (paths) and the bootstrap password: only their own service's.
 own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
-            "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"}, "envoy": set()}
+            "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"},
+            "notification-service": {"EVENT_VERIFYING_KEYS"}, "envoy": set()}
 key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
 found, bad = {}, []
 for d in os.listdir("/proc"):
@@ -297,9 +305,9 @@ def saw(what, test):
 saw("the canary", lambda c: canary in c)
 saw("psql (provisioning)", lambda c: c.split(" ")[0].endswith("psql"))
 saw("the postgres server", lambda c: "postgres" in c.split(" ")[0] and " -D " in c)
-for svc in ("auth-service", "command-service", "projector"):
+for svc in ("auth-service", "command-service", "projector", "notification-service"):
     saw(f"{svc} migrate", lambda c, s=svc: c.startswith(f"{target}/debug/{s} migrate"))
-for svc in ("auth-service", "command-service", "projector", "query-service"):
+for svc in ("auth-service", "command-service", "projector", "query-service", "notification-service"):
     saw(svc, lambda c, s=svc: c.strip() == f"{target}/debug/{s}")
 saw("envoy", lambda c: re.search(r"(^|/)envoy -c ", c))
 if bad:
