@@ -255,6 +255,10 @@ echo "ok: REST paths, filters, read-your-writes, errors as HTTP + google.rpc.Sta
 python3 scripts/check_openapi_edge.py --doc envoy/openapi.json --base "$api" --token "$admin" \
   --param account_id="$a" --param transaction_id="$tx" --param user_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
   --param hold_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --param schedule_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --param alert_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --param endpoint_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
+  --param delivery_id="$(python3 -c 'import uuid; print(uuid.uuid4())')" \
   --expect AccountCommandService_CaptureHold=400 --expect AccountCommandService_VoidHold=400 \
   --expect AccountCommandService_ReverseTransaction=400 --expect AccountCommandService_SetAccountLimits=400 \
   --expect AuthService_ApproveCustomer=404 --expect AuthService_SuspendCustomer=404 \
