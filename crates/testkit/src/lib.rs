@@ -244,6 +244,10 @@ pub fn read_model_prefix(test_prefix: &str) -> String {
 /// and to the write and read databases as its own Postgres role.
 pub fn service_credentials(binary: &str, write: &TestDb, read: &TestDb) -> Vec<(String, String)> {
     let who = Principal::of_service(binary).unwrap_or_else(|| panic!("{binary} is not a service"));
+    if who == Principal::Notify {
+        // Its own database is its caller's to give (NOTIFY_DATABASE_URL); no Redis.
+        return vec![("NATS_URL".to_owned(), nats_url_as(who))];
+    }
     let mut env = vec![("REDIS_URL".to_owned(), redis_service_url(who)), ("NATS_URL".to_owned(), nats_url_as(who))];
     let role = match who {
         Principal::Projector => DbRole::Projector,

@@ -58,6 +58,8 @@ pub struct System {
     /// Transactions the test itself made outside the load (the checks count
     /// them as seen).
     pub own_transactions: Mutex<Vec<String>>,
+    /// notification-service's own environment, once started.
+    notify_env: Vec<(String, String)>,
 }
 
 impl System {
@@ -101,6 +103,7 @@ impl System {
             write_db,
             read_db,
             own_transactions: Mutex::default(),
+            notify_env: Vec::new(),
         };
         for name in ["command-service", "projector", "query-service"] {
             sys.spawn(name);
@@ -149,6 +152,29 @@ impl System {
         sys
     }
 
+    /// notification-service as a process of its own, on a database of its
+    /// own migrated by its own `migrate`; its gRPC address and that database
+    /// (as the superuser, for the test's checks).
+    pub async fn start_notifications(&mut self) -> (SocketAddr, PgPool) {
+        let db = bank_testkit::TestDb::create("e2entf", bank_testkit::DbRole::NotifyOwner).await;
+        let out = Command::new(bin("notification-service"))
+            .arg("migrate")
+            .env("NOTIFY_MIGRATE_DATABASE_URL", db.url_as(bank_testkit::DbRole::NotifyOwner))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "notification-service migrate: {}", String::from_utf8_lossy(&out.stderr));
+        let addr = bank_testkit::free_addr();
+        self.notify_env = vec![
+            ("NOTIFY_DATABASE_URL".to_owned(), db.url_as(bank_testkit::DbRole::Notify)),
+            ("NOTIFY_GRPC_ADDR".to_owned(), addr.to_string()),
+            ("NOTIFY_HTTP_ADDR".to_owned(), bank_testkit::free_addr().to_string()),
+        ];
+        let env = self.notify_env.clone();
+        self.spawn_as("notification-service", "notification-service", &env);
+        self.wait_port(addr).await;
+        (addr, bank_platform::db::connect(&db.admin_url(), 2).await.unwrap())
+    }
+
     /// Sends `signal` (STOP, CONT, ...) to the process with this pid.
     pub fn signal(pid: u32, signal: &str) {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
@@ -185,6 +211,11 @@ impl System {
 
     pub async fn restart(&mut self, name: &'static str) {
         self.kill9(name);
+        if name == "notification-service" {
+            let env = self.notify_env.clone();
+            self.spawn_as(name, name, &env);
+            return;
+        }
         self.spawn(name);
         if name == "command-service" {
             self.wait_port(self.command_addr).await;
