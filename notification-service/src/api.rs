@@ -227,6 +227,52 @@ const WATCH_RECHECK: Duration = Duration::from_secs(2);
 
 #[tonic::async_trait]
 impl NotificationService for NotificationApi {
+    async fn get_notification_preferences(
+        &self,
+        req: Request<pb::GetNotificationPreferencesRequest>,
+    ) -> Result<pb::NotificationPreferences> {
+        let caller = caller(&req)?;
+        let row = sqlx::query!(
+            "SELECT email, email_enabled FROM notification_preferences WHERE user_id = $1",
+            caller.user_id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Response::new(row.map_or_else(Default::default, |r| pb::NotificationPreferences {
+            email: r.email.unwrap_or_default(),
+            email_enabled: r.email_enabled,
+        })))
+    }
+
+    async fn set_notification_preferences(
+        &self,
+        req: Request<pb::SetNotificationPreferencesRequest>,
+    ) -> Result<pb::NotificationPreferences> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let email = match r.email.as_str() {
+            "" if r.email_enabled => return Err(invalid("email", "is required to enable email")),
+            "" => None,
+            text => Some(crate::email::address(text).map_err(|why| invalid("email", why))?.to_string()),
+        };
+        sqlx::query!(
+            "INSERT INTO notification_preferences (user_id, email, email_enabled, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (user_id) DO UPDATE
+             SET email = excluded.email, email_enabled = excluded.email_enabled, updated_at = excluded.updated_at",
+            caller.user_id,
+            email,
+            r.email_enabled
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Response::new(pb::NotificationPreferences {
+            email: email.unwrap_or_default(),
+            email_enabled: r.email_enabled,
+        }))
+    }
+
     async fn list_notifications(
         &self,
         req: Request<pb::ListNotificationsRequest>,

@@ -10,6 +10,7 @@
 //! `api` is the gRPC adapter.
 
 pub mod api;
+pub mod email;
 pub mod rules;
 pub mod store;
 pub mod webhook;
@@ -51,6 +52,11 @@ pub struct Config {
     pub event_keys: Option<Arc<EventKeys>>,
     pub webhooks: webhook::Policy,
     pub guard: Guard,
+    /// The bank's mail server (`SMTP_URL`: smtp:// or smtps://, with its
+    /// credentials); no email is sent without one.
+    pub smtp_url: Option<String>,
+    /// The sender of every email (`MAIL_FROM`).
+    pub mail_from: String,
     /// TLS on both ports and for the JWKS fetch (`TLS_*_FILE`).
     pub tls: Option<Arc<bank_platform::tls::Tls>>,
 }
@@ -68,6 +74,8 @@ impl std::fmt::Debug for Config {
             .field("event_keys", &self.event_keys.is_some())
             .field("webhooks", &self.webhooks)
             .field("guard", &self.guard)
+            .field("smtp_url", &self.smtp_url.as_deref().map(config::redact_url))
+            .field("mail_from", &self.mail_from)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -112,6 +120,8 @@ impl Config {
             event_keys: event_keys.flatten().map(Arc::new),
             webhooks,
             guard: Guard { allow_loopback, mesh_ports: mesh_ports.unwrap_or_default() },
+            smtp_url: env.var("SMTP_URL").filter(|u| !u.is_empty()),
+            mail_from: config::string(env, "MAIL_FROM", "bankmesh <notifications@bankmesh.local>"),
             tls: tls.flatten(),
         })
     }
@@ -128,11 +138,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .await?,
     );
 
-    let made = Arc::new(Notify::new());
-    let store = Store::new(pool.clone(), made.clone());
+    let (made, mailed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let store = Store::new(pool.clone(), vec![made.clone(), mailed.clone()]);
     running.spawn(consume(config.clone(), store, shutdown.clone()));
     let deliverer = webhook::Deliverer::new(pool.clone(), config.guard.clone(), config.webhooks.clone(), made)?;
     running.spawn(deliverer.run(shutdown.clone()));
+    match &config.smtp_url {
+        Some(url) => {
+            let mailer = email::Mailer::new(pool.clone(), url, &config.mail_from, config.webhooks.clone(), mailed)?;
+            running.spawn(mailer.run(shutdown.clone()));
+        }
+        None => tracing::warn!("SMTP_URL not set: emails wait in the outbox until a mail server is configured"),
+    }
     let (news, _) = tokio::sync::broadcast::channel(1024);
     running.spawn(api::listen_for_news(pool.clone(), news.clone(), shutdown.clone()));
 

@@ -23,12 +23,12 @@ pub const NEWS_CHANNEL: &str = "bank_notifications";
 
 pub struct Store {
     pool: PgPool,
-    /// Woken after a batch made notifications (the webhook deliverer).
-    made: Arc<Notify>,
+    /// Woken after a batch made notifications (the webhook deliverer, the mailer).
+    made: Vec<Arc<Notify>>,
 }
 
 impl Store {
-    pub fn new(pool: PgPool, made: Arc<Notify>) -> Self {
+    pub fn new(pool: PgPool, made: Vec<Arc<Notify>>) -> Self {
         Self { pool, made }
     }
 }
@@ -192,7 +192,7 @@ impl Sink for Store {
         let any = write_notifications(&mut tx, &made).await?;
         tx.commit().await?;
         if any {
-            self.made.notify_one();
+            self.made.iter().for_each(|n| n.notify_one());
         }
         Ok(())
     }
@@ -282,6 +282,21 @@ async fn write_notifications(tx: &mut sqlx::PgConnection, made: &[New]) -> Resul
         &fresh.iter().map(|n| n.id).collect::<Vec<_>>(),
         &fresh.iter().map(|n| n.user).collect::<Vec<_>>(),
         &payloads,
+        now,
+    )
+    .execute(&mut *tx)
+    .await?;
+    // And an email each, for those who enabled it.
+    sqlx::query!(
+        "INSERT INTO email_deliveries (id, notification_id, to_address, subject, body, state, next_attempt_at, created_at)
+         SELECT gen_random_uuid(), n.id, p.email, 'bankmesh: ' || n.title, n.body || E'\\n\\n-- bankmesh', 'PENDING', $5, $5
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS n(id, user_id, title, body)
+         JOIN notification_preferences p ON p.user_id = n.user_id AND p.email_enabled
+         ON CONFLICT (notification_id) DO NOTHING",
+        &fresh.iter().map(|n| n.id).collect::<Vec<_>>(),
+        &fresh.iter().map(|n| n.user).collect::<Vec<_>>(),
+        &fresh.iter().map(|n| n.title.clone()).collect::<Vec<_>>(),
+        &fresh.iter().map(|n| n.body.clone()).collect::<Vec<_>>(),
         now,
     )
     .execute(&mut *tx)

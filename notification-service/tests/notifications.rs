@@ -197,3 +197,42 @@ async fn a_watch_gets_each_new_notification_as_it_is_made() {
     let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
     assert_eq!((next.title.as_str(), next.account_id.as_str()), ("Money in", a.as_str()));
 }
+
+#[tokio::test]
+async fn an_email_reaches_the_mail_server_for_the_owner_who_asked_for_it_and_nobody_else() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let (_, bob) = mesh.customer();
+    let ada_address = format!("ada-{}@example.test", uuid::Uuid::new_v4().simple());
+    let bob_address = format!("bob-{}@example.test", uuid::Uuid::new_v4().simple());
+    let mut c = mesh.notify.clone();
+    let set =
+        |email: &str, email_enabled: bool| pb::SetNotificationPreferencesRequest { email: email.into(), email_enabled };
+    c.set_notification_preferences(authed(set(&ada_address, true), &ada)).await.unwrap();
+    c.set_notification_preferences(authed(set(&bob_address, false), &bob)).await.unwrap();
+    let got = c.get_notification_preferences(authed(pb::GetNotificationPreferencesRequest {}, &ada)).await.unwrap();
+    assert_eq!(got.into_inner(), pb::NotificationPreferences { email: ada_address.clone(), email_enabled: true });
+
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&bob).await;
+    mesh.deposit(&a, "10.00").await;
+    mesh.transfer(&ada, &a, &b, "4.00").await;
+    assert_eventually!(common::mail_to(&ada_address).len() >= 3, Duration::from_secs(15), "ada's email never came");
+    let mail = common::mail_to(&ada_address);
+    assert_eq!(mail.len(), 3, "one per notification");
+    let money_in = mail.iter().find(|m| m.contains("Subject: bankmesh: Money in")).expect("the deposit's email");
+    assert!(money_in.lines().any(|l| l == format!("To: {ada_address}")), "{money_in}");
+    assert!(money_in.contains("10.00 USD deposited. Balance: 10.00 USD."), "{money_in}");
+    assert!(mail.iter().any(|m| m.contains("Subject: bankmesh: Transfer sent")));
+    // Bob has an address but did not enable email: his transfer came in silently.
+    assert!(mesh.feed_of_at_least(&bob, 2).await.iter().any(|n| n.title == "Transfer received"));
+    assert!(common::mail_to(&bob_address).is_empty());
+
+    // An address mail cannot go to is refused, and nothing changes.
+    let bad = c.set_notification_preferences(authed(set("ada@", true), &ada)).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let none = c.set_notification_preferences(authed(set("", true), &ada)).await.unwrap_err();
+    assert_eq!(none.code(), Code::InvalidArgument);
+    let kept = c.get_notification_preferences(authed(pb::GetNotificationPreferencesRequest {}, &ada)).await.unwrap();
+    assert_eq!(kept.into_inner().email, ada_address);
+}

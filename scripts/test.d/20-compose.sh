@@ -46,6 +46,8 @@ assert c["query-service"]["environment"]["STATEMENT_SIGNING_KEY"].startswith("/r
 for svc in ("auth-service", "command-service", "projector", "notification-service"):
     assert "STATEMENT_SIGNING_KEY" not in c[svc]["environment"], f"{svc} holds the statement key"
 assert c["notification-service"]["environment"]["EVENT_VERIFYING_KEYS"].startswith("/run/secrets/")
+for svc in ("auth-service", "command-service", "projector", "query-service"):
+    assert "SMTP_URL" not in c[svc]["environment"], f"{svc} holds the mail server's URL"
 assert "EVENT_SIGNING_KEY" not in c["notification-service"]["environment"], "notification-service holds the event signing key"
 # TLS inside: every service has its own certificate and key (no other's),
 # the JWKS is fetched over HTTPS, Envoy presents its own client certificate.

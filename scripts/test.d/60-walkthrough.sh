@@ -29,12 +29,12 @@ clone=$work/clone
 git clone -q "$repo" "$clone"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 
-port_vars=(PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT
+port_vars=(PGPORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT SMTP_PORT AUTH_GRPC_PORT AUTH_HTTP_PORT COMMAND_GRPC_PORT
   COMMAND_HTTP_PORT QUERY_GRPC_PORT QUERY_HTTP_PORT PROJECTOR_HTTP_PORT NOTIFY_GRPC_PORT NOTIFY_HTTP_PORT EDGE_PORT)
 read -r -a ports <<<"$(free_ports ${#port_vars[@]})"
 port_env=()
 for i in "${!port_vars[@]}"; do port_env+=("${port_vars[$i]}=${ports[$i]}"); done
-EDGE_PORT=${ports[13]}
+EDGE_PORT=${ports[14]}
 
 fail() { echo "WALKTHROUGH TEST FAILED: $*" >&2; tail -n 30 "$work/run.log" >&2 2>/dev/null || true; exit 1; }
 
@@ -189,9 +189,10 @@ check_outputs "$work/scheduled.out" \
   fail "scheduled walk-through output"
 check_outputs "$work/notifications.out" \
   'docs[0]["direction"] == "ALERT_DIRECTION_BELOW" and docs[0]["threshold"]["amount"] == "60.00"' \
-  'len(docs) == 5 and all(d["verified"] for d in docs[1:4])' \
+  'len(docs) == 6 and all(d["verified"] for d in docs[1:4])' \
   'sorted(d["type"] for d in docs[1:4]) == ["notification.balance_alert", "notification.transaction", "notification.transaction"]' \
-  'sorted(n["title"] for n in docs[4]) == ["Balance below 60.00 USD", "Transfer received", "Transfer sent"]' ||
+  'sorted(n["title"] for n in docs[4]) == ["Balance below 60.00 USD", "Transfer received", "Transfer sent"]' \
+  'docs[5] == ["Subject: bankmesh: Balance below 60.00 USD", "Subject: bankmesh: Transfer received", "Subject: bankmesh: Transfer sent"]' ||
   fail "notifications walk-through output"
 echo "ok: the README's gRPC, REST, holds, statement, scheduled-transfer and notification walk-throughs, as written, through the edge"
 
@@ -213,7 +214,7 @@ own = {
 own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
             "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"},
-            "notification-service": {"EVENT_VERIFYING_KEYS"}, "envoy": set()}
+            "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL"}, "envoy": set()}
 key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
 found, bad = {}, []
 for d in os.listdir("/proc"):

@@ -48,10 +48,11 @@ async fn notification_service_killed_under_load_and_restarted_makes_every_notifi
     let want = expected(&sys).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let made: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM notifications WHERE rule NOT LIKE 'balance_alert:%'")
-            .fetch_all(&notify_db)
-            .await
-            .unwrap();
+        let made: Vec<Uuid> =
+            sqlx::query_scalar("SELECT event_id FROM notifications WHERE rule NOT LIKE 'balance_alert:%'")
+                .fetch_all(&notify_db)
+                .await
+                .unwrap();
         let distinct: HashSet<Uuid> = made.iter().copied().collect();
         assert_eq!(made.len(), distinct.len(), "an event made two notifications");
         if distinct == want {

@@ -87,6 +87,9 @@ impl Mesh {
         notify.webhooks.retry_max = Duration::from_millis(500);
         notify.webhooks.timeout = Duration::from_secs(1);
         notify.webhooks.max_attempts = 5;
+        // The stack's development mail server (scripts/lib/devsmtp.py).
+        notify.smtp_url =
+            Some(format!("smtp://{}", std::env::var("SMTP_ADDR").expect("SMTP_ADDR: run through scripts/test")));
         adjust(&mut notify);
         let notify_running = notification_service::start(notify.clone(), CancellationToken::new()).await.unwrap();
         let notify_client =
@@ -247,4 +250,21 @@ pub fn verifies(r: &Received, secret: &str) -> bool {
     let fresh = (chrono::Utc::now().timestamp() - r.timestamp).abs() <= 300;
     let expected = notification_service::webhook::sign(secret, &r.id, r.timestamp, &r.body).unwrap();
     fresh && r.signatures.contains(&expected)
+}
+
+/// The messages the development mail server kept for `address`, as received.
+pub fn mail_to(address: &str) -> Vec<String> {
+    let dir = std::env::var("MAIL_DIR").expect("MAIL_DIR: run through scripts/test");
+    let mut found: Vec<(u64, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().trim_end_matches(".eml").parse().ok()?;
+            Some((n, std::fs::read_to_string(e.path()).ok()?))
+        })
+        .filter(|(_, text)| text.lines().any(|l| l == format!("X-Rcpt-To: {address}")))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, text)| text).collect()
 }
