@@ -32,6 +32,9 @@ pub struct QueryApi {
     pub standings: Arc<crate::standing::Standings>,
     /// Signs statements.
     pub statements: bank_platform::auth::TokenSigner,
+    /// The public halves of keys that signed statements before the current
+    /// one (a rotation): published beside it, so those still verify.
+    pub previous_statement_keys: Vec<serde_json::Value>,
 }
 
 /// Most reads one caller may have waiting for consistency tokens at once.
@@ -633,18 +636,24 @@ impl AccountQueryService for QueryApi {
         req: Request<pb::GetStatementKeysRequest>,
     ) -> QueryResult<pb::GetStatementKeysResponse> {
         self.current_caller(&req)?;
-        let jwk = self.statements.jwk();
-        let text = |k: &str| jwk.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        Ok(Response::new(pb::GetStatementKeysResponse {
-            keys: vec![pb::StatementKey {
-                kty: text("kty"),
-                crv: text("crv"),
-                alg: text("alg"),
-                r#use: text("use"),
-                kid: text("kid"),
-                x: text("x"),
-            }],
-        }))
+        let current = self.statements.jwk();
+        let kid = |jwk: &serde_json::Value| jwk.get("kid").cloned();
+        let previous = self.previous_statement_keys.iter().filter(|k| kid(k) != kid(&current));
+        let keys = std::iter::once(&current)
+            .chain(previous)
+            .map(|jwk| {
+                let text = |k: &str| jwk.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                pb::StatementKey {
+                    kty: text("kty"),
+                    crv: text("crv"),
+                    alg: text("alg"),
+                    r#use: text("use"),
+                    kid: text("kid"),
+                    x: text("x"),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetStatementKeysResponse { keys }))
     }
 
     type WatchBalanceStream = ReceiverStream<Result<pb::BalanceUpdate, Status>>;

@@ -47,6 +47,10 @@ pub struct Config {
     /// Signs statements (`STATEMENT_SIGNING_KEY`, a PKCS#8 PEM file): the
     /// bank's word on them, checked offline against GetStatementKeys.
     pub statement_signer: bank_platform::auth::TokenSigner,
+    /// Keys that signed statements before a rotation
+    /// (`STATEMENT_PREVIOUS_KEYS`: public key PEM files, comma-separated),
+    /// published beside the current one.
+    pub statement_previous_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for Config {
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
             .field("statement_signing_kid", &self.statement_signer.kid())
+            .field("statement_previous_keys", &self.statement_previous_keys.as_ref().map(|k| k.jwks().len()))
             .finish()
     }
 }
@@ -79,6 +84,10 @@ impl Config {
         let statement_signer = problems.check(
             "STATEMENT_SIGNING_KEY",
             bank_platform::signing::signer_from_file(env, "STATEMENT_SIGNING_KEY", "statements"),
+        );
+        let statement_previous_keys = problems.check(
+            "STATEMENT_PREVIOUS_KEYS",
+            bank_platform::signing::EventKeys::from_env_var(env, "STATEMENT_PREVIOUS_KEYS"),
         );
         problems.finish()?;
         Ok(Self {
@@ -96,6 +105,7 @@ impl Config {
             tls: tls.flatten(),
             statement_signer: statement_signer
                 .ok_or_else(|| anyhow::anyhow!("STATEMENT_SIGNING_KEY could not be read"))?,
+            statement_previous_keys: statement_previous_keys.flatten().map(std::sync::Arc::new),
         })
     }
 }
@@ -137,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         streams: limits::PerCaller::new(api::MAX_STREAMS_PER_CALLER),
         standings: standings.clone(),
         statements: config.statement_signer.clone(),
+        previous_statement_keys: config.statement_previous_keys.as_ref().map(|k| k.jwks()).unwrap_or_default(),
     };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),

@@ -121,3 +121,40 @@ async fn the_statement_keys_are_for_signed_in_callers_only() {
     let err = bank.queries.clone().get_statement_keys(pb::GetStatementKeysRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn after_a_key_rotation_statements_signed_before_it_still_verify_against_the_published_keys() {
+    let bank = Bank::start().await;
+    let alice = bank.customer();
+    let a = bank.open(&alice).await.account.unwrap().account_id;
+    let from = chrono::Utc::now();
+    let moved = bank.deposit(&a, "10.00").await;
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let before = statement(&bank, &alice, &a, from, to, &moved.consistency_token).await;
+
+    // The rotation: a new signing key; the old key's public half published beside it.
+    let old = bank.query_config.statement_signer.clone();
+    let mut rotated = bank.query_config.clone();
+    rotated.statement_signer = bank_platform::auth::TokenSigner::generate();
+    let old_public = bank_platform::signing::EventKeys::from_public_pems([("old", old.to_pems().1)]).unwrap();
+    rotated.statement_previous_keys = Some(std::sync::Arc::new(old_public));
+    let running = query_service::start(rotated.clone(), bank_platform::CancellationToken::new()).await.unwrap();
+    let queries = bank_proto::v1::account_query_service_client::AccountQueryServiceClient::connect(format!(
+        "http://{}",
+        running.grpc_addr
+    ))
+    .await
+    .unwrap();
+    let after_bank = Bank { queries, ..bank };
+
+    let keys = published_keys(&after_bank, &alice).await;
+    let kids: Vec<String> = keys.keys.iter().filter_map(|k| k.common.key_id.clone()).collect();
+    assert_eq!(kids, [rotated.statement_signer.kid().to_owned(), old.kid().to_owned()], "the current key first");
+    assert_eq!(bank_statement::verify(&before.signed_statement, &keys).unwrap().closing_balance.to_string(), "10.00");
+    let after = statement(&after_bank, &alice, &a, from, to, &moved.consistency_token).await;
+    assert!(bank_statement::verify(&after.signed_statement, &keys).is_ok());
+    // Without the old key published, the statement signed before would not verify.
+    let current_only: JwkSet =
+        serde_json::from_value(bank_platform::auth::jwks(std::slice::from_ref(&rotated.statement_signer))).unwrap();
+    assert!(matches!(bank_statement::verify(&before.signed_statement, &current_only), Err(Refusal::UnknownKey(_))));
+}

@@ -220,7 +220,10 @@ service_credentials() {
   echo "TLS_CERT_FILE=$STATE/tls/$1.pem"
   echo "TLS_KEY_FILE=$STATE/tls/$1.key"
   echo "TLS_CA_FILE=$STATE/tls/ca.pem"
-  echo "JWKS_URL=https://127.0.0.1:${AUTH_HTTP_PORT:-9091}/.well-known/jwks.json"
+  # Both auth-service instances on the HA topology (they publish the same keys).
+  local jwks="https://127.0.0.1:${AUTH_HTTP_PORT:-9091}/.well-known/jwks.json"
+  [ -z "${AUTH_HTTP_PORT_2:-}" ] || jwks+=",https://127.0.0.1:$AUTH_HTTP_PORT_2/.well-known/jwks.json"
+  echo "JWKS_URL=$jwks"
 }
 
 # stack_tls: the dev CA and a certificate per service, for Envoy and for
@@ -312,7 +315,7 @@ service_exec() {
     auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE) ;;
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
-    query-service) own=(STATEMENT_SIGNING_KEY) ;;
+    query-service) own=(STATEMENT_SIGNING_KEY STATEMENT_PREVIOUS_KEYS) ;;
     notification-service) own=(EVENT_VERIFYING_KEYS SMTP_URL) ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac

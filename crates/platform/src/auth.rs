@@ -204,15 +204,20 @@ impl TokenSigner {
 
     /// The public half as a JWK (kty OKP, crv Ed25519).
     pub fn jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "alg": "EdDSA",
-            "use": "sig",
-            "kid": self.kid,
-            "x": URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes()),
-        })
+        public_jwk(&self.signing.verifying_key())
     }
+}
+
+/// An Ed25519 public key as a JWK (kty OKP, crv Ed25519), under its key id.
+pub fn public_jwk(key: &ed25519_dalek::VerifyingKey) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": kid_of(key),
+        "x": URL_SAFE_NO_PAD.encode(key.to_bytes()),
+    })
 }
 
 /// Why a standing on the feed is not taken.
@@ -305,11 +310,27 @@ impl KeyCache {
         self.keys.read().expect("key cache lock").get(kid).cloned()
     }
 
-    /// Fetches the JWKS now (also used at start-up to warm the cache).
+    /// Fetches the JWKS now (also used at start-up to warm the cache). The
+    /// URL may name several instances, comma-separated (they publish the same
+    /// keys): the first that answers is taken, so one that is down does not
+    /// leave a service unable to learn a key.
     pub async fn refresh(&self) -> Result<()> {
-        let Some(url) = &self.jwks_url else { return Ok(()) };
-        let set: JwkSet = self
-            .http
+        let Some(urls) = &self.jwks_url else { return Ok(()) };
+        let mut failure = None;
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match self.fetch(url).await {
+                Ok(set) => {
+                    self.load(&set);
+                    return Ok(());
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| anyhow::anyhow!("no JWKS URL configured")))
+    }
+
+    async fn fetch(&self, url: &str) -> Result<JwkSet> {
+        self.http
             .get(url)
             .send()
             .await
@@ -317,9 +338,7 @@ impl KeyCache {
             .context("failed to fetch JWKS")?
             .json()
             .await
-            .context("JWKS is not valid JSON")?;
-        self.load(&set);
-        Ok(())
+            .context("JWKS is not valid JSON")
     }
 
     /// The standing inside `jws` if auth-service signed it (one of the keys
@@ -585,6 +604,24 @@ mod tests {
         let next = TokenSigner::generate();
         cache.load(&serde_json::from_value(jwks(std::slice::from_ref(&next))).unwrap());
         assert!(cache.cached(signer.kid()).is_none() && cache.cached(next.kid()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_naming_two_instances_learns_the_keys_from_the_one_that_answers() {
+        let signer = TokenSigner::generate();
+        let set = jwks(std::slice::from_ref(&signer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        let app =
+            axum::Router::new().route("/jwks", axum::routing::get(move || std::future::ready(axum::Json(set.clone()))));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // A port nothing listens on: the instance that is down.
+        let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let cache = KeyCache::from_jwks_url(format!("http://{down}/jwks,http://{up}/jwks"), None).unwrap();
+        cache.refresh().await.unwrap();
+        assert!(cache.cached(signer.kid()).is_some());
+        let none_up = KeyCache::from_jwks_url(format!("http://{down}/jwks"), None).unwrap();
+        assert!(none_up.refresh().await.is_err());
     }
 
     #[tokio::test]

@@ -122,7 +122,20 @@ impl EventKeys {
 
     /// From `EVENT_VERIFYING_KEYS` (comma-separated file paths); `None` when unset.
     pub fn from_env(env: &impl crate::config::Env) -> Result<Option<Self>> {
-        let Some(paths) = env.var("EVENT_VERIFYING_KEYS") else { return Ok(None) };
+        Self::from_env_var(env, "EVENT_VERIFYING_KEYS")
+    }
+
+    /// Every key as a JWK, in key-id order (a JWKS's `keys`).
+    pub fn jwks(&self) -> Vec<serde_json::Value> {
+        let mut kids: Vec<&String> = self.0.keys().collect();
+        kids.sort();
+        kids.into_iter().map(|kid| crate::auth::public_jwk(&self.0[kid])).collect()
+    }
+
+    /// From the public key PEM files `var` names (comma-separated paths);
+    /// `None` when unset.
+    pub fn from_env_var(env: &impl crate::config::Env, var: &str) -> Result<Option<Self>> {
+        let Some(paths) = env.var(var) else { return Ok(None) };
         let mut pems = Vec::new();
         for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read event key {path}"))?;
