@@ -74,8 +74,13 @@ fn node_on(which: &str, ports: &str, prefix: &str) -> String {
 const WRITES_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 /// How soon after a NATS stream-leader change (the new leaders elected) a
-/// write must be readable with its consistency token.
-const READS_FRESH_WITHIN: Duration = Duration::from_secs(2);
+/// write must be readable with its consistency token. The read side binds
+/// again within about a second; what takes longer is catching up: every
+/// write accepted during the election (4-9 s of the load) is published and
+/// applied after it, on two cores with everything else running (0.19-2.03 s
+/// measured in CI; 2.03 s after an 8.5 s election). A read side that did not
+/// follow the new leaders stays stale for the ack wait and more.
+const READS_FRESH_WITHIN: Duration = Duration::from_secs(3);
 
 /// Records a figure for RELIABILITY.md.
 fn figure(line: &str) {
