@@ -264,7 +264,12 @@ impl Schedules {
     }
 
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<pb::ScheduledTransfer, CommandError> {
-        let row = owned(&self.pool, caller, id, false).await?;
+        // One snapshot for the schedule and its occurrences: read apart, a
+        // run committing between them shows an attempt the schedule has not
+        // moved past yet.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let row = owned(&mut *tx, caller, id, false).await?;
         let recent = sqlx::query!(
             r#"SELECT occurrence, attempt, due_at, ran_at, outcome, reason, message, transaction_id
                FROM schedule_occurrences WHERE schedule_id = $1
@@ -272,7 +277,7 @@ impl Schedules {
             id,
             RECENT
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .map(|o| pb::ScheduleOccurrence {
@@ -291,6 +296,7 @@ impl Schedules {
             transaction_id: o.transaction_id.map(|t| t.to_string()).unwrap_or_default(),
         })
         .collect();
+        tx.commit().await?;
         row.view(recent)
     }
 
@@ -331,8 +337,9 @@ impl Schedules {
             schedule::apply(&mut s, event);
             row.save(&mut tx, &s).await?;
         }
+        let changed = owned(&mut *tx, caller, id, false).await?;
         tx.commit().await?;
-        owned(&self.pool, caller, id, false).await?.view(Vec::new())
+        changed.view(Vec::new())
     }
 }
 
