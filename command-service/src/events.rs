@@ -61,6 +61,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::HoldPlaced(_) => "HoldPlaced",
         Payload::HoldReleased(_) => "HoldReleased",
         Payload::LimitsSet(_) => "LimitsSet",
+        Payload::ScheduledTransferRefused(_) => "ScheduledTransferRefused",
     }
 }
 
@@ -214,6 +215,18 @@ fn payload(event: &Event, account: &Account) -> (Payload, Decimal) {
             (Payload::AccountUnfrozen(pb::AccountUnfrozen { reason: reason.clone() }), Decimal::ZERO)
         }
         Event::AccountClosed { .. } => (Payload::AccountClosed(pb::AccountClosed {}), Decimal::ZERO),
+        Event::ScheduledTransferRefused(r) => (
+            Payload::ScheduledTransferRefused(pb::ScheduledTransferRefused {
+                schedule_id: r.schedule.to_string(),
+                occurrence: r.occurrence,
+                attempt: r.attempt,
+                to_account_id: r.to.to_string(),
+                amount: money(r.money.currency, r.money.amount),
+                reason: r.reason.clone(),
+                retry_at: r.retry_at.and_then(timestamp),
+            }),
+            Decimal::ZERO,
+        ),
     }
 }
 

@@ -11,13 +11,15 @@
 //! again under the same key and gets the first outcome back, so an
 //! occurrence runs once and is never skipped. A refusal is kept under its
 //! attempt's key, so a later attempt (after the retry delay) has a key of its
-//! own and cannot be confused with it.
+//! own and cannot be confused with it. Each refused attempt is also written,
+//! by the bank, on the source account's chain (`ScheduledTransferRefused`):
+//! the owner is told through the stream, like of everything else.
 
 use std::{sync::Arc, time::Duration};
 
 use bank_domain::{
     Currency, DomainError, Money,
-    ledger::Command,
+    ledger::{BANK, Command, RefusedOccurrence},
     schedule::{self, Cadence, Change, Outcome, Recurrence, RetryPolicy, Schedule, ScheduleEvent, ScheduleState},
 };
 use bank_platform::{
@@ -468,6 +470,13 @@ impl Scheduler {
             (Outcome::Refused, ScheduleEvent::Retrying { .. }) => "REFUSED",
             (Outcome::Refused, _) => "FAILED",
         };
+        if outcome == Outcome::Refused {
+            let retry_at = match event {
+                ScheduleEvent::Retrying { run_at, .. } => Some(run_at),
+                _ => None,
+            };
+            self.tell_owner(&row, occurrence, attempt, reason.clone().unwrap_or_default(), retry_at).await?;
+        }
         schedule::apply(&mut s, event);
         sqlx::query!(
             "INSERT INTO schedule_occurrences
@@ -489,5 +498,47 @@ impl Scheduler {
         tx.commit().await?;
         tracing::info!(schedule = %row.id, occurrence, attempt, outcome = recorded, reason, "scheduled transfer ran");
         Ok(true)
+    }
+
+    /// Records the refusal on the source account's chain, as the bank: the
+    /// owner hears of it through the stream, like every other event. Under
+    /// its own key, so the retry of a pass that died after it records it once.
+    async fn tell_owner(
+        &self,
+        row: &Row,
+        occurrence: u32,
+        attempt: u32,
+        reason: String,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), CommandError> {
+        let key = IdempotencyKey::scheduled_refusal(row.id, occurrence, attempt);
+        let hash: Vec<u8> = Sha256::new_with_prefix(key.as_str()).chain_update(&row.request_hash).finalize().to_vec();
+        let command = Command::RecordScheduleRefusal(RefusedOccurrence {
+            account: row.from_account_id,
+            schedule: row.id,
+            occurrence,
+            attempt,
+            to: row.to_account_id,
+            money: Money::new(row.currency()?, row.amount),
+            reason,
+            retry_at,
+        });
+        let bank = Caller {
+            user_id: BANK,
+            roles: Vec::new(),
+            status: STATUS_ACTIVE.to_owned(),
+            expires_at: None,
+            standing_version: 0,
+        };
+        match self
+            .ledger
+            .run::<pb::AccountChangeResponse>(&bank, "ScheduledTransferRefused", &key, &hash, command)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The account is gone from the ledger: nobody to tell.
+            Err(CommandError::Refused(DomainError::AccountNotFound)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

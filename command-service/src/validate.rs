@@ -46,6 +46,11 @@ impl IdempotencyKey {
         Self(format!("{SCHEDULE_KEY_PREFIX}{schedule}:{occurrence}:{attempt}"))
     }
 
+    /// The key of the record that one attempt was refused.
+    pub fn scheduled_refusal(schedule: Uuid, occurrence: u32, attempt: u32) -> Self {
+        Self(format!("{SCHEDULE_KEY_PREFIX}{schedule}:{occurrence}:{attempt}:refused"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

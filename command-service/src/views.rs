@@ -123,7 +123,8 @@ pub(crate) fn respond(
         Command::Freeze { account: id, .. }
         | Command::Unfreeze { account: id, .. }
         | Command::Close { account: id }
-        | Command::SetLimits { account: id, .. } => {
+        | Command::SetLimits { account: id, .. }
+        | Command::RecordScheduleRefusal(bank_domain::ledger::RefusedOccurrence { account: id, .. }) => {
             pb::AccountChangeResponse { account: account(id), consistency_token: token_of(events) }.encode_to_vec()
         }
     }

@@ -97,11 +97,14 @@ async fn owner_and_payee(h: &Harness, funds: Option<&str>) -> (String, String, S
 }
 
 async fn transfers_under_scheduler_keys(h: &Harness, schedule: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM idempotency WHERE key LIKE $1 AND response IS NOT NULL")
-        .bind(format!("schedule:{schedule}:%"))
-        .fetch_one(&h.db)
-        .await
-        .unwrap()
+    // Not the records of refused attempts (`…:refused`, the bank's).
+    sqlx::query_scalar(
+        "SELECT count(*) FROM idempotency WHERE key LIKE $1 AND key NOT LIKE '%:refused' AND response IS NOT NULL",
+    )
+    .bind(format!("schedule:{schedule}:%"))
+    .fetch_one(&h.db)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -147,6 +150,17 @@ async fn a_refused_occurrence_is_recorded_with_its_reason_and_made_once_the_mone
     assert_eq!(outcomes.first().map(|o| o.1), Some(pb::OccurrenceOutcome::Succeeded), "{outcomes:?}");
     assert_eq!((h.balance(&from).await, h.balance(&to).await), ("0.00".into(), "10.00".into()));
     assert_eq!(transfers_under_scheduler_keys(&h, &s.schedule_id).await, 1);
+    // Each refused attempt is on the source account's chain, by the bank,
+    // once: that is how its owner is told.
+    let on_chain: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT actor, count(*) FROM events WHERE account_id = $1::uuid AND kind = 'ScheduledTransferRefused' GROUP BY actor",
+    )
+    .bind(&from)
+    .fetch_all(&h.db)
+    .await
+    .unwrap();
+    let refusals = done.recent_occurrences.iter().filter(|o| o.outcome() == pb::OccurrenceOutcome::Refused).count();
+    assert_eq!(on_chain, [(Uuid::nil(), refusals as i64)]);
 }
 
 #[tokio::test]

@@ -92,6 +92,27 @@ pub fn notification_for(env: &pb::EventEnvelope) -> Option<Made> {
             body: "Your account was closed.".into(),
         }),
         Payload::LimitsSet(_) => None,
+        Payload::ScheduledTransferRefused(r) => {
+            let why = r.reason.to_lowercase().replace('_', " ");
+            let next = match &r.retry_at {
+                Some(t) => match chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {
+                    Some(at) => format!("It will be tried again at {}.", at.format("%Y-%m-%d %H:%M UTC")),
+                    None => "It will be tried again.".to_owned(),
+                },
+                None => "That was the last attempt: this payment will not be made.".to_owned(),
+            };
+            Some(Made {
+                rule: "schedule_refused".into(),
+                kind: "schedule_refused",
+                title: "Scheduled transfer refused".into(),
+                body: format!(
+                    "Your scheduled transfer of {} to {} was refused ({why}, attempt {}). {next}",
+                    money(&r.amount),
+                    r.to_account_id,
+                    r.attempt
+                ),
+            })
+        }
     }
 }
 
@@ -203,5 +224,31 @@ mod tests {
         assert_eq!(balance_after(&env), Some(d("74.50")));
         let limits = pb::EventEnvelope { payload: Some(Payload::LimitsSet(Default::default())), ..Default::default() };
         assert_eq!(notification_for(&limits), None);
+    }
+
+    #[test]
+    fn a_refused_scheduled_transfer_says_why_and_whether_it_is_tried_again() {
+        let refused = |retry_at| pb::EventEnvelope {
+            payload: Some(Payload::ScheduledTransferRefused(pb::ScheduledTransferRefused {
+                amount: Some(pb::Money { currency_code: "EUR".into(), amount: "800.00".into() }),
+                to_account_id: "b".into(),
+                reason: "INSUFFICIENT_FUNDS".into(),
+                attempt: 2,
+                retry_at,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let again = notification_for(&refused(Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 })));
+        let again = again.unwrap();
+        assert_eq!((again.rule.as_str(), again.title.as_str()), ("schedule_refused", "Scheduled transfer refused"));
+        assert_eq!(
+            again.body,
+            "Your scheduled transfer of 800.00 EUR to b was refused (insufficient funds, attempt 2). \
+             It will be tried again at 2027-01-15 08:00 UTC."
+        );
+        let last = notification_for(&refused(None)).unwrap();
+        assert!(last.body.ends_with("That was the last attempt: this payment will not be made."), "{}", last.body);
+        assert_eq!(balance_after(&refused(None)), None, "no money moved");
     }
 }

@@ -236,3 +236,39 @@ async fn an_email_reaches_the_mail_server_for_the_owner_who_asked_for_it_and_nob
     let kept = c.get_notification_preferences(authed(pb::GetNotificationPreferencesRequest {}, &ada)).await.unwrap();
     assert_eq!(kept.into_inner().email, ada_address);
 }
+
+#[tokio::test]
+async fn a_refused_scheduled_transfer_tells_its_owner_why_on_every_attempt_and_when_it_gives_up() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let (_, bob) = mesh.customer();
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&bob).await;
+    let at = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let create = pb::CreateScheduledTransferRequest {
+        from_account_id: a.clone(),
+        to_account_id: b.clone(),
+        money: usd("25.00"),
+        description: "rent".into(),
+        cadence: pb::Cadence::Once.into(),
+        start_at: Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }),
+        idempotency_key: common::key(),
+        ..Default::default()
+    };
+    mesh.command.clone().create_scheduled_transfer(authed(create, &ada)).await.unwrap();
+
+    // Account opened, then three refused attempts (the policy's default).
+    let feed = mesh.feed_of_at_least(&ada, 4).await;
+    let refused: Vec<&pb::Notification> = feed.iter().filter(|n| n.kind == "schedule_refused").collect();
+    assert_eq!(refused.len(), 3, "{feed:?}");
+    assert!(refused.iter().all(|n| n.title == "Scheduled transfer refused" && n.account_id == a));
+    let prefix = format!("Your scheduled transfer of 25.00 USD to {b} was refused (insufficient funds, attempt");
+    assert!(refused.iter().all(|n| n.body.starts_with(&prefix)), "{refused:?}");
+    assert!(refused[0].body.ends_with("attempt 3). That was the last attempt: this payment will not be made."));
+    assert!(refused[1].body.contains("attempt 2). It will be tried again at "), "{}", refused[1].body);
+    // The payee hears nothing of a payment that never came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bobs = mesh.feed(&bob).await;
+    assert_eq!(bobs.iter().map(|n| n.kind.as_str()).collect::<Vec<_>>(), ["account_opened"]);
+    assert_eq!(mesh.feed(&ada).await.len(), 4, "each attempt told once");
+}

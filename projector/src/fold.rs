@@ -217,7 +217,7 @@ fn decide_inner(env: &pb::EventEnvelope, current: Option<&AccountView>) -> Resul
             }));
             None
         }
-        Payload::LimitsSet(_) => None,
+        Payload::LimitsSet(_) | Payload::ScheduledTransferRefused(_) => None,
         Payload::AccountFrozen(_) => {
             view.status = "FROZEN".into();
             None

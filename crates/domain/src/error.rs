@@ -225,6 +225,8 @@ pub enum Forbidden {
     ExpiryIsTheBanks,
     #[error("the bank's own accounts have no customer limits")]
     BankAccountHasNoLimits,
+    #[error("only the scheduler records a refused scheduled transfer")]
+    ScheduleRecordIsTheBanks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -65,6 +65,9 @@ impl Mesh {
         command.standing_feed.subject_prefix = format!("{prefix}.users");
         command.audit.read_database_url = None;
         command.audit.redis_url = None;
+        // Scheduled transfers due now run at once; a refusal is tried again a second later.
+        command.scheduler_poll = Duration::from_millis(50);
+        command.schedule_retry.delay = chrono::Duration::seconds(1);
         bank_testkit::provision_prefix(&bank_testkit::nats_admin_url(), &prefix).await;
         let command_running = command_service::start(command.clone(), CancellationToken::new()).await.unwrap();
         let command_grpc = command_running.grpc_addr;

@@ -21,6 +21,7 @@ mod needs;
 mod open;
 mod post;
 mod reversal;
+mod standing_order;
 mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -35,6 +36,7 @@ use uuid::Uuid;
 pub use actor::{Actor, StandingClaims, TokenClaims};
 pub use needs::{Debits, Needs, debit_window_start};
 pub use post::{MAX_LEGS, check_legs};
+pub use standing_order::RefusedOccurrence;
 
 use crate::{
     Account, AccountKind, AccountStatus, Currency, DebitLimits, DomainError, Money,
@@ -134,6 +136,9 @@ pub enum Command {
         limits: DebitLimits,
         currency: Option<Currency>,
     },
+    /// The scheduler's record that an occurrence of a scheduled transfer
+    /// from this account was refused (the bank only).
+    RecordScheduleRefusal(RefusedOccurrence),
 }
 
 /// What a posting meant to the account it changed (history, payload).
@@ -202,6 +207,9 @@ pub enum Event {
         account: Uuid,
         limits: DebitLimits,
     },
+    /// On the source account: an occurrence of a scheduled transfer was
+    /// refused. Changes nothing but the version; its owner is told.
+    ScheduledTransferRefused(RefusedOccurrence),
 }
 
 impl Event {
@@ -215,6 +223,7 @@ impl Event {
             | Event::LimitsSet { account, .. } => *account,
             Event::Posted { posting, .. } => posting.account,
             Event::HoldPlaced { hold, .. } => hold.account,
+            Event::ScheduledTransferRefused(r) => r.account,
         }
     }
 }
@@ -278,6 +287,7 @@ pub fn handle(world: &State, actor: &Actor, command: &Command, limits: &Limits) 
         Command::SetLimits { account, limits: new, currency } => {
             debit_limits::set(&d, account, new, currency.as_ref())?
         }
+        Command::RecordScheduleRefusal(refused) => standing_order::record_refusal(&d, refused)?,
     };
     // Whatever the command, what it posts nets to zero per currency.
     let postings: Vec<Posting> = events
@@ -387,6 +397,7 @@ pub fn apply(account: Option<&Account>, event: &Event) -> Option<Account> {
         Event::AccountFrozen { .. } => next.status = AccountStatus::Frozen,
         Event::AccountUnfrozen { .. } => next.status = AccountStatus::Active,
         Event::AccountClosed { .. } => next.status = AccountStatus::Closed,
+        Event::ScheduledTransferRefused(_) => {}
     }
     next.version += 1;
     Some(next)

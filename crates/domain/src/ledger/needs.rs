@@ -56,6 +56,7 @@ impl Command {
             Command::Freeze { account, .. } | Command::Unfreeze { account, .. } | Command::Close { account } => {
                 accounts(vec![*account])
             }
+            Command::RecordScheduleRefusal(r) => accounts(vec![r.account]),
             Command::SetLimits { account, .. } => Needs { debits: Debits::OfEvery, ..accounts(vec![*account]) },
             Command::CaptureHold { hold, .. } | Command::VoidHold { hold } | Command::ExpireHold { hold } => {
                 Needs { holds: vec![*hold], ..Needs::default() }
