@@ -9,7 +9,8 @@
 //! acknowledges after the standing is committed to the table every command
 //! reads in its own transaction), query-service's instances by what was
 //! delivered to them (each applies a standing in memory as it arrives). A
-//! consumer nobody pulls from (an instance that died) holds nothing back.
+//! consumer nobody pulls from (an instance that died) holds nothing back,
+//! nor does a durable reader that enforces nothing (notification-service).
 
 use std::time::Duration;
 
@@ -75,12 +76,12 @@ impl StandingBarrier {
         let published = stream.cached_info().state.last_sequence;
         loop {
             let consumers: Vec<_> = stream.consumers().try_collect().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let behind = consumers.iter().any(|c| {
-                if c.config.durable_name.as_deref() == Some(COMMAND_CONSUMER) {
-                    c.ack_floor.stream_sequence < published
-                } else {
-                    c.num_waiting > 0 && c.delivered.stream_sequence < published
-                }
+            let behind = consumers.iter().any(|c| match c.config.durable_name.as_deref() {
+                Some(COMMAND_CONSUMER) => c.ack_floor.stream_sequence < published,
+                // Another durable reader (notification-service's) enforces
+                // nothing: a suspension does not wait for its email.
+                Some(_) => false,
+                None => c.num_waiting > 0 && c.delivered.stream_sequence < published,
             });
             if !behind {
                 return Ok(());

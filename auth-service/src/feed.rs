@@ -84,7 +84,7 @@ async fn publish_all(
         let rows = if ours {
             sqlx::query_as!(
                 Standing,
-                "SELECT seq, user_id, status, roles FROM user_changes ORDER BY seq LIMIT $1",
+                "SELECT seq, user_id, status, roles, previous_status FROM user_changes ORDER BY seq LIMIT $1",
                 BATCH
             )
             .fetch_all(&mut *tx)

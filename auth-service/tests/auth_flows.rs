@@ -9,7 +9,7 @@ use bank_platform::{
     service::Running,
 };
 use bank_proto::v1::{self as pb, auth_service_client::AuthServiceClient};
-use bank_testkit::{DbRole, Principal, TestDb, authed};
+use bank_testkit::{DbRole, Principal, TestDb, assert_eventually, authed};
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -947,4 +947,35 @@ async fn two_instances_publish_each_standing_once_without_racing() {
     assert_eq!(value("user_standings_published_twice_total"), 0, "a standing published twice");
     assert_eq!(value("user_standing_feed_interrupted_total"), 0, "a round of the feed interrupted");
     second.stop().await.unwrap();
+}
+
+/// Each standing on the feed says the status it moved from, signed with the
+/// rest: a reader tells a KYC approval from a reinstatement by the standing
+/// alone.
+#[tokio::test]
+async fn each_standing_on_the_feed_says_the_status_it_moved_from() {
+    let a = Auth::start().await;
+    let admin = a.admin_token().await;
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id.clone() }, &admin)).await.unwrap();
+    suspend(&a, &admin, &ada.user_id).await;
+    assert_eventually!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM user_changes").fetch_one(&a.db).await.unwrap() == 0,
+        Duration::from_secs(10),
+        "the feed published both changes"
+    );
+
+    let client = bank_platform::nats::connect(&bank_testkit::nats_admin_url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client).get_stream(&a.config.standing_feed.stream).await.unwrap();
+    let keys = KeyCache::from_jwks_url(format!("http://{}/.well-known/jwks.json", a.running.http_addr), None).unwrap();
+    let mut moves = Vec::new();
+    for n in 1..=stream.get_info().await.unwrap().state.last_sequence {
+        let m = stream.get_raw_message(n).await.unwrap();
+        if m.subject.ends_with(&ada.user_id) {
+            let s = bank_platform::standing::verified(&keys, &m.subject, &m.payload).await.unwrap();
+            moves.push((s.previous_status.unwrap(), s.status));
+        }
+    }
+    let pairs: Vec<(&str, &str)> = moves.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+    assert_eq!(pairs, [("PENDING_KYC", "ACTIVE"), ("ACTIVE", "SUSPENDED")]);
 }

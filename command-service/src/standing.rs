@@ -102,7 +102,7 @@ pub struct Standings {
 /// What a row that does not verify stands for: nobody active, no role, and
 /// newer than any token, so the domain refuses every command of its user.
 fn locked_out(user_id: Uuid) -> Standing {
-    Standing { user_id, status: "UNVERIFIED".into(), roles: Vec::new(), seq: i64::MAX }
+    Standing { user_id, status: "UNVERIFIED".into(), roles: Vec::new(), seq: i64::MAX, previous_status: None }
 }
 
 impl Standings {

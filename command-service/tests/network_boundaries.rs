@@ -64,7 +64,7 @@ async fn nats_refuses_clients_without_the_right_password() {
 async fn only_command_service_may_publish_events() {
     let (h, before) = bank_with_a_deposit().await;
     let subject = format!("{}.{}", h.config.relay.subject_prefix, uuid::Uuid::new_v4());
-    for forger in [Principal::Projector, Principal::Auth] {
+    for forger in [Principal::Projector, Principal::Auth, Principal::Notify] {
         let client = bank_platform::nats::connect(&nats_url_as(forger)).await.unwrap();
         let _ = client.publish(subject.clone(), "forged MoneyDeposited".into()).await;
         // The round trip of a flush: the server has dealt with the publish.
@@ -83,7 +83,7 @@ async fn nobody_reads_the_transactions_off_the_wire_and_auth_cannot_read_the_str
     let (h, _) = bank_with_a_deposit().await;
     let everything = format!("{}.>", h.config.relay.subject_prefix);
     let mut spies = Vec::new();
-    for spy in [Principal::Projector, Principal::Auth, Principal::Command] {
+    for spy in [Principal::Projector, Principal::Auth, Principal::Command, Principal::Notify] {
         let client = bank_platform::nats::connect(&nats_url_as(spy)).await.unwrap();
         let sub = client.subscribe(everything.clone()).await.unwrap();
         client.flush().await.unwrap();
@@ -119,7 +119,7 @@ async fn nobody_reads_the_transactions_off_the_wire_and_auth_cannot_read_the_str
 async fn no_one_purges_or_deletes_the_stream_or_a_message_in_it() {
     let (h, before) = bank_with_a_deposit().await;
     let name = h.config.relay.stream.clone();
-    for who in [Principal::Command, Principal::Projector, Principal::Auth] {
+    for who in [Principal::Command, Principal::Projector, Principal::Auth, Principal::Notify] {
         let js = js_as(&nats_url_as(who)).await;
         if let Ok(stream) = js.get_stream(&name).await {
             assert!(stream.purge().await.is_err(), "{who:?} purged the stream");
@@ -347,7 +347,13 @@ async fn publish_on_feed(h: &Harness, user: uuid::Uuid, payload: Vec<u8>) {
 
 /// A customer's standing as auth-service would publish it.
 fn standing(user: uuid::Uuid, status: &str, seq: i64) -> bank_platform::standing::Standing {
-    bank_platform::standing::Standing { user_id: user, status: status.into(), roles: vec!["customer".into()], seq }
+    bank_platform::standing::Standing {
+        user_id: user,
+        status: status.into(),
+        roles: vec!["customer".into()],
+        seq,
+        previous_status: None,
+    }
 }
 
 /// A standing nobody signed (or signed with
@@ -401,7 +407,7 @@ async fn no_service_pulls_the_projectors_events_or_makes_a_stream() {
     // The projector's durable for a partition, as the projector makes it.
     let durable = "projector-p0";
     events.create_consumer(pull::Config { durable_name: Some(durable.into()), ..Default::default() }).await.unwrap();
-    for who in [Principal::Query, Principal::Auth, Principal::Command] {
+    for who in [Principal::Query, Principal::Auth, Principal::Command, Principal::Notify] {
         let client = bank_platform::nats::connect(&nats_url_as(who)).await.unwrap();
         let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{durable}");
         let pulled =
@@ -428,7 +434,7 @@ async fn no_service_pulls_the_projectors_events_or_makes_a_stream() {
     }
 
     let unique = uuid::Uuid::new_v4().simple().to_string();
-    for who in [Principal::Auth, Principal::Command, Principal::Query, Principal::Projector] {
+    for who in [Principal::Auth, Principal::Command, Principal::Query, Principal::Projector, Principal::Notify] {
         let name = format!("STEAL_{}_{unique}", who.user().to_uppercase());
         let config = stream::Config {
             name: name.clone(),
@@ -510,7 +516,7 @@ async fn no_other_service_can_touch_command_services_standing_consumer() {
         "command-service opened its standing consumer"
     );
     let name = "command-service-standing";
-    for who in [Principal::Projector, Principal::Query, Principal::Auth] {
+    for who in [Principal::Projector, Principal::Query, Principal::Auth, Principal::Notify] {
         let js = js_as(&nats_url_as(who)).await;
         let Ok(stream) = js.get_stream(&stream_name).await else { continue };
         let narrowed = pull::Config {
@@ -561,6 +567,7 @@ async fn a_revoked_teller_no_longer_sees_the_payees_balance_in_an_answer() {
         status: "ACTIVE".into(),
         roles: vec!["customer".into()],
         seq: 1_000,
+        previous_status: Some("ACTIVE".into()),
     };
     publish_on_feed(&h, teller, h.issuer.sign_standing(&revoked).into_bytes()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -5,6 +5,9 @@
 //! Standard Webhooks way, delivered at least once with backoff and a
 //! dead-letter state, one endpoint never holding up another.
 //!
+//! It also follows auth-service's standing feed (`standings`) and tells a
+//! user their KYC approval, a suspension or a reinstatement.
+//!
 //! `rules` says what an event means (no I/O); `store` applies batches of
 //! events in one transaction each; `webhook` guards and signs deliveries;
 //! `api` is the gRPC adapter.
@@ -12,6 +15,7 @@
 pub mod api;
 pub mod email;
 pub mod rules;
+pub mod standings;
 pub mod store;
 pub mod webhook;
 
@@ -47,6 +51,8 @@ pub struct Config {
     pub nats_url: String,
     pub stream: String,
     pub subject_prefix: String,
+    /// auth-service's standing feed (`USERS_STREAM`, `USERS_SUBJECT_PREFIX`).
+    pub standing_feed: bank_platform::standing::Feed,
     /// Public keys events must be signed with (`EVENT_VERIFYING_KEYS`);
     /// `None` believes unsigned events: a development stack only.
     pub event_keys: Option<Arc<EventKeys>>,
@@ -71,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &config::redact_url(&self.nats_url))
             .field("stream", &self.stream)
             .field("subject_prefix", &self.subject_prefix)
+            .field("standing_feed", &self.standing_feed)
             .field("event_keys", &self.event_keys.is_some())
             .field("webhooks", &self.webhooks)
             .field("guard", &self.guard)
@@ -117,6 +124,7 @@ impl Config {
             nats_url: config::string(env, "NATS_URL", "nats://127.0.0.1:4222"),
             stream: config::string(env, "NATS_STREAM", "BANK_EVENTS"),
             subject_prefix: config::string(env, "NATS_SUBJECT_PREFIX", "bank.events"),
+            standing_feed: bank_platform::standing::Feed::from_env(env),
             event_keys: event_keys.flatten().map(Arc::new),
             webhooks,
             guard: Guard { allow_loopback, mesh_ports: mesh_ports.unwrap_or_default() },
@@ -139,8 +147,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     );
 
     let (made, mailed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let store = Store::new(pool.clone(), vec![made.clone(), mailed.clone()]);
-    running.spawn(consume(config.clone(), store, shutdown.clone()));
+    let store = Arc::new(Store::new(pool.clone(), vec![made.clone(), mailed.clone()]));
+    running.spawn(consume(config.clone(), store.clone(), shutdown.clone()));
+    running.spawn(standings::run(store, config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
     let deliverer = webhook::Deliverer::new(pool.clone(), config.guard.clone(), config.webhooks.clone(), made)?;
     running.spawn(deliverer.run(shutdown.clone()));
     match &config.smtp_url {
@@ -171,7 +180,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 /// Follows the event stream until shutdown, reconnecting after a pause when
 /// the stream goes away.
-async fn consume(config: Config, store: Store, shutdown: CancellationToken) -> Result<()> {
+async fn consume(config: Config, store: Arc<Store>, shutdown: CancellationToken) -> Result<()> {
     let options = bank_stream::Options {
         subject_prefix: config.subject_prefix.clone(),
         keys: config.event_keys.clone(),
@@ -188,7 +197,7 @@ async fn consume(config: Config, store: Store, shutdown: CancellationToken) -> R
             let stream =
                 js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
             let consumer = bank_stream::durable_consumer(&stream, CONSUMER, &config.subject_prefix).await?;
-            bank_stream::run(&consumer, &store, &options, &shutdown).await
+            bank_stream::run(&consumer, store.as_ref(), &options, &shutdown).await
         };
         match attempt.await {
             Ok(()) => return Ok(()),

@@ -116,6 +116,29 @@ pub fn notification_for(env: &pb::EventEnvelope) -> Option<Made> {
     }
 }
 
+/// The notification a change of the user's standing makes, if any: the
+/// statuses it moved between (auth-service's PENDING_KYC, ACTIVE,
+/// SUSPENDED). A change of roles alone says nothing to the customer.
+pub fn standing_notification(previous: Option<&str>, status: &str) -> Option<Made> {
+    let made = |kind: &'static str, title: &str, body: &str| {
+        Some(Made { rule: kind.into(), kind, title: title.into(), body: body.into() })
+    };
+    match (previous?, status) {
+        ("PENDING_KYC", "ACTIVE") => made(
+            "kyc_approved",
+            "Identity verified",
+            "Your identity is verified: you can now open accounts and move money.",
+        ),
+        ("SUSPENDED", "ACTIVE") => made("access_restored", "Access restored", "Your access to the bank is restored."),
+        (before, "SUSPENDED") if before != "SUSPENDED" => made(
+            "access_suspended",
+            "Access suspended",
+            "Your access to the bank is suspended: no money moves until it is restored. Contact us to learn why.",
+        ),
+        _ => None,
+    }
+}
+
 /// The account's balance after `env`, when the event moved money.
 pub fn balance_after(env: &pb::EventEnvelope) -> Option<Decimal> {
     let after = match env.payload.as_ref()? {
@@ -224,6 +247,18 @@ mod tests {
         assert_eq!(balance_after(&env), Some(d("74.50")));
         let limits = pb::EventEnvelope { payload: Some(Payload::LimitsSet(Default::default())), ..Default::default() };
         assert_eq!(notification_for(&limits), None);
+    }
+
+    #[test]
+    fn a_kyc_approval_a_suspension_and_a_reinstatement_each_say_so_and_nothing_else_does() {
+        let kind = |previous, status| standing_notification(previous, status).map(|m| m.kind);
+        assert_eq!(kind(Some("PENDING_KYC"), "ACTIVE"), Some("kyc_approved"));
+        assert_eq!(kind(Some("ACTIVE"), "SUSPENDED"), Some("access_suspended"));
+        assert_eq!(kind(Some("PENDING_KYC"), "SUSPENDED"), Some("access_suspended"));
+        assert_eq!(kind(Some("SUSPENDED"), "ACTIVE"), Some("access_restored"));
+        assert_eq!(kind(Some("ACTIVE"), "ACTIVE"), None, "a change of roles");
+        assert_eq!(kind(Some("SUSPENDED"), "SUSPENDED"), None);
+        assert_eq!(kind(None, "ACTIVE"), None, "from a status nobody recorded: not known to be an approval");
     }
 
     #[test]

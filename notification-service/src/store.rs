@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use bank_domain::{Currency, format_amount, ledger::BANK};
+use bank_platform::standing::Standing;
 use bank_proto::v1::event_envelope::Payload;
 use bank_stream::{Event, Head, Refusal, Sink};
 use chrono::Utc;
@@ -54,12 +55,44 @@ struct New {
     id: Uuid,
     user: Uuid,
     event: Uuid,
-    account: Uuid,
+    /// `None` for what is about the user, not an account (a KYC approval).
+    account: Option<Uuid>,
     rule: String,
     kind: String,
     title: String,
     body: String,
 }
+
+impl Store {
+    /// What a signed change of a user's standing makes, once however often
+    /// the feed delivers it: its id is derived from (user, seq).
+    pub async fn standing_changed(&self, s: &Standing) -> Result<()> {
+        let Some(made) = rules::standing_notification(s.previous_status.as_deref(), &s.status) else {
+            return Ok(());
+        };
+        let event = Uuid::new_v5(&STANDING_NAMESPACE, format!("{}:{}", s.user_id, s.seq).as_bytes());
+        let new = New {
+            id: Uuid::now_v7(),
+            user: s.user_id,
+            event,
+            account: None,
+            rule: made.rule,
+            kind: made.kind.to_owned(),
+            title: made.title,
+            body: made.body,
+        };
+        let mut tx = self.pool.begin().await?;
+        let any = write_notifications(&mut tx, std::slice::from_ref(&new)).await?;
+        tx.commit().await?;
+        if any {
+            self.made.iter().for_each(|n| n.notify_one());
+        }
+        Ok(())
+    }
+}
+
+/// The namespace of the event ids given to standing changes.
+const STANDING_NAMESPACE: Uuid = Uuid::from_u128(0x5d0c_1b7e_8f2a_4e63_a1d4_7c9b_2e5f_8a30);
 
 impl Sink for Store {
     async fn heads(&self, accounts: &[Uuid]) -> Result<HashMap<Uuid, Head>> {
@@ -138,7 +171,7 @@ impl Sink for Store {
                     id: Uuid::now_v7(),
                     user: w.owner,
                     event: event_id,
-                    account: e.account,
+                    account: Some(e.account),
                     rule: made_one.rule,
                     kind: made_one.kind.to_owned(),
                     title: made_one.title,
@@ -165,7 +198,7 @@ impl Sink for Store {
                         id: Uuid::now_v7(),
                         user: a.user,
                         event: event_id,
-                        account: e.account,
+                        account: Some(e.account),
                         rule: format!("balance_alert:{}", a.id),
                         kind: "balance_alert".into(),
                         title: format!("Balance {word} {threshold}"),
@@ -262,7 +295,7 @@ async fn write_notifications(tx: &mut sqlx::PgConnection, made: &[New]) -> Resul
         &made.iter().map(|n| n.kind.clone()).collect::<Vec<_>>(),
         &made.iter().map(|n| n.title.clone()).collect::<Vec<_>>(),
         &made.iter().map(|n| n.body.clone()).collect::<Vec<_>>(),
-        &made.iter().map(|n| n.account).collect::<Vec<_>>(),
+        &made.iter().map(|n| n.account).collect::<Vec<Option<Uuid>>>() as &[Option<Uuid>],
         now,
     )
     .fetch_all(&mut *tx)

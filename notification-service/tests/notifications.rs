@@ -272,3 +272,58 @@ async fn a_refused_scheduled_transfer_tells_its_owner_why_on_every_attempt_and_w
     assert_eq!(bobs.iter().map(|n| n.kind.as_str()).collect::<Vec<_>>(), ["account_opened"]);
     assert_eq!(mesh.feed(&ada).await.len(), 4, "each attempt told once");
 }
+
+/// A customer's standing as auth-service records a change of it.
+fn standing(user: uuid::Uuid, (previous, status): (&str, &str), seq: i64) -> bank_platform::standing::Standing {
+    bank_platform::standing::Standing {
+        user_id: user,
+        status: status.into(),
+        roles: vec!["customer".into()],
+        seq,
+        previous_status: Some(previous.into()),
+    }
+}
+
+/// Publishes a signed standing on the feed (the test plays auth-service, as
+/// the NATS admin).
+async fn publish_standing(mesh: &Mesh, user: uuid::Uuid, jws: String) {
+    let subject = format!("{}.{user}", mesh.notify_config.standing_feed.subject_prefix);
+    bank_testkit::publish_stored(&subject, jws.into_bytes()).await;
+}
+
+#[tokio::test]
+async fn a_kyc_approval_a_suspension_and_a_reinstatement_are_told_once_each_and_a_forged_one_never() {
+    let mesh = Mesh::start().await;
+    let (ada, ada_token) = mesh.customer();
+    let signed = |previous_and_now, seq| mesh.issuer.sign_standing(&standing(ada, previous_and_now, seq));
+    publish_standing(&mesh, ada, signed(("PENDING_KYC", "ACTIVE"), 10)).await;
+    // Delivered again (a feed republished after a crash): still one.
+    publish_standing(&mesh, ada, signed(("PENDING_KYC", "ACTIVE"), 10)).await;
+    // Signed by someone else than auth-service: never told.
+    let forger = bank_platform::auth::TokenSigner::generate();
+    let forged = forger.sign_standing(&standing(ada, ("ACTIVE", "SUSPENDED"), 11)).unwrap();
+    publish_standing(&mesh, ada, forged).await;
+    // A change of roles alone says nothing to the customer.
+    publish_standing(&mesh, ada, signed(("ACTIVE", "ACTIVE"), 12)).await;
+    publish_standing(&mesh, ada, signed(("ACTIVE", "SUSPENDED"), 13)).await;
+    publish_standing(&mesh, ada, signed(("SUSPENDED", "ACTIVE"), 14)).await;
+
+    let feed = mesh.feed_of_at_least(&ada_token, 3).await;
+    let said: Vec<(&str, &str)> = feed.iter().map(|n| (n.kind.as_str(), n.title.as_str())).collect();
+    assert_eq!(
+        said,
+        [
+            ("access_restored", "Access restored"),
+            ("access_suspended", "Access suspended"),
+            ("kyc_approved", "Identity verified")
+        ],
+        "newest first"
+    );
+    assert!(feed.iter().all(|n| n.account_id.is_empty()), "about the user, not an account");
+    assert_eq!(feed[2].body, "Your identity is verified: you can now open accounts and move money.");
+    // Nothing more comes of the duplicate or the forgery.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mesh.feed(&ada_token).await.len(), 3);
+    let (_, bob) = mesh.customer();
+    assert!(mesh.feed(&bob).await.is_empty(), "told to the user it is about only");
+}

@@ -149,6 +149,7 @@ mod tests {
 
     fn standing(status: &str, roles: &[&str], seq: i64) -> Standing {
         Standing {
+            previous_status: None,
             user_id: Uuid::from_u128(7),
             status: status.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),

@@ -186,6 +186,7 @@ async fn publish_standing(bank: &Bank, user: Uuid, status: &str, roles: &[&str],
         status: status.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         seq,
+        previous_status: None,
     };
     let subject = format!("{}.{user}", bank.query_config.standing_feed.subject_prefix);
     // command-service creates the stream as it starts following the feed.

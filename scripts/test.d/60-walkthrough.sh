@@ -189,10 +189,11 @@ check_outputs "$work/scheduled.out" \
   fail "scheduled walk-through output"
 check_outputs "$work/notifications.out" \
   'docs[0]["direction"] == "ALERT_DIRECTION_BELOW" and docs[0]["threshold"]["amount"] == "60.00"' \
-  'len(docs) == 6 and all(d["verified"] for d in docs[1:4])' \
+  'len(docs) == 7 and all(d["verified"] for d in docs[1:4])' \
   'sorted(d["type"] for d in docs[1:4]) == ["notification.balance_alert", "notification.transaction", "notification.transaction"]' \
   'sorted(n["title"] for n in docs[4]) == ["Balance below 60.00 USD", "Transfer received", "Transfer sent"]' \
-  'docs[5] == ["Subject: bankmesh: Balance below 60.00 USD", "Subject: bankmesh: Transfer received", "Subject: bankmesh: Transfer sent"]' ||
+  'docs[5] == ["Subject: bankmesh: Balance below 60.00 USD", "Subject: bankmesh: Transfer received", "Subject: bankmesh: Transfer sent"]' \
+  'docs[6] == ["Identity verified"]' ||
   fail "notifications walk-through output"
 echo "ok: the README's gRPC, REST, holds, statement, scheduled-transfer and notification walk-throughs, as written, through the edge"
 

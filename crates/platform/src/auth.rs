@@ -632,6 +632,7 @@ mod tests {
             status: "SUSPENDED".into(),
             roles: vec![ROLE_CUSTOMER.into()],
             seq: 7,
+            previous_status: Some("ACTIVE".into()),
         };
         let keys = KeyCache::fixed(std::slice::from_ref(&signer)).unwrap();
         let jws = signer.sign_standing(&standing).unwrap();

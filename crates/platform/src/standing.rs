@@ -21,6 +21,11 @@ pub struct Standing {
     pub roles: Vec<String>,
     /// Order of changes: a newer standing has a larger seq.
     pub seq: i64,
+    /// The status this change moved from (so a reader can tell a KYC
+    /// approval from a reinstatement); `None` in standings recorded before
+    /// the feed carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<String>,
 }
 
 impl Standing {

@@ -83,6 +83,8 @@ impl Mesh {
         notify.nats_url = bank_testkit::nats_url_as(Principal::Notify);
         notify.stream = command.relay.stream.clone();
         notify.subject_prefix = command.relay.subject_prefix.clone();
+        notify.standing_feed = command.standing_feed.clone();
+        notify.standing_feed.nats_url = notify.nats_url.clone();
         notify.event_keys = Some(Arc::new(EventKeys::of(std::slice::from_ref(&command.event_signer))));
         notify.guard.allow_loopback = true;
         notify.guard.mesh_ports = vec![command_grpc.port(), command_running.http_addr.port()];
