@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     rules::{Alert, Direction},
+    sealed::Secrets,
     store::NEWS_CHANNEL,
     webhook::{Guard, new_secret},
 };
@@ -28,13 +29,15 @@ use crate::{
 pub struct NotificationApi {
     pool: PgPool,
     guard: Guard,
+    /// How endpoint secrets are stored (sealed under the service's key).
+    secrets: Secrets,
     /// Users with new notifications, from every instance (Postgres NOTIFY).
     news: broadcast::Sender<Uuid>,
 }
 
 impl NotificationApi {
-    pub fn new(pool: PgPool, guard: Guard, news: broadcast::Sender<Uuid>) -> Self {
-        Self { pool, guard, news }
+    pub fn new(pool: PgPool, guard: Guard, secrets: Secrets, news: broadcast::Sender<Uuid>) -> Self {
+        Self { pool, guard, secrets, news }
     }
 }
 
@@ -355,7 +358,12 @@ impl NotificationService for NotificationApi {
             .map_err(db)?;
         }
         let (tx, rx) = mpsc::channel(64);
-        let api = NotificationApi { pool: self.pool.clone(), guard: self.guard.clone(), news: self.news.clone() };
+        let api = NotificationApi {
+            pool: self.pool.clone(),
+            guard: self.guard.clone(),
+            secrets: self.secrets.clone(),
+            news: self.news.clone(),
+        };
         let token_ends = caller.expires_at.and_then(|at| DateTime::from_timestamp(at, 0));
         tokio::spawn(async move {
             loop {
@@ -571,16 +579,17 @@ impl NotificationService for NotificationApi {
                 format!("at most {MAX_ENDPOINTS} webhook endpoints"),
             ));
         }
-        let secret = new_secret();
+        let (id, secret) = (Uuid::now_v7(), new_secret());
+        let stored = self.secrets.seal(id, &secret).map_err(|e| status::internal(&e))?;
         let row = sqlx::query_as!(
             EndpointRow,
             "INSERT INTO webhook_endpoints (id, user_id, url, description, secret, created_at)
              VALUES ($1, $2, $3, $4, $5, now()) RETURNING id, url, description, created_at",
-            Uuid::now_v7(),
+            id,
             caller.user_id,
             url.as_str(),
             r.description,
-            secret
+            stored
         )
         .fetch_one(&self.pool)
         .await
@@ -623,13 +632,14 @@ impl NotificationService for NotificationApi {
         let caller = caller(&req)?;
         let current = self.own_endpoint(&caller, id("endpoint_id", &req.get_ref().endpoint_id)?).await?;
         let secret = new_secret();
+        let stored = self.secrets.seal(current.id, &secret).map_err(|e| status::internal(&e))?;
         let row = sqlx::query_as!(
             EndpointRow,
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $2, secret = $3
              WHERE id = $1 RETURNING id, url, description, created_at",
             current.id,
             Utc::now() + ROTATION_OVERLAP,
-            secret
+            stored
         )
         .fetch_one(&self.pool)
         .await

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod email;
 pub mod rules;
+pub mod sealed;
 pub mod standings;
 pub mod store;
 pub mod webhook;
@@ -58,6 +59,9 @@ pub struct Config {
     pub event_keys: Option<Arc<EventKeys>>,
     pub webhooks: webhook::Policy,
     pub guard: Guard,
+    /// The key endpoint secrets are sealed under (`WEBHOOK_SECRETS_KEY`, a
+    /// file); unset, they are stored as they are: a development stack only.
+    pub secrets: sealed::Secrets,
     /// The bank's mail server (`SMTP_URL`: smtp:// or smtps://, with its
     /// credentials); no email is sent without one.
     pub smtp_url: Option<String>,
@@ -81,6 +85,7 @@ impl std::fmt::Debug for Config {
             .field("event_keys", &self.event_keys.is_some())
             .field("webhooks", &self.webhooks)
             .field("guard", &self.guard)
+            .field("secrets", &self.secrets)
             .field("smtp_url", &self.smtp_url.as_deref().map(config::redact_url))
             .field("mail_from", &self.mail_from)
             .field("tls", &self.tls.is_some())
@@ -112,6 +117,10 @@ impl Config {
             .collect::<Result<Vec<u16>, String>>();
         let mesh_ports =
             problems.check("WEBHOOK_DENY_PORTS", mesh_ports.map_err(|p| anyhow::anyhow!("{p} is not a port")));
+        let secrets = match env.var("WEBHOOK_SECRETS_KEY").filter(|p| !p.is_empty()) {
+            Some(path) => problems.check("WEBHOOK_SECRETS_KEY", sealed::Secrets::from_file(&path)),
+            None => Some(sealed::Secrets::unsealed()),
+        };
         let allow_loopback = matches!(config::string(env, "WEBHOOK_ALLOW_LOOPBACK", "false").as_str(), "true" | "1");
         problems.finish()?;
         Ok(Self {
@@ -128,6 +137,7 @@ impl Config {
             event_keys: event_keys.flatten().map(Arc::new),
             webhooks,
             guard: Guard { allow_loopback, mesh_ports: mesh_ports.unwrap_or_default() },
+            secrets: secrets.unwrap_or_else(sealed::Secrets::unsealed),
             smtp_url: env.var("SMTP_URL").filter(|u| !u.is_empty()),
             mail_from: config::string(env, "MAIL_FROM", "bankmesh <notifications@bankmesh.local>"),
             tls: tls.flatten(),
@@ -150,7 +160,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let store = Arc::new(Store::new(pool.clone(), vec![made.clone(), mailed.clone()]));
     running.spawn(consume(config.clone(), store.clone(), shutdown.clone()));
     running.spawn(standings::run(store, config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
-    let deliverer = webhook::Deliverer::new(pool.clone(), config.guard.clone(), config.webhooks.clone(), made)?;
+    if !config.secrets.is_sealed() {
+        tracing::warn!("WEBHOOK_SECRETS_KEY not set: webhook secrets are stored unsealed (development only)");
+    }
+    let deliverer = webhook::Deliverer::new(
+        pool.clone(),
+        config.guard.clone(),
+        config.webhooks.clone(),
+        config.secrets.clone(),
+        made,
+    )?;
     running.spawn(deliverer.run(shutdown.clone()));
     match &config.smtp_url {
         Some(url) => {
@@ -162,7 +181,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (news, _) = tokio::sync::broadcast::channel(1024);
     running.spawn(api::listen_for_news(pool.clone(), news.clone(), shutdown.clone()));
 
-    let api = NotificationApi::new(pool, config.guard.clone(), news);
+    let api = NotificationApi::new(pool, config.guard.clone(), config.secrets.clone(), news);
     let routes = tonic::service::Routes::new(
         NotificationServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),
     );

@@ -22,6 +22,8 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
+use crate::sealed::Secrets;
+
 /// Where webhooks may go.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -167,6 +169,7 @@ pub struct Deliverer {
     pool: PgPool,
     guard: Guard,
     policy: Policy,
+    secrets: Secrets,
     client: reqwest::Client,
     /// Woken when deliveries were written or one finished.
     wake: Arc<Notify>,
@@ -186,7 +189,7 @@ struct Claimed {
 }
 
 impl Deliverer {
-    pub fn new(pool: PgPool, guard: Guard, policy: Policy, wake: Arc<Notify>) -> Result<Arc<Self>> {
+    pub fn new(pool: PgPool, guard: Guard, policy: Policy, secrets: Secrets, wake: Arc<Notify>) -> Result<Arc<Self>> {
         let mut builder = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
             // A redirect could lead anywhere: a webhook is answered where it was sent.
@@ -200,7 +203,7 @@ impl Deliverer {
             }
         }
         let client = builder.build().context("the webhook HTTP client")?;
-        Ok(Arc::new(Self { pool, guard, policy, client, wake, busy: Mutex::new(HashSet::new()) }))
+        Ok(Arc::new(Self { pool, guard, policy, secrets, client, wake, busy: Mutex::new(HashSet::new()) }))
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
@@ -272,6 +275,27 @@ impl Deliverer {
             .collect())
     }
 
+    /// The `webhook-signature` header: under the secret, and under the
+    /// previous one while a rotation overlaps.
+    fn signatures(
+        &self,
+        endpoint: Uuid,
+        secret: &str,
+        previous: &Option<String>,
+        until: Option<chrono::DateTime<Utc>>,
+        d: &Claimed,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<String> {
+        let mut signatures =
+            vec![sign(&self.secrets.open(endpoint, secret)?, &d.message_id, now.timestamp(), &d.payload)?];
+        if let (Some(previous), Some(until)) = (previous, until)
+            && until > now
+        {
+            signatures.push(sign(&self.secrets.open(endpoint, previous)?, &d.message_id, now.timestamp(), &d.payload)?);
+        }
+        Ok(signatures.join(" "))
+    }
+
     /// One attempt, and what it leaves: delivered, tried again later, or dead.
     async fn deliver(&self, d: Claimed) -> Result<()> {
         let endpoint = sqlx::query!(
@@ -284,13 +308,23 @@ impl Deliverer {
         let outcome: Result<u16, String> = if endpoint.deleted_at.is_some() {
             Err("the endpoint was deleted".into())
         } else {
-            let mut signatures = vec![sign(&endpoint.secret, &d.message_id, now.timestamp(), &d.payload)?];
-            if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_until)
-                && until > now
-            {
-                signatures.push(sign(previous, &d.message_id, now.timestamp(), &d.payload)?);
+            match self.signatures(
+                d.endpoint_id,
+                &endpoint.secret,
+                &endpoint.previous_secret,
+                endpoint.previous_until,
+                &d,
+                now,
+            ) {
+                Ok(signatures) => self.post(&endpoint.url, &d, now.timestamp(), &signatures).await,
+                // Sent unsigned, it would be worthless to the receiver; a
+                // secret that does not open is tampering, logged, and tried
+                // again like a failure (a key put back lets it through).
+                Err(e) => {
+                    tracing::error!(endpoint = %d.endpoint_id, error = %e, "a webhook secret does not open");
+                    Err("the endpoint's secret could not be read".to_owned())
+                }
             }
-            self.post(&endpoint.url, &d, now.timestamp(), &signatures.join(" ")).await
         };
         let attempts = d.attempts + 1;
         let (state, status, error, next) = match outcome {

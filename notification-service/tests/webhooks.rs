@@ -117,6 +117,50 @@ async fn after_a_rotation_deliveries_verify_under_the_old_secret_and_the_new() {
     assert!(listed.unwrap().into_inner().endpoints.iter().all(|e| e.secret.is_empty()), "a secret is shown once");
 }
 
+/// With the database in hand (a backup, a replica, a stolen password), no
+/// endpoint secret is there to read; and a sealed secret copied from one's
+/// own endpoint onto another's does not open there: nothing is sent signed
+/// with the wrong customer's secret.
+#[tokio::test]
+async fn a_stolen_database_holds_no_webhook_secret_and_one_copied_across_endpoints_signs_nothing() {
+    let mesh = Mesh::start().await;
+    let (_, ada) = mesh.customer();
+    let (_, eve) = mesh.customer();
+    let (adas_receiver, eves_receiver) =
+        (Receiver::start(Behaviour::FailFirst(0)).await, Receiver::start(Behaviour::FailFirst(0)).await);
+    let adas = endpoint(&mesh, &ada, &adas_receiver.url).await.unwrap();
+    let eves = endpoint(&mesh, &eve, &eves_receiver.url).await.unwrap();
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT secret FROM webhook_endpoints ORDER BY id").fetch_all(&mesh.db).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for row in &stored {
+        assert!(row.starts_with("sealed:v1:"), "{row}");
+        assert!(!row.contains(&adas.secret[6..]) && !row.contains(&eves.secret[6..]), "a secret in the clear");
+    }
+
+    // Eve copies Ada's sealed secret onto her own endpoint, to be sent
+    // webhooks signed under it.
+    sqlx::query("UPDATE webhook_endpoints SET secret = (SELECT secret FROM webhook_endpoints WHERE id = $1::uuid) WHERE id = $2::uuid")
+        .bind(&adas.endpoint_id)
+        .bind(&eves.endpoint_id)
+        .execute(&mesh.db)
+        .await
+        .unwrap();
+    mesh.open(&eve).await;
+    mesh.open(&ada).await;
+    // Ada's webhook comes, signed under her secret; Eve's never comes at all.
+    assert_eventually!(!adas_receiver.received().is_empty(), Duration::from_secs(10), "Ada's never delivered");
+    assert!(verifies(&adas_receiver.received()[0], &adas.secret));
+    assert_eventually!(
+        deliveries(&mesh, &eve, &eves.endpoint_id).await.first().is_some_and(|d| d.attempts >= 2),
+        Duration::from_secs(10),
+        "Eve's delivery was not even tried"
+    );
+    assert!(eves_receiver.received().is_empty(), "sent signed under another endpoint's secret");
+    let log = deliveries(&mesh, &eve, &eves.endpoint_id).await;
+    assert_eq!(log[0].last_error, "the endpoint's secret could not be read");
+}
+
 #[tokio::test]
 async fn a_webhook_pointing_at_the_mesh_or_a_private_address_is_refused() {
     let mesh = Mesh::start().await;

@@ -306,7 +306,7 @@ exec_clean() {
 # auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
 # command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS;
 # query-service STATEMENT_SIGNING_KEY; notification-service EVENT_VERIFYING_KEYS,
-# SMTP_URL (in production it carries the mail server's credentials).
+# WEBHOOK_SECRETS_KEY, SMTP_URL (in production it carries the mail server's credentials).
 # Run it in a subshell (a background job is one).
 service_exec() {
   local service=$1 own=() kv
@@ -316,7 +316,7 @@ service_exec() {
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
     query-service) own=(STATEMENT_SIGNING_KEY STATEMENT_PREVIOUS_KEYS) ;;
-    notification-service) own=(EVENT_VERIFYING_KEYS SMTP_URL) ;;
+    notification-service) own=(EVENT_VERIFYING_KEYS SMTP_URL WEBHOOK_SECRETS_KEY) ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
   local creds=()
@@ -505,7 +505,8 @@ services_env() {
 
 # event_keys: the Ed25519 key command-service signs events with, and its
 # public half the projector verifies them with; and the key query-service
-# signs statements with (it publishes the public half itself). Files under
+# signs statements with (it publishes the public half itself), and the key
+# notification-service seals webhook endpoint secrets with. Files under
 # $STATE/keys, made once with openssl; private keys readable by their owner
 # only.
 event_keys() {
@@ -519,8 +520,12 @@ event_keys() {
     mkdir -p "$dir" && chmod 700 "$dir"
     (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/statement-signing.pem" 2>/dev/null)
   fi
+  if [ ! -s "$dir/webhook-secrets.key" ]; then
+    mkdir -p "$dir" && chmod 700 "$dir"
+    (umask 077 && openssl rand -base64 32 >"$dir/webhook-secrets.key")
+  fi
   export EVENT_SIGNING_KEY="$dir/event-signing.pem" EVENT_VERIFYING_KEYS="$dir/event-verifying.pem"
-  export STATEMENT_SIGNING_KEY="$dir/statement-signing.pem"
+  export STATEMENT_SIGNING_KEY="$dir/statement-signing.pem" WEBHOOK_SECRETS_KEY="$dir/webhook-secrets.key"
 }
 
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:

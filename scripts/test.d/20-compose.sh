@@ -49,6 +49,9 @@ assert c["notification-service"]["environment"]["EVENT_VERIFYING_KEYS"].startswi
 for svc in ("auth-service", "command-service", "projector", "query-service"):
     assert "SMTP_URL" not in c[svc]["environment"], f"{svc} holds the mail server's URL"
 assert "EVENT_SIGNING_KEY" not in c["notification-service"]["environment"], "notification-service holds the event signing key"
+assert c["notification-service"]["environment"]["WEBHOOK_SECRETS_KEY"].startswith("/run/secrets/"), "webhook secrets sealed"
+for svc in ("auth-service", "command-service", "projector", "query-service"):
+    assert "WEBHOOK_SECRETS_KEY" not in c[svc]["environment"], f"{svc} holds the webhook secrets key"
 # TLS inside: every service has its own certificate and key (no other's),
 # the JWKS is fetched over HTTPS, Envoy presents its own client certificate.
 common = yaml.safe_load(open("compose.yaml"))["x-service"]["environment"]

@@ -215,7 +215,7 @@ own = {
 own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
             "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"},
-            "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL"}, "envoy": set()}
+            "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL", "WEBHOOK_SECRETS_KEY"}, "envoy": set()}
 key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
 found, bad = {}, []
 for d in os.listdir("/proc"):
