@@ -10,8 +10,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    credentials::{self, blocking},
+    credentials::{self, Authenticated, blocking},
     error::AuthError,
+    second_factor::{self, Totp},
     service_clients::ServiceClients,
     store::{self, Spend, User},
     throttle::LoginThrottle,
@@ -38,6 +39,10 @@ pub struct AuthApi {
     pub client_throttle: LoginThrottle,
     /// Registrations per client address (each costs an argon2 hash).
     pub register_throttle: LoginThrottle,
+    /// Second-factor codes per user: a few wrong ones, then none for a while.
+    pub code_throttle: LoginThrottle,
+    /// How second-factor seeds are stored (sealed under the service's key).
+    pub totp_secrets: bank_platform::sealed::Secrets,
     pub settings: Settings,
     /// Verified against when the email is unknown, so both failures cost the same.
     pub dummy_hash: Arc<String>,
@@ -81,6 +86,7 @@ fn user_proto(u: &User) -> pb::User {
         status: status as i32,
         roles: credentials::role_claims(&u.roles).iter().map(|r| role_proto(r) as i32).collect(),
         created_at: timestamp(u.created_at),
+        second_factor_enabled: u.second_factor,
     }
 }
 
@@ -116,6 +122,7 @@ impl AuthApi {
         tx: &mut sqlx::PgConnection,
         user: &User,
         family: Uuid,
+        how: &Authenticated,
     ) -> Result<pb::LoginResponse, AuthError> {
         let s = &self.settings;
         let access = credentials::access_token(
@@ -123,14 +130,17 @@ impl AuthApi {
             &s.issuer,
             &s.audience,
             s.access_ttl,
-            user.id,
-            &user.roles,
-            &user.status,
-            user.standing_seq,
+            credentials::Holder {
+                id: user.id,
+                roles: &user.roles,
+                status: &user.status,
+                standing_seq: user.standing_seq,
+            },
+            how,
         )?;
         let refresh = credentials::new_refresh_token();
         let refresh_expires = Utc::now() + s.refresh_ttl;
-        store::insert_refresh(tx, &credentials::refresh_hash(&refresh), family, user.id, refresh_expires).await?;
+        store::insert_refresh(tx, &credentials::refresh_hash(&refresh), family, user.id, refresh_expires, how).await?;
         Ok(pb::LoginResponse {
             access_token: access.token,
             access_token_expires_at: timestamp(access.expires_at),
@@ -183,6 +193,7 @@ impl AuthApi {
             roles: vec!["customer".into()],
             created_at: Utc::now(),
             standing_seq: 0,
+            second_factor: false,
         };
         if !store::insert_user(&self.db, &user).await? {
             return Err(AuthError::EmailTaken);
@@ -191,7 +202,13 @@ impl AuthApi {
         Ok(user_proto(&user))
     }
 
-    async fn login(&self, email: &str, password: String, address: &str) -> Result<pb::LoginResponse, AuthError> {
+    async fn login(
+        &self,
+        email: &str,
+        password: String,
+        code: &str,
+        address: &str,
+    ) -> Result<pb::LoginResponse, AuthError> {
         // Unparseable emails still count against the address and fail the same way.
         let email = validate::email(email).unwrap_or_else(|_| email.trim().to_lowercase());
         if self.throttle.check(&email, address).await? {
@@ -212,9 +229,122 @@ impl AuthApi {
             return Err(AuthError::Suspended);
         }
         let mut tx = self.db.begin().await?;
-        let res = self.issue(&mut tx, &user, Uuid::now_v7()).await?;
+        if user.second_factor {
+            let code = code.trim();
+            if code.is_empty() {
+                return Err(AuthError::SecondFactorRequired);
+            }
+            let factor = store::factor_for_update(&mut tx, user.id).await?.ok_or(AuthError::SecondFactorRequired)?;
+            self.take_code(&mut tx, &user, &factor, code, address, true).await?;
+        }
+        let res = self.issue(&mut tx, &user, Uuid::now_v7(), &Authenticated::now(user.second_factor)).await?;
         tx.commit().await?;
         Ok(res)
+    }
+
+    /// Takes `code` for the user's second factor (locked in `tx`): a TOTP
+    /// code of a step after the last one taken, or (where `recovery`) an
+    /// unused recovery code. A few wrong codes per user, then none are
+    /// tried for a while, whoever sends them from wherever.
+    async fn take_code(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user: &User,
+        factor: &store::Factor,
+        code: &str,
+        address: &str,
+        recovery: bool,
+    ) -> Result<(), AuthError> {
+        let key = format!("user {}", user.id);
+        if self.code_throttle.check(&key, &format!("{key} {address}")).await? {
+            return Err(AuthError::SecondFactorThrottled);
+        }
+        let now = Utc::now().timestamp().max(0) as u64;
+        let step = self.totp(user, factor)?.step_of(code, now, factor.last_step);
+        let taken = match step {
+            Some(step) => {
+                store::take_step(tx, user.id, step).await?;
+                true
+            }
+            None if recovery && !second_factor::is_totp_code(code) => {
+                store::spend_recovery(tx, user.id, &second_factor::recovery_hash(code)).await?
+            }
+            None => false,
+        };
+        if !taken {
+            self.code_throttle.record_failure(&key).await?;
+            return Err(AuthError::SecondFactorInvalid);
+        }
+        self.code_throttle.record_success(&key, None).await?;
+        Ok(())
+    }
+
+    fn totp(&self, user: &User, factor: &store::Factor) -> Result<Totp, AuthError> {
+        use base64::Engine;
+        let seed = self.totp_secrets.open(user.id, &factor.seed)?;
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(seed)
+            .map_err(|e| AuthError::Internal(anyhow::anyhow!("a stored TOTP seed is not base64: {e}")))?;
+        Ok(Totp::new(seed, &user.email)?)
+    }
+
+    /// The caller as a user who may have a second factor (a service may not).
+    async fn person(&self, caller: &Caller) -> Result<User, AuthError> {
+        if caller.is_service() {
+            return Err(AuthError::ServiceHasNoSecondFactor);
+        }
+        store::user_by_id(&self.db, caller.user_id).await?.ok_or(AuthError::UserNotFound)
+    }
+
+    async fn enroll_second_factor(&self, caller: &Caller) -> Result<pb::EnrollSecondFactorResponse, AuthError> {
+        use base64::Engine;
+        let user = self.person(caller).await?;
+        let seed = second_factor::new_seed();
+        let totp = Totp::new(seed.clone(), &user.email)?;
+        let sealed = self.totp_secrets.seal(user.id, &base64::engine::general_purpose::STANDARD.encode(&seed))?;
+        if !store::put_pending_factor(&self.db, user.id, &sealed).await? {
+            return Err(AuthError::SecondFactorEnabled);
+        }
+        Ok(pb::EnrollSecondFactorResponse { otpauth_uri: totp.uri(), secret: totp.secret_base32() })
+    }
+
+    async fn confirm_second_factor(
+        &self,
+        caller: &Caller,
+        code: &str,
+        address: &str,
+    ) -> Result<pb::ConfirmSecondFactorResponse, AuthError> {
+        let user = self.person(caller).await?;
+        let mut tx = self.db.begin().await?;
+        let factor = store::factor_for_update(&mut tx, user.id).await?.ok_or(AuthError::SecondFactorNotEnrolled)?;
+        if factor.confirmed {
+            return Err(AuthError::SecondFactorEnabled);
+        }
+        // A code from the app proves it holds the secret; no recovery code yet.
+        self.take_code(&mut tx, &user, &factor, code.trim(), address, false).await.map_err(code_field)?;
+        let codes = second_factor::new_recovery_codes();
+        let hashes: Vec<Vec<u8>> = codes.iter().map(|c| second_factor::recovery_hash(c)).collect();
+        store::confirm_factor(&mut tx, user.id, &hashes).await?;
+        // Sessions started with the password alone end: from now on one
+        // needs both.
+        store::revoke_user(&mut tx, user.id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "second factor enabled");
+        Ok(pb::ConfirmSecondFactorResponse { recovery_codes: codes })
+    }
+
+    async fn disable_second_factor(&self, caller: &Caller, code: &str, address: &str) -> Result<(), AuthError> {
+        let user = self.person(caller).await?;
+        let mut tx = self.db.begin().await?;
+        let factor = store::factor_for_update(&mut tx, user.id)
+            .await?
+            .filter(|f| f.confirmed)
+            .ok_or(AuthError::SecondFactorNotEnrolled)?;
+        self.take_code(&mut tx, &user, &factor, code.trim(), address, true).await.map_err(code_field)?;
+        store::delete_factor(&mut tx, user.id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "second factor disabled");
+        Ok(())
     }
 
     async fn change_password(&self, caller: &Caller, r: pb::ChangePasswordRequest) -> Result<(), AuthError> {
@@ -294,10 +424,8 @@ impl AuthApi {
             &s.issuer,
             &s.audience,
             s.access_ttl,
-            subject,
-            &roles,
-            "ACTIVE",
-            0,
+            credentials::Holder { id: subject, roles: &roles, status: "ACTIVE", standing_seq: 0 },
+            &Authenticated::now(false),
         )?;
         tracing::info!(client_id = %r.client_id, %subject, "service token issued");
         Ok(pb::IssueServiceTokenResponse {
@@ -307,7 +435,20 @@ impl AuthApi {
             subject: subject.to_string(),
         })
     }
+}
 
+/// A wrong code where the caller is signed in already is a bad field, not a
+/// failed login.
+fn code_field(e: AuthError) -> AuthError {
+    match e {
+        AuthError::SecondFactorInvalid => {
+            bank_domain::InputError::new("code", "is wrong, was used already, or is out of its time window").into()
+        }
+        other => other,
+    }
+}
+
+impl AuthApi {
     async fn refresh(&self, token: &str) -> Result<pb::LoginResponse, AuthError> {
         if token.is_empty() || token.len() > 256 {
             return Err(AuthError::InvalidRefreshToken);
@@ -315,12 +456,13 @@ impl AuthApi {
         let hash = credentials::refresh_hash(token);
         let mut tx = self.db.begin().await?;
         match store::spend_refresh(&mut tx, &hash).await? {
-            Spend::Spent(user_id, family) => {
+            Spend::Spent(user_id, family, how) => {
                 let user = store::user_by_id(&mut *tx, user_id).await?.ok_or(AuthError::InvalidRefreshToken)?;
                 if user.status == "SUSPENDED" {
                     return Err(AuthError::Suspended);
                 }
-                let res = self.issue(&mut tx, &user, family).await?;
+                // The same session: how and when it was started, not now.
+                let res = self.issue(&mut tx, &user, family, &how).await?;
                 tx.commit().await?;
                 Ok(res)
             }
@@ -347,7 +489,32 @@ impl AuthService for AuthApi {
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let address = self.client_address(&req);
         let r = req.into_inner();
-        Ok(Response::new(AuthApi::login(self, &r.email, r.password, &address).await?))
+        Ok(Response::new(AuthApi::login(self, &r.email, r.password, &r.second_factor_code, &address).await?))
+    }
+
+    async fn enroll_second_factor(
+        &self,
+        req: Request<pb::EnrollSecondFactorRequest>,
+    ) -> Result<Response<pb::EnrollSecondFactorResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(AuthApi::enroll_second_factor(self, &caller).await?))
+    }
+
+    async fn confirm_second_factor(
+        &self,
+        req: Request<pb::ConfirmSecondFactorRequest>,
+    ) -> Result<Response<pb::ConfirmSecondFactorResponse>, Status> {
+        let (caller, address) = (caller(&req)?, self.client_address(&req));
+        Ok(Response::new(AuthApi::confirm_second_factor(self, &caller, &req.get_ref().code, &address).await?))
+    }
+
+    async fn disable_second_factor(
+        &self,
+        req: Request<pb::DisableSecondFactorRequest>,
+    ) -> Result<Response<pb::DisableSecondFactorResponse>, Status> {
+        let (caller, address) = (caller(&req)?, self.client_address(&req));
+        AuthApi::disable_second_factor(self, &caller, &req.get_ref().code, &address).await?;
+        Ok(Response::new(pb::DisableSecondFactorResponse {}))
     }
 
     async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Result<Response<pb::LoginResponse>, Status> {

@@ -62,16 +62,42 @@ pub struct AccessToken {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// How a session was started, and when: what its access tokens say (`amr`,
+/// `auth_time`), from login to its last refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub amr: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Authenticated {
+    /// A password, and a second factor if one was given.
+    pub fn now(second_factor: bool) -> Self {
+        let mut amr = vec!["pwd".to_owned()];
+        if second_factor {
+            amr.push("otp".to_owned());
+        }
+        Self { amr, at: Utc::now() }
+    }
+}
+
+/// Who a token is for, as its claims say.
+pub struct Holder<'a> {
+    pub id: Uuid,
+    pub roles: &'a [String],
+    pub status: &'a str,
+    pub standing_seq: i64,
+}
+
 pub fn access_token(
     signer: &TokenSigner,
     issuer: &str,
     audience: &str,
     ttl: Duration,
-    user: Uuid,
-    roles: &[String],
-    status: &str,
-    standing_seq: i64,
+    holder: Holder<'_>,
+    how: &Authenticated,
 ) -> Result<AccessToken> {
+    let Holder { id: user, roles, status, standing_seq } = holder;
     let now = Utc::now();
     let expires_at = now + ttl;
     let claims = Claims {
@@ -85,6 +111,8 @@ pub fn access_token(
         roles: role_claims(roles),
         status: status.into(),
         sv: standing_seq,
+        amr: how.amr.clone(),
+        auth_time: how.at.timestamp(),
     };
     Ok(AccessToken { token: signer.sign(&claims)?, expires_at })
 }

@@ -27,6 +27,18 @@ pub enum AuthError {
     Suspended,
     #[error("user not found")]
     UserNotFound,
+    #[error("a second factor code is required: this user has one enabled")]
+    SecondFactorRequired,
+    #[error("the second factor code is wrong, was used already, or is out of its time window")]
+    SecondFactorInvalid,
+    #[error("too many wrong second factor codes")]
+    SecondFactorThrottled,
+    #[error("a second factor is enabled already; disable it first, with a code")]
+    SecondFactorEnabled,
+    #[error("no second factor is enrolled")]
+    SecondFactorNotEnrolled,
+    #[error("a service principal has no second factor")]
+    ServiceHasNoSecondFactor,
     #[error("admin role required")]
     NotAdmin,
     /// Recorded, but not every enforcing service confirmed it in time.
@@ -73,6 +85,24 @@ impl From<AuthError> for Status {
             }
             AuthError::Suspended => status::with_reason(Code::FailedPrecondition, "USER_SUSPENDED", message),
             AuthError::UserNotFound => status::not_found("user"),
+            AuthError::SecondFactorRequired => {
+                status::with_reason(Code::Unauthenticated, "SECOND_FACTOR_REQUIRED", message)
+            }
+            AuthError::SecondFactorInvalid => {
+                status::with_reason(Code::Unauthenticated, "SECOND_FACTOR_INVALID", message)
+            }
+            AuthError::SecondFactorThrottled => status::with_reason(
+                Code::ResourceExhausted,
+                "SECOND_FACTOR_THROTTLED",
+                "too many wrong second factor codes; try again later",
+            ),
+            AuthError::SecondFactorEnabled => {
+                status::with_reason(Code::FailedPrecondition, "SECOND_FACTOR_ENABLED", message)
+            }
+            AuthError::SecondFactorNotEnrolled => {
+                status::with_reason(Code::FailedPrecondition, "SECOND_FACTOR_NOT_ENROLLED", message)
+            }
+            AuthError::ServiceHasNoSecondFactor => status::permission_denied(message),
             AuthError::NotAdmin => status::permission_denied(message),
             AuthError::StandingNotConfirmed => status::with_reason(Code::Unavailable, "CHANGE_NOT_CONFIRMED", message),
             AuthError::Redis(err) => status::unavailable(&err),

@@ -7,6 +7,7 @@ pub mod barrier;
 pub mod credentials;
 pub mod error;
 pub mod feed;
+pub mod second_factor;
 pub mod service_clients;
 pub mod store;
 pub mod throttle;
@@ -51,6 +52,9 @@ pub struct Config {
     pub standing_feed: bank_platform::standing::Feed,
     /// TLS on both ports (`TLS_*_FILE`).
     pub tls: Option<std::sync::Arc<bank_platform::tls::Tls>>,
+    /// The key second-factor seeds are sealed under (`TOTP_SECRETS_KEY`, a
+    /// file); unset, they are stored as they are: a development stack only.
+    pub totp_secrets: bank_platform::sealed::Secrets,
 }
 
 impl std::fmt::Debug for Config {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("service_clients", &self.service_clients)
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
+            .field("totp_secrets", &self.totp_secrets)
             .finish()
     }
 }
@@ -119,6 +124,10 @@ impl Config {
         };
         let trust_forwarded_for = problems.parse(env, "TRUST_X_FORWARDED_FOR", false);
         let tls = problems.check(&bank_platform::tls::ENV_VARS.join(", "), bank_platform::tls::Tls::from_env(env));
+        let totp_secrets = match env.var("TOTP_SECRETS_KEY").filter(|p| !p.is_empty()) {
+            Some(path) => problems.check("TOTP_SECRETS_KEY", bank_platform::sealed::Secrets::from_file(&path)),
+            None => Some(bank_platform::sealed::Secrets::unsealed()),
+        };
         problems.finish()?;
         let bootstrap_admin = match (env.var("BOOTSTRAP_ADMIN_EMAIL"), env.var("BOOTSTRAP_ADMIN_PASSWORD")) {
             (Some(e), Some(p)) => Some((e, p)),
@@ -142,6 +151,7 @@ impl Config {
             standing_feed: bank_platform::standing::Feed::from_env(env),
             service_clients,
             tls: tls.flatten(),
+            totp_secrets: totp_secrets.unwrap_or_else(bank_platform::sealed::Secrets::unsealed),
         })
     }
 }
@@ -162,6 +172,9 @@ pub const PUBLIC_METHODS: &[&str] = &[
 ];
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running> {
+    if !config.totp_secrets.is_sealed() {
+        tracing::warn!("TOTP_SECRETS_KEY not set: second-factor seeds are stored unsealed (development only)");
+    }
     let pool = db::connect(&config.database_url, 8).await?;
     db::ensure_migrated(&pool, &MIGRATOR, "auth-service").await?;
     if let Some((email, password)) = &config.bootstrap_admin {
@@ -193,6 +206,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         signer: config.signers[0].clone(),
         client_throttle: throttle.namespaced("client"),
         register_throttle: throttle.namespaced("register"),
+        code_throttle: throttle.namespaced("second-factor"),
+        totp_secrets: config.totp_secrets.clone(),
         throttle,
         settings: api::Settings {
             issuer: config.issuer.clone(),
@@ -280,6 +295,7 @@ async fn ensure_bootstrap_admin(pool: &sqlx::PgPool, email: &str, password: &str
         roles: vec!["admin".into()],
         created_at: chrono::Utc::now(),
         standing_seq: 0,
+        second_factor: false,
     };
     let is_admin = store::ensure_admin(pool, &admin).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
     if !is_admin {

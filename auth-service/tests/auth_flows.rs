@@ -44,6 +44,10 @@ impl Auth {
         let feed = &config.standing_feed;
         bank_testkit::provision_streams(&feed.nats_url, &[(&feed.stream, &feed.subject_prefix)]).await;
         config.bootstrap_admin = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
+        // Second-factor seeds sealed at rest, as in every stack (TOTP_SECRETS_KEY).
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        config.totp_secrets = bank_platform::sealed::Secrets::sealed_with(&key).unwrap();
         tweak(&mut config);
         let running = auth_service::start(config.clone(), CancellationToken::new()).await.unwrap();
         let client = match config.tls.as_deref() {
@@ -76,7 +80,7 @@ impl Auth {
 
     async fn login(&self, email: &str, password: &str) -> Result<pb::LoginResponse, tonic::Status> {
         self.c()
-            .login(pb::LoginRequest { email: email.into(), password: password.into() })
+            .login(pb::LoginRequest { email: email.into(), password: password.into(), ..Default::default() })
             .await
             .map(|r| r.into_inner())
     }
@@ -226,6 +230,8 @@ async fn bad_tokens_are_unauthenticated() {
         roles: vec!["admin".into()],
         status: "ACTIVE".into(),
         sv: 0,
+        amr: vec!["pwd".into()],
+        auth_time: now,
     };
     let foreign = stranger.sign(&claims).unwrap();
     claims.exp = now - 600;
@@ -803,8 +809,11 @@ async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_an_address_she
     let a = Auth::start_with(|c| c.trust_forwarded_for = true).await;
     a.register("ada@example.com", PASSWORD).await.unwrap();
     let login_from = |password: &str, address: &str| {
-        let mut req =
-            tonic::Request::new(pb::LoginRequest { email: "ada@example.com".into(), password: password.into() });
+        let mut req = tonic::Request::new(pb::LoginRequest {
+            email: "ada@example.com".into(),
+            password: password.into(),
+            ..Default::default()
+        });
         req.metadata_mut().insert("x-forwarded-for", address.parse().unwrap());
         let mut c = a.c();
         async move { c.login(req).await }
@@ -867,7 +876,8 @@ async fn over_mutual_tls_only_envoy_may_say_where_a_call_came_from() {
     })
     .await;
     let attempt = |client: AuthServiceClient<Channel>, email: String, from: String| async move {
-        let mut req = tonic::Request::new(pb::LoginRequest { email, password: "not the password".into() });
+        let mut req =
+            tonic::Request::new(pb::LoginRequest { email, password: "not the password".into(), ..Default::default() });
         req.metadata_mut().insert("x-forwarded-for", from.parse().unwrap());
         client.clone().login(req).await.expect_err("no such user").code()
     };
@@ -978,4 +988,120 @@ async fn each_standing_on_the_feed_says_the_status_it_moved_from() {
     }
     let pairs: Vec<(&str, &str)> = moves.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
     assert_eq!(pairs, [("PENDING_KYC", "ACTIVE"), ("ACTIVE", "SUSPENDED")]);
+}
+
+/// The current code of the secret an enrolment gave, `offset` seconds from now.
+fn code(secret: &str, offset: i64) -> String {
+    let totp = auth_service::second_factor::Totp::from_base32(secret, "ada@example.com").unwrap();
+    totp.code_at((chrono::Utc::now().timestamp() + offset) as u64)
+}
+
+/// The `amr` and `auth_time` claims of an access token.
+fn how_authenticated(token: &str) -> (Vec<String>, i64) {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let amr = json["amr"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    (amr, json["auth_time"].as_i64().unwrap())
+}
+
+async fn login_with(a: &Auth, code: &str) -> Result<pb::LoginResponse, tonic::Status> {
+    let req = pb::LoginRequest {
+        email: "ada@example.com".into(),
+        password: PASSWORD.into(),
+        second_factor_code: code.into(),
+    };
+    a.c().login(req).await.map(|r| r.into_inner())
+}
+
+/// Ada, registered and approved, enrolled: her token and the enrolment.
+async fn enrolled(a: &Auth) -> (String, pb::EnrollSecondFactorResponse) {
+    let admin = a.admin_token().await;
+    let ada = a.register("ada@example.com", PASSWORD).await.unwrap();
+    a.c().approve_customer(authed(pb::ApproveCustomerRequest { user_id: ada.user_id }, &admin)).await.unwrap();
+    let token = a.login("ada@example.com", PASSWORD).await.unwrap().access_token;
+    let enrolment = a.c().enroll_second_factor(authed(pb::EnrollSecondFactorRequest {}, &token)).await.unwrap();
+    (token, enrolment.into_inner())
+}
+
+#[tokio::test]
+async fn once_a_second_factor_is_confirmed_every_login_needs_a_fresh_code_once() {
+    let a = Auth::start().await;
+    let (token, enrolment) = enrolled(&a).await;
+    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/bankmesh:"), "{}", enrolment.otpauth_uri);
+    assert!(enrolment.otpauth_uri.contains(&format!("secret={}", enrolment.secret)));
+    // The seed at rest is sealed: the database does not give it away.
+    let stored: String = sqlx::query_scalar("SELECT seed FROM second_factors").fetch_one(&a.db).await.unwrap();
+    assert!(stored.starts_with("sealed:v1:") && !stored.contains(&enrolment.secret), "{stored}");
+    // Not confirmed yet: a password alone still signs in.
+    let before = a.login("ada@example.com", PASSWORD).await.unwrap();
+    assert_eq!(how_authenticated(&before.access_token).0, ["pwd"]);
+
+    let confirm = |code: String| pb::ConfirmSecondFactorRequest { code };
+    let wrong = a.c().confirm_second_factor(authed(confirm("000000".into()), &token)).await.unwrap_err();
+    assert_eq!(fields(&wrong), vec!["code"]);
+    let now = code(&enrolment.secret, 0);
+    let codes = a.c().confirm_second_factor(authed(confirm(now.clone()), &token)).await.unwrap().into_inner();
+    assert_eq!(codes.recovery_codes.len(), 10);
+    // Sessions started with the password alone are over.
+    assert_eq!(a.refresh(&before.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+
+    assert_eq!(reason(&login_with(&a, "").await.unwrap_err()), "SECOND_FACTOR_REQUIRED");
+    assert_eq!(reason(&login_with(&a, &now).await.unwrap_err()), "SECOND_FACTOR_INVALID", "the code confirm took");
+    let next = code(&enrolment.secret, 30);
+    let signed_in = login_with(&a, &next).await.unwrap();
+    let (amr, auth_time) = how_authenticated(&signed_in.access_token);
+    assert_eq!(amr, ["pwd", "otp"]);
+    assert!((chrono::Utc::now().timestamp() - auth_time).abs() < 5);
+    assert!(signed_in.user.unwrap().second_factor_enabled);
+    assert_eq!(reason(&login_with(&a, &next).await.unwrap_err()), "SECOND_FACTOR_INVALID", "replayed");
+    for offset in [-90, 90] {
+        let out_of_window = login_with(&a, &code(&enrolment.secret, offset)).await.unwrap_err();
+        assert_eq!(reason(&out_of_window), "SECOND_FACTOR_INVALID", "{offset} s away");
+    }
+    // A recovery code stands in for a code, once.
+    let recovery = &codes.recovery_codes[0];
+    assert_eq!(how_authenticated(&login_with(&a, recovery).await.unwrap().access_token).0, ["pwd", "otp"]);
+    assert_eq!(reason(&login_with(&a, recovery).await.unwrap_err()), "SECOND_FACTOR_INVALID", "spent");
+
+    // A refresh is the same session: how and when it began, not a new proof.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = a.refresh(&signed_in.refresh_token).await.unwrap();
+    assert_eq!(how_authenticated(&refreshed.access_token), (amr, auth_time));
+}
+
+#[tokio::test]
+async fn guessing_codes_is_throttled_per_user_and_then_even_the_right_code_waits() {
+    let a = Auth::start().await;
+    let (token, enrolment) = enrolled(&a).await;
+    let confirm = pb::ConfirmSecondFactorRequest { code: code(&enrolment.secret, 0) };
+    a.c().confirm_second_factor(authed(confirm, &token)).await.unwrap();
+    let mut reasons = Vec::new();
+    for guess in ["111111", "222222", "333333", "444444", "555555"] {
+        reasons.push(reason(&login_with(&a, guess).await.unwrap_err()));
+    }
+    assert_eq!(reasons, ["SECOND_FACTOR_INVALID"; 5]);
+    let right = login_with(&a, &code(&enrolment.secret, 30)).await.unwrap_err();
+    assert_eq!((right.code(), reason(&right)), (Code::ResourceExhausted, "SECOND_FACTOR_THROTTLED".to_owned()));
+}
+
+#[tokio::test]
+async fn turning_the_second_factor_off_takes_a_good_code_and_enrolling_over_it_is_refused() {
+    let a = Auth::start().await;
+    let (token, enrolment) = enrolled(&a).await;
+    let confirm = pb::ConfirmSecondFactorRequest { code: code(&enrolment.secret, 0) };
+    let recovery = a.c().confirm_second_factor(authed(confirm, &token)).await.unwrap().into_inner().recovery_codes;
+    let token = login_with(&a, &code(&enrolment.secret, 30)).await.unwrap().access_token;
+    // Enrolling again over it is refused: it must be turned off first.
+    let again = a.c().enroll_second_factor(authed(pb::EnrollSecondFactorRequest {}, &token)).await.unwrap_err();
+    assert_eq!(reason(&again), "SECOND_FACTOR_ENABLED");
+    let disable = |code: &str| pb::DisableSecondFactorRequest { code: code.into() };
+    let wrong = a.c().disable_second_factor(authed(disable("123456"), &token)).await.unwrap_err();
+    assert_eq!(fields(&wrong), vec!["code"]);
+    assert_eq!(reason(&login_with(&a, "").await.unwrap_err()), "SECOND_FACTOR_REQUIRED", "still on");
+    a.c().disable_second_factor(authed(disable(&recovery[3]), &token)).await.unwrap();
+    let back = login_with(&a, "").await.unwrap();
+    assert_eq!(how_authenticated(&back.access_token).0, ["pwd"], "a password alone again");
+    assert!(!back.user.unwrap().second_factor_enabled);
 }

@@ -30,6 +30,11 @@ pub enum CommandError {
     /// A scheduled transfer's rule said no.
     #[error("{0}")]
     Schedule(#[from] ScheduleError),
+    /// Above the step-up threshold, a second factor given within the window is needed.
+    #[error(
+        "a transfer above {threshold} needs a second factor code given within the last {minutes} minutes: sign in again with one"
+    )]
+    StepUpRequired { threshold: String, minutes: i64 },
 }
 
 impl CommandError {
@@ -99,6 +104,9 @@ impl From<CommandError> for Status {
             CommandError::ScheduleNotFound => status::not_found("scheduled transfer"),
             CommandError::Schedule(rule) => {
                 status::with_reason(Code::FailedPrecondition, rule.reason(), rule.to_string())
+            }
+            e @ CommandError::StepUpRequired { .. } => {
+                status::with_reason(Code::FailedPrecondition, "STEP_UP_REQUIRED", e.to_string())
             }
         }
     }

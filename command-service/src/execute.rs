@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_amount: Decimal,
     /// Largest balance an account may hold.
     pub max_balance: Decimal,
+    /// Transfers above this (in their own currency) need a step-up from a
+    /// customer who signs in with a second factor: one given within
+    /// `STEP_UP_WINDOW_SECS`.
+    pub step_up_above: Decimal,
 }
 
 /// What a decided command writes and answers.

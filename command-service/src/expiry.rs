@@ -25,8 +25,14 @@ const PASS: i64 = 256;
 
 impl HoldExpiry {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let bank =
-            Caller { user_id: BANK, roles: Vec::new(), status: "ACTIVE".into(), expires_at: None, standing_version: 0 };
+        let bank = Caller {
+            user_id: BANK,
+            roles: Vec::new(),
+            status: "ACTIVE".into(),
+            expires_at: None,
+            standing_version: 0,
+            second_factor_at: None,
+        };
         loop {
             // Cancellable mid-pass: a pass waiting on a database that is going
             // away must not hold up shutdown (an interrupted expiry rolls back).

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use bank_domain::{AccountKind, Money, ledger::Command, schedule::Change};
+use bank_domain::{AccountKind, Money, format_amount, ledger::Command, schedule::Change};
 use bank_platform::{
-    auth::{Caller, caller},
+    auth::{Caller, STEP_UP_WINDOW_SECS, caller},
     status,
 };
 use bank_proto::v1::{self as pb, account_command_service_server::AccountCommandService};
@@ -42,6 +42,19 @@ impl CommandApi {
     ) -> Result<Response<pb::ScheduledTransfer>, Status> {
         let id = parse_id("schedule_id", schedule_id).map_err(CommandError::from)?;
         Ok(Response::new(self.schedules.change(caller, id, change).await?))
+    }
+
+    /// A large transfer by a caller who signs in with a second factor needs
+    /// one given recently: a stolen session (or a refreshed one) is not enough.
+    fn ensure_stepped_up(&self, caller: &Caller, money: &Money) -> Result<(), CommandError> {
+        let threshold = self.ledger.limits().step_up_above;
+        if money.amount <= threshold || caller.stepped_up(now().timestamp()) {
+            return Ok(());
+        }
+        Err(CommandError::StepUpRequired {
+            threshold: format!("{} {}", format_amount(threshold, money.currency), money.currency.code()),
+            minutes: STEP_UP_WINDOW_SECS / 60,
+        })
     }
 
     /// Runs a validated command under the request's idempotency key.
@@ -143,6 +156,9 @@ impl AccountCommandService for CommandApi {
         let (command, key) = v.finish(|| {
             Some((Command::Transfer { from: from?, to: to?, money: money?, description: description? }, key?))
         })?;
+        if let Command::Transfer { money, .. } = &command {
+            self.ensure_stepped_up(&caller, money)?;
+        }
         self.run(&caller, "Transfer", &r, key, command).await
     }
 
@@ -326,6 +342,8 @@ impl AccountCommandService for CommandApi {
                 request_hash: request_hash("CreateScheduledTransfer", &r),
             })
         })?;
+        // Each occurrence runs unattended: the step-up is asked when it is made.
+        self.ensure_stepped_up(&caller, &new.money)?;
         Ok(Response::new(self.schedules.create(&caller, new).await?))
     }
 

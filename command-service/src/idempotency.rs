@@ -139,7 +139,8 @@ fn replay(outcome: &Result<Vec<u8>, CommandError>) -> Result<Vec<u8>, CommandErr
             | CommandError::Internal(_)
             | CommandError::Unavailable(_)
             | CommandError::ScheduleNotFound
-            | CommandError::Schedule(_),
+            | CommandError::Schedule(_)
+            | CommandError::StepUpRequired { .. },
         ) => Err(CommandError::aborted()),
     }
 }

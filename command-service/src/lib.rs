@@ -120,6 +120,7 @@ impl Config {
         let limits = Limits {
             max_amount: decimal(&mut problems, "MAX_AMOUNT", "1000000000"),
             max_balance: decimal(&mut problems, "MAX_BALANCE", "1000000000000000"),
+            step_up_above: decimal(&mut problems, "STEP_UP_TRANSFER_ABOVE", "1000"),
         };
         let outbox_batch = problems.parse(env, "OUTBOX_BATCH", 256);
         let outbox_poll = Duration::from_millis(problems.parse(env, "OUTBOX_POLL_MS", 100));

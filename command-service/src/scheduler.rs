@@ -433,6 +433,7 @@ impl Scheduler {
             status: STATUS_ACTIVE.to_owned(),
             expires_at: None,
             standing_version: row.standing_version,
+            second_factor_at: None,
         };
         let key = IdempotencyKey::scheduled(row.id, occurrence, attempt);
         let hash: Vec<u8> = Sha256::new_with_prefix(key.as_str()).chain_update(&row.request_hash).finalize().to_vec();
@@ -529,6 +530,7 @@ impl Scheduler {
             status: STATUS_ACTIVE.to_owned(),
             expires_at: None,
             standing_version: 0,
+            second_factor_at: None,
         };
         match self
             .ledger

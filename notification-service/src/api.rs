@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use crate::{
     rules::{Alert, Direction},
-    sealed::Secrets,
     store::NEWS_CHANNEL,
     webhook::{Guard, new_secret},
 };
+use bank_platform::sealed::Secrets;
 
 pub struct NotificationApi {
     pool: PgPool,
@@ -563,6 +563,19 @@ impl NotificationService for NotificationApi {
         }
         if r.url.len() > 2048 {
             return Err(invalid("url", "must be at most 2048 characters"));
+        }
+        // A new endpoint receives every notification from now on: a caller
+        // who signs in with a second factor must have given it recently.
+        if !caller.stepped_up(Utc::now().timestamp()) {
+            return Err(status::with_reason(
+                tonic::Code::FailedPrecondition,
+                "STEP_UP_REQUIRED",
+                format!(
+                    "adding a webhook endpoint needs a second factor code given within the last {} minutes: \
+                     sign in again with one",
+                    bank_platform::auth::STEP_UP_WINDOW_SECS / 60
+                ),
+            ));
         }
         let url = self.guard.check(&r.url).await.map_err(|why| invalid("url", why))?;
         let count = sqlx::query_scalar!(

@@ -15,7 +15,6 @@
 pub mod api;
 pub mod email;
 pub mod rules;
-pub mod sealed;
 pub mod standings;
 pub mod store;
 pub mod webhook;
@@ -28,6 +27,7 @@ use bank_platform::{
     auth::{AuthLayer, TokenVerifier},
     config::{self, Env},
     db, grpc as server, http,
+    sealed::Secrets,
     service::Running,
     signing::EventKeys,
 };
@@ -61,7 +61,7 @@ pub struct Config {
     pub guard: Guard,
     /// The key endpoint secrets are sealed under (`WEBHOOK_SECRETS_KEY`, a
     /// file); unset, they are stored as they are: a development stack only.
-    pub secrets: sealed::Secrets,
+    pub secrets: Secrets,
     /// The bank's mail server (`SMTP_URL`: smtp:// or smtps://, with its
     /// credentials); no email is sent without one.
     pub smtp_url: Option<String>,
@@ -118,8 +118,8 @@ impl Config {
         let mesh_ports =
             problems.check("WEBHOOK_DENY_PORTS", mesh_ports.map_err(|p| anyhow::anyhow!("{p} is not a port")));
         let secrets = match env.var("WEBHOOK_SECRETS_KEY").filter(|p| !p.is_empty()) {
-            Some(path) => problems.check("WEBHOOK_SECRETS_KEY", sealed::Secrets::from_file(&path)),
-            None => Some(sealed::Secrets::unsealed()),
+            Some(path) => problems.check("WEBHOOK_SECRETS_KEY", Secrets::from_file(&path)),
+            None => Some(Secrets::unsealed()),
         };
         let allow_loopback = matches!(config::string(env, "WEBHOOK_ALLOW_LOOPBACK", "false").as_str(), "true" | "1");
         problems.finish()?;
@@ -137,7 +137,7 @@ impl Config {
             event_keys: event_keys.flatten().map(Arc::new),
             webhooks,
             guard: Guard { allow_loopback, mesh_ports: mesh_ports.unwrap_or_default() },
-            secrets: secrets.unwrap_or_else(sealed::Secrets::unsealed),
+            secrets: secrets.unwrap_or_else(Secrets::unsealed),
             smtp_url: env.var("SMTP_URL").filter(|u| !u.is_empty()),
             mail_from: config::string(env, "MAIL_FROM", "bankmesh <notifications@bankmesh.local>"),
             tls: tls.flatten(),

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
-use crate::sealed::Secrets;
+use bank_platform::sealed::Secrets;
 
 /// Where webhooks may go.
 #[derive(Debug, Clone, Default)]

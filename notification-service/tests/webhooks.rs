@@ -161,6 +161,23 @@ async fn a_stolen_database_holds_no_webhook_secret_and_one_copied_across_endpoin
     assert_eq!(log[0].last_error, "the endpoint's secret could not be read");
 }
 
+/// A new endpoint receives every notification from then on: a customer who
+/// signs in with a second factor adds one only with a recent code.
+#[tokio::test]
+async fn adding_an_endpoint_needs_a_recent_second_factor_from_a_customer_who_has_one() {
+    let mesh = Mesh::start().await;
+    let receiver = Receiver::start(Behaviour::FailFirst(0)).await;
+    let ada = uuid::Uuid::now_v7();
+    let stale = mesh.issuer.customer_with_second_factor(ada, Duration::from_secs(600));
+    let refused = endpoint(&mesh, &stale, &receiver.url).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("second factor"), "{}", refused.message());
+    let listed = mesh.notify.clone().list_webhook_endpoints(authed(pb::ListWebhookEndpointsRequest {}, &stale)).await;
+    assert!(listed.unwrap().into_inner().endpoints.is_empty(), "nothing was added");
+    let fresh = mesh.issuer.customer_with_second_factor(ada, Duration::from_secs(30));
+    endpoint(&mesh, &fresh, &receiver.url).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_webhook_pointing_at_the_mesh_or_a_private_address_is_refused() {
     let mesh = Mesh::start().await;

@@ -144,6 +144,7 @@ mod tests {
             status: "ACTIVE".into(),
             expires_at: None,
             standing_version: sv,
+            second_factor_at: None,
         }
     }
 

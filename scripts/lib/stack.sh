@@ -303,7 +303,8 @@ exec_clean() {
 # service's binary, or setsid before it) with the service's own environment
 # only: the allowed variables, its credentials (service_credentials), the
 # NAME=values given (listen addresses) and its own keys, if set here:
-# auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE);
+# auth-service JWT_SIGNING_KEYS, BOOTSTRAP_ADMIN_PASSWORD, SERVICE_CLIENTS(_FILE),
+# TOTP_SECRETS_KEY;
 # command-service EVENT_SIGNING_KEY; projector EVENT_VERIFYING_KEYS;
 # query-service STATEMENT_SIGNING_KEY; notification-service EVENT_VERIFYING_KEYS,
 # WEBHOOK_SECRETS_KEY, SMTP_URL (in production it carries the mail server's credentials).
@@ -312,7 +313,7 @@ service_exec() {
   local service=$1 own=() kv
   shift
   case $service in
-    auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE) ;;
+    auth-service) own=(JWT_SIGNING_KEYS BOOTSTRAP_ADMIN_PASSWORD SERVICE_CLIENTS SERVICE_CLIENTS_FILE TOTP_SECRETS_KEY) ;;
     command-service) own=(EVENT_SIGNING_KEY) ;;
     projector) own=(EVENT_VERIFYING_KEYS) ;;
     query-service) own=(STATEMENT_SIGNING_KEY STATEMENT_PREVIOUS_KEYS) ;;
@@ -506,7 +507,8 @@ services_env() {
 # event_keys: the Ed25519 key command-service signs events with, and its
 # public half the projector verifies them with; and the key query-service
 # signs statements with (it publishes the public half itself), and the key
-# notification-service seals webhook endpoint secrets with. Files under
+# notification-service seals webhook endpoint secrets with, and the one
+# auth-service seals second-factor seeds with. Files under
 # $STATE/keys, made once with openssl; private keys readable by their owner
 # only.
 event_keys() {
@@ -520,12 +522,16 @@ event_keys() {
     mkdir -p "$dir" && chmod 700 "$dir"
     (umask 077 && openssl genpkey -algorithm ed25519 -out "$dir/statement-signing.pem" 2>/dev/null)
   fi
-  if [ ! -s "$dir/webhook-secrets.key" ]; then
-    mkdir -p "$dir" && chmod 700 "$dir"
-    (umask 077 && openssl rand -base64 32 >"$dir/webhook-secrets.key")
-  fi
+  local sealing
+  for sealing in webhook-secrets totp-secrets; do
+    if [ ! -s "$dir/$sealing.key" ]; then
+      mkdir -p "$dir" && chmod 700 "$dir"
+      (umask 077 && openssl rand -base64 32 >"$dir/$sealing.key")
+    fi
+  done
   export EVENT_SIGNING_KEY="$dir/event-signing.pem" EVENT_VERIFYING_KEYS="$dir/event-verifying.pem"
   export STATEMENT_SIGNING_KEY="$dir/statement-signing.pem" WEBHOOK_SECRETS_KEY="$dir/webhook-secrets.key"
+  export TOTP_SECRETS_KEY="$dir/totp-secrets.key"
 }
 
 # edge_config <write-descriptor-set binary> <descriptor out> <envoy.yaml out>:

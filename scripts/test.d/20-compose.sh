@@ -52,6 +52,9 @@ assert "EVENT_SIGNING_KEY" not in c["notification-service"]["environment"], "not
 assert c["notification-service"]["environment"]["WEBHOOK_SECRETS_KEY"].startswith("/run/secrets/"), "webhook secrets sealed"
 for svc in ("auth-service", "command-service", "projector", "query-service"):
     assert "WEBHOOK_SECRETS_KEY" not in c[svc]["environment"], f"{svc} holds the webhook secrets key"
+assert c["auth-service"]["environment"]["TOTP_SECRETS_KEY"].startswith("/run/secrets/"), "second-factor seeds sealed"
+for svc in ("command-service", "projector", "query-service", "notification-service"):
+    assert "TOTP_SECRETS_KEY" not in c[svc]["environment"], f"{svc} holds the second-factor key"
 # TLS inside: every service has its own certificate and key (no other's),
 # the JWKS is fetched over HTTPS, Envoy presents its own client certificate.
 common = yaml.safe_load(open("compose.yaml"))["x-service"]["environment"]

@@ -212,7 +212,7 @@ own = {
     "envoy": set(),
 }
 # Key files (paths) and the bootstrap password: only their own service's.
-own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD"}, "command-service": {"EVENT_SIGNING_KEY"},
+own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD", "TOTP_SECRETS_KEY"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
             "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"},
             "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL", "WEBHOOK_SECRETS_KEY"}, "envoy": set()}

@@ -51,6 +51,14 @@ pub struct Claims {
     /// published standing with a larger one is newer than the token.
     #[serde(default)]
     pub sv: i64,
+    /// How the session was started (RFC 8176): `pwd`, and `otp` once a
+    /// second factor was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When the user last proved those (Unix seconds): a refreshed token
+    /// keeps it, so it says how fresh the second factor is.
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 /// Who is calling, from a verified token. Never from a request field.
@@ -64,9 +72,25 @@ pub struct Caller {
     pub expires_at: Option<i64>,
     /// The standing sequence number the token was issued at (claim `sv`).
     pub standing_version: i64,
+    /// When the holder last gave a second factor (the token's `auth_time`,
+    /// if its `amr` has `otp`); `None` for a user without one.
+    pub second_factor_at: Option<i64>,
 }
 
+/// How recent a second factor must be for what needs a step-up (a large
+/// transfer, a new webhook endpoint).
+pub const STEP_UP_WINDOW_SECS: i64 = 300;
+
 impl Caller {
+    /// Whether the caller may do what needs a step-up: a user who signs in
+    /// with a second factor gave it within the last `STEP_UP_WINDOW_SECS`
+    /// (a refreshed token keeps the login's time, so refreshing is not
+    /// enough). A user without one is not asked: the bank has not required
+    /// it of them.
+    pub fn stepped_up(&self, now: i64) -> bool {
+        self.second_factor_at.is_none_or(|at| now - at <= STEP_UP_WINDOW_SECS)
+    }
+
     pub fn is_admin(&self) -> bool {
         self.has(ROLE_ADMIN)
     }
@@ -479,6 +503,7 @@ impl TokenVerifier {
             status: data.claims.status.clone(),
             expires_at: Some(data.claims.exp),
             standing_version: data.claims.sv,
+            second_factor_at: Some(data.claims.auth_time).filter(|_| data.claims.amr.iter().any(|m| m == "otp")),
         };
         Ok((caller, data.claims))
     }
@@ -587,6 +612,8 @@ mod tests {
             roles: vec![ROLE_CUSTOMER.into()],
             status: STATUS_ACTIVE.into(),
             sv: 0,
+            amr: vec!["pwd".into()],
+            auth_time: now,
         }
     }
 

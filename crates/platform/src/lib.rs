@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod redis;
+pub mod sealed;
 pub mod service;
 pub mod shutdown;
 pub mod signing;

@@ -397,7 +397,26 @@ impl TestIssuer {
     }
 
     pub fn token_for(&self, user_id: Uuid, roles: &[&str], status: &str, ttl: Duration) -> String {
+        self.token_with(user_id, roles, status, ttl, None)
+    }
+
+    /// A customer who signed in with a second factor `ago` ago (the token
+    /// itself is new: a refresh keeps the login's time).
+    pub fn customer_with_second_factor(&self, user_id: Uuid, ago: Duration) -> String {
+        let at = chrono::Utc::now().timestamp() - ago.as_secs() as i64;
+        self.token_with(user_id, &[ROLE_CUSTOMER], STATUS_ACTIVE, Duration::from_secs(900), Some(at))
+    }
+
+    fn token_with(
+        &self,
+        user_id: Uuid,
+        roles: &[&str],
+        status: &str,
+        ttl: Duration,
+        second_factor_at: Option<i64>,
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
+        let amr = if second_factor_at.is_some() { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
         let claims = Claims {
             sub: user_id.to_string(),
             iss: ISSUER.into(),
@@ -409,6 +428,8 @@ impl TestIssuer {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             status: status.into(),
             sv: 0,
+            amr,
+            auth_time: second_factor_at.unwrap_or(now),
         };
         self.signer.sign(&claims).expect("test token signs")
     }

@@ -90,7 +90,7 @@ impl Mesh {
         // Endpoint secrets sealed at rest, as in every stack (WEBHOOK_SECRETS_KEY).
         let mut key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-        notify.secrets = notification_service::sealed::Secrets::sealed_with(&key).unwrap();
+        notify.secrets = bank_platform::sealed::Secrets::sealed_with(&key).unwrap();
         notify.guard.mesh_ports = vec![command_grpc.port(), command_running.http_addr.port()];
         notify.webhooks.retry_base = Duration::from_millis(100);
         notify.webhooks.retry_max = Duration::from_millis(500);

@@ -1,11 +1,10 @@
-//! Webhook secrets at rest: each endpoint's signing secret is stored sealed
-//! (XChaCha20-Poly1305) under a key only this service holds
-//! (`WEBHOOK_SECRETS_KEY`, a file of 32 random bytes, base64), with the
-//! endpoint's id as associated data. A copy of the database (a backup, a
-//! replica, a stolen password of another role) gives no secret to sign
-//! webhooks with, and a sealed secret copied onto another endpoint's row
-//! does not open there (it would sign one customer's deliveries with
-//! another's secret).
+//! Secrets a service must read back (webhook signing secrets, TOTP seeds)
+//! sealed at rest: XChaCha20-Poly1305 under a key only that service holds
+//! (a file of 32 random bytes, base64), with the id of what the secret
+//! belongs to (an endpoint, a user) as associated data. A copy of the
+//! database (a backup, a replica, a stolen password of another role) gives
+//! no secret, and a sealed secret copied onto another row does not open
+//! there.
 //!
 //! Stored as `sealed:v1:<key id>:<base64 of nonce and ciphertext>`; the key
 //! id (a digest of the key) names which key sealed it, so a new key can be
@@ -24,7 +23,7 @@ use uuid::Uuid;
 
 const PREFIX: &str = "sealed:v1:";
 
-/// How endpoint secrets are kept: sealed under the service's key, or (no key
+/// How secrets are kept: sealed under the service's key, or (no key
 /// configured: a development stack only) as they are.
 #[derive(Clone)]
 pub struct Secrets(Option<Arc<Sealer>>);
@@ -52,14 +51,14 @@ impl Secrets {
     /// Sealed under `key` (32 bytes).
     pub fn sealed_with(key: &[u8]) -> Result<Self> {
         if key.len() != 32 {
-            bail!("the webhook secrets key must be 32 bytes, not {}", key.len());
+            bail!("a secrets key must be 32 bytes, not {}", key.len());
         }
         let kid = hex(&Sha256::digest(key)[..4]);
         let cipher = XChaCha20Poly1305::new_from_slice(key).map_err(|_| anyhow::anyhow!("a 32-byte key"))?;
         Ok(Self(Some(Arc::new(Sealer { cipher, kid }))))
     }
 
-    /// From the file `WEBHOOK_SECRETS_KEY` names (32 bytes, base64).
+    /// From a key file (32 bytes, base64: `openssl rand -base64 32`).
     pub fn from_file(path: &str) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
         let key = B64.decode(text.trim()).with_context(|| format!("{path} is not base64"))?;
@@ -70,25 +69,25 @@ impl Secrets {
         self.0.is_some()
     }
 
-    /// What to store for `endpoint`'s `secret`.
-    pub fn seal(&self, endpoint: Uuid, secret: &str) -> Result<String> {
+    /// What to store for the `secret` of `owner` (the row it belongs to).
+    pub fn seal(&self, owner: Uuid, secret: &str) -> Result<String> {
         let Some(s) = &self.0 else { return Ok(secret.to_owned()) };
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let sealed = s
             .cipher
-            .encrypt(&nonce, Payload { msg: secret.as_bytes(), aad: endpoint.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("sealing a webhook secret failed"))?;
+            .encrypt(&nonce, Payload { msg: secret.as_bytes(), aad: owner.as_bytes() })
+            .map_err(|_| anyhow::anyhow!("sealing a secret failed"))?;
         let mut bytes = nonce.to_vec();
         bytes.extend_from_slice(&sealed);
         Ok(format!("{PREFIX}{}:{}", s.kid, B64.encode(bytes)))
     }
 
-    /// The secret `stored` for `endpoint` holds; an error if it was sealed
-    /// for another endpoint or under another key, or changed.
-    pub fn open(&self, endpoint: Uuid, stored: &str) -> Result<String> {
+    /// The secret `stored` for `owner` holds; an error if it was sealed for
+    /// another owner or under another key, or changed.
+    pub fn open(&self, owner: Uuid, stored: &str) -> Result<String> {
         let Some(s) = &self.0 else {
             if stored.starts_with(PREFIX) {
-                bail!("the secret is sealed and no WEBHOOK_SECRETS_KEY is configured");
+                bail!("the secret is sealed and no key is configured to open it");
             }
             return Ok(stored.to_owned());
         };
@@ -106,8 +105,8 @@ impl Secrets {
         let nonce: [u8; 24] = nonce.try_into().context("a 24-byte nonce")?;
         let plain = s
             .cipher
-            .decrypt(&XNonce::from(nonce), Payload { msg: sealed, aad: endpoint.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("the sealed secret does not open for this endpoint"))?;
+            .decrypt(&XNonce::from(nonce), Payload { msg: sealed, aad: owner.as_bytes() })
+            .map_err(|_| anyhow::anyhow!("the sealed secret does not open for this owner"))?;
         String::from_utf8(plain).context("a sealed secret is not text")
     }
 }
