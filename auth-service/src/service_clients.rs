@@ -14,10 +14,6 @@ use uuid::Uuid;
 /// not passwords, and are never throttled as gently.
 pub const MIN_SECRET_CHARS: usize = 24;
 
-/// The namespace of service principals' subjects (UUID v5 of the client id):
-/// stable across restarts and instances, never a user's id (those are v7).
-const SUBJECT_NAMESPACE: Uuid = Uuid::from_u128(0x6b61_6e6b_6d65_7368_8000_0000_0000_0001);
-
 #[derive(Clone, Default)]
 pub struct ServiceClients(BTreeMap<String, [u8; 32]>);
 
@@ -78,7 +74,7 @@ impl ServiceClients {
     }
 
     pub fn subject(id: &str) -> Uuid {
-        Uuid::new_v5(&SUBJECT_NAMESPACE, id.as_bytes())
+        bank_platform::auth::service_subject(id)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod api;
 pub mod email;
 pub mod rules;
 pub mod standings;
+pub mod statements;
 pub mod store;
 pub mod webhook;
 
@@ -69,6 +70,10 @@ pub struct Config {
     pub mail_from: String,
     /// TLS on both ports and for the JWKS fetch (`TLS_*_FILE`).
     pub tls: Option<Arc<bank_platform::tls::Tls>>,
+    /// Monthly statements: where they come from and as whom; off unless
+    /// `QUERY_GRPC_URL`, `AUTH_GRPC_URL`, `SERVICE_CLIENT_ID` and
+    /// `SERVICE_CLIENT_SECRET` are all set.
+    pub statements: Option<statements::Source>,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("smtp_url", &self.smtp_url.as_deref().map(config::redact_url))
             .field("mail_from", &self.mail_from)
             .field("tls", &self.tls.is_some())
+            .field("statements", &self.statements)
             .finish()
     }
 }
@@ -121,6 +127,22 @@ impl Config {
             Some(path) => problems.check("WEBHOOK_SECRETS_KEY", Secrets::from_file(&path)),
             None => Some(Secrets::unsealed()),
         };
+        let statement_poll = Duration::from_secs(problems.parse(env, "STATEMENT_POLL_SECS", 60u64).max(1));
+        let statements = match (
+            env.var("QUERY_GRPC_URL").filter(|v| !v.is_empty()),
+            env.var("AUTH_GRPC_URL").filter(|v| !v.is_empty()),
+            env.var("SERVICE_CLIENT_ID").filter(|v| !v.is_empty()),
+            env.var("SERVICE_CLIENT_SECRET").filter(|v| !v.is_empty()),
+        ) {
+            (Some(query_url), Some(auth_url), Some(client_id), Some(secret)) => Some(statements::Source {
+                query_url,
+                credentials: statements::Credentials::Client { auth_url, client_id, secret },
+                poll: statement_poll,
+                grace: chrono::Duration::seconds(problems.parse(env, "STATEMENT_GRACE_SECS", 600)),
+                clock_offset: chrono::Duration::zero(),
+            }),
+            _ => None,
+        };
         let allow_loopback = matches!(config::string(env, "WEBHOOK_ALLOW_LOOPBACK", "false").as_str(), "true" | "1");
         problems.finish()?;
         Ok(Self {
@@ -141,6 +163,7 @@ impl Config {
             smtp_url: env.var("SMTP_URL").filter(|u| !u.is_empty()),
             mail_from: config::string(env, "MAIL_FROM", "bankmesh <notifications@bankmesh.local>"),
             tls: tls.flatten(),
+            statements,
         })
     }
 }
@@ -159,7 +182,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (made, mailed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let store = Arc::new(Store::new(pool.clone(), vec![made.clone(), mailed.clone()]));
     running.spawn(consume(config.clone(), store.clone(), shutdown.clone()));
-    running.spawn(standings::run(store, config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
+    running.spawn(standings::run(store.clone(), config.standing_feed.clone(), verifier.keys(), shutdown.clone()));
+    match &config.statements {
+        Some(source) => {
+            let statements = statements::Statements::new(source.clone(), store, config.tls.clone());
+            running.spawn(statements.run(shutdown.clone()));
+        }
+        None => tracing::warn!(
+            "QUERY_GRPC_URL, AUTH_GRPC_URL, SERVICE_CLIENT_ID or SERVICE_CLIENT_SECRET not set: no monthly statements"
+        ),
+    }
     if !config.secrets.is_sealed() {
         tracing::warn!("WEBHOOK_SECRETS_KEY not set: webhook secrets are stored unsealed (development only)");
     }

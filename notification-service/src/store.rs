@@ -41,6 +41,8 @@ struct Watched {
     balance: Decimal,
     version: i64,
     hash: Vec<u8>,
+    /// Its AccountOpened's time (known for accounts opened in this batch).
+    opened_at: Option<chrono::DateTime<Utc>>,
 }
 
 struct AlertRow {
@@ -91,6 +93,69 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Customer accounts open by the end of `period` whose statement of it
+    /// is not made yet (at most `limit`).
+    pub async fn statements_due(&self, period: &crate::statements::Period, limit: i64) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar!(
+            "SELECT account_id FROM watched_accounts w
+             WHERE owner_id <> $1 AND (opened_at IS NULL OR opened_at < $2)
+               AND NOT EXISTS (SELECT 1 FROM monthly_statements m WHERE m.account_id = w.account_id AND m.period = $3)
+             ORDER BY account_id LIMIT $4",
+            BANK,
+            period.to,
+            period.name,
+            limit
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Keeps `statement` and delivers it to the account's owner, in one
+    /// transaction, unless another instance did already; whether this did.
+    pub async fn statement_made(
+        &self,
+        account: Uuid,
+        period: &crate::statements::Period,
+        statement: &bank_proto::v1::Statement,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let owner = sqlx::query_scalar!("SELECT owner_id FROM watched_accounts WHERE account_id = $1", account)
+            .fetch_one(&mut *tx)
+            .await?;
+        let new = New {
+            id: Uuid::now_v7(),
+            user: owner,
+            event: Uuid::new_v5(&STATEMENT_NAMESPACE, format!("{account}:{}", period.name).as_bytes()),
+            account: Some(account),
+            rule: format!("statement:{}", period.name),
+            kind: "statement".to_owned(),
+            title: format!("Statement for {}", period.title()),
+            body: crate::statements::statement_body(account, period, statement),
+        };
+        let kept = sqlx::query!(
+            "INSERT INTO monthly_statements (account_id, period, signed_statement, notification_id, created_at)
+             VALUES ($1, $2, $3, $4, now()) ON CONFLICT DO NOTHING",
+            account,
+            period.name,
+            statement.signed_statement,
+            new.id
+        );
+        // The notification first (the statement row names it); a conflict on
+        // either means another instance made it: nothing is written twice.
+        let made = write_notifications(&mut tx, std::slice::from_ref(&new)).await?;
+        if !made || kept.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        self.made.iter().for_each(|n| n.notify_one());
+        Ok(true)
+    }
+}
+
+/// The namespace of the event ids given to monthly statements.
+const STATEMENT_NAMESPACE: Uuid = Uuid::from_u128(0x9e41_2c07_5b3d_4f18_b6a2_d0c5_7e19_4f62);
+
 /// The namespace of the event ids given to standing changes.
 const STANDING_NAMESPACE: Uuid = Uuid::from_u128(0x5d0c_1b7e_8f2a_4e63_a1d4_7c9b_2e5f_8a30);
 
@@ -125,6 +190,7 @@ impl Sink for Store {
                 balance: r.balance,
                 version: r.version,
                 hash: r.hash,
+                opened_at: None,
             };
             (r.account_id, w)
         })
@@ -158,6 +224,7 @@ impl Sink for Store {
                         balance: Decimal::ZERO,
                         version: 0,
                         hash: Vec::new(),
+                        opened_at: bank_stream::occurred_at(env),
                     };
                     watched.entry(e.account).or_insert(w)
                 }
@@ -251,8 +318,9 @@ async fn write_accounts(
 ) -> Result<()> {
     let rows: Vec<(&Uuid, &Watched)> = accounts.iter().filter_map(|a| watched.get(a).map(|w| (a, w))).collect();
     let written = sqlx::query!(
-        "INSERT INTO watched_accounts (account_id, owner_id, currency, balance, version, hash)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[], $6::bytea[])
+        "INSERT INTO watched_accounts (account_id, owner_id, currency, balance, version, hash, opened_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[], $6::bytea[],
+                              $7::timestamptz[])
          ON CONFLICT (account_id) DO UPDATE
          SET balance = excluded.balance, version = excluded.version, hash = excluded.hash
          WHERE watched_accounts.version < excluded.version",
@@ -262,6 +330,8 @@ async fn write_accounts(
         &rows.iter().map(|(_, w)| w.balance).collect::<Vec<_>>(),
         &rows.iter().map(|(_, w)| w.version).collect::<Vec<_>>(),
         &rows.iter().map(|(_, w)| w.hash.clone()).collect::<Vec<_>>(),
+        &rows.iter().map(|(_, w)| w.opened_at).collect::<Vec<Option<chrono::DateTime<Utc>>>>()
+            as &[Option<chrono::DateTime<Utc>>],
     )
     .execute(tx)
     .await?

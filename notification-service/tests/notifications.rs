@@ -327,3 +327,97 @@ async fn a_kyc_approval_a_suspension_and_a_reinstatement_are_told_once_each_and_
     let (_, bob) = mesh.customer();
     assert!(mesh.feed(&bob).await.is_empty(), "told to the user it is about only");
 }
+
+/// The month's statement for every customer account, fetched signed from
+/// query-service as notification-service's own principal and delivered once:
+/// in the feed and by email, the signed statement inside, verifying offline.
+#[tokio::test]
+async fn each_months_statement_is_delivered_once_signed_and_verifies_offline() {
+    let mesh = Mesh::start_with_read_side(|_| {}).await;
+    let (_, ada) = mesh.customer();
+    let (_, bob) = mesh.customer();
+    let address = format!("ada-{}@example.test", uuid::Uuid::new_v4().simple());
+    let prefs = pb::SetNotificationPreferencesRequest { email: address.clone(), email_enabled: true };
+    mesh.notify.clone().set_notification_preferences(authed(prefs, &ada)).await.unwrap();
+    let a = mesh.open(&ada).await;
+    let b = mesh.open(&bob).await;
+    mesh.deposit(&a, "100.00").await;
+    mesh.transfer(&ada, &a, &b, "30.00").await;
+
+    let statements = |feed: Vec<pb::Notification>| -> Vec<pb::Notification> {
+        feed.into_iter().filter(|n| n.kind == "statement").collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mine = loop {
+        // Until the projector has the transfer, a statement could be made
+        // without it: the test waits for the one that has it.
+        let made = statements(mesh.feed(&ada).await);
+        if !made.is_empty() {
+            break made;
+        }
+        assert!(std::time::Instant::now() < deadline, "no statement came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(mine.len(), 1);
+    let s = &mine[0];
+    assert!(s.title.starts_with("Statement for "), "{}", s.title);
+    assert_eq!(s.account_id, a);
+    let jws = s.body.lines().last().unwrap();
+    let signer = &mesh.query_config.as_ref().unwrap().statement_signer;
+    let keys: bank_statement::JwkSet =
+        serde_json::from_value(bank_platform::auth::jwks(std::slice::from_ref(signer))).unwrap();
+    let checked = bank_statement::check_document(jws, &keys).expect("the delivered statement verifies");
+    assert_eq!(checked.account_id.to_string(), a);
+    let (opening, closing) = (&checked.opening_balance, &checked.closing_balance);
+    assert!(
+        s.body.contains(&format!("opening {opening} {}, ", checked.currency))
+            && s.body.contains(&format!("closing {closing} {}, {} entries", checked.currency, checked.entries.len())),
+        "{}",
+        s.body
+    );
+    let mut changed = jws.to_owned().into_bytes();
+    let i = changed.len() / 2;
+    changed[i] = if changed[i] == b'A' { b'B' } else { b'A' };
+    assert!(bank_statement::check_document(std::str::from_utf8(&changed).unwrap(), &keys).is_err());
+
+    // By email too, the signed statement inside.
+    assert_eventually!(
+        common::mail_to(&address).iter().any(|m| m.contains("Subject: bankmesh: Statement for ")),
+        Duration::from_secs(15),
+        "the statement's email never came"
+    );
+    // Bob gets his own; and however many passes run, each once.
+    assert_eventually!(!statements(mesh.feed(&bob).await).is_empty(), Duration::from_secs(15), "bob's statement");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(statements(mesh.feed(&ada).await).len(), 1, "once per account and month");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM monthly_statements").fetch_one(&mesh.db).await.unwrap();
+    assert_eq!(kept, 2);
+
+    // query-service lets that principal read any account's statement; any
+    // other service principal, none but its own.
+    let mut query = pb::account_query_service_client::AccountQueryServiceClient::connect(format!(
+        "http://{}",
+        mesh.query_grpc.unwrap()
+    ))
+    .await
+    .unwrap();
+    let ask = |token: &str| {
+        let now = chrono::Utc::now();
+        let at = |t: chrono::DateTime<chrono::Utc>| Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 });
+        authed(
+            pb::GetStatementRequest {
+                account_id: a.clone(),
+                from_time: at(now - chrono::Duration::days(1)),
+                to_time: at(now),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let other = mesh.issuer.service(bank_platform::auth::service_subject("risk-service"));
+    assert_eq!(query.get_statement(ask(&other)).await.unwrap_err().code(), Code::NotFound);
+    let (_, stranger) = mesh.customer();
+    assert_eq!(query.get_statement(ask(&stranger)).await.unwrap_err().code(), Code::NotFound);
+    let reader = mesh.issuer.service(bank_platform::auth::service_subject("notification-service"));
+    query.get_statement(ask(&reader)).await.unwrap();
+}

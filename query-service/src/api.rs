@@ -35,6 +35,9 @@ pub struct QueryApi {
     /// The public halves of keys that signed statements before the current
     /// one (a rotation): published beside it, so those still verify.
     pub previous_statement_keys: Vec<serde_json::Value>,
+    /// The subjects of the service principals that may read any account's
+    /// statement (`STATEMENT_READERS`).
+    pub statement_readers: Vec<Uuid>,
 }
 
 /// Most reads one caller may have waiting for consistency tokens at once.
@@ -287,6 +290,23 @@ impl QueryApi {
             Some(v) if may_see(caller, &v) => Ok(v),
             _ => Err(QueryError::NotFound("account")),
         }
+    }
+
+    /// The account a statement is asked of: the caller's own (staff: any),
+    /// or any at all for a statement reader (notification-service delivers
+    /// every customer's monthly statement; this read only).
+    async fn statement_account(
+        &self,
+        caller: &Caller,
+        id: &str,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<AccountView, QueryError> {
+        if !(caller.is_service() && self.statement_readers.contains(&caller.user_id)) {
+            return self.visible_account(caller, "account_id", id, token).await;
+        }
+        let id = parse_id("account_id", id)?;
+        let min = token.and_then(|t| t.versions.get(&id).copied()).unwrap_or(0);
+        self.model.account(id, min).await?.ok_or(QueryError::NotFound("account"))
     }
 
     /// `v` as it stood at `as_of` (when given): the balance after the last
@@ -566,7 +586,7 @@ impl AccountQueryService for QueryApi {
             }
         };
         let token = self.settle(&caller, &r.min_consistency_token, deadline).await?;
-        let account = self.visible_account(&caller, "account_id", &r.account_id, token.as_ref()).await?;
+        let account = self.statement_account(&caller, &r.account_id, token.as_ref()).await?;
         let generation = self.model.generation().await?;
         // The as_of rule at both ends: opening = the balance at from_time,
         // the entries after it up to and including to_time.

@@ -51,6 +51,10 @@ pub struct Config {
     /// (`STATEMENT_PREVIOUS_KEYS`: public key PEM files, comma-separated),
     /// published beside the current one.
     pub statement_previous_keys: Option<std::sync::Arc<bank_platform::signing::EventKeys>>,
+    /// Service principals (client ids, `STATEMENT_READERS`, comma-separated)
+    /// that may read any account's statement: notification-service, which
+    /// delivers the monthly ones. No other service and no other read.
+    pub statement_readers: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -68,6 +72,7 @@ impl std::fmt::Debug for Config {
             .field("cache_key", &self.cache_key.as_ref().map(|_| "***"))
             .field("standing_feed", &self.standing_feed)
             .field("tls", &self.tls.is_some())
+            .field("statement_readers", &self.statement_readers)
             .field("statement_signing_kid", &self.statement_signer.kid())
             .field("statement_previous_keys", &self.statement_previous_keys.as_ref().map(|k| k.jwks().len()))
             .finish()
@@ -106,6 +111,12 @@ impl Config {
             statement_signer: statement_signer
                 .ok_or_else(|| anyhow::anyhow!("STATEMENT_SIGNING_KEY could not be read"))?,
             statement_previous_keys: statement_previous_keys.flatten().map(std::sync::Arc::new),
+            statement_readers: config::string(env, "STATEMENT_READERS", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -148,6 +159,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         standings: standings.clone(),
         statements: config.statement_signer.clone(),
         previous_statement_keys: config.statement_previous_keys.as_ref().map(|k| k.jwks()).unwrap_or_default(),
+        statement_readers: config.statement_readers.iter().map(|id| bank_platform::auth::service_subject(id)).collect(),
     };
     let routes = tonic::service::Routes::new(
         AccountQueryServiceServer::new(api).max_decoding_message_size(server::MAX_REQUEST_BYTES),

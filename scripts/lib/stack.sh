@@ -143,7 +143,7 @@ PG_ROLES=(bank_auth_owner bank_auth bank_command_owner bank_command bank_read_ow
 stack_secrets() {
   local dir="$STATE/secrets" name
   mkdir -p "$dir" && chmod 700 "$dir"
-  for name in nats_admin nats_command nats_auth nats_projector nats_query nats_notify \
+  for name in nats_admin nats_command nats_auth nats_projector nats_query nats_notify notify_client \
     redis_admin redis_command redis_auth redis_projector redis_query pg_postgres "${PG_ROLES[@]/#/pg_}" \
     page_token read_cache_key; do
     local file="$dir/$name"
@@ -192,7 +192,8 @@ service_credentials() {
   stack_secrets
   case $1 in
     auth-service) user=auth
-      echo "AUTH_DATABASE_URL=$(pg_url bank_auth "$AUTH_DB")" ;;
+      echo "AUTH_DATABASE_URL=$(pg_url bank_auth "$AUTH_DB")"
+      echo "SERVICE_CLIENTS_FILE=$(service_clients_file)" ;;
     command-service) user=command
       echo "COMMAND_DATABASE_URL=$(pg_url bank_command "$COMMAND_DB")"
       echo "READ_DATABASE_URL=$(pg_url bank_command "$READ_DB")" ;; # reconcile reads the read models
@@ -203,12 +204,19 @@ service_credentials() {
       echo "READ_CACHE_KEY=$READ_CACHE_KEY_PASSWORD" ;;
     query-service) user=query
       echo "READ_DATABASE_URL=$(pg_url bank_query "$READ_DB")"
+      # The one principal that reads any account's statement (to deliver it).
+      echo "STATEMENT_READERS=notification-service"
       # Page tokens that survive a restart (and hold across instances).
       echo "PAGE_TOKEN_SECRET=$PAGE_TOKEN_PASSWORD"
       # Only entries and changes the projector sealed are believed.
       echo "READ_CACHE_KEY=$READ_CACHE_KEY_PASSWORD" ;;
     notification-service) user=notify
-      echo "NOTIFY_DATABASE_URL=$(pg_url bank_notify "$NOTIFY_DB")" ;;
+      echo "NOTIFY_DATABASE_URL=$(pg_url bank_notify "$NOTIFY_DB")"
+      # Its own service principal, to read the monthly statements it delivers.
+      echo "SERVICE_CLIENT_ID=notification-service"
+      echo "SERVICE_CLIENT_SECRET=$NOTIFY_CLIENT_PASSWORD"
+      echo "AUTH_GRPC_URL=$(grpc_urls "${AUTH_GRPC_PORT:-50051}" "${AUTH_GRPC_PORT_2:-}")"
+      echo "QUERY_GRPC_URL=$(grpc_urls "${QUERY_GRPC_PORT:-50053}" "${QUERY_GRPC_PORT_2:-}")" ;;
     *) echo "unknown service: $1 (auth-service, command-service, projector, query-service, notification-service)" >&2; return 2 ;;
   esac
   local redis_pw="REDIS_${user^^}_PASSWORD" nats_pw="NATS_${user^^}_PASSWORD"
@@ -224,6 +232,23 @@ service_credentials() {
   local jwks="https://127.0.0.1:${AUTH_HTTP_PORT:-9091}/.well-known/jwks.json"
   [ -z "${AUTH_HTTP_PORT_2:-}" ] || jwks+=",https://127.0.0.1:$AUTH_HTTP_PORT_2/.well-known/jwks.json"
   echo "JWKS_URL=$jwks"
+}
+
+# grpc_urls <port> [<second port>]: https URLs of a service's gRPC ports on
+# loopback (both instances on the HA topology).
+grpc_urls() {
+  local urls="https://127.0.0.1:$1"
+  [ -z "${2:-}" ] || urls+=",https://127.0.0.1:$2"
+  echo "$urls"
+}
+
+# service_clients_file: the service principals auth-service knows
+# (`id:secret` per line), made under $STATE/keys from their secrets.
+service_clients_file() {
+  local file="$STATE/keys/service-clients"
+  mkdir -p "$STATE/keys" && chmod 700 "$STATE/keys"
+  (umask 077 && echo "notification-service:$NOTIFY_CLIENT_PASSWORD" >"$file")
+  echo "$file"
 }
 
 # stack_tls: the dev CA and a certificate per service, for Envoy and for

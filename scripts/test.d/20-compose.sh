@@ -53,6 +53,11 @@ assert c["notification-service"]["environment"]["WEBHOOK_SECRETS_KEY"].startswit
 for svc in ("auth-service", "command-service", "projector", "query-service"):
     assert "WEBHOOK_SECRETS_KEY" not in c[svc]["environment"], f"{svc} holds the webhook secrets key"
 assert c["auth-service"]["environment"]["TOTP_SECRETS_KEY"].startswith("/run/secrets/"), "second-factor seeds sealed"
+# Monthly statements: notification-service's own principal, the only one query-service lets read them.
+assert c["query-service"]["environment"]["STATEMENT_READERS"] == "notification-service"
+assert c["notification-service"]["environment"]["SERVICE_CLIENT_SECRET"].startswith("${NOTIFY_CLIENT_SECRET:?")
+for svc in ("auth-service", "command-service", "projector", "query-service"):
+    assert "SERVICE_CLIENT_SECRET" not in c[svc]["environment"], f"{svc} holds notification-service's client secret"
 for svc in ("command-service", "projector", "query-service", "notification-service"):
     assert "TOTP_SECRETS_KEY" not in c[svc]["environment"], f"{svc} holds the second-factor key"
 # TLS inside: every service has its own certificate and key (no other's),

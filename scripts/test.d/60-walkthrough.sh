@@ -208,15 +208,16 @@ own = {
     "command-service": {"pg_bank_command", "nats_command", "redis_command"},
     "projector": {"pg_bank_projector", "nats_projector", "redis_projector", "read_cache_key"},
     "query-service": {"pg_bank_query", "nats_query", "redis_query", "page_token", "read_cache_key"},
-    "notification-service": {"pg_bank_notify", "nats_notify"},
+    "notification-service": {"pg_bank_notify", "nats_notify", "notify_client"},
     "envoy": set(),
 }
 # Key files (paths) and the bootstrap password: only their own service's.
-own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD", "TOTP_SECRETS_KEY"}, "command-service": {"EVENT_SIGNING_KEY"},
+own_vars = {"auth-service": {"BOOTSTRAP_ADMIN_PASSWORD", "TOTP_SECRETS_KEY", "SERVICE_CLIENTS_FILE"}, "command-service": {"EVENT_SIGNING_KEY"},
             "projector": {"EVENT_VERIFYING_KEYS", "READ_CACHE_KEY"},
             "query-service": {"PAGE_TOKEN_SECRET", "READ_CACHE_KEY", "STATEMENT_SIGNING_KEY"},
-            "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL", "WEBHOOK_SECRETS_KEY"}, "envoy": set()}
-key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS", "SERVICE_CLIENTS_FILE"}
+            "notification-service": {"EVENT_VERIFYING_KEYS", "SMTP_URL", "WEBHOOK_SECRETS_KEY", "SERVICE_CLIENT_SECRET"},
+            "envoy": set()}
+key_vars = set().union(*own_vars.values()) | {"JWT_SIGNING_KEYS", "SERVICE_CLIENTS"}
 found, bad = {}, []
 for d in os.listdir("/proc"):
     if not d.isdigit():

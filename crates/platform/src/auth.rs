@@ -77,6 +77,17 @@ pub struct Caller {
     pub second_factor_at: Option<i64>,
 }
 
+/// The namespace of service principals' subjects (UUID v5 of the client id):
+/// stable across restarts and instances, never a user's id (those are v7).
+const SERVICE_SUBJECT_NAMESPACE: Uuid = Uuid::from_u128(0x6b61_6e6b_6d65_7368_8000_0000_0000_0001);
+
+/// The subject of the service principal `client_id` (what auth-service's
+/// IssueServiceToken puts in `sub`): a service that grants one principal a
+/// right names it by its client id.
+pub fn service_subject(client_id: &str) -> Uuid {
+    Uuid::new_v5(&SERVICE_SUBJECT_NAMESPACE, client_id.as_bytes())
+}
+
 /// How recent a second factor must be for what needs a step-up (a large
 /// transfer, a new webhook endpoint).
 pub const STEP_UP_WINDOW_SECS: i64 = 300;

@@ -29,6 +29,10 @@ pub struct Mesh {
     pub command_grpc: SocketAddr,
     /// notification-service's database, as the superuser (the tests' checks).
     pub db: PgPool,
+    /// The projector and query-service, when started (`start_with_read_side`).
+    pub read_side: Vec<Running>,
+    pub query_config: Option<query_service::Config>,
+    pub query_grpc: Option<SocketAddr>,
 }
 
 pub fn usd(amount: &str) -> Option<pb::Money> {
@@ -45,6 +49,17 @@ impl Mesh {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut notification_service::Config)) -> Self {
+        Self::start_inner(adjust, false).await
+    }
+
+    /// With a projector and query-service too, and notification-service
+    /// fetching monthly statements from it as the principal
+    /// `notification-service` (the one query-service lets read them).
+    pub async fn start_with_read_side(adjust: impl FnOnce(&mut notification_service::Config)) -> Self {
+        Self::start_inner(adjust, true).await
+    }
+
+    async fn start_inner(adjust: impl FnOnce(&mut notification_service::Config), read_side: bool) -> Self {
         bank_platform::telemetry::init_for_tests();
         let issuer = TestIssuer::start().await.unwrap();
         let prefix = bank_testkit::unique_prefix("ntf");
@@ -71,6 +86,13 @@ impl Mesh {
         bank_testkit::provision_prefix(&bank_testkit::nats_admin_url(), &prefix).await;
         let command_running = command_service::start(command.clone(), CancellationToken::new()).await.unwrap();
         let command_grpc = command_running.grpc_addr;
+        let (mut read_runs, mut query_config, mut query_grpc) = (Vec::new(), None, None);
+        if read_side {
+            let (runs, config) = start_read_side(&command, &issuer, &prefix).await;
+            query_grpc = Some(runs[0].grpc_addr);
+            read_runs = runs;
+            query_config = Some(config);
+        }
 
         let mut notify = notification_service::Config::from_env(&ProcessEnv).unwrap();
         notify.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -99,6 +121,21 @@ impl Mesh {
         // The stack's development mail server (scripts/lib/devsmtp.py).
         notify.smtp_url =
             Some(format!("smtp://{}", std::env::var("SMTP_ADDR").expect("SMTP_ADDR: run through scripts/test")));
+        if let Some(query) = query_grpc {
+            // The month now is the month that ended: its statements are due at once.
+            use chrono::{Datelike, TimeZone};
+            let now = chrono::Utc::now();
+            let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+            let next_month = chrono::Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).unwrap();
+            let subject = bank_platform::auth::service_subject("notification-service");
+            notify.statements = Some(notification_service::statements::Source {
+                query_url: format!("http://{query}"),
+                credentials: notification_service::statements::Credentials::Token(issuer.service(subject)),
+                poll: Duration::from_millis(200),
+                grace: chrono::Duration::minutes(10),
+                clock_offset: next_month - now + chrono::Duration::hours(1),
+            });
+        }
         adjust(&mut notify);
         let notify_running = notification_service::start(notify.clone(), CancellationToken::new()).await.unwrap();
         let notify_client =
@@ -114,6 +151,9 @@ impl Mesh {
             command_running,
             command_grpc,
             db: admin,
+            read_side: read_runs,
+            query_config,
+            query_grpc,
         }
     }
 
@@ -276,4 +316,42 @@ pub fn mail_to(address: &str) -> Vec<String> {
         .collect();
     found.sort();
     found.into_iter().map(|(_, text)| text).collect()
+}
+
+/// A projector and query-service on their own read database, following
+/// `command`'s stream; query-service lets the principal
+/// `notification-service` read statements. (query-service first.)
+async fn start_read_side(
+    command: &command_service::Config,
+    issuer: &TestIssuer,
+    prefix: &str,
+) -> (Vec<Running>, query_service::Config) {
+    let read = TestDb::migrated("ntfr", DbRole::ReadOwner, &bank_readmodel::MIGRATOR).await;
+    let redis_prefix = bank_testkit::read_model_prefix(prefix);
+    let mut projector = projector::Config::from_env(&ProcessEnv).unwrap();
+    projector.http_addr = "127.0.0.1:0".parse().unwrap();
+    projector.database_url = read.url_as(DbRole::Projector);
+    projector.redis_url = bank_testkit::redis_url_as(Principal::Projector);
+    projector.redis_prefix = redis_prefix.clone();
+    projector.cache_key = Some(bank_testkit::read_cache_key().to_owned());
+    projector.nats_url = bank_testkit::nats_url_as(Principal::Projector);
+    projector.stream = command.relay.stream.clone();
+    projector.subject_prefix = command.relay.subject_prefix.clone();
+    projector.event_keys = Some(Arc::new(EventKeys::of(std::slice::from_ref(&command.event_signer))));
+    let mut query = query_service::Config::from_env(&ProcessEnv).unwrap();
+    query.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    query.http_addr = "127.0.0.1:0".parse().unwrap();
+    query.database_url = read.url_as(DbRole::Query);
+    query.redis_url = bank_testkit::redis_url_as(Principal::Query);
+    query.redis_prefix = redis_prefix;
+    query.cache_key = Some(bank_testkit::read_cache_key().to_owned());
+    query.jwks_url = issuer.jwks_url.clone();
+    query.jwt_issuer = bank_testkit::ISSUER.into();
+    query.jwt_audience = bank_testkit::AUDIENCE.into();
+    query.standing_feed = command.standing_feed.clone();
+    query.standing_feed.nats_url = bank_testkit::nats_url_as(Principal::Query);
+    query.statement_readers = vec!["notification-service".into()];
+    let q = query_service::start(query.clone(), CancellationToken::new()).await.unwrap();
+    let p = projector::start(projector, CancellationToken::new()).await.unwrap();
+    (vec![q, p], query)
 }
