@@ -4,11 +4,11 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull};
 use bank_platform::{
     CancellationToken,
     auth::KeyCache,
-    standing::{Feed, Standing, Verdict, read_feed},
+    standing::{Feed, Standing, apply_feed},
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -44,21 +44,8 @@ async fn consume(pool: &PgPool, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    read_feed(messages, keys, shutdown, |verdict, message| async move {
-        let ack = match verdict {
-            Verdict::Signed(s) => {
-                record(pool, &s, std::str::from_utf8(&message.payload).unwrap_or_default()).await?;
-                AckKind::Ack
-            }
-            Verdict::Refused => AckKind::Ack,
-            // Again in a second; a key that stays unknown for a minute is
-            // nobody's (a forgery must not come back for ever).
-            Verdict::NotYet if message.info().is_ok_and(|i| i.delivered < 60) => {
-                AckKind::Nak(Some(Duration::from_secs(1)))
-            }
-            Verdict::NotYet => AckKind::Ack,
-        };
-        message.ack_with(ack).await.map_err(|e| anyhow::anyhow!("{e}"))
+    apply_feed(messages, keys, shutdown, |s, jws| async move {
+        Ok(record(pool, &s, std::str::from_utf8(&jws).unwrap_or_default()).await?)
     })
     .await
 }

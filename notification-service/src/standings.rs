@@ -7,11 +7,11 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use bank_platform::{
     CancellationToken,
     auth::KeyCache,
-    standing::{Feed, Verdict, read_feed},
+    standing::{Feed, apply_feed},
 };
 
 use crate::store::Store;
@@ -44,21 +44,5 @@ async fn consume(store: &Store, feed: &Feed, keys: &KeyCache, shutdown: &Cancell
     let stream = feed.stream(&js).await?;
     let consumer = bank_stream::durable_consumer(&stream, CONSUMER, &feed.subject_prefix).await?;
     let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    read_feed(messages, keys, shutdown, |verdict, message| async move {
-        let ack = match verdict {
-            Verdict::Signed(s) => {
-                store.standing_changed(&s).await?;
-                AckKind::Ack
-            }
-            Verdict::Refused => AckKind::Ack,
-            // A key rotated in a moment ago, or the JWKS out of reach: again
-            // in a second, for a minute (a forgery must not come back for ever).
-            Verdict::NotYet if message.info().is_ok_and(|i| i.delivered < 60) => {
-                AckKind::Nak(Some(Duration::from_secs(1)))
-            }
-            Verdict::NotYet => AckKind::Ack,
-        };
-        message.ack_with(ack).await.map_err(|e| anyhow::anyhow!("{e}"))
-    })
-    .await
+    apply_feed(messages, keys, shutdown, |s, _| async move { store.standing_changed(&s).await }).await
 }

@@ -154,3 +154,41 @@ where
         handle(verdict, message).await?;
     }
 }
+
+/// Follows a durable consumer of the feed: each standing auth-service signed
+/// goes to `apply` (with the message as published), and its message is
+/// acknowledged once `apply` succeeded; one nobody signed is dropped; one
+/// signed with a key not known here yet (rotated in a moment ago, the JWKS
+/// out of reach) comes again in a second, for a minute, and is dropped then:
+/// a forgery must not come back for ever.
+pub async fn apply_feed<S, E, F, Fut>(
+    messages: S,
+    keys: &crate::auth::KeyCache,
+    shutdown: &crate::CancellationToken,
+    mut apply: F,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>>,
+    E: std::fmt::Display,
+    F: FnMut(Standing, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use async_nats::jetstream::AckKind;
+    read_feed(messages, keys, shutdown, |verdict, message| {
+        let (applied, ack) = match verdict {
+            Verdict::Signed(s) => (Some(apply(s, message.payload.to_vec())), AckKind::Ack),
+            Verdict::Refused => (None, AckKind::Ack),
+            Verdict::NotYet if message.info().is_ok_and(|i| i.delivered < 60) => {
+                (None, AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+            }
+            Verdict::NotYet => (None, AckKind::Ack),
+        };
+        async move {
+            if let Some(applied) = applied {
+                applied.await?;
+            }
+            message.ack_with(ack).await.map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    })
+    .await
+}
