@@ -366,16 +366,20 @@ start_nats() {
   log "nats (JetStream) started on 127.0.0.1:$NATS_PORT"
 }
 
-stop_nats() {
-  if pid_alive "$STATE/run/nats.pid"; then
-    local pid; pid="$(cat "$STATE/run/nats.pid")"
+# stop_process <name>: the process $STATE/run/<name>.pid names, asked to
+# stop, killed after 5 s if it has not; the pid file removed.
+stop_process() {
+  if pid_alive "$STATE/run/$1.pid"; then
+    local pid; pid="$(cat "$STATE/run/$1.pid")"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     kill -9 "$pid" 2>/dev/null || true
-    log "nats stopped"
+    log "$1 stopped"
   fi
-  rm -f "$STATE/run/nats.pid"
+  rm -f "$STATE/run/$1.pid"
 }
+
+stop_nats() { stop_process nats; }
 
 # redis_admin <args>: redis-cli as the stack's admin user.
 redis_admin() { stack_secrets; redis_at "$REDIS_PORT" "$@"; }
@@ -421,16 +425,7 @@ start_smtp() {
   log "smtp (development, keeps mail in $STATE/mail) started on 127.0.0.1:$SMTP_PORT"
 }
 
-stop_smtp() {
-  if pid_alive "$STATE/run/smtp.pid"; then
-    local pid; pid="$(cat "$STATE/run/smtp.pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    kill -9 "$pid" 2>/dev/null || true
-    log "smtp stopped"
-  fi
-  rm -f "$STATE/run/smtp.pid"
-}
+stop_smtp() { stop_process smtp; }
 
 stack_start() { start_postgres; start_nats; start_redis; start_smtp; }
 stack_stop() { stop_smtp; stop_redis; stop_nats; stop_postgres; }
